@@ -1,0 +1,155 @@
+"""Typed configuration, in one place: the model, the objective and the training run.
+
+Each is a dataclass that round-trips through JSON, so that the model folder's config.json, the
+CLI flags and the pipeline parameters all describe the same thing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Likelihood = Literal["bernoulli", "gaussian_fixed", "gaussian_learned"]
+ObjectiveKind = Literal["beta", "capacity"]
+
+SUPPORTED_IMAGE_SIZES = (28, 32, 64)
+SUPPORTED_CHANNELS = (1, 3)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, image shape, likelihood and input normalization of a beta-VAE.
+
+    The 64-px default is the architecture of Burgess et al. 2018 as in disentanglement_lib:
+    conv 32-32-64-64 (4x4, stride 2), FC 256, latent, and the mirrored decoder. Smaller images
+    use the last convolutions of that stack, so that every size reaches a 4x4 (or 7x7) grid.
+    """
+
+    image_size: int = 64
+    channels: int = 1
+    latent_dim: int = 10
+    likelihood: Likelihood = "bernoulli"
+    # Standard deviation of the fixed-variance Gaussian likelihood, in [0, 1] pixel units.
+    gaussian_sigma: float = 0.1
+    conv_channels: tuple[int, ...] = (32, 32, 64, 64)
+    fc_dim: int = 256
+    # The encoder sees (x - mean) / std, with statistics fit on the training split only;
+    # the likelihood always models x itself, in [0, 1].
+    input_mean: tuple[float, ...] = (0.0,)
+    input_std: tuple[float, ...] = (1.0,)
+    # exp(logvar) is kept in [e^-10, e^10]: outside it the reparameterization under- or overflows.
+    logvar_min: float = -10.0
+    logvar_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        self.conv_channels = tuple(self.conv_channels)
+        self.input_mean = tuple(float(v) for v in self.input_mean)
+        self.input_std = tuple(float(v) for v in self.input_std)
+        if len(self.input_mean) == 1 and self.channels > 1:
+            self.input_mean = self.input_mean * self.channels
+        if len(self.input_std) == 1 and self.channels > 1:
+            self.input_std = self.input_std * self.channels
+        self.validate()
+
+    def validate(self) -> None:
+        _require(self.image_size in SUPPORTED_IMAGE_SIZES, "image_size",
+                 f"one of {SUPPORTED_IMAGE_SIZES}", self.image_size)
+        _require(self.channels in SUPPORTED_CHANNELS, "channels", "1 or 3", self.channels)
+        _require(self.latent_dim >= 1, "latent_dim", "a positive integer", self.latent_dim)
+        _require(self.likelihood in ("bernoulli", "gaussian_fixed", "gaussian_learned"),
+                 "likelihood", "bernoulli, gaussian_fixed or gaussian_learned", self.likelihood)
+        _require(self.gaussian_sigma > 0, "gaussian_sigma", "a positive number", self.gaussian_sigma)
+        _require(len(self.input_mean) == self.channels, "input_mean",
+                 f"{self.channels} value(s), one per channel", self.input_mean)
+        _require(len(self.input_std) == self.channels and min(self.input_std) > 0, "input_std",
+                 f"{self.channels} positive value(s), one per channel", self.input_std)
+
+
+@dataclass
+class ObjectiveConfig:
+    """The training objective; see kubevae.objectives for the formulas."""
+
+    kind: ObjectiveKind = "beta"
+    beta: float = 4.0
+    # Capacity control (Burgess et al. 2018): gamma * |KL - C(t)|, C rising linearly to capacity_max.
+    gamma: float = 1000.0
+    capacity_max: float = 25.0
+    capacity_steps: int = 100_000
+    # Linear KL warm-up over this many steps (0 = off); applies to both objectives.
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        _require(self.kind in ("beta", "capacity"), "objective", "beta or capacity", self.kind)
+        _require(self.beta >= 0, "beta", "a number >= 0", self.beta)
+        _require(self.gamma >= 0, "gamma", "a number >= 0", self.gamma)
+        _require(self.capacity_max >= 0, "capacity_max", "a number >= 0", self.capacity_max)
+        _require(self.capacity_steps >= 1, "capacity_steps", "a positive integer", self.capacity_steps)
+        _require(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0", self.warmup_steps)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `batch_size` is the global batch, split evenly over the processes,
+    so that a run gives the same result on one process or on several."""
+
+    data: str | None = None
+    dataset: str | None = None
+    dataset_size: int = 20_000
+    out: str = "runs/model"
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    resume: str | None = None
+    epochs: int = 10
+    max_steps: int | None = None
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_lr_steps: int = 100
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    iwae_k: int = 0
+    eval_batches: int | None = None
+    require_tracking: bool = False
+    log_images: bool = True
+    log_mlflow_model: bool = True
+    experiment: str = "kubevae"
+
+    def __post_init__(self) -> None:
+        _require(self.epochs >= 1, "--epochs", "a positive integer", self.epochs)
+        _require(self.batch_size >= 1, "--batch-size", "a positive integer", self.batch_size)
+        _require(self.lr > 0, "--lr", "a positive number", self.lr)
+        _require(self.checkpoint_every >= 1, "--checkpoint-every", "a positive integer",
+                 self.checkpoint_every)
+        _require(self.resume in (None, "auto", "never") or bool(self.resume), "--resume",
+                 "'auto' or a checkpoint path", self.resume)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def model_config_from_dict(d: dict[str, Any], *, source: str = "config") -> ModelConfig:
+    return _from_dict(ModelConfig, d, source)
+
+
+def objective_config_from_dict(d: dict[str, Any], *, source: str = "config") -> ObjectiveConfig:
+    return _from_dict(ObjectiveConfig, d, source)
+
+
+def _from_dict(cls: type, d: dict[str, Any], source: str) -> Any:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"{source}: unknown field(s) {unknown} for {cls.__name__}; "
+                         f"expected some of {sorted(known)}")
+    return cls(**d)
+
+
+def _require(ok: bool, name: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise ValueError(f"{name}: expected {expected}, got {got!r}")

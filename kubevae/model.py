@@ -1,0 +1,208 @@
+"""The beta-VAE: a convolutional encoder, a mirrored decoder and the likelihood of pixels.
+
+The objective lives apart, in kubevae.objectives (as in pythae): this module only maps images to
+a diagonal Gaussian posterior q(z|x), latents to likelihood parameters p(x|z), and scores x
+under them. A model is saved as a folder: model.safetensors (weights, never pickle),
+config.json (architecture, image shape, likelihood, latent size, objective, normalization) and
+metrics.json.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from kubevae.config import (ModelConfig, ObjectiveConfig, model_config_from_dict,
+                            objective_config_from_dict, to_dict)
+from kubevae.storage import atomic_dir, atomic_write_json, read_json
+
+MODEL_FORMAT = "kubevae-model/1"
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.json"
+LOG_2PI = math.log(2 * math.pi)
+
+
+def conv_plan(config: ModelConfig) -> tuple[tuple[int, ...], int]:
+    """The conv channels used for this image size and the side of the last feature map.
+
+    64 px: 4 stride-2 convs to 4x4; 32 px: 3 to 4x4; 28 px: 2 to 7x7 (28 does not halve to 4).
+    """
+    n_convs = {64: 4, 32: 3, 28: 2}[config.image_size]
+    channels = tuple(config.conv_channels[-n_convs:])
+    return channels, config.image_size // 2**n_convs
+
+
+class Encoder(nn.Module):
+    """x (normalized, N x C x H x W) -> posterior mean and log-variance (N x D each)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        channels, side = conv_plan(config)
+        layers: list[nn.Module] = []
+        in_ch = config.channels
+        for out_ch in channels:
+            layers += [nn.Conv2d(in_ch, out_ch, 4, stride=2, padding=1), nn.ReLU()]
+            in_ch = out_ch
+        self.convs = nn.Sequential(*layers)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(in_ch * side * side, config.fc_dim), nn.ReLU())
+        self.head = nn.Linear(config.fc_dim, 2 * config.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.fc(self.convs(x))).chunk(2, dim=1)
+        return mu, logvar
+
+
+class Decoder(nn.Module):
+    """z (N x D) -> likelihood parameters per pixel (logits, or Gaussian means), N x C x H x W."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        channels, side = conv_plan(config)
+        self.side, self.first_channels = side, channels[-1]
+        self.fc = nn.Sequential(
+            nn.Linear(config.latent_dim, config.fc_dim), nn.ReLU(),
+            nn.Linear(config.fc_dim, channels[-1] * side * side), nn.ReLU())
+        layers: list[nn.Module] = []
+        mirrored = list(reversed(channels)) + [config.channels]
+        for i, (in_ch, out_ch) in enumerate(zip(mirrored[:-1], mirrored[1:])):
+            layers.append(nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1))
+            if i < len(mirrored) - 2:
+                layers.append(nn.ReLU())
+        self.deconvs = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = self.fc(z).view(-1, self.first_channels, self.side, self.side)
+        return self.deconvs(h)
+
+
+class VAE(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+        shape = (1, config.channels, 1, 1)
+        self.register_buffer("input_mean", torch.tensor(config.input_mean).view(shape))
+        self.register_buffer("input_std", torch.tensor(config.input_std).view(shape))
+        if config.likelihood == "gaussian_learned":
+            # One learned log-sigma per channel: per-pixel variances let the model shrink the
+            # variance of easy pixels without bound, which makes the likelihood diverge.
+            self.log_sigma = nn.Parameter(torch.full(shape, math.log(config.gaussian_sigma)))
+
+    # -- the posterior and the prior --------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x in [0, 1], N x C x H x W -> (mu, logvar), logvar clamped to a safe range."""
+        mu, logvar = self.encoder((x - self.input_mean) / self.input_std)
+        return mu, logvar.clamp(self.config.logvar_min, self.config.logvar_max)
+
+    @staticmethod
+    def reparameterize(mu: torch.Tensor, logvar: torch.Tensor,
+                       eps: torch.Tensor | None = None) -> torch.Tensor:
+        """z = mu + sigma * eps: a sample whose gradient flows to mu and logvar."""
+        if eps is None:
+            eps = torch.randn_like(mu)
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor | None = None):
+        mu, logvar = self.encode(x)
+        z = self.reparameterize(mu, logvar, eps)
+        return self.decode(z), mu, logvar
+
+    # -- the likelihood p(x|z) --------------------------------------------------------------
+    def log_likelihood(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) per image, summed over pixels and channels (nats). Shape: N."""
+        params = params.float()
+        if self.config.likelihood == "bernoulli":
+            ll = -F.binary_cross_entropy_with_logits(params, x, reduction="none")
+        else:
+            log_sigma = self.log_sigma if self.config.likelihood == "gaussian_learned" else \
+                torch.full_like(params[:1, :, :1, :1], math.log(self.config.gaussian_sigma))
+            ll = -0.5 * (((x - params) / log_sigma.exp()) ** 2 + LOG_2PI) - log_sigma
+        return ll.flatten(1).sum(dim=1)
+
+    def mean_image(self, params: torch.Tensor) -> torch.Tensor:
+        """The mean of p(x|z) as an image in [0, 1]."""
+        if self.config.likelihood == "bernoulli":
+            return torch.sigmoid(params.float())
+        return params.float().clamp(0.0, 1.0)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n images (means of p(x|z)) for z drawn from the prior N(0, I)."""
+        device = self.input_mean.device
+        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        return self.mean_image(self.decode(z))
+
+    @staticmethod
+    def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
+        """uint8 N x H x W x C -> float N x C x H x W in [0, 1] (a channels_last view: no copy
+        until the division, which runs wherever the tensor already is)."""
+        return images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(q(z|x) || N(0, I)) per latent dimension, closed form. Shape: N x D."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar)
+
+
+# -- the model folder -----------------------------------------------------------------------
+def save_model(out_dir: str | Path, vae: VAE, objective: ObjectiveConfig,
+               metrics: dict[str, Any] | None = None, extra: dict[str, Any] | None = None) -> Path:
+    """Write the model folder atomically: it appears whole or not at all."""
+    out_dir = Path(out_dir)
+    state = {k: v.detach().cpu().contiguous() for k, v in vae.state_dict().items()}
+    config = {"format": MODEL_FORMAT, "model": to_dict(vae.config),
+              "objective": to_dict(objective), **(extra or {})}
+    with atomic_dir(out_dir) as tmp:
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
+        atomic_write_json(tmp / CONFIG_FILE, config)
+        atomic_write_json(tmp / METRICS_FILE, metrics or {})
+    return out_dir
+
+
+def read_model_config(model_dir: str | Path) -> tuple[ModelConfig, ObjectiveConfig, dict[str, Any]]:
+    path = Path(model_dir) / CONFIG_FILE
+    raw = read_json(path)
+    if raw.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path}: field 'format' is {raw.get('format')!r}, expected {MODEL_FORMAT!r}")
+    for key in ("model", "objective"):
+        if not isinstance(raw.get(key), dict):
+            raise ValueError(f"{path}: field {key!r} is missing or not an object")
+    return (model_config_from_dict(raw["model"], source=f"{path} field 'model'"),
+            objective_config_from_dict(raw["objective"], source=f"{path} field 'objective'"), raw)
+
+
+def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
+    """Build the VAE from config.json and load its safetensors weights, checking every shape."""
+    model_dir = Path(model_dir)
+    config, _, _ = read_model_config(model_dir)
+    vae = VAE(config)
+    weights_path = model_dir / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{weights_path}: weights file not found")
+    state = load_file(str(weights_path))
+    check_state_dict(vae, state, source=str(weights_path))
+    vae.load_state_dict(state)
+    return vae.to(device).eval()
+
+
+def check_state_dict(vae: VAE, state: dict[str, torch.Tensor], *, source: str) -> None:
+    expected = vae.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f"{source}: tensors do not match config.json: missing {missing}, "
+                         f"unexpected {unexpected}")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+                             f"but config.json implies {tuple(tensor.shape)}")

@@ -1,0 +1,33 @@
+"""Progress for long work: a bar on an interactive terminal, plain periodic lines otherwise.
+
+Both go to stderr, so that stdout stays clean for the metric lines Katib parses.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Iterable, Iterator, TypeVar
+
+from tqdm import tqdm
+
+T = TypeVar("T")
+
+
+def progress(iterable: Iterable[T], *, desc: str, total: int | None = None,
+             every_seconds: float = 10.0) -> Iterator[T]:
+    if sys.stderr.isatty():
+        yield from tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True)
+        return
+    start = last = time.monotonic()
+    done = 0
+    for item in iterable:
+        yield item
+        done += 1
+        now = time.monotonic()
+        if now - last >= every_seconds:
+            last = now
+            of = f"/{total}" if total else ""
+            print(f"{desc}: {done}{of} ({done / (now - start):.1f}/s)", file=sys.stderr, flush=True)
+    if done:
+        print(f"{desc}: {done} done in {time.monotonic() - start:.1f}s", file=sys.stderr, flush=True)
