@@ -12,7 +12,8 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# compat mode: a .pth file puts the checkout on sys.path, so new packages import at once.
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]' --config-settings editable_mode=compat
 	# kubeflow-katib 0.19.0 pins protobuf<5, but kfp 2.17 and kserve 0.21 need protobuf 6.
 	# Its modules import and work on protobuf 6, so it goes in without its pins; everything
 	# it needs (kubernetes, grpcio, protobuf, six, urllib3, certifi) is already installed above.

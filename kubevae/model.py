@@ -139,7 +139,7 @@ class VAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n images (means of p(x|z)) for z drawn from the prior N(0, I)."""
         device = self.input_mean.device
-        z = torch.randn(n, self.config.latent_dim, generator=generator, device=device)
+        z = torch.randn(n, self.config.latent_dim, generator=generator).to(device)
         return self.mean_image(self.decode(z))
 
     @staticmethod

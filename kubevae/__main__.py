@@ -1,0 +1,5 @@
+import sys
+
+from kubevae.cli import main
+
+sys.exit(main())

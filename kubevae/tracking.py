@@ -1,0 +1,177 @@
+"""MLflow tracking, with one behaviour everywhere: the laptop, kfp.local and a cluster.
+
+- The tracking URI comes from MLFLOW_TRACKING_URI. Without it, a local SQLite store
+  (runs/mlflow.db, artifacts in runs/mlartifacts; KUBEVAE_RUNS_DIR moves both) is used.
+- MLFLOW_RUN_ID set (KFP 2.17's MLflow integration injects it on a cluster): log into that run.
+- MLFLOW_PARENT_RUN_ID set (the local pipeline sets it): open a nested run under that parent.
+- An unreachable server gives a warning and the work goes on untracked, unless `require=True`
+  (`--require-tracking`), which fails fast instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+
+class TrackingUnavailable(RuntimeError):
+    pass
+
+
+def runs_dir() -> Path:
+    return Path(os.environ.get("KUBEVAE_RUNS_DIR", "runs")).resolve()
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    path = runs_dir() / "mlflow.db"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{path}"
+
+
+def ui_command() -> str:
+    uri = tracking_uri()
+    if uri.startswith("sqlite:"):
+        return f"mlflow ui --backend-store-uri {uri}"
+    return f"open {uri}"
+
+
+def check_reachable(uri: str, timeout: float = 3.0) -> None:
+    """Fail fast on an HTTP server that does not answer, instead of MLflow's minutes of retries."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout):  # noqa: S310
+            pass
+    except Exception as e:  # any failure means: not usable now
+        raise TrackingUnavailable(f"MLflow tracking server {uri} is unreachable: {e}") from e
+
+
+class Tracker:
+    """A thin wrapper around one active MLflow run; every method is a no-op when disabled."""
+
+    def __init__(self, mlflow_module: Any | None, run: Any | None):
+        self._mlflow, self.run = mlflow_module, run
+
+    @property
+    def enabled(self) -> bool:
+        return self._mlflow is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self.run.info.run_id if self.run is not None else None
+
+    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+        if not self.enabled:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # tracking must never take the work down with it
+            warnings.warn(f"MLflow {what} failed, continuing without it: {e}", stacklevel=3)
+            return None
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        flat = {k: str(v)[:6000] for k, v in _flatten(params).items()}
+        self._call("log_params", lambda: self._mlflow.log_params(flat))
+
+    def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
+        scalars = {k: float(v) for k, v in metrics.items()
+                   if isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v)}
+        self._call("log_metrics", lambda: self._mlflow.log_metrics(scalars, step=step))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        self._call("set_tags", lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+
+    def log_image(self, image: np.ndarray, name: str) -> None:
+        self._call("log_image", lambda: self._mlflow.log_image(image, name))
+
+    def log_figure(self, figure: Any, name: str) -> None:
+        self._call("log_figure", lambda: self._mlflow.log_figure(figure, name))
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
+
+    def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
+        self._call("log_artifacts", lambda: self._mlflow.log_artifacts(str(path), artifact_path))
+
+    def log_dict(self, obj: dict[str, Any], name: str) -> None:
+        self._call("log_dict", lambda: self._mlflow.log_dict(obj, name))
+
+    def log_text(self, text: str, name: str) -> None:
+        self._call("log_text", lambda: self._mlflow.log_text(text, name))
+
+    def call(self, what: str, fn, *args, **kwargs) -> Any:
+        """Run any other MLflow call with the same warn-and-continue policy."""
+        return self._call(what, fn, *args, **kwargs)
+
+
+DISABLED = Tracker(None, None)
+
+
+@contextlib.contextmanager
+def start_run(run_name: str, *, experiment: str = "kubevae", require: bool = False,
+              enabled: bool = True, tags: dict[str, Any] | None = None) -> Iterator[Tracker]:
+    """Open the MLflow run this process should log into (see the module docstring)."""
+    if not enabled:
+        yield DISABLED
+        return
+    try:
+        import mlflow
+
+        uri = tracking_uri()
+        check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        run = _open_run(mlflow, run_name, experiment, tags or {})
+    except Exception as e:
+        if require:
+            raise TrackingUnavailable(f"MLflow tracking failed and --require-tracking is set: {e}") from e
+        warnings.warn(f"MLflow tracking is off for this run: {e}", stacklevel=3)
+        yield DISABLED
+        return
+    tracker = Tracker(mlflow, run)
+    status = "FAILED"
+    try:
+        yield tracker
+        status = "FINISHED"
+    finally:
+        tracker.call("end_run", mlflow.end_run, status=status)
+
+
+def _open_run(mlflow: Any, run_name: str, experiment: str, tags: dict[str, Any]) -> Any:
+    if os.environ.get("MLFLOW_RUN_ID"):
+        return mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
+    experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment(mlflow, experiment)
+    parent = os.environ.get("MLFLOW_PARENT_RUN_ID")
+    return mlflow.start_run(run_name=run_name, experiment_id=experiment_id,
+                            parent_run_id=parent or None, nested=bool(parent),
+                            tags={k: str(v) for k, v in tags.items()})
+
+
+def ensure_experiment(mlflow: Any, name: str) -> str:
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    artifact_location = None
+    if tracking_uri().startswith("sqlite:"):
+        # A local store keeps artifacts beside the database, not in the current folder.
+        artifact_location = (runs_dir() / "mlartifacts").as_uri()
+    return mlflow.create_experiment(name, artifact_location=artifact_location)
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out

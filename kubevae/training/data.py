@@ -1,0 +1,85 @@
+"""The images a training run reads: a dataset or split folder, or the built-in sprites.
+
+Images stay uint8 N x H x W x C tensors. On CUDA the whole array moves to the GPU once; batches
+are gathered by index and converted to float on the device, so nothing is decoded per sample.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kubevae.data import load_splits, sprites
+from kubevae.storage import read_json
+
+BUILTIN_DATASETS = ("sprites",)
+VAL_FRACTION = 0.1
+
+
+@dataclass
+class TrainingData:
+    train: torch.Tensor
+    val: torch.Tensor | None
+    mean: list[float]
+    std: list[float]
+    source: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return tuple(self.train.shape[1:])  # type: ignore[return-value]
+
+
+def load(data: str | None, dataset: str | None, dataset_size: int, seed: int) -> TrainingData:
+    if bool(data) == bool(dataset):
+        raise ValueError("give exactly one of --data DIR (a dataset or split folder) or "
+                         f"--dataset NAME (built-in: {', '.join(BUILTIN_DATASETS)})")
+    if dataset:
+        return _builtin(dataset, dataset_size, seed)
+    return _from_folder(Path(data))
+
+
+def _from_folder(path: Path) -> TrainingData:
+    splits = load_splits(path)
+    train = splits["train"]
+    if len(train) == 0:
+        raise ValueError(f"{path}: the training split is empty")
+    images = torch.from_numpy(np.ascontiguousarray(train.images))
+    val = splits.get("val")
+    stats_path = path / "stats.json"
+    if stats_path.is_file():
+        stats = read_json(stats_path)
+        mean, std = stats["mean"], stats["std"]
+    else:
+        mean, std = channel_stats(images)
+    return TrainingData(images, torch.from_numpy(np.ascontiguousarray(val.images)) if val else None,
+                        mean, std, {"data": str(path), "content_sha256": train.info.get("content_sha256")})
+
+
+def _builtin(name: str, size: int, seed: int) -> TrainingData:
+    if name not in BUILTIN_DATASETS:
+        raise ValueError(f"--dataset: expected one of {BUILTIN_DATASETS}, got {name!r}")
+    images, manifest = sprites.generate(size, seed)
+    # A stable 10% hold-out by item id. Built-in sprites only: user data goes through
+    # `kubevae split`, which also groups duplicates so that none straddles the split.
+    is_val = np.array([_bucket(i) < VAL_FRACTION for i in manifest["item_id"]])
+    train, val = torch.from_numpy(images[~is_val]), torch.from_numpy(images[is_val])
+    mean, std = channel_stats(train)
+    return TrainingData(train, val if len(val) else None, mean, std,
+                        {"dataset": name, "dataset_size": size, "seed": seed})
+
+
+def channel_stats(images: torch.Tensor, max_images: int = 50_000) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units (on at most max_images evenly spaced images)."""
+    step = max(1, len(images) // max_images)
+    x = images[::step].double() / 255.0
+    dims = tuple(range(x.ndim - 1))
+    return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-3).tolist()
+
+
+def _bucket(key: str) -> float:
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF

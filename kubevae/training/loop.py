@@ -1,0 +1,254 @@
+"""The training loop: one readable loop for one process, torchrun and a PyTorchJob alike.
+
+Determinism across world sizes and restarts: the global batch is split evenly over the
+processes (DistributedSampler, seeded per epoch), and the reparameterization noise of step t is
+drawn for the whole global batch from a generator seeded by (seed, t), each process taking its
+own rows. So a 2-process run takes the same steps as a 1-process run, and a run resumed from a
+checkpoint at step s continues exactly as if it had never stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
+
+from kubevae import tracking
+from kubevae.config import TrainConfig, to_dict
+from kubevae.evaluation.bounds import evaluate_images
+from kubevae.model import VAE, kl_divergence, save_model
+from kubevae.objectives import Objective
+from kubevae.progress import progress
+from kubevae.training import checkpoint, distributed
+from kubevae.training.data import TrainingData, load
+
+MAX_VAL_IMAGES = 10_000
+
+
+def train(cfg: TrainConfig, run_name: str = "train") -> dict[str, Any]:
+    """Train a beta-VAE as `cfg` says and write the model folder to cfg.out. Returns metrics."""
+    dist = distributed.setup(cfg.device)
+    try:
+        return _train(cfg, dist, run_name)
+    finally:
+        dist.close()
+
+
+def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> dict[str, Any]:
+    torch.manual_seed(cfg.seed)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True)
+    data = load(cfg.data, cfg.dataset, cfg.dataset_size, cfg.seed)
+    vae = VAE(model_config_for(cfg, data)).to(dist.device)
+    on_cuda = dist.device.type == "cuda"
+    if on_cuda:
+        vae = vae.to(memory_format=torch.channels_last)
+    model = DistributedDataParallel(vae, device_ids=[dist.device] if on_cuda else None) \
+        if dist.enabled else vae
+
+    plan = StepPlan.make(cfg, len(data.train), dist.world_size)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_lr_steps, plan.total_steps))
+    objective = Objective(cfg.objective)
+    ckpt_dir = Path(cfg.checkpoint_dir or f"{cfg.out}.ckpt")
+    step, history = resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist)
+
+    images = data.train.to(dist.device) if on_cuda else data.train
+    sampler = DistributedSampler(range(len(images)), num_replicas=dist.world_size, rank=dist.rank,
+                                 shuffle=True, seed=cfg.seed, drop_last=True)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    track = tracking.start_run(run_name, experiment=cfg.experiment, require=cfg.require_tracking,
+                               tags={"kubevae.step": "train"}) if dist.is_main \
+        else contextlib.nullcontext(tracking.DISABLED)
+
+    with track as tracker:
+        tracker.log_params({**flat_params(cfg), "world_size": dist.world_size, **data.source})
+        val_metrics: dict[str, Any] = {}
+        for epoch in range(step // plan.steps_per_epoch, cfg.epochs):
+            if step >= plan.total_steps:
+                break
+            sampler.set_epoch(epoch)
+            order = torch.tensor(list(iter(sampler)))
+            sums = torch.zeros(3, dtype=torch.float64)
+            first = step - epoch * plan.steps_per_epoch
+            batches = range(first, min(plan.steps_per_epoch, first + plan.total_steps - step))
+            for b in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
+                idx = order[b * plan.local_batch:(b + 1) * plan.local_batch]
+                x = VAE.to_unit(images[idx].to(dist.device, non_blocking=True))
+                eps = step_noise(cfg.seed, step, cfg.batch_size, vae.config.latent_dim)
+                eps = eps[dist.rank::dist.world_size].to(dist.device)
+                with autocast:
+                    params, mu, logvar = model(x, eps)
+                recon = -vae.log_likelihood(x, params)
+                kl = kl_divergence(mu.float(), logvar.float()).sum(dim=1)
+                terms = objective(recon, kl, step)
+                optimizer.zero_grad(set_to_none=True)
+                terms.loss.backward()
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                sums += torch.tensor([float(terms.loss.detach()), float(terms.recon), float(terms.kl)],
+                                     dtype=torch.float64)
+                if step % cfg.checkpoint_every == 0:
+                    save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist)
+            train_metrics = reduce_means(sums, len(batches), dist)
+            val_metrics = validate(cfg, vae, data, dist) if dist.is_main else {}
+            record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
+                      **train_metrics, **val_metrics}
+            history.append(record)
+            if dist.is_main:
+                print_metrics(record)
+                tracker.log_metrics(record, step=step)
+            save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist)
+        final = {**(history[-1] if history else {}), "history": history}
+        if dist.is_main:
+            finish(cfg, vae, data, final, tracker, dist)
+        dist.barrier()
+    return final
+
+
+@dataclasses.dataclass
+class StepPlan:
+    local_batch: int
+    steps_per_epoch: int
+    total_steps: int
+
+    @classmethod
+    def make(cls, cfg: TrainConfig, num_images: int, world_size: int) -> "StepPlan":
+        if cfg.batch_size % world_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly "
+                             f"over WORLD_SIZE={world_size} processes")
+        steps_per_epoch = num_images // cfg.batch_size
+        if steps_per_epoch == 0:
+            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {num_images} "
+                             f"training images")
+        total = steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:
+            total = min(total, cfg.max_steps)
+        return cls(cfg.batch_size // world_size, steps_per_epoch, total)
+
+
+def model_config_for(cfg: TrainConfig, data: TrainingData):
+    h, w, c = data.image_shape
+    if h != w:
+        raise ValueError(f"images are {h}x{w}; expected square images (28, 32 or 64 px)")
+    # Normalization statistics come from the training data only (see kubevae.split).
+    return dataclasses.replace(cfg.model, image_size=h, channels=c,
+                               input_mean=tuple(data.mean), input_std=tuple(data.std))
+
+
+def lr_lambda(warmup: int, total: int):
+    """Linear warm-up, then cosine decay to a tenth of the learning rate."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress_ = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress_))
+    return factor
+
+
+def step_noise(seed: int, step: int, global_batch: int, latent_dim: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    return torch.randn(global_batch, latent_dim, generator=generator)
+
+
+def reduce_means(sums: torch.Tensor, n_batches: int, dist: distributed.Distributed) -> dict[str, float]:
+    if dist.enabled:
+        sums = sums.to(dist.device)
+        torch.distributed.all_reduce(sums)
+        sums = sums.cpu() / dist.world_size
+    means = (sums / max(1, n_batches)).tolist()
+    return dict(zip(("train_loss", "train_recon", "train_kl"), means))
+
+
+def validate(cfg: TrainConfig, vae: VAE, data: TrainingData, dist) -> dict[str, Any]:
+    if data.val is None or len(data.val) == 0:
+        return {}
+    metrics = evaluate_images(vae, data.val, iwae_k=cfg.iwae_k, seed=cfg.seed, device=dist.device,
+                              max_images=MAX_VAL_IMAGES)
+    return {f"val_{k}": v for k, v in metrics.items() if k not in ("kl_per_dim", "num_images")}
+
+
+def print_metrics(record: dict[str, Any]) -> None:
+    """One line of name=value pairs on stdout: what Katib's StdOut metrics collector parses."""
+    print(" ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                   for k, v in record.items()), flush=True)
+
+
+def save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist) -> None:
+    if not dist.is_main:
+        return
+    state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
+             "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
+             "rng_cpu": torch.get_rng_state(), "history": history,
+             "model_config": to_dict(vae.config)}
+    if torch.cuda.is_available():
+        state["rng_cuda"] = torch.cuda.get_rng_state_all()
+    checkpoint.save(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
+
+
+def resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist) -> tuple[int, list[dict[str, Any]]]:
+    if cfg.resume in (None, "never"):
+        return 0, []
+    if cfg.resume == "auto":
+        found = checkpoint.load_latest(ckpt_dir, map_location=dist.device)
+        if found is None:
+            return 0, []
+        state, path = found
+    else:
+        path = Path(cfg.resume)
+        state = checkpoint.load(path, map_location=dist.device)
+    vae.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_cpu"].cpu())
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
+    if dist.is_main:
+        print(f"resumed from {path} at step {state['step']}", file=sys.stderr, flush=True)
+    return int(state["step"]), list(state.get("history", []))
+
+
+def flat_params(cfg: TrainConfig) -> dict[str, Any]:
+    params = to_dict(cfg)
+    params.pop("model")
+    params.pop("objective")
+    return {**params, **{f"model.{k}": v for k, v in to_dict(cfg.model).items()},
+            **{f"objective.{k}": v for k, v in to_dict(cfg.objective).items()}}
+
+
+def finish(cfg: TrainConfig, vae: VAE, data: TrainingData, final: dict[str, Any],
+           tracker: tracking.Tracker, dist) -> None:
+    """Write the model folder and log what people look at: images, metrics, the model."""
+    start = time.monotonic()
+    extra = {"training": {**data.source, "world_size": dist.world_size, "steps": final.get("step"),
+                          "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                          "seed": cfg.seed}}
+    save_model(cfg.out, vae, cfg.objective, metrics=final, extra=extra)
+    if not tracker.enabled:
+        return
+    from kubevae import images
+
+    vae.eval()
+    tracker.log_artifact(Path(cfg.out) / "metrics.json")
+    if cfg.log_images:
+        x = VAE.to_unit((data.val if data.val is not None else data.train)[:8].to(dist.device))
+        tracker.log_image(images.reconstruction_grid(vae, x), "reconstructions.png")
+        tracker.log_image(images.samples_grid(vae, seed=cfg.seed), "samples.png")
+    if cfg.log_mlflow_model:
+        from kubevae import mlflow_model
+
+        info = tracker.call("log_model", mlflow_model.log_pyfunc, cfg.out, data.image_shape,
+                            vae.config.latent_dim)
+        if info is not None:
+            tracker.set_tags({"kubevae.model_uri": info.model_uri})
+    print(f"logged to MLflow run {tracker.run_id} in {time.monotonic() - start:.1f}s",
+          file=sys.stderr, flush=True)
