@@ -114,6 +114,7 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     iwae_k: int = 0
     eval_batches: int | None = None
+    tracking: bool = True
     require_tracking: bool = False
     log_images: bool = True
     log_mlflow_model: bool = True

@@ -7,6 +7,7 @@ load the model: nothing is pickled, so loading a registered model never unpickle
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,13 @@ def log_pyfunc(model_dir: str | Path, image_shape: tuple[int, int, int], latent_
     """Log the model folder as a pyfunc model of the active run; returns the ModelInfo."""
     import kubevae
 
+    with warnings.catch_warnings():
+        # MLflow nags about type hints and input examples; the explicit signature covers both.
+        warnings.filterwarnings("ignore", category=UserWarning, module="mlflow")
+        return _log(model_dir, image_shape, latent_dim, name, kubevae)
+
+
+def _log(model_dir, image_shape, latent_dim, name, kubevae):
     return mlflow.pyfunc.log_model(
         name=name, python_model=str(Path(__file__)), artifacts={ARTIFACT_KEY: str(model_dir)},
         signature=signature(image_shape, latent_dim), code_paths=[str(Path(kubevae.__file__).parent)],

@@ -59,6 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--run-name", default="train", help="MLflow run name")
     ev.add_argument("--require-tracking", action="store_true",
                     help="fail if MLflow is unreachable (default: warn and go on)")
+    ev.add_argument("--no-tracking", action="store_true", help="do not log to MLflow at all")
     ev.add_argument("--no-mlflow-model", action="store_true", help="do not log the pyfunc model to MLflow")
 
 
@@ -69,7 +70,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=a.keep_checkpoints, resume=a.resume, epochs=a.epochs,
         max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         seed=a.seed, deterministic=a.deterministic, device=a.device, iwae_k=a.iwae_k,
-        require_tracking=a.require_tracking, experiment=a.experiment,
+        tracking=not a.no_tracking, require_tracking=a.require_tracking, experiment=a.experiment,
         log_mlflow_model=not a.no_mlflow_model,
         model=ModelConfig(latent_dim=a.latent_dim, likelihood=a.likelihood,
                           gaussian_sigma=a.gaussian_sigma),

@@ -66,7 +66,7 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
     track = tracking.start_run(run_name, experiment=cfg.experiment, require=cfg.require_tracking,
-                               tags={"kubevae.step": "train"}) if dist.is_main \
+                               enabled=cfg.tracking, tags={"kubevae.step": "train"}) if dist.is_main \
         else contextlib.nullcontext(tracking.DISABLED)
 
     with track as tracker:
@@ -82,7 +82,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             batches = range(first, min(plan.steps_per_epoch, first + plan.total_steps - step))
             for b in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
                 idx = order[b * plan.local_batch:(b + 1) * plan.local_batch]
-                x = VAE.to_unit(images[idx].to(dist.device, non_blocking=True))
+                x = VAE.to_unit(images[idx].to(dist.device, non_blocking=True)).contiguous(
+                    memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
                 eps = step_noise(cfg.seed, step, cfg.batch_size, vae.config.latent_dim)
                 eps = eps[dist.rank::dist.world_size].to(dist.device)
                 with autocast:

@@ -1,0 +1,125 @@
+"""Training end to end, in real subprocesses: the CLI, torchrun with gloo, kill and resume."""
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import kubevae_cmd, subprocess_env
+from kubevae.config import ModelConfig, ObjectiveConfig, TrainConfig
+from kubevae.objectives import NonFiniteLossError
+from kubevae.training.loop import train
+
+# Katib's default StdOut metrics-collector regex.
+KATIB_METRIC = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
+TINY = ["--dataset", "sprites", "--dataset-size", "320", "--batch-size", "32", "--latent-dim", "4",
+        "--deterministic", "--no-mlflow-model"]
+
+
+def _run(*args: str, timeout: int = 240, **env: str) -> subprocess.CompletedProcess:
+    done = subprocess.run(kubevae_cmd("train", *args), capture_output=True, text=True,
+                          timeout=timeout, env=subprocess_env(**env))
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def test_cli_trains_logs_to_mlflow_and_prints_katib_metrics(tmp_path):
+    out = tmp_path / "model"
+    done = _run(*TINY, "--epochs", "2", "--out", str(out), "--no-tracking")
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch=")]
+    assert len(lines) == 2
+    first = dict((m.group(1), float(m.group(2))) for m in KATIB_METRIC.finditer(lines[0]))
+    parsed = dict((m.group(1), float(m.group(2))) for m in KATIB_METRIC.finditer(lines[-1]))
+    assert parsed["epoch"] == 2 and parsed["step"] == 2 * first["step"] > 0
+    for name in ("train_loss", "val_neg_elbo", "val_recon", "val_kl", "val_psnr", "val_active_units"):
+        assert name in parsed, name
+    assert parsed["val_neg_elbo"] == pytest.approx(parsed["val_recon"] + parsed["val_kl"], rel=1e-4)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+
+
+def test_training_logs_params_metrics_images_and_model_to_mlflow(tmp_path):
+    runs = tmp_path / "runs"
+    cfg = TrainConfig(dataset="sprites", dataset_size=160, batch_size=32, epochs=1,
+                      out=str(tmp_path / "model"), model=ModelConfig(latent_dim=3))
+    train(cfg)
+    mlflow.set_tracking_uri(f"sqlite:///{runs / 'mlflow.db'}")
+    run = mlflow.search_runs(experiment_names=["kubevae"], output_format="list")[0]
+    assert run.data.params["objective.beta"] == "4.0"
+    assert "val_neg_elbo" in run.data.metrics
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
+    assert {"reconstructions.png", "samples.png", "metrics.json"} <= artifacts
+    model_uri = run.data.tags["kubevae.model_uri"]
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    from kubevae.data import sprites
+    images, _ = sprites.generate(4, seed=9)
+    assert pyfunc.predict(images).shape == (4, 3)
+
+
+def test_unreachable_tracking_server_warns_or_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: refused
+    cfg = TrainConfig(dataset="sprites", dataset_size=64, batch_size=32, epochs=1,
+                      out=str(tmp_path / "model"), model=ModelConfig(latent_dim=2))
+    with pytest.warns(UserWarning, match="MLflow tracking is off"):
+        train(cfg)
+    assert (tmp_path / "model" / "model.safetensors").is_file()
+    cfg.require_tracking = True
+    from kubevae.tracking import TrackingUnavailable
+    with pytest.raises(TrackingUnavailable, match="unreachable"):
+        train(cfg)
+
+
+def test_nan_loss_stops_with_the_step_and_the_term(tmp_path):
+    cfg = TrainConfig(dataset="sprites", dataset_size=256, batch_size=32, epochs=1, lr=1e30,
+                      warmup_lr_steps=1, out=str(tmp_path / "model"), tracking=False,
+                      model=ModelConfig(latent_dim=2), objective=ObjectiveConfig(beta=1.0))
+    with pytest.raises(NonFiniteLossError, match=r"step [1-9]\d*: loss term '(recon|kl|loss)' is"):
+        train(cfg)
+    assert not (tmp_path / "model").exists()
+
+
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [*TINY, "--epochs", "1", "--no-tracking"]
+    _run(*common, "--out", str(one))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "kubevae", "train", *common, "--out", str(two)],
+        capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    a, b = _weights(one), _weights(two)
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
+    # The metric lines come from rank 0 only.
+    assert sum(line.startswith("epoch=") for line in done.stdout.splitlines()) == 1
+
+
+def test_killed_run_resumes_to_the_same_parameters(tmp_path):
+    args = [*TINY, "--epochs", "2", "--checkpoint-every", "3", "--no-tracking"]
+    _run(*args, "--out", str(tmp_path / "straight"))
+
+    out, ckpts = tmp_path / "resumed", tmp_path / "resumed.ckpt"
+    proc = subprocess.Popen(kubevae_cmd("train", *args, "--out", str(out)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    deadline = time.monotonic() + 180
+    while not any(p.suffix == ".sha256" for p in ckpts.glob("*")) and time.monotonic() < deadline:
+        assert proc.poll() is None, "training ended before it could be interrupted"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists(), "the run finished before the kill: nothing was interrupted"
+    done = _run(*args, "--out", str(out), "--resume", "auto")
+    assert "resumed from" in done.stderr
+    a, b = _weights(tmp_path / "straight"), _weights(out)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
