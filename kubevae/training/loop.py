@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -176,6 +177,16 @@ def validate(cfg: TrainConfig, vae: VAE, data: TrainingData, dist) -> dict[str, 
     metrics = evaluate_images(vae, data.val, iwae_k=cfg.iwae_k, seed=cfg.seed, device=dist.device,
                               max_images=MAX_VAL_IMAGES)
     return {f"val_{k}": v for k, v in metrics.items() if k not in ("kl_per_dim", "num_images")}
+
+
+# Katib's default StdOut metrics-collector regex: what the cluster reads, the local tuner reads too.
+KATIB_METRIC = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
+
+
+def parse_metrics(line: str) -> dict[str, float]:
+    """The name=value pairs of one metric line, read exactly as Katib reads them."""
+    return {m.group(1): float(m.group(2)) for m in KATIB_METRIC.finditer(line)
+            if m.group(2) not in ("", "+", "-")}
 
 
 def print_metrics(record: dict[str, Any]) -> None:

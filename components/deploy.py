@@ -1,0 +1,25 @@
+from kfp.dsl import Artifact, Input, Markdown, Model, Output
+
+from components.base import component
+
+
+@component
+def deploy(model: Input[Model], model_name: str, backend: str, namespace: str, image: str,
+           canary_percent: int, inference_service: Output[Artifact], summary: Output[Markdown]) -> str:
+    """Serve the promoted model: a KServe InferenceService (canary for updates), or locally the
+    real ModelServer on loopback. Returns the endpoint."""
+    from pathlib import Path
+
+    from components.backends import get_backend
+    from components.backends.base import ClusterSettings, DeployRequest
+
+    Path(inference_service.path).mkdir(parents=True, exist_ok=True)
+    result = get_backend(backend).deploy(DeployRequest(
+        model_name=model_name, model_dir=model.path, model_uri=model.uri,
+        manifest_dir=inference_service.path, canary_percent=canary_percent,
+        cluster=ClusterSettings(namespace=namespace, image=image)))
+    Path(summary.path).write_text(
+        f"# Deploy: {model_name}\n\n| | |\n|---|---|\n| status | {result.status} |\n"
+        f"| endpoint | `{result.endpoint}` |\n| InferenceService | `{result.manifest_path}` |\n"
+        f"| smoke test | {result.smoke} |\n")
+    return result.endpoint

@@ -1,0 +1,16 @@
+from kfp.dsl import Input, Markdown, Output
+
+from components.base import component
+
+
+@component
+def keep_champion(decision_report: Input[Markdown], model_name: str,
+                  summary: Output[Markdown]) -> str:
+    """The branch taken when the gate does not promote: nothing is deployed."""
+    from pathlib import Path
+
+    decision = Path(decision_report.path).read_text()
+    Path(summary.path).write_text(
+        f"# Not deployed\n\nThe candidate of `{model_name}` is registered as `challenger`; the "
+        f"current `champion` keeps serving.\n\n{decision}")
+    return "kept"

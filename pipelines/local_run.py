@@ -1,0 +1,101 @@
+"""Run the whole pipeline on this machine with kfp.local, and summarize it.
+
+kfp.local's SubprocessRunner runs each component in a subprocess of this Python environment.
+A parent MLflow run is opened here; every step logs into a nested run under it
+(MLFLOW_PARENT_RUN_ID, inherited by the step processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kfp import local
+
+from kubevae import tracking
+from pipelines.pipeline import kubevae_pipeline
+
+
+def run_local(arguments: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["KUBEVAE_RUNS_DIR"] = str(run_dir)
+    root = run_dir / "pipeline-root"
+    before = set(root.iterdir()) if root.exists() else set()
+    start = time.time()
+    with tracking.start_run("pipeline", tags={"kubevae.step": "pipeline"}) as parent:
+        if parent.run_id:
+            os.environ["MLFLOW_PARENT_RUN_ID"] = parent.run_id
+        parent.log_params(arguments)
+        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+                   raise_on_error=True)
+        kubevae_pipeline(**arguments)
+        os.environ.pop("MLFLOW_PARENT_RUN_ID", None)
+        new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
+        if not new:
+            raise RuntimeError(f"{root}: kfp.local wrote no run folder")
+        summary = summarize(new[-1], start)
+        parent.log_dict(summary, "summary.json")
+    summary["mlflow_ui"] = tracking.ui_command()
+    summary["mlflow_store"] = tracking.tracking_uri()
+    return summary
+
+
+def summarize(run_root: Path, start: float) -> dict[str, Any]:
+    """Read what each step wrote: best parameters, test metrics, the gate, the smoke test."""
+    tasks = {p.name: p for p in run_root.iterdir() if p.is_dir()}
+    study = json.loads((tasks["tune"] / "best_params").read_text())
+    evaluation = json.loads((tasks["evaluate"] / "evaluation" / "metrics.json").read_text())
+    summary: dict[str, Any] = {
+        "run_root": str(run_root),
+        "best_params": study["best_params"],
+        "objective": {study["objective_metric"]: study["best_value"]},
+        "test_metrics": {k: v for k, v in evaluation.items() if isinstance(v, (int, float))},
+        "gate": _output(tasks["gate"]),
+        "gate_report": (tasks["gate"] / "decision_report").read_text(),
+        "model_path": str(tasks["train"] / "model"),
+        "branch": "promoted" if "deploy" in tasks else "not-promoted",
+        "step_seconds": step_seconds(tasks, start),
+    }
+    if "smoke-test" in tasks:
+        summary["smoke_test"] = _output(tasks["smoke-test"])
+        summary["smoke_report"] = (tasks["smoke-test"] / "result").read_text()
+        summary["inference_service"] = str(tasks["deploy"] / "inference_service")
+    return summary
+
+
+def step_seconds(tasks: dict[str, Path], start: float) -> dict[str, float]:
+    """Each step's wall time, from the order in which the steps finished (they run one by one)."""
+    finished = sorted((p.joinpath("executor_output.json").stat().st_mtime, name)
+                      for name, p in tasks.items() if p.joinpath("executor_output.json").exists())
+    seconds, last = {}, start
+    for when, name in finished:
+        seconds[name] = round(when - last, 1)
+        last = when
+    seconds["total"] = round(last - start, 1)
+    return seconds
+
+
+def _output(task_dir: Path) -> Any:
+    output = json.loads((task_dir / "executor_output.json").read_text())
+    return output.get("parameterValues", {}).get("Output")
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    lines = ["", "=" * 72, "kubevae pipeline: summary", "=" * 72,
+             f"best parameters : {summary['best_params']}",
+             f"objective       : {summary['objective']}",
+             "test metrics    : " + ", ".join(f"{k}={v:.4g}" for k, v in summary["test_metrics"].items()
+                                              if k in ("neg_elbo", "iwae_nll", "recon", "kl", "psnr",
+                                                       "active_units", "mig", "factor_vae")),
+             f"gate decision   : {summary['gate']}  (branch taken: {summary['branch']})",
+             f"model           : {summary['model_path']}",
+             f"smoke test      : {summary.get('smoke_test', 'not run (model not promoted)')}",
+             f"MLflow store    : {summary['mlflow_store']}",
+             f"MLflow UI       : {summary['mlflow_ui']}",
+             f"step seconds    : {summary['step_seconds']}",
+             "=" * 72]
+    print("\n".join(lines), flush=True)

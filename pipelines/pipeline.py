@@ -1,0 +1,126 @@
+"""The DAG: ingest -> split -> tune -> train -> evaluate -> gate -> (deploy -> smoke test).
+
+Every top-level parameter has a default and a description; the Kubeflow UI's run form shows
+them. `backend` chooses how the cluster-facing steps run: `kubernetes` (Katib, PyTorchJob,
+KServe) on a cluster, `local` (Optuna, torchrun, a loopback ModelServer) on a laptop.
+"""
+
+
+from kfp import dsl
+
+from components.base import IMAGE
+from components.deploy import deploy
+from components.evaluate import evaluate
+from components.gate import gate
+from components.ingest import ingest
+from components.keep_champion import keep_champion
+from components.smoke_test import smoke_test
+from components.split import split
+from components.train import train
+from components.tune import tune
+
+PIPELINE_NAME = "kubevae"
+
+# name: (default, description). One table feeds the pipeline signature's docstring and the
+# tests that check every parameter is described.
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "source_uri": ("builtin://sprites?n=20000", "Where the images come from: s3://bucket/prefix, minio://bucket/prefix, a folder, builtin://sprites or builtin://digits."),
+    "image_size": (0, "Resize images to this square size (28, 32 or 64); 0 keeps their size."),
+    "max_bad_fraction": (0.01, "Fail ingest when more than this fraction of files is quarantined."),
+    "train_fraction": (0.8, "Fraction of groups in the training split."),
+    "val_fraction": (0.1, "Fraction of groups in the validation split (tuning objective)."),
+    "test_fraction": (0.1, "Fraction of groups in the frozen test split (gate)."),
+    "group_column": ("", "Metadata column that groups images (patient, device, session); empty for none."),
+    "previous_split": ("", "assignments.csv of an earlier run: pins every existing assignment (scheduled retraining)."),
+    "backend": ("kubernetes", "Where cluster-facing steps run: kubernetes (Katib, PyTorchJob, KServe) or local."),
+    "algorithm": ("tpe", "Search algorithm: tpe, random, grid, bayesianoptimization or hyperband (the last two on Katib)."),
+    "objective_metric": ("val_neg_elbo", "Tuning objective, minimized and independent of beta: val_neg_elbo or val_iwae_nll."),
+    "beta_min": (0.5, "Smallest beta of the log-uniform search range."),
+    "beta_max": (16.0, "Largest beta of the log-uniform search range."),
+    "latent_dims": ([4, 6, 10], "Latent sizes to search (categorical)."),
+    "tune_lr": (False, "Also search the learning rate (log-uniform 1e-4 to 3e-3)."),
+    "max_trials": (12, "Katib maxTrialCount / Optuna trials."),
+    "parallel_trials": (3, "Katib parallelTrialCount / concurrent Optuna trials."),
+    "max_failed_trials": (3, "Katib maxFailedTrialCount: the search stops after this many failures."),
+    "trial_epochs": (5, "Epochs per tuning trial."),
+    "epochs": (30, "Epochs of the final training run."),
+    "batch_size": (256, "Global batch size, split over all training processes."),
+    "workers": (2, "Training processes: PyTorchJob Master + Workers, or torchrun processes locally."),
+    "trial_workers": (1, "Processes per tuning trial."),
+    "gpus_per_worker": (0, "GPUs per training process (nvidia.com/gpu); 0 trains on CPUs."),
+    "iwae_k": (50, "Importance samples for the IWAE bound in evaluation."),
+    "gate_margin": (0.5, "Nats per image the candidate must beat the champion by to be promoted."),
+    "model_name": ("kubevae-sprites", "Registered model name in MLflow and the InferenceService name."),
+    "canary_percent": (10, "Traffic share of the canary when an InferenceService is updated."),
+    "namespace": ("", "Namespace for Katib, PyTorchJob and InferenceService; empty = the run's namespace."),
+    "image": (IMAGE, "The project image for trials, training pods and the predictor."),
+    "seed": (0, "Random seed for the search, training and evaluation."),
+}
+
+
+def _pipeline(
+    source_uri: str = PARAMETERS["source_uri"][0],
+    image_size: int = PARAMETERS["image_size"][0],
+    max_bad_fraction: float = PARAMETERS["max_bad_fraction"][0],
+    train_fraction: float = PARAMETERS["train_fraction"][0],
+    val_fraction: float = PARAMETERS["val_fraction"][0],
+    test_fraction: float = PARAMETERS["test_fraction"][0],
+    group_column: str = PARAMETERS["group_column"][0],
+    previous_split: str = PARAMETERS["previous_split"][0],
+    backend: str = PARAMETERS["backend"][0],
+    algorithm: str = PARAMETERS["algorithm"][0],
+    objective_metric: str = PARAMETERS["objective_metric"][0],
+    beta_min: float = PARAMETERS["beta_min"][0],
+    beta_max: float = PARAMETERS["beta_max"][0],
+    latent_dims: list = PARAMETERS["latent_dims"][0],
+    tune_lr: bool = PARAMETERS["tune_lr"][0],
+    max_trials: int = PARAMETERS["max_trials"][0],
+    parallel_trials: int = PARAMETERS["parallel_trials"][0],
+    max_failed_trials: int = PARAMETERS["max_failed_trials"][0],
+    trial_epochs: int = PARAMETERS["trial_epochs"][0],
+    epochs: int = PARAMETERS["epochs"][0],
+    batch_size: int = PARAMETERS["batch_size"][0],
+    workers: int = PARAMETERS["workers"][0],
+    trial_workers: int = PARAMETERS["trial_workers"][0],
+    gpus_per_worker: int = PARAMETERS["gpus_per_worker"][0],
+    iwae_k: int = PARAMETERS["iwae_k"][0],
+    gate_margin: float = PARAMETERS["gate_margin"][0],
+    model_name: str = PARAMETERS["model_name"][0],
+    canary_percent: int = PARAMETERS["canary_percent"][0],
+    namespace: str = PARAMETERS["namespace"][0],
+    image: str = PARAMETERS["image"][0],
+    seed: int = PARAMETERS["seed"][0],
+):
+    raw = ingest(source_uri=source_uri, image_size=image_size, max_bad_fraction=max_bad_fraction)
+    splits = split(dataset=raw.outputs["dataset"], train_fraction=train_fraction,
+                   val_fraction=val_fraction, test_fraction=test_fraction,
+                   group_column=group_column, previous_split=previous_split)
+    study = tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
+                 objective_metric=objective_metric, beta_min=beta_min, beta_max=beta_max,
+                 latent_dims=latent_dims, tune_lr=tune_lr, max_trials=max_trials,
+                 parallel_trials=parallel_trials, max_failed_trials=max_failed_trials,
+                 trial_epochs=trial_epochs, batch_size=batch_size, trial_workers=trial_workers,
+                 gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed)
+    trained = train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
+                    backend=backend, epochs=epochs, batch_size=batch_size, workers=workers,
+                    gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed)
+    evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
+             best_params=study.outputs["best_params"], iwae_k=iwae_k, seed=seed)
+    decision = gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
+                    model_name=model_name, margin=gate_margin, seed=seed)
+    # kfp.local resolves a condition only on a task's single "Output": gate returns one string.
+    with dsl.If(decision.outputs["Output"] == "promoted", name="promoted"):
+        served = deploy(model=trained.outputs["model"], model_name=model_name, backend=backend,
+                        namespace=namespace, image=image, canary_percent=canary_percent)
+        smoke_test(endpoint=served.outputs["Output"], model=trained.outputs["model"],
+                   model_name=model_name, backend=backend)
+    with dsl.Else(name="not-promoted"):
+        keep_champion(decision_report=decision.outputs["decision_report"], model_name=model_name)
+
+
+# KFP reads each parameter's description from the docstring's Args section (the UI shows it).
+_pipeline.__doc__ = "The kubevae pipeline.\n\nArgs:\n" + "\n".join(
+    f"    {name}: {description}" for name, (_, description) in PARAMETERS.items())
+kubevae_pipeline = dsl.pipeline(
+    name=PIPELINE_NAME, description="Ingest images, split them without leakage, tune and train a "
+    "beta-VAE, gate it against the champion and serve it with KServe.")(_pipeline)
