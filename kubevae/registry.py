@@ -109,7 +109,7 @@ def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin
     client.set_registered_model_alias(model_name, CHAMPION if promoted else CHALLENGER, version)
     client.set_model_version_tag(model_name, version, METRIC, f"{candidate:.6f}")
     decision = GateDecision("promoted" if promoted else "challenger", model_name, str(version),
-                            candidate, champion, found[1] if found else None, margin)
+                            candidate, champion, str(found[1]) if found else None, margin)
     tracker.log_metrics({"gate_candidate": candidate, "gate_promoted": float(promoted),
                          **({"gate_champion": champion} if champion is not None else {})})
     tracker.log_dict(decision.as_dict(), "gate.json")

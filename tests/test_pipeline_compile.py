@@ -1,0 +1,72 @@
+"""The compiled pipeline: what the Kubeflow UI loads."""
+
+import yaml
+
+from pipelines.pipeline import PARAMETERS
+from pipelines.submit import compile_pipeline, to_kfp_cron
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
+    return yaml.safe_load(path.read_text())
+
+
+def test_every_parameter_has_a_default_and_a_description(spec):
+    inputs = spec["root"]["inputDefinitions"]["parameters"]
+    assert set(inputs) == set(PARAMETERS)
+    for name, definition in inputs.items():
+        assert "defaultValue" in definition, name
+        assert definition.get("description"), name
+    assert inputs["backend"]["defaultValue"] == "kubernetes"
+
+
+def test_dag_order(spec):
+    tasks = spec["root"]["dag"]["tasks"]
+    deps = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
+    assert deps["ingest"] == set()
+    assert deps["split"] == {"ingest"}
+    assert deps["tune"] == {"split"}
+    assert deps["train"] == {"split", "tune"}
+    assert deps["evaluate"] == {"split", "train", "tune"}
+    assert deps["gate"] == {"split", "train"}
+    # The deploy branch and its Else both hang off the gate's decision.
+    branch_groups = [name for name in tasks if name.startswith("condition-branches")]
+    assert len(branch_groups) == 1 and deps[branch_groups[0]] == {"gate", "train"}
+    branches = spec["components"]["comp-" + branch_groups[0]]["dag"]["tasks"]
+    conditions = {name: t["triggerPolicy"]["condition"] for name, t in branches.items()}
+    assert any("== 'promoted'" in c and "!" not in c for c in conditions.values())
+    assert any(c.startswith("!(") for c in conditions.values())
+    promoted = next(n for n, c in conditions.items() if not c.startswith("!("))
+    inner = spec["components"]["comp-" + promoted]["dag"]["tasks"]
+    assert set(inner) == {"deploy", "smoke-test"}
+    assert inner["smoke-test"]["dependentTasks"] == ["deploy"]
+
+
+def test_components_run_in_the_project_image_without_installing_kfp(spec):
+    for name, executor in spec["deploymentSpec"]["executors"].items():
+        container = executor["container"]
+        assert container["image"].startswith("ghcr.io/kubevae/kubevae"), name
+        assert "pip install" not in " ".join(container["command"]), name
+
+
+def test_typed_report_artifacts(spec):
+    outputs = {name: c.get("outputDefinitions", {}).get("artifacts", {})
+               for name, c in spec["components"].items()}
+    assert outputs["comp-split"]["leakage_report"]["artifactType"]["schemaTitle"] == "system.Markdown"
+    assert outputs["comp-evaluate"]["report"]["artifactType"]["schemaTitle"] == "system.HTML"
+    assert outputs["comp-evaluate"]["metrics"]["artifactType"]["schemaTitle"] == "system.Metrics"
+    assert outputs["comp-train"]["model"]["artifactType"]["schemaTitle"] == "system.Model"
+
+
+@pytest.mark.parametrize("given,expected", [("0 3 * * 1", "0 0 3 * * 1"),
+                                            ("30 0 3 * * 1", "30 0 3 * * 1")])
+def test_cron_is_converted_to_kfp_six_fields(given, expected):
+    assert to_kfp_cron(given) == expected
+
+
+def test_bad_cron_names_the_flag():
+    with pytest.raises(ValueError, match="--cron: expected 5 fields"):
+        to_kfp_cron("* * *")
