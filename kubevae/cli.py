@@ -1,11 +1,16 @@
-"""The `kubevae` command. Subcommands plug in through the "kubevae.commands" entry points
-(pyproject.toml), so this core package never imports the outer packages (pipelines, serving)."""
+"""kubevae: ingest images, split them without leakage, train, evaluate and serve beta-VAEs.
+
+Subcommands plug in through the "kubevae.commands" entry points (pyproject.toml), so this core
+package never imports the outer packages (pipelines, serving)."""
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
 from importlib.metadata import entry_points
 
 ORDER = ("ingest", "split", "train", "evaluate", "serve", "predict", "pipeline")
@@ -33,9 +38,19 @@ def main(argv: list[str] | None = None) -> int:
                                formatter_class=HelpFormatter)
             module.add_arguments(p)
         else:
-            sub.add_parser(name, help=f"see `kubevae {name} --help`")
+            sub.add_parser(name, help=summary(name, target))
     args = parser.parse_args(argv)
     return int(modules[args.command].run(args) or 0)
+
+
+def summary(name: str, target: str) -> str:
+    """A command's one-line help, read from its module's docstring without importing it."""
+    try:
+        spec = importlib.util.find_spec(target)
+        tree = ast.parse(Path(spec.origin).read_text())
+        return (ast.get_docstring(tree) or "").strip().splitlines()[0]
+    except Exception:  # a missing or broken module still gets listed; running it will say why
+        return f"see `kubevae {name} --help`"
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
