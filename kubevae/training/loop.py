@@ -83,18 +83,10 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             batches = range(first, min(plan.steps_per_epoch, first + plan.total_steps - step))
             for b in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
                 idx = order[b * plan.local_batch:(b + 1) * plan.local_batch]
-                x = VAE.to_unit(images[idx].to(dist.device, non_blocking=True)).contiguous(
-                    memory_format=torch.channels_last if on_cuda else torch.contiguous_format)
+                x = gather_batch(images, idx, dist.device)
                 eps = step_noise(cfg.seed, step, cfg.batch_size, vae.config.latent_dim)
                 eps = eps[dist.rank::dist.world_size].to(dist.device)
-                with autocast:
-                    params, mu, logvar = model(x, eps)
-                recon = -vae.log_likelihood(x, params)
-                kl = kl_divergence(mu.float(), logvar.float()).sum(dim=1)
-                terms = objective(recon, kl, step)
-                optimizer.zero_grad(set_to_none=True)
-                terms.loss.backward()
-                optimizer.step()
+                terms = train_step(model, vae, objective, optimizer, x, eps, step, autocast)
                 scheduler.step()
                 step += 1
                 sums += torch.tensor([float(terms.loss.detach()), float(terms.recon), float(terms.kl)],
@@ -115,6 +107,27 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             finish(cfg, vae, data, final, tracker, dist)
         dist.barrier()
     return final
+
+
+def gather_batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """uint8 images by index -> float [0, 1] on the device (channels_last on CUDA)."""
+    x = VAE.to_unit(images[idx].to(device, non_blocking=True))
+    return x.contiguous(memory_format=torch.channels_last if device.type == "cuda"
+                        else torch.contiguous_format)
+
+
+def train_step(model, vae: VAE, objective: Objective, optimizer, x: torch.Tensor,
+               eps: torch.Tensor, step: int, autocast) -> Any:
+    """One optimizer step; `model` is the VAE or its DDP wrapper. Returns the loss terms."""
+    with autocast:
+        params, mu, logvar = model(x, eps)
+    recon = -vae.log_likelihood(x, params)
+    kl = kl_divergence(mu.float(), logvar.float()).sum(dim=1)
+    terms = objective(recon, kl, step)
+    optimizer.zero_grad(set_to_none=True)
+    terms.loss.backward()
+    optimizer.step()
+    return terms
 
 
 @dataclasses.dataclass
