@@ -1,0 +1,146 @@
+"""`VAEModel`: the kserve.Model that serves a kubevae model folder.
+
+It loads model.safetensors and config.json (never a pickle) from a folder (/mnt/models on a
+cluster, where KServe's storage initializer puts the InferenceService's storageUri), checks
+every tensor's shape against the config, puts the VAE in eval mode and warms every operation
+up before it reports ready. `predict` handles V1 (a dict) and V2 (an InferRequest, from REST
+or gRPC) alike: serving.codec validates the request, serving.batcher runs it in a dynamic batch
+on the model thread, serving.codec writes the response. The operation is the request
+parameter "op" (see serving.codec).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest, InferResponse
+
+from kubevae.model import CONFIG_FILE, WEIGHTS_FILE, load_model
+from serving.batcher import DynamicBatcher
+from serving.codec import ModelSpec, parse_v1, parse_v2, v1_response, v2_response
+from serving.config import OPS, ServeConfig
+from serving.http import REQUEST_LOG, sane_request_id
+from serving.ops import OpRequest, run_batch
+
+log = logging.getLogger("kubevae.serving")
+
+
+class VAEModel(Model):
+    def __init__(self, config: ServeConfig):
+        super().__init__(config.model_name)
+        self.config = config
+        self.vae = None
+        self.spec: ModelSpec | None = None
+        self.batcher: DynamicBatcher | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def load(self) -> bool:
+        model_dir = Path(self.config.model_dir)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (model_dir / name).is_file():
+                raise FileNotFoundError(f"{model_dir / name}: not found; expected a kubevae model "
+                                        f"folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
+        torch.set_num_threads(self.config.threads)
+        self.vae = load_model(model_dir, device=resolve_device(self.config.device)).eval()
+        cfg = self.vae.config
+        self.spec = ModelSpec(cfg.image_size, cfg.channels, cfg.latent_dim)
+        self.batcher = DynamicBatcher(functools.partial(run_batch, self.vae),
+                                      max_images=self.config.batch_max_images,
+                                      max_delay_s=self.config.batch_delay_ms / 1000)
+        self.warm_up()
+        self.ready = True
+        log.info("model ready", extra={"fields": {
+            "model_name": self.name, "model_dir": str(model_dir), "image_shape": list(self.spec.image_shape),
+            "latent_dim": self.spec.latent_dim, "device": str(self.vae.input_mean.device)}})
+        return self.ready
+
+    def warm_up(self) -> None:
+        """Run every operation at a few batch sizes, so that the first real requests do not
+        pay for lazy initialization (allocator, kernels)."""
+        started = time.perf_counter()
+        sizes = sorted({1, max(1, self.config.batch_max_images // 2), self.config.batch_max_images})
+        for size in sizes[:max(1, self.config.warmup_batches)]:
+            images = np.zeros((size, *self.spec.image_shape), np.uint8)
+            latents = np.zeros((size, self.spec.latent_dim), np.float32)
+            for op in ("encode", "reconstruct"):
+                self.batcher.run_now([OpRequest(op, images=images)])
+            self.batcher.run_now([OpRequest("generate", latents=latents)])
+        one = np.zeros((1, *self.spec.image_shape), np.uint8)
+        self.batcher.run_now([OpRequest("score", images=one, params={"k": 2, "seed": 0})])
+        self.batcher.run_now([OpRequest("traverse", images=one,
+                                        params={"dim": 0, "steps": 2, "span": 1.0})])
+        log.info("warm-up done", extra={"fields": {
+            "ops": list(OPS), "batch_sizes": sizes, "ms": round((time.perf_counter() - started) * 1000, 1)}})
+
+    def stop(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        super().stop()
+
+    # -- metadata (GET /v2/models/NAME) -------------------------------------------------------
+    def get_input_types(self) -> list[dict]:
+        h, w, c = self.spec.image_shape
+        return [{"name": "images", "datatype": "UINT8", "shape": [-1, h, w, c]},
+                {"name": "latents", "datatype": "FP32", "shape": [-1, self.spec.latent_dim]}]
+
+    def get_output_types(self) -> list[dict]:
+        h, w, c = self.spec.image_shape
+        d = self.spec.latent_dim
+        return [{"name": "mu", "datatype": "FP32", "shape": [-1, d]},
+                {"name": "logvar", "datatype": "FP32", "shape": [-1, d]},
+                {"name": "image", "datatype": "UINT8", "shape": [-1, h, w, c]},
+                {"name": "latent", "datatype": "FP32", "shape": [-1, d]},
+                {"name": "neg_elbo", "datatype": "FP32", "shape": [-1]},
+                {"name": "iwae_nll", "datatype": "FP32", "shape": [-1]},
+                {"name": "recon_nll", "datatype": "FP32", "shape": [-1]},
+                {"name": "kl", "datatype": "FP32", "shape": [-1]}]
+
+    # -- inference ----------------------------------------------------------------------------
+    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        headers = headers or {}
+        started = time.perf_counter()
+        is_v2 = isinstance(payload, InferRequest)
+        fields: dict[str, Any] = REQUEST_LOG.get() or {}
+        http = bool(fields)
+        request_id = sane_request_id(headers.get("x-request-id"))
+        fields.update(request_id=request_id, protocol=protocol_name(payload), op=None)
+        try:
+            request = parse_v2(payload, self.spec, self.config.limits) if is_v2 \
+                else parse_v1(payload, self.spec, self.config.limits)
+            fields.update(op=request.op, items=request.size)
+            result = await self.batcher.submit(request)
+        except InvalidInput as error:
+            fields["error"] = str(error)
+            if not http:
+                log.warning("grpc request", extra={"fields": {**fields, "status": "INVALID_ARGUMENT"}})
+            raise
+        if not http:
+            log.info("grpc request", extra={"fields": {
+                **fields, "status": "OK", "latency_ms": round((time.perf_counter() - started) * 1000, 3)}})
+        if is_v2:
+            return v2_response(result, request.op, request.params, self.name, payload,
+                               payload.id or request_id)
+        return v1_response(result, request.params, request_id)
+
+
+def protocol_name(payload: Any) -> str:
+    if isinstance(payload, InferRequest):
+        return "v2-grpc" if payload.from_grpc else "v2-rest"
+    return "v1"
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: CUDA is not available on this machine")
+    return torch.device(device)

@@ -1,0 +1,43 @@
+"""Start kserve.ModelServer (HTTP V1 + V2, optional gRPC V2) with a VAEModel."""
+
+from __future__ import annotations
+
+import logging
+
+from serving.config import ServeConfig
+from serving.http import configure_logging, install
+from serving.model import VAEModel
+
+log = logging.getLogger("kubevae.serving")
+# Responses can be larger than requests (generate: n images from a few numbers).
+MIN_GRPC_SEND_BYTES = 64 * 2**20
+
+
+def build(config: ServeConfig):
+    """The loaded, warmed-up model and a ModelServer ready to start()."""
+    configure_logging(config.log_level)
+    model = VAEModel(config)
+    model.load()
+    # kserve reads its gRPC options from its own module-level flags (kserve.model_server.args),
+    # and serves the module-level FastAPI app: both are set here, before start().
+    import kserve.model_server as kserve_server
+    kserve_server.args.grpc_max_receive_message_length = config.max_payload_bytes
+    kserve_server.args.grpc_max_send_message_length = max(MIN_GRPC_SEND_BYTES,
+                                                          config.max_payload_bytes)
+    install(kserve_server.app, config.max_payload_bytes)
+    server = kserve_server.ModelServer(
+        http_port=config.http_port,
+        grpc_port=config.grpc_port or 0,
+        enable_grpc=config.grpc_port is not None,
+        workers=1,  # one process: one model, one dynamic batcher
+        enable_docs_url=False,
+        enable_latency_logging=False,  # the JSON access log carries the latency
+    )
+    return model, server
+
+
+def serve(config: ServeConfig) -> None:
+    model, server = build(config)
+    log.info("serving", extra={"fields": {"model_name": config.model_name, "http_port": config.http_port,
+                                          "grpc_port": config.grpc_port}})
+    server.start([model])
