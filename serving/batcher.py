@@ -18,8 +18,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 import numpy as np
+from prometheus_client import Histogram
 
 from serving.ops import OpRequest
+
+# Served at /metrics beside KServe's own request_*_seconds histograms.
+BATCH_IMAGES = Histogram("kubevae_batch_images", "images per model call (dynamic batching)",
+                         ["model_name", "op"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 
 RunBatch = Callable[[list[OpRequest]], list[dict[str, np.ndarray]]]
 
@@ -32,8 +37,10 @@ class _Job:
 
 
 class DynamicBatcher:
-    def __init__(self, run_batch: RunBatch, *, max_images: int, max_delay_s: float):
+    def __init__(self, run_batch: RunBatch, *, max_images: int, max_delay_s: float,
+                 model_name: str = "model"):
         self._run_batch = run_batch
+        self.model_name = model_name
         self.max_images = max_images
         self.max_delay_s = max_delay_s
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubevae-model")
@@ -71,7 +78,9 @@ class DynamicBatcher:
             jobs = self._take(key)
             if not jobs:
                 continue
-            self.batch_sizes[sum(j.request.size for j in jobs)] += 1
+            images = sum(j.request.size for j in jobs)
+            self.batch_sizes[images] += 1
+            BATCH_IMAGES.labels(self.model_name, jobs[0].request.op).observe(images)
             try:
                 results = await loop.run_in_executor(
                     self._executor, self._run_batch, [j.request for j in jobs])

@@ -13,6 +13,7 @@ score, traverse. See serving/codec.py for every parameter, input and output.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from serving.config import Limits, ServeConfig
 
@@ -56,6 +57,11 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from serving.server import serve  # kserve is imported only when serving
-    serve(config_from_args(args))
+    from serving.server import build  # kserve is imported only when serving
+    try:
+        model, server = build(config_from_args(args))
+    except (ValueError, FileNotFoundError) as error:  # a bad model folder or flag: say which
+        print(f"kubevae serve: {error}", file=sys.stderr)
+        return 2
+    server.start([model])
     return 0

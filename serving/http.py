@@ -1,7 +1,8 @@
 """HTTP guards around the FastAPI app that kserve.ModelServer builds, and JSON logs.
 
 - Request bodies over `max_payload_bytes` are refused with HTTP 413 before they are read in
-  full (Starlette's RequestBodyLimitMiddleware, switched on through FastAPI's max_body_size).
+  full: at once when Content-Length says so, else as the bytes stream in (Starlette's
+  RequestBodyLimitMiddleware).
 - Every response carries an `x-request-id` header: the caller's, when it is a sane token, or a
   new one; the model sees the same id in its request headers and puts it in the body.
 - Request-validation errors (FastAPI's 422, e.g. a V2 body that is not an inference request)
@@ -22,8 +23,9 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from serving.codec import new_request_id
 
@@ -43,8 +45,9 @@ def sane_request_id(value: str | None) -> str:
 class RequestContextMiddleware:
     """Pure ASGI (no BaseHTTPMiddleware: it would cost every request a task switch)."""
 
-    def __init__(self, app: Any):
+    def __init__(self, app: Any, max_body_bytes: int):
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -67,7 +70,11 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            declared = next((v for k, v in headers if k == b"content-length"), None)
+            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+                await too_large(self.max_body_bytes)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
         finally:
             REQUEST_LOG.reset(token)
             entry["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
@@ -79,22 +86,28 @@ class RequestContextMiddleware:
 def install(app: FastAPI, max_payload_bytes: int) -> None:
     """Add the guards to kserve's app. Call before ModelServer.start(): the middleware stack
     is built on the first request, after kserve has added its own routes and handlers."""
-    app.max_body_size = max_payload_bytes
-    app.add_middleware(RequestContextMiddleware)
+    # Starlette's limiter counts streamed bytes; RequestContextMiddleware, outside it, refuses a
+    # too-large Content-Length up front (with a JSON message and the request id).
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_payload_bytes)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=max_payload_bytes)
 
-    async def validation_error(_request: Any, error: RequestValidationError) -> ORJSONResponse:
-        return ORJSONResponse(status_code=400, content={"error": describe_validation(error)})
+    async def validation_error(_request: Any, error: RequestValidationError) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"error": describe_validation(error)})
 
-    async def http_error(_request: Any, error: StarletteHTTPException) -> ORJSONResponse:
-        message = str(error.detail)
+    async def http_error(_request: Any, error: StarletteHTTPException) -> JSONResponse:
         if error.status_code == 413:
-            message = (f"request body is over the limit of {max_payload_bytes} bytes "
-                       f"(--max-payload-bytes); send fewer images per request")
-        return ORJSONResponse(status_code=error.status_code, content={"error": message},
-                              headers=getattr(error, "headers", None))
+            return too_large(max_payload_bytes)
+        return JSONResponse(status_code=error.status_code, content={"error": str(error.detail)},
+                            headers=getattr(error, "headers", None))
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+
+
+def too_large(limit: int) -> JSONResponse:
+    return JSONResponse(status_code=413, headers={"connection": "close"}, content={
+        "error": f"request body is over the limit of {limit} bytes (--max-payload-bytes); "
+                 f"send fewer images per request"})
 
 
 def describe_validation(error: RequestValidationError, limit: int = 5) -> str:
@@ -150,7 +163,8 @@ def configure_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(QuietInvalidInput())
-    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "kubevae"):
+    logging.captureWarnings(True)  # library warnings become JSON lines too
+    for name in ("kserve", "kserve.trace", "uvicorn", "uvicorn.error", "kubevae", "py.warnings"):
         logger = logging.getLogger(name)
         logger.handlers = [handler]
         logger.setLevel(level)

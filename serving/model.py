@@ -54,7 +54,8 @@ class VAEModel(Model):
         self.spec = ModelSpec(cfg.image_size, cfg.channels, cfg.latent_dim)
         self.batcher = DynamicBatcher(functools.partial(run_batch, self.vae),
                                       max_images=self.config.batch_max_images,
-                                      max_delay_s=self.config.batch_delay_ms / 1000)
+                                      max_delay_s=self.config.batch_delay_ms / 1000,
+                                      model_name=self.name)
         self.warm_up()
         self.ready = True
         log.info("model ready", extra={"fields": {

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from serving.config import ServeConfig
 from serving.http import configure_logging, install
 from serving.model import VAEModel
 
-log = logging.getLogger("kubevae.serving")
 # Responses can be larger than requests (generate: n images from a few numbers).
 MIN_GRPC_SEND_BYTES = 64 * 2**20
 
@@ -38,6 +35,4 @@ def build(config: ServeConfig):
 
 def serve(config: ServeConfig) -> None:
     model, server = build(config)
-    log.info("serving", extra={"fields": {"model_name": config.model_name, "http_port": config.http_port,
-                                          "grpc_port": config.grpc_port}})
     server.start([model])
