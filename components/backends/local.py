@@ -40,6 +40,11 @@ class TrialFailed(RuntimeError):
 class LocalBackend:
     name = "local"
 
+    def __init__(self, command=None):
+        # How a trial or the training run is started; tests swap in a synthetic trainer that
+        # prints the same metric lines.
+        self.command = command or train_command
+
     # -- tune -----------------------------------------------------------------------------
     def tune(self, request: TuneRequest) -> TuneResult:
         if request.algorithm not in SAMPLERS:
@@ -80,7 +85,7 @@ class LocalBackend:
         if request.objective_metric == "val_iwae_nll":
             args += ["--iwae-k", "16"]
         value = None
-        with _Process(train_command(args, request.trial_workers), out / "train.log") as proc:
+        with _Process(self.command(args, request.trial_workers), out / "train.log") as proc:
             for line in proc.lines():
                 metrics = parse_metrics(line) if line.startswith("epoch=") else {}
                 if request.objective_metric in metrics:
@@ -104,7 +109,7 @@ class LocalBackend:
                 "--checkpoint-dir", str(Path(request.out_dir).parent / f"{Path(request.out_dir).name}.ckpt"),
                 *request.extra_args, *_flags(request.params)]
         log = Path(request.out_dir).parent / f"{request.name}.log"
-        with _Process(train_command(args, request.workers), log, echo=True) as proc:
+        with _Process(self.command(args, request.workers), log, echo=True) as proc:
             for _ in proc.lines():
                 pass
         if proc.returncode != 0:
