@@ -16,11 +16,13 @@ from __future__ import annotations
 import contextvars
 import json
 import logging
+import math
 import re
 import sys
 import time
 from typing import Any
 
+import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -30,6 +32,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from serving.codec import new_request_id
 
 REQUEST_ID_HEADER = "x-request-id"
+V2_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # The per-request log entry; the model adds op and items to it.
 REQUEST_LOG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
@@ -70,17 +73,129 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            declared = next((v for k, v in headers if k == b"content-length"), None)
+            declared = _header(headers, b"content-length")
             if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
                 await too_large(self.max_body_bytes)(scope, receive, send_with_id)
-            else:
-                await self.app(scope, receive, send_with_id)
+                return
+            if scope.get("method") == "POST" and V2_INFER_PATH.match(scope.get("path", "")):
+                scope, receive, refusal = await self._prepare_v2(scope, receive)
+                if refusal is not None:
+                    await refusal(scope, receive, send_with_id)
+                    return
+            await self.app(scope, receive, send_with_id)
         finally:
             REQUEST_LOG.reset(token)
             entry["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
             level = logging.WARNING if (entry["status"] or 500) >= 400 else logging.INFO
             if access_log.isEnabledFor(level):
                 access_log.log(level, "http request", extra={"fields": entry})
+
+
+    async def _prepare_v2(self, scope: dict, receive: Any) -> tuple[dict, Any, Any]:
+        """V2 bodies without a Content-Type are JSON (as with curl -d); bodies that use the
+        binary tensor extension are checked here, since kserve answers 500 to malformed ones."""
+        headers = scope["headers"]
+        binary = _header(headers, b"inference-header-content-length")
+        content_type = _header(headers, b"content-type")
+        if binary is None:
+            if not content_type:
+                scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+            return scope, receive, None
+        if content_type and _is_json(content_type):
+            return scope, receive, None  # FastAPI parses it as JSON and kserve ignores the header
+        body = await _read_body(receive, self.max_body_bytes)
+        if body is None:
+            return scope, receive, too_large(self.max_body_bytes)
+        error = binary_request_error(body, binary)
+        if error is not None:
+            return scope, receive, JSONResponse(status_code=400, content={"error": error})
+        return scope, _replay(body, receive), None
+
+
+def _header(headers: list, name: bytes) -> str | None:
+    value = next((v for k, v in headers if k == name), None)
+    return None if value is None else value.decode("latin-1")
+
+
+def _is_json(content_type: str) -> bool:
+    main = content_type.split(";")[0].strip().lower()
+    return main == "application/json" or (main.startswith("application/") and main.endswith("+json"))
+
+
+async def _read_body(receive: Any, limit: int) -> bytes | None:
+    """The whole body, or None once it passes `limit` bytes."""
+    chunks, size, more = [], 0, True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        more = message.get("more_body", False)
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Any) -> Any:
+    sent = False
+
+    async def replay() -> dict:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+BINARY_ITEMSIZE = {"UINT8": 1, "FP32": 4}
+
+
+def binary_request_error(body: bytes, header: str) -> str | None:
+    """What is wrong with a request in the binary tensor extension of the V2 protocol (JSON
+    header of `header` bytes, then each input's raw row-major bytes), or None."""
+    if not header.isdigit() or int(header) > len(body):
+        return (f"inference-header-content-length: expected the byte length of the JSON part "
+                f"(0..{len(body)}), got {header[:20]!r}")
+    length = int(header)
+    try:
+        head = orjson.loads(body[:length])
+    except orjson.JSONDecodeError as error:
+        return f"binary request: malformed JSON in the first {length} bytes ({error})"
+    if not isinstance(head, dict) or not isinstance(head.get("inputs"), list):
+        return "binary request: expected a JSON object with a list \"inputs\""
+    if head.get("id") is not None and not isinstance(head["id"], str):
+        return "binary request: \"id\" must be a string"
+    outputs = head.get("outputs")
+    if outputs is not None and not (isinstance(outputs, list) and all(
+            isinstance(o, dict) and isinstance(o.get("name"), str) for o in outputs)):
+        return "binary request: \"outputs\" must be a list of {\"name\": ...} objects"
+    declared = 0
+    for i, tensor in enumerate(head["inputs"]):
+        if not (isinstance(tensor, dict) and isinstance(tensor.get("name"), str)
+                and isinstance(tensor.get("datatype"), str) and isinstance(tensor.get("shape"), list)
+                and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in tensor["shape"])):
+            return f"inputs[{i}]: expected name (string), datatype (string) and shape (non-negative integers)"
+        if tensor.get("data") is not None:
+            continue  # JSON data: checked with the rest of the request
+        size = (tensor.get("parameters") or {}).get("binary_data_size") \
+            if isinstance(tensor.get("parameters") or {}, dict) else None
+        if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            return f"inputs[{i}]: expected \"data\" or parameters.binary_data_size (bytes)"
+        if tensor["datatype"] not in BINARY_ITEMSIZE:
+            return f"inputs[{i}].datatype: expected UINT8 or FP32, got {tensor['datatype'][:20]!r}"
+        expected = math.prod(tensor["shape"]) * BINARY_ITEMSIZE[tensor["datatype"]]
+        if size != expected:
+            return (f"inputs[{i}]: binary_data_size is {size}; shape {tensor['shape']} of "
+                    f"{tensor['datatype']} needs {expected}")
+        declared += size
+    if declared != len(body) - length:
+        return (f"binary request: {len(body) - length} bytes follow the JSON part, the inputs "
+                f"declare {declared}")
+    return None
 
 
 def install(app: FastAPI, max_payload_bytes: int) -> None:

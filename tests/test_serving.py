@@ -170,6 +170,27 @@ def test_v2_responses_follow_the_open_inference_protocol(server, images):
     http.close()
 
 
+def test_v2_binary_tensor_extension(server, images):
+    """Raw row-major bytes after the JSON part (inference-header-content-length), and binary
+    outputs on request (binary_data_output), as kserve implements the extension."""
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(images.shape),
+                                   "parameters": {"binary_data_size": images.nbytes}}],
+                       "parameters": {"op": "encode", "binary_data_output": True}}).encode()
+    headers = {"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"}
+    response = httpx.post(f"{server.url}/v2/models/kubevae/infer", content=head + images.tobytes(),
+                          headers=headers)
+    assert response.status_code == 200, response.text
+    json_length = int(response.headers["inference-header-content-length"])
+    meta = json.loads(response.content[:json_length])
+    size = meta["outputs"][0]["parameters"]["binary_data_size"]
+    mu = np.frombuffer(response.content[json_length:json_length + size], np.float32).reshape(3, LATENT)
+    with Client(server.url) as client:
+        np.testing.assert_allclose(mu, client.encode(images)["mu"], atol=1e-6)
+    short = httpx.post(f"{server.url}/v2/models/kubevae/infer", content=head + images.tobytes()[:-1],
+                       headers=headers)
+    assert short.status_code == 400 and "bytes follow the JSON part" in short.json()["error"]
+
+
 def test_health_metrics_and_request_ids(server, images):
     http = httpx.Client(base_url=server.url)
     assert http.get("/v2/health/live").json() == {"live": True}
