@@ -22,7 +22,19 @@ from pipelines.pipeline import kubevae_pipeline
 def run_local(arguments: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    os.environ["KUBEVAE_RUNS_DIR"] = str(run_dir)
+    saved = {k: os.environ.get(k) for k in ("KUBEVAE_RUNS_DIR", "MLFLOW_PARENT_RUN_ID")}
+    os.environ["KUBEVAE_RUNS_DIR"] = str(run_dir)  # the steps' subprocesses inherit it
+    try:
+        return _run(arguments, run_dir)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _run(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     root = run_dir / "pipeline-root"
     before = set(root.iterdir()) if root.exists() else set()
     start = time.time()

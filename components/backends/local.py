@@ -128,7 +128,7 @@ class LocalBackend:
 
     def smoke_test(self, endpoint: str, model_name: str, model_dir: str) -> dict[str, Any]:
         """Start the real ModelServer on loopback, send one V1 and one V2 request, stop it."""
-        from kubevae.client import smoke_test
+        from components.backends.smoke import smoke_test
 
         port = free_port()
         command = [sys.executable, "-m", "kubevae", "serve", "--model", model_dir,
