@@ -136,8 +136,9 @@ class CachedRepresentation:
     """representation_fn(images_uint8_NHWC) -> codes [n, D], evaluated once per item of `data`."""
 
     def __init__(self, data: GroundTruthData, representation_fn: RepresentationFn,
-                 batch_size: int = 256):
+                 batch_size: int = 256, progress_desc: str | None = None):
         self.data, self.representation_fn, self.batch_size = data, representation_fn, batch_size
+        self.progress_desc = progress_desc  # show progress of long encodings under this name
         self._codes: np.ndarray | None = None
         self._known = np.zeros(len(data), dtype=bool)
 
@@ -154,7 +155,12 @@ class CachedRepresentation:
     def __call__(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices)
         missing = np.unique(indices[~self._known[indices]])
-        for start in range(0, len(missing), self.batch_size):
+        starts = range(0, len(missing), self.batch_size)
+        if self.progress_desc and len(starts) > 1:
+            from kubevae.progress import progress
+
+            starts = progress(starts, desc=self.progress_desc, total=len(starts))
+        for start in starts:
             batch = missing[start:start + self.batch_size]
             self._store(batch, self.representation_fn(self.data.observations(batch)))
         return self._codes[indices]
