@@ -1,0 +1,24 @@
+"""Kubernetes resources for training, tuning and serving, and the launchers that run them.
+
+Reusable beyond kubevae: the builders take an image and a command's flags, the launchers take
+any Katib Experiment, PyTorchJob or InferenceService.
+
+- security:         restricted Pod Security Standard contexts, resources, GPU tolerations
+- pytorchjob:       a PyTorchJob (kubeflow.org/v1) running `kubevae train` (Master + Workers)
+- katib:            a Katib Experiment whose trials are that PyTorchJob
+- inferenceservice: a KServe InferenceService with the kubevae predictor
+- launchers:        submit, wait, read results, stream logs, canary rollouts
+- objectstore:      folders to and from S3-compatible storage, run inside the pods
+- render:           `python -m components.k8s.render OUT_DIR` writes the manifests' workloads
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def to_dict(obj: Any) -> Any:
+    """The JSON form of an SDK model object (kubernetes, kubeflow-training, katib, kserve)."""
+    from kubernetes.client import ApiClient
+
+    return ApiClient().sanitize_for_serialization(obj)

@@ -1,0 +1,83 @@
+"""The training container's entry point: run a command, timestamp its output, upload results.
+
+    python -m components.k8s.entrypoint [--upload FOLDER=URI ...] -- kubevae train ...
+
+- Every output line is prefixed with an RFC 3339 UTC timestamp and a space. Katib's StdOut
+  metrics collector orders metrics by that leading timestamp; without it every metric gets the
+  zero time and neither medianstop nor the "latest" metric strategy can tell epochs apart.
+- The exit status of the command is passed through; SIGTERM from the kubelet is forwarded.
+- Only when the command succeeded on the rank-0 pod (RANK unset or "0": the PyTorchJob
+  Master), each FOLDER is uploaded to its URI, so workers never race the master.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from datetime import datetime, timezone
+from typing import Callable, Mapping, TextIO
+
+from components.k8s import objectstore
+
+
+def timestamp() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def run(command: list[str], uploads: list[tuple[str, str]] = (), *, out: TextIO = sys.stdout,
+        env: Mapping[str, str] = os.environ, clock: Callable[[], str] = timestamp,
+        client_factory=objectstore.client_from_env) -> int:
+    if not command:
+        raise ValueError("entrypoint: no command given after --")
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             bufsize=1, env={**env, "PYTHONUNBUFFERED": "1"})
+
+    def forward(signum, _frame):  # the kubelet's SIGTERM must reach the trainer
+        child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            out.write(f"{clock()} {line}")
+            out.flush()
+        code = child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code != 0 or env.get("RANK", "0") != "0" or not uploads:
+        return code
+    client = client_factory(env)
+    for folder, uri in uploads:
+        count = objectstore.upload(client, folder, uri)
+        out.write(f"{clock()} uploaded {count} files from {folder} to {uri}\n")
+    out.flush()
+    return 0
+
+
+def _pair(text: str) -> tuple[str, str]:
+    folder, sep, uri = text.partition("=")
+    if not sep or not folder or not uri:
+        raise argparse.ArgumentTypeError(f"expected FOLDER=URI, got {text!r}")
+    try:
+        objectstore.parse_uri(uri)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return folder, uri
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m components.k8s.entrypoint", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--upload", type=_pair, action="append", default=[], metavar="FOLDER=URI",
+                        help="after success on rank 0, upload FOLDER to URI (s3:// or minio://)")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    return run(command, args.upload)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""A KServe InferenceService (serving.kserve.io/v1beta1) with the kubevae predictor.
+
+A custom predictor container, `kserve-container`, runs the project image:
+    kubevae serve --model /mnt/models --http-port 8080 --model-name NAME
+KServe's storage initializer downloads STORAGE_URI (s3://...) into /mnt/models before it
+starts, with the credentials and endpoint of the service account's S3 Secret and annotations
+(manifests/base/storage). Security settings are on the container, not the pod: that is what
+Knative (serverless mode) accepts. Tag routing is on, so that a canary revision can be
+smoke-tested by its own `latest` URL before it takes all the traffic.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from kserve import (V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec)
+from kubernetes.client import (V1Container, V1ContainerPort, V1EnvVar, V1HTTPGetAction,
+                               V1ObjectMeta, V1Probe)
+
+from components.k8s import to_dict
+from components.k8s.objectstore import is_object_uri, s3_uri
+from components.k8s.pytorchjob import COMMON_LABELS
+from components.k8s.security import Resources, container_security_context, scratch_mount, scratch_volume
+
+API_VERSION = "serving.kserve.io/v1beta1"
+KIND = "InferenceService"
+GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
+CONTAINER = "kserve-container"  # the name KServe's storage initializer looks for
+HTTP_PORT = 8080
+MODEL_DIR = "/mnt/models"
+# Knative names the predictor service NAME-predictor and its revisions NAME-predictor-00001;
+# keep the whole under the 63-character DNS label limit.
+MAX_NAME = 45
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.match(name) or len(name) > MAX_NAME:
+        raise ValueError(f"InferenceService name {name!r}: expected lower-case letters, digits and "
+                         f"'-', starting with a letter, at most {MAX_NAME} characters")
+    return name
+
+
+def build_inference_service(name: str, namespace: str | None, image: str, storage_uri: str, *,
+                            model_name: str | None = None,
+                            service_account: str | None = "kubevae-kserve-s3",
+                            resources: Resources = Resources(cpu="1", memory="2Gi"),
+                            canary_percent: int | None = None, min_replicas: int = 1,
+                            max_replicas: int = 3) -> V1beta1InferenceService:
+    check_name(name)
+    if canary_percent is not None and not 0 <= canary_percent <= 100:
+        raise ValueError(f"canary_percent: expected 0..100, got {canary_percent}")
+    if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
+        raise ValueError(f"replicas: expected 0 <= min <= max and max >= 1, got {min_replicas}..{max_replicas}")
+    model_name = model_name or name
+    labels = {**COMMON_LABELS, "app.kubernetes.io/component": "serve"}
+    return V1beta1InferenceService(
+        api_version=API_VERSION, kind=KIND,
+        metadata=V1ObjectMeta(name=name, namespace=namespace, labels=labels,
+                              annotations={TAG_ROUTING: "true"}),
+        spec=V1beta1InferenceServiceSpec(predictor=predictor_spec(
+            image, storage_uri, model_name, service_account, resources, canary_percent,
+            min_replicas, max_replicas)))
+
+
+def predictor_spec(image: str, storage_uri: str, model_name: str, service_account: str | None,
+                   resources: Resources, canary_percent: int | None, min_replicas: int,
+                   max_replicas: int) -> V1beta1PredictorSpec:
+    container = V1Container(
+        name=CONTAINER, image=image, image_pull_policy="IfNotPresent",
+        command=["kubevae", "serve"],
+        args=["--model", MODEL_DIR, "--http-port", str(HTTP_PORT), "--model-name", model_name],
+        env=[V1EnvVar(name="STORAGE_URI", value=storage_uri), V1EnvVar(name="HOME", value="/tmp")],
+        ports=[V1ContainerPort(name="http1", container_port=HTTP_PORT, protocol="TCP")],
+        readiness_probe=V1Probe(
+            http_get=V1HTTPGetAction(path=f"/v2/models/{model_name}/ready", port=HTTP_PORT),
+            initial_delay_seconds=5, period_seconds=10, timeout_seconds=5, failure_threshold=3),
+        resources=resources.requirements(), security_context=container_security_context(),
+        volume_mounts=[scratch_mount()])
+    return V1beta1PredictorSpec(
+        service_account_name=service_account, containers=[container], volumes=[scratch_volume()],
+        tolerations=resources.tolerations() or None, canary_traffic_percent=canary_percent,
+        min_replicas=min_replicas, max_replicas=max_replicas)
+
+
+def storage_uri_for(model_uri: str) -> str:
+    """The storageUri for a model URI: KFP's minio:// artifacts become s3:// (what KServe's
+    storage initializer reads); other URIs are used as they are."""
+    return s3_uri(model_uri) if is_object_uri(model_uri) else model_uri
+
+
+def write_inferenceservice(request: Any, out_dir: str | Path) -> Path:
+    """Write the InferenceService that deploys `request` (a DeployRequest) as YAML into
+    `out_dir`; returns the file. The local backend writes what a cluster would get."""
+    import yaml
+
+    from kubevae.storage import atomic_write_text
+
+    cluster = request.cluster
+    isvc = build_inference_service(
+        request.model_name, cluster.namespace or None, cluster.image,
+        storage_uri_for(request.model_uri), service_account=cluster.storage_service_account)
+    path = Path(out_dir) / "inferenceservice.yaml"
+    atomic_write_text(path, yaml.safe_dump(to_dict(isvc), sort_keys=False))
+    return path

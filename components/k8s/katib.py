@@ -1,0 +1,178 @@
+"""A Katib Experiment (kubeflow.org/v1beta1, Katib 0.19) whose trials are PyTorchJobs.
+
+The trial template is the PyTorchJob of `components.k8s.pytorchjob`, with the search-space
+values as `${trialParameters.NAME}` placeholders in the `kubevae train` flags. Katib's StdOut
+collector reads the per-epoch `name=value` lines (`epoch=3 ... val_neg_elbo=812.3 ...`),
+timestamped by the container's entry point; the objective is minimized and judged on its
+latest value, as the local Optuna backend does.
+
+Algorithms: tpe (default), random, grid, bayesianoptimization, hyperband. Grid needs finite
+sets, so double ranges become `grid_points` values (geometric for log ranges). Hyperband varies
+a resource parameter (`epochs` by default) that must be in the search space.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Any
+
+from kubeflow.katib import (V1beta1AlgorithmSetting, V1beta1AlgorithmSpec,
+                            V1beta1CollectorSpec, V1beta1EarlyStoppingSetting,
+                            V1beta1EarlyStoppingSpec, V1beta1Experiment, V1beta1ExperimentSpec,
+                            V1beta1MetricsCollectorSpec, V1beta1MetricStrategy,
+                            V1beta1ObjectiveSpec, V1beta1TrialParameterSpec,
+                            V1beta1TrialTemplate)
+from kubernetes.client import V1ObjectMeta
+
+from components.k8s import to_dict
+from components.k8s.pytorchjob import CONTAINER, COMMON_LABELS, TrainingJob, build_pytorchjob
+from components.search_space import SearchSpace
+
+API_VERSION = "kubeflow.org/v1beta1"
+KIND = "Experiment"
+GROUP, VERSION, PLURAL = "kubeflow.org", "v1beta1", "experiments"
+TRIAL_PLURAL = "trials"
+ALGORITHMS = ("tpe", "random", "grid", "bayesianoptimization", "hyperband")
+SEEDED_ALGORITHMS = ("tpe", "random", "bayesianoptimization")  # accept a random_state setting
+# Katib's defaults for Training Operator jobs, written out so that the template says what it does.
+SUCCESS_CONDITION = 'status.conditions.#(type=="Succeeded")#|#(status=="True")#'
+FAILURE_CONDITION = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
+PRIMARY_POD_LABELS = {"training.kubeflow.org/job-role": "master"}
+TRIAL_NAME_PARAMETER = "trialName"  # ${trialSpec.Name}: per-trial checkpoints and MLflow run names
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How Katib searches."""
+
+    algorithm: str = "tpe"
+    objective_metric: str = "val_neg_elbo"
+    objective_type: str = "minimize"
+    additional_metrics: tuple[str, ...] = ("val_recon", "val_kl", "val_psnr", "val_active_units")
+    max_trials: int = 8
+    parallel_trials: int = 2
+    max_failed_trials: int = 2
+    early_stopping: bool = True  # medianstop
+    median_min_trials: int = 3
+    median_start_step: int = 2
+    grid_points: int = 5
+    hyperband_resource: str = "epochs"
+    hyperband_eta: int = 3
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"algorithm: expected one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.objective_type not in ("minimize", "maximize"):
+            raise ValueError(f"objective_type: expected minimize or maximize, got {self.objective_type!r}")
+        if self.max_trials < 1 or self.parallel_trials < 1 or self.max_failed_trials < 0:
+            raise ValueError(f"trial counts: expected max_trials >= 1, parallel_trials >= 1, "
+                             f"max_failed_trials >= 0; got {self.max_trials}, "
+                             f"{self.parallel_trials}, {self.max_failed_trials}")
+        if self.parallel_trials > self.max_trials:
+            raise ValueError(f"parallel_trials ({self.parallel_trials}) exceeds max_trials ({self.max_trials})")
+        if self.max_failed_trials > self.max_trials:
+            raise ValueError(f"max_failed_trials ({self.max_failed_trials}) exceeds max_trials ({self.max_trials})")
+        if self.objective_metric in self.additional_metrics:
+            object.__setattr__(self, "additional_metrics",
+                               tuple(m for m in self.additional_metrics if m != self.objective_metric))
+
+
+def trial_placeholders(space: SearchSpace) -> dict[str, str]:
+    return {name: f"${{trialParameters.{name}}}" for name in space.names}
+
+
+def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial: TrainingJob,
+                     tuning: Tuning = Tuning()) -> V1beta1Experiment:
+    """The Experiment. `trial.train_args` holds the fixed flags; the search-space flags are
+    appended as placeholders."""
+    _check_algorithm(space, tuning)
+    template_job = replace(trial, train_args=(
+        *_without_resource_flag(trial.train_args, tuning),
+        *space.train_args(trial_placeholders(space)),
+        "--run-name", f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}"),
+        checkpoint_folder=f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}", component="tune-trial")
+    trial_spec = to_dict(build_pytorchjob(template_job))  # no metadata: Katib names the trials
+    trial_parameters = [V1beta1TrialParameterSpec(name=n, reference=n, description=f"search-space {n}")
+                        for n in space.names]
+    trial_parameters.append(V1beta1TrialParameterSpec(
+        name=TRIAL_NAME_PARAMETER, reference="${trialSpec.Name}", description="the trial's name"))
+    return V1beta1Experiment(
+        api_version=API_VERSION, kind=KIND,
+        metadata=V1ObjectMeta(name=name, namespace=namespace,
+                              labels={**COMMON_LABELS, "app.kubernetes.io/component": "tune"}),
+        spec=V1beta1ExperimentSpec(
+            objective=V1beta1ObjectiveSpec(
+                type=tuning.objective_type, objective_metric_name=tuning.objective_metric,
+                additional_metric_names=list(tuning.additional_metrics) or None,
+                metric_strategies=[V1beta1MetricStrategy(name=tuning.objective_metric, value="latest")]),
+            algorithm=_algorithm(space, tuning),
+            early_stopping=_early_stopping(tuning),
+            metrics_collector_spec=V1beta1MetricsCollectorSpec(collector=V1beta1CollectorSpec(kind="StdOut")),
+            max_trial_count=tuning.max_trials, parallel_trial_count=tuning.parallel_trials,
+            max_failed_trial_count=tuning.max_failed_trials,
+            parameters=space.to_katib(grid_points=tuning.grid_points if tuning.algorithm == "grid" else None),
+            trial_template=V1beta1TrialTemplate(
+                primary_container_name=CONTAINER, primary_pod_labels=dict(PRIMARY_POD_LABELS),
+                success_condition=SUCCESS_CONDITION, failure_condition=FAILURE_CONDITION,
+                trial_parameters=trial_parameters, trial_spec=trial_spec)))
+
+
+def hyperband_min_parallel(space: SearchSpace, tuning: Tuning) -> int:
+    """Katib's hyperband needs parallelTrialCount >= eta ** s_max, s_max = floor(log_eta(r_l))."""
+    resource = next(p for p in space.parameters if p.name == tuning.hyperband_resource)
+    s_max = int(math.log(resource.max) / math.log(tuning.hyperband_eta))
+    return int(math.ceil(tuning.hyperband_eta ** s_max))
+
+
+def _check_algorithm(space: SearchSpace, tuning: Tuning) -> None:
+    if tuning.algorithm != "hyperband":
+        return
+    if tuning.hyperband_resource not in space.names:
+        raise ValueError(f"hyperband: the search space needs the resource parameter "
+                         f"{tuning.hyperband_resource!r} (e.g. Parameter('epochs', 'int', 1, 9))")
+    needed = hyperband_min_parallel(space, tuning)
+    if tuning.parallel_trials < needed:
+        raise ValueError(f"hyperband: parallel_trials must be at least {needed} for this resource range "
+                         f"(Katib's rule: eta ** s_max), got {tuning.parallel_trials}")
+
+
+def _algorithm(space: SearchSpace, tuning: Tuning) -> V1beta1AlgorithmSpec:
+    settings: list[tuple[str, Any]] = []
+    if tuning.algorithm in SEEDED_ALGORITHMS and tuning.seed is not None:
+        settings.append(("random_state", tuning.seed))
+    if tuning.algorithm == "hyperband":
+        resource = next(p for p in space.parameters if p.name == tuning.hyperband_resource)
+        settings += [("resource_name", tuning.hyperband_resource), ("eta", tuning.hyperband_eta),
+                     ("r_l", int(resource.max))]
+    return V1beta1AlgorithmSpec(
+        algorithm_name=tuning.algorithm,
+        algorithm_settings=[V1beta1AlgorithmSetting(name=k, value=str(v)) for k, v in settings] or None)
+
+
+def _early_stopping(tuning: Tuning) -> V1beta1EarlyStoppingSpec | None:
+    if not tuning.early_stopping:
+        return None
+    return V1beta1EarlyStoppingSpec(algorithm_name="medianstop", algorithm_settings=[
+        V1beta1EarlyStoppingSetting(name="min_trials_required", value=str(tuning.median_min_trials)),
+        V1beta1EarlyStoppingSetting(name="start_step", value=str(tuning.median_start_step))])
+
+
+def _without_resource_flag(args: tuple[str, ...], tuning: Tuning) -> tuple[str, ...]:
+    """Hyperband sets --epochs per trial; a fixed --epochs would contradict it."""
+    if tuning.algorithm != "hyperband":
+        return args
+    from components.search_space import TRAIN_FLAGS
+
+    flag = TRAIN_FLAGS[tuning.hyperband_resource]
+    out, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a == flag:
+            skip = True
+            continue
+        out.append(a)
+    return tuple(out)
