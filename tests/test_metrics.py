@@ -110,7 +110,7 @@ def test_bad_input_names_the_parameter(codes, factors, message):
 
 # -- DCI and SAP -------------------------------------------------------------------------------
 def test_dci_known_answers_and_permutation(code_sets):
-    small = {kind: (c[:600], f[:600], ct[:300], ft[:300]) for kind, (c, f, ct, ft) in code_sets.items()}
+    small = {kind: (c[:400], f[:400], ct[:200], ft[:200]) for kind, (c, f, ct, ft) in code_sets.items()}
     copy = dci(*small["copy"])
     assert set(copy) == {"disentanglement", "completeness", "informativeness"}
     assert copy["disentanglement"] > 0.9 and copy["completeness"] > 0.9
