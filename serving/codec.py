@@ -316,8 +316,10 @@ def check_v2_images(array: np.ndarray, spec: ModelSpec) -> np.ndarray:
     if array.ndim != 4 or array.shape[1:] != spec.image_shape:
         raise InvalidInput(f"images: expected shape [N, {', '.join(map(str, spec.image_shape))}] "
                            f"(N x H x W x C), got {list(array.shape)}")
-    if array.dtype == np.float32 and array.size and (array.min() < 0.0 or array.max() > 1.0):
-        raise InvalidInput("images: FP32 pixel values must be in [0, 1] (or send UINT8 0..255)")
+    # Written so that NaN fails too: raw contents (gRPC) skip the finite check of JSON data.
+    if array.dtype == np.float32 and not ((array >= 0.0) & (array <= 1.0)).all():
+        raise InvalidInput("images: FP32 pixel values must be in [0, 1], no NaN "
+                           "(or send UINT8 0..255)")
     return array
 
 

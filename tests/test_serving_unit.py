@@ -1,0 +1,155 @@
+"""Serving parts without the server: request checks on the gRPC raw-bytes path, results that do
+not depend on what a request was batched with, and the dynamic batcher's grouping."""
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferRequest
+
+from kubevae.config import ModelConfig
+from kubevae.model import VAE
+from serving.batcher import DynamicBatcher
+from serving.codec import ModelSpec, parse_v2
+from serving.config import Limits
+from serving.grpc_client import infer_request
+from serving.ops import OpRequest, run_batch
+
+SIZE, LATENT = 28, 4
+SPEC = ModelSpec(SIZE, 1, LATENT)
+
+
+def grpc_request(op, **kwargs) -> InferRequest:
+    """What kserve's gRPC servicer hands the model: raw_input_contents, not JSON data."""
+    return InferRequest.from_grpc(infer_request("kubevae", op, **kwargs))
+
+
+@pytest.mark.parametrize("value", [np.nan, -0.5, 1.5, np.inf])
+def test_grpc_raw_fp32_images_outside_0_1_or_nan_are_refused(value):
+    images = np.full((1, SIZE, SIZE, 1), 0.5, np.float32)
+    images[0, 3, 4, 0] = value
+    with pytest.raises(InvalidInput, match=r"FP32 pixel values must be in \[0, 1\]"):
+        parse_v2(grpc_request("encode", images=images), SPEC, Limits())
+
+
+def test_grpc_raw_latents_must_be_finite_and_of_the_model_dimension():
+    with pytest.raises(InvalidInput, match="finite"):
+        parse_v2(grpc_request("generate", latents=np.full((2, LATENT), np.nan, np.float32)), SPEC, Limits())
+    with pytest.raises(InvalidInput, match=f"latent_dim = {LATENT}"):
+        parse_v2(grpc_request("generate", latents=np.zeros((2, LATENT + 1), np.float32)), SPEC, Limits())
+    parsed = parse_v2(grpc_request("generate", latents=np.ones((2, LATENT), np.float32)), SPEC, Limits())
+    assert parsed.latents.shape == (2, LATENT) and parsed.latents.dtype == np.float32
+
+
+@pytest.fixture(scope="module")
+def vae():
+    torch.manual_seed(0)
+    return VAE(ModelConfig(image_size=SIZE, latent_dim=LATENT)).eval()
+
+
+@pytest.mark.parametrize("op,params", [("encode", {}), ("reconstruct", {}),
+                                        ("score", {"k": 4, "seed": 11})])
+def test_a_result_does_not_depend_on_the_requests_it_was_batched_with(vae, op, params):
+    rng = np.random.default_rng(0)
+    mine = OpRequest(op, images=rng.integers(0, 256, (2, SIZE, SIZE, 1), dtype=np.uint8), params=params)
+    others = [OpRequest(op, images=rng.integers(0, 256, (n, SIZE, SIZE, 1), dtype=np.uint8),
+                        params={**params, "seed": 99 + n} if "seed" in params else params)
+              for n in (3, 1)]
+    (alone,) = run_batch(vae, [mine])
+    batched = run_batch(vae, [others[0], mine, others[1]])
+    assert [len(r[next(iter(r))]) for r in batched] == [3, 2, 1]
+    for name, value in alone.items():
+        # uint8 images may round one step apart: batch size can change float summation order
+        tolerance = {"atol": 1} if value.dtype == np.uint8 else {"rtol": 1e-5, "atol": 1e-4}
+        np.testing.assert_allclose(batched[1][name].astype(float), value.astype(float), **tolerance)
+
+
+def test_generate_batches_latents_and_returns_them_per_request(vae):
+    first = OpRequest("generate", latents=np.zeros((1, LATENT), np.float32))
+    second = OpRequest("generate", latents=np.full((2, LATENT), 2.0, np.float32))
+    results = run_batch(vae, [first, second])
+    np.testing.assert_array_equal(results[1]["latent"], second.latents)
+    assert results[0]["image"].shape == (1, SIZE, SIZE, 1) and results[1]["image"].dtype == np.uint8
+    assert not np.array_equal(results[1]["image"][0], results[0]["image"][0])
+
+
+class RecordingModel:
+    """A stand-in model call that records its batches, takes a little time, and fails on
+    request: the batcher's grouping is what is under test here."""
+
+    def __init__(self, seconds: float = 0.02):
+        self.seconds, self.batches, self.threads = seconds, [], set()
+
+    def __call__(self, requests):
+        self.threads.add(threading.current_thread().name)
+        self.batches.append([r.params["tag"] for r in requests])
+        time.sleep(self.seconds)
+        if any(r.params.get("fail") for r in requests):
+            raise RuntimeError("model failure")
+        return [{"tag": np.full(r.size, r.params["tag"])} for r in requests]
+
+
+def tagged(op, tag, size=1, **params):
+    return OpRequest(op, images=np.zeros((size, SIZE, SIZE, 1), np.uint8), params={"tag": tag, **params})
+
+
+def test_concurrent_requests_share_model_calls_up_to_the_limit_and_get_their_own_results():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_images=4, max_delay_s=0.0)
+        try:
+            return await asyncio.gather(*(batcher.submit(tagged("encode", i)) for i in range(10)))
+        finally:
+            batcher.close()
+
+    results = asyncio.run(scenario())
+    assert [int(r["tag"][0]) for r in results] == list(range(10))
+    assert sorted(t for batch in model.batches for t in batch) == list(range(10))
+    assert max(len(b) for b in model.batches) == 4  # merged while the model was busy, never more
+    assert len(model.batches) <= 5
+    assert all(name.startswith("kubevae-model") for name in model.threads)
+
+
+def test_requests_with_different_keys_never_share_a_call_and_a_failure_stays_in_its_batch():
+    model = RecordingModel()
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_images=8, max_delay_s=0.01)
+        try:
+            calls = [batcher.submit(tagged("encode", 0)), batcher.submit(tagged("score", 1, k=4)),
+                     batcher.submit(tagged("score", 2, k=8)), batcher.submit(tagged("encode", 3)),
+                     batcher.submit(tagged("reconstruct", 4, fail=True))]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            after = await batcher.submit(tagged("reconstruct", 5))  # still serving
+            return results, after
+        finally:
+            batcher.close()
+
+    results, after = asyncio.run(scenario())
+    assert isinstance(results[4], RuntimeError)
+    assert [int(r["tag"][0]) for r in results[:4]] == [0, 1, 2, 3]
+    assert int(after["tag"][0]) == 5
+    groups = {tuple(sorted(b)) for b in model.batches}
+    assert (0, 3) in groups  # the two encodes waited for each other (10 ms delay)
+    assert all(not ({1, 2} <= set(b)) for b in model.batches)  # score k=4 and k=8 stay apart
+
+
+def test_a_request_larger_than_the_batch_limit_runs_alone():
+    model = RecordingModel(seconds=0.0)
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_images=2, max_delay_s=0.0)
+        try:
+            return await asyncio.gather(batcher.submit(tagged("encode", 0, size=5)),
+                                        batcher.submit(tagged("encode", 1, size=1)))
+        finally:
+            batcher.close()
+
+    big, small = asyncio.run(scenario())
+    assert big["tag"].tolist() == [0] * 5 and small["tag"].tolist() == [1]
+    assert [0] in model.batches and [1] in model.batches
