@@ -1,145 +1,77 @@
-"""One search space for both tuners: Katib on a cluster, Optuna on a laptop.
+"""One search space for both tuners: Katib on a cluster, an Optuna study locally.
 
-    space = default_search_space(0.5, 16.0, [4, 6, 10], tune_lr=True)
-    params = space.suggest(optuna_trial)          # {"beta": 2.1, "latent_dim": 6, "lr": 4e-4}
-    space.train_args(params)                      # ["--beta=2.1", "--latent-dim=6", "--lr=0.0004"]
-    space.to_katib()                              # [V1beta1ParameterSpec, ...] for the Experiment
-    space.katib_train_args()                      # ["--beta=${trialParameters.beta}", ...]
-    space.parse_assignments(katib_assignments)    # Katib's strings back to typed values
+A `SearchSpace` is a list of `Parameter`s. It turns into Katib ParameterSpecs (`to_katib`),
+into Optuna suggestions (`suggest`), and its values into `kubevae train` flags (`train_args`),
+so the two backends search the same space and launch trials the same way.
 
-beta is searched log-uniformly: what matters is its order of magnitude. The objective a tuner
-minimizes must not depend on beta (see TuneRequest.objective_metric), else the smallest beta wins.
+beta is searched log-uniformly: its effect on the posterior is multiplicative, so the range
+0.5..16 should get as many trials below 4 as above it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, Mapping
 
-Kind = Literal["double", "int", "categorical"]
 KINDS = ("double", "int", "categorical")
 
-# Search-space parameter -> `kubevae train` flag. A parameter may imply more flags: tuning the
-# KL capacity only means something under the capacity objective.
-FLAGS: dict[str, str] = {
+# Search-space names -> `kubevae train` flags. One table, used by both backends.
+TRAIN_FLAGS = {
     "beta": "--beta",
     "latent_dim": "--latent-dim",
     "lr": "--lr",
-    "weight_decay": "--weight-decay",
     "capacity_max": "--capacity-max",
     "gamma": "--gamma",
-    "epochs": "--epochs",
-}
-IMPLIED_FLAGS: dict[str, tuple[str, ...]] = {
-    "capacity_max": ("--objective=capacity",),
-    "gamma": ("--objective=capacity",),
+    "epochs": "--epochs",  # the resource Katib's hyperband varies
 }
 
 
 @dataclass(frozen=True)
 class Parameter:
-    """One searched hyperparameter. double/int take min and max (log=True: log-uniform, min > 0);
-    categorical takes values."""
-
     name: str
-    kind: Kind
-    min: float | int | None = None
-    max: float | int | None = None
+    kind: str  # "double" | "int" | "categorical"
+    min: float | None = None
+    max: float | None = None
     log: bool = False
     values: tuple[Any, ...] | None = None
 
     def __post_init__(self) -> None:
         where = f"search space parameter {self.name!r}"
-        if self.name not in FLAGS:
-            raise ValueError(f"{where}: no `kubevae train` flag is known for it; "
-                             f"expected one of {sorted(FLAGS)}")
+        if self.name not in TRAIN_FLAGS:
+            raise ValueError(f"{where}: name must be one of {sorted(TRAIN_FLAGS)} "
+                             f"(the `kubevae train` flags it can set)")
         if self.kind not in KINDS:
             raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "categorical":
-            values = tuple(self.values or ())
-            object.__setattr__(self, "values", values)
-            if not values:
-                raise ValueError(f"{where}: a categorical parameter needs a non-empty list of values")
-            if len({str(v) for v in values}) != len(values):
-                raise ValueError(f"{where}: values must be distinct, got {list(values)}")
+            if not self.values:
+                raise ValueError(f"{where}: a categorical parameter needs a non-empty `values` list")
             if self.min is not None or self.max is not None or self.log:
-                raise ValueError(f"{where}: a categorical parameter takes values, not min/max/log")
+                raise ValueError(f"{where}: a categorical parameter takes `values`, not min/max/log")
+            object.__setattr__(self, "values", tuple(self.values))
             return
         if self.values is not None:
-            raise ValueError(f"{where}: a {self.kind} parameter takes min and max, not values")
+            raise ValueError(f"{where}: a {self.kind} parameter takes min/max, not `values`")
         if self.min is None or self.max is None or not self.min < self.max:
-            raise ValueError(f"{where}: expected min < max, got min={self.min}, max={self.max}")
-        if self.kind == "int" and (int(self.min) != self.min or int(self.max) != self.max):
-            raise ValueError(f"{where}: an int parameter needs integer bounds, got "
-                             f"[{self.min}, {self.max}]")
+            raise ValueError(f"{where}: expected min < max, got min={self.min} max={self.max}")
         if self.log and self.min <= 0:
             raise ValueError(f"{where}: a log-uniform range needs min > 0, got {self.min}")
-        if self.log and self.kind == "int":
-            # Katib's suggestion services return log-uniform ints as floats ("7.0"); a
-            # categorical list says the same thing and behaves the same on both tuners.
-            raise ValueError(f"{where}: log-uniform int ranges are not supported; "
-                             f"use a categorical list of sizes")
-
-    # -- Optuna -------------------------------------------------------------------------------
-    def suggest(self, trial: Any) -> Any:
-        if self.kind == "categorical":
-            return trial.suggest_categorical(self.name, list(self.values))
-        if self.kind == "int":
-            return trial.suggest_int(self.name, int(self.min), int(self.max))
-        return trial.suggest_float(self.name, float(self.min), float(self.max), log=self.log)
-
-    # -- Katib --------------------------------------------------------------------------------
-    def to_katib(self, grid_points: int | None = None) -> Any:
-        from kubeflow.katib.models import V1beta1FeasibleSpace, V1beta1ParameterSpec
-
-        if self.kind == "categorical":
-            space = V1beta1FeasibleSpace(list=[str(v) for v in self.values])
-            return V1beta1ParameterSpec(name=self.name, parameter_type="categorical",
-                                        feasible_space=space)
-        if grid_points is not None:
-            # Katib's grid steps linearly through double ranges; list the points instead so a
-            # log-uniform range stays log-spaced.
-            space = V1beta1FeasibleSpace(list=[_fmt(v) for v in self.grid(grid_points)])
-            return V1beta1ParameterSpec(name=self.name, parameter_type="categorical",
-                                        feasible_space=space)
-        space = V1beta1FeasibleSpace(min=_fmt(self.min), max=_fmt(self.max),
-                                     distribution="logUniform" if self.log else "uniform")
-        return V1beta1ParameterSpec(name=self.name, parameter_type=self.kind, feasible_space=space)
+        if self.kind == "int" and (self.min != int(self.min) or self.max != int(self.max)):
+            raise ValueError(f"{where}: an int parameter needs whole min/max, got {self.min}..{self.max}")
 
     def grid(self, points: int) -> list[Any]:
-        """`points` values spread over the range (log-spaced when log=True)."""
+        """Values a grid search tries: the list itself, every int, or `points` spaced values
+        (geometrically when log)."""
         if self.kind == "categorical":
             return list(self.values)
-        if points < 2:
-            raise ValueError(f"grid points for {self.name!r}: expected at least 2, got {points}")
-        lo, hi = float(self.min), float(self.max)
-        if self.log:
-            values = [math.exp(math.log(lo) + i * (math.log(hi) - math.log(lo)) / (points - 1))
-                      for i in range(points)]
-        else:
-            values = [lo + i * (hi - lo) / (points - 1) for i in range(points)]
         if self.kind == "int":
-            return sorted({int(round(v)) for v in values})
-        return [float(_fmt(v)) for v in values]
-
-    def parse(self, text: str) -> Any:
-        """A value as Katib hands it over (always a string) -> the typed value."""
-        try:
-            if self.kind == "categorical":
-                by_text = {str(v): v for v in self.values}
-                if text not in by_text:
-                    raise ValueError(f"not one of {list(by_text)}")
-                return by_text[text]
-            if self.kind == "int":
-                number = float(text)
-                if number != int(number):
-                    raise ValueError("not an integer")
-                return int(number)
-            return float(text)
-        except ValueError as e:
-            raise ValueError(f"parameter {self.name!r}: cannot read {text!r} as a {self.kind} "
-                             f"value ({e})") from None
+            return list(range(int(self.min), int(self.max) + 1))
+        if points < 2:
+            raise ValueError(f"grid points for {self.name!r}: expected >= 2, got {points}")
+        if self.log:
+            lo, hi = math.log(self.min), math.log(self.max)
+            return [_round(math.exp(lo + (hi - lo) * i / (points - 1))) for i in range(points)]
+        return [_round(self.min + (self.max - self.min) * i / (points - 1)) for i in range(points)]
 
 
 @dataclass(frozen=True)
@@ -152,87 +84,135 @@ class SearchSpace:
         if not names:
             raise ValueError("search space: expected at least one parameter")
         if len(set(names)) != len(names):
-            raise ValueError(f"search space: parameter names must be distinct, got {names}")
+            raise ValueError(f"search space: duplicate parameter names in {names}")
 
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.parameters]
 
-    def __getitem__(self, name: str) -> Parameter:
-        for p in self.parameters:
-            if p.name == name:
-                return p
-        raise KeyError(f"search space has no parameter {name!r}; it has {self.names}")
+    def with_parameter(self, parameter: Parameter) -> "SearchSpace":
+        """This space plus one parameter (replacing one of the same name)."""
+        kept = [p for p in self.parameters if p.name != parameter.name]
+        return replace(self, parameters=(*kept, parameter))
 
-    def suggest(self, trial: Any) -> dict[str, Any]:
-        return {p.name: p.suggest(trial) for p in self.parameters}
-
+    # -- Katib ---------------------------------------------------------------------------
     def to_katib(self, grid_points: int | None = None) -> list[Any]:
-        return [p.to_katib(grid_points) for p in self.parameters]
+        """kubeflow.katib V1beta1ParameterSpecs. Log ranges use Katib's `logUniform`
+        distribution. With `grid_points` (Katib's grid needs a finite set), every double
+        becomes a categorical list of that many values."""
+        from kubeflow.katib import V1beta1FeasibleSpace, V1beta1ParameterSpec
 
-    def combinations(self, grid_points: int) -> int:
-        """How many points a grid search over this space has."""
-        return math.prod(len(p.grid(grid_points)) for p in self.parameters)
+        specs = []
+        for p in self.parameters:
+            if p.kind == "categorical" or (grid_points and p.kind == "double"):
+                space = V1beta1FeasibleSpace(list=[str(v) for v in p.grid(grid_points or 0)])
+                kind = "categorical"
+            else:
+                space = V1beta1FeasibleSpace(
+                    min=_katib_number(p.min, p.kind), max=_katib_number(p.max, p.kind),
+                    distribution="logUniform" if p.log else "uniform")
+                kind = p.kind
+            specs.append(V1beta1ParameterSpec(name=p.name, parameter_type=kind, feasible_space=space))
+        return specs
 
-    def train_args(self, params: dict[str, Any]) -> list[str]:
-        missing = [n for n in self.names if n not in params]
-        if missing:
-            raise ValueError(f"search-space values missing for {missing}; got {sorted(params)}")
-        return train_args({n: params[n] for n in self.names})
+    # -- Optuna --------------------------------------------------------------------------
+    def suggest(self, trial: Any) -> dict[str, Any]:
+        """One point from an optuna.Trial: {name: value}."""
+        values: dict[str, Any] = {}
+        for p in self.parameters:
+            if p.kind == "categorical":
+                values[p.name] = trial.suggest_categorical(p.name, list(p.values))
+            elif p.kind == "int":
+                values[p.name] = trial.suggest_int(p.name, int(p.min), int(p.max), log=p.log)
+            else:
+                values[p.name] = trial.suggest_float(p.name, float(p.min), float(p.max), log=p.log)
+        return values
 
-    def katib_train_args(self) -> list[str]:
-        """`kubevae train` flags with Katib's ${trialParameters.NAME} placeholders."""
-        return train_args({n: "${trialParameters.%s}" % n for n in self.names})
+    def optuna_distributions(self) -> dict[str, Any]:
+        """The same space as optuna distributions (for study.ask / enqueue)."""
+        import optuna
 
-    def parse_assignments(self, assignments: Iterable[dict[str, str]]) -> dict[str, Any]:
-        """Katib's parameterAssignments ([{name, value}], strings) -> typed values."""
-        values = {a["name"]: a["value"] for a in assignments}
+        out: dict[str, Any] = {}
+        for p in self.parameters:
+            if p.kind == "categorical":
+                out[p.name] = optuna.distributions.CategoricalDistribution(list(p.values))
+            elif p.kind == "int":
+                out[p.name] = optuna.distributions.IntDistribution(int(p.min), int(p.max), log=p.log)
+            else:
+                out[p.name] = optuna.distributions.FloatDistribution(p.min, p.max, log=p.log)
+        return out
+
+    # -- trials --------------------------------------------------------------------------
+    def train_args(self, values: Mapping[str, Any]) -> list[str]:
+        """`kubevae train` flags for these values, in the space's order. Values may also be
+        Katib placeholders such as "${trialParameters.beta}"."""
         missing = [n for n in self.names if n not in values]
         if missing:
-            raise ValueError(f"Katib assignments lack {missing}; got {sorted(values)}")
-        return {n: self[n].parse(str(values[n])) for n in self.names}
+            raise ValueError(f"train args: no value for search-space parameter(s) {missing}")
+        return train_args({n: values[n] for n in self.names})
+
+    def parse(self, assignments: Mapping[str, str]) -> dict[str, Any]:
+        """Typed values from strings (Katib's parameter assignments)."""
+        out: dict[str, Any] = {}
+        for p in self.parameters:
+            if p.name not in assignments:
+                raise ValueError(f"parameter assignments: {p.name!r} missing from {dict(assignments)}")
+            out[p.name] = _typed(p, assignments[p.name])
+        return out
 
 
-def train_args(params: dict[str, Any]) -> list[str]:
-    """Parameter values -> `kubevae train` flags, one `--flag=value` token each (Katib joins the
-    trial command with spaces, so a flag and its value must stay one token)."""
-    unknown = sorted(set(params) - set(FLAGS))
+def train_args(values: Mapping[str, Any]) -> list[str]:
+    """`kubevae train` flags for {search-space name: value}; unknown names are an error."""
+    unknown = [n for n in values if n not in TRAIN_FLAGS]
     if unknown:
-        raise ValueError(f"no `kubevae train` flag for parameter(s) {unknown}; "
-                         f"known: {sorted(FLAGS)}")
+        raise ValueError(f"train args: unknown parameter(s) {unknown}; known: {sorted(TRAIN_FLAGS)}")
     args: list[str] = []
-    for name, value in params.items():
-        for implied in IMPLIED_FLAGS.get(name, ()):
-            if implied not in args:
-                args.append(implied)
-        args.append(f"{FLAGS[name]}={value!r}" if isinstance(value, float) else f"{FLAGS[name]}={value}")
+    for name, value in values.items():
+        args += [TRAIN_FLAGS[name], _flag_value(value)]
     return args
 
 
-def default_search_space(beta_min: float, beta_max: float, latent_dims: Sequence[int],
-                         tune_lr: bool = False, tune_capacity: bool = False,
-                         lr_range: tuple[float, float] = (1e-4, 3e-3),
-                         capacity_range: tuple[float, float] = (5.0, 50.0)) -> SearchSpace:
-    """beta log-uniform on [beta_min, beta_max] and the latent size from `latent_dims`;
-    optionally the learning rate (log-uniform) and, instead of beta, the KL capacity C_max of
-    the capacity objective (beta plays no part there)."""
-    dims = [int(d) for d in latent_dims]
+def default_search_space(beta_min: float = 0.5, beta_max: float = 16.0,
+                         latent_dims: Iterable[int] = (4, 6, 10), tune_lr: bool = False,
+                         tune_capacity: bool = False) -> SearchSpace:
+    """beta log-uniform, latent size categorical; optionally the learning rate (log-uniform)
+    and the capacity objective's C_max and gamma."""
+    dims = tuple(int(d) for d in latent_dims)
     if not dims or any(d < 1 for d in dims):
-        raise ValueError(f"latent_dims: expected a non-empty list of positive sizes, got {list(latent_dims)}")
-    parameters: list[Parameter] = []
-    if tune_capacity:
-        parameters.append(Parameter("capacity_max", "double", min=capacity_range[0],
-                                    max=capacity_range[1]))
-    else:
-        parameters.append(Parameter("beta", "double", min=beta_min, max=beta_max, log=True))
-    parameters.append(Parameter("latent_dim", "categorical", values=tuple(sorted(set(dims)))))
+        raise ValueError(f"latent_dims: expected positive sizes, got {list(latent_dims)}")
+    params = [Parameter("beta", "double", beta_min, beta_max, log=True),
+              Parameter("latent_dim", "categorical", values=tuple(sorted(set(dims))))]
     if tune_lr:
-        parameters.append(Parameter("lr", "double", min=lr_range[0], max=lr_range[1], log=True))
-    return SearchSpace(tuple(parameters))
+        params.append(Parameter("lr", "double", 1e-4, 3e-3, log=True))
+    if tune_capacity:
+        params += [Parameter("capacity_max", "double", 5.0, 50.0),
+                   Parameter("gamma", "double", 100.0, 1000.0, log=True)]
+    return SearchSpace(tuple(params))
 
 
-def _fmt(value: Any) -> str:
-    """Numbers as short, exact-enough strings ("0.5", "16", "0.0001")."""
+def _flag_value(value: Any) -> str:
+    if isinstance(value, bool):
+        raise ValueError(f"train args: boolean values have no flag form, got {value!r}")
     if isinstance(value, float):
-        return format(value, ".6g")
+        return repr(value)
     return str(value)
+
+
+def _typed(p: Parameter, text: str) -> Any:
+    if p.kind == "categorical":
+        for v in p.values:
+            if str(v) == str(text):
+                return v
+        raise ValueError(f"parameter {p.name!r}: {text!r} is not one of {list(p.values)}")
+    try:
+        return int(float(text)) if p.kind == "int" else float(text)
+    except ValueError:
+        raise ValueError(f"parameter {p.name!r}: expected a number, got {text!r}") from None
+
+
+def _katib_number(value: float, kind: str) -> str:
+    return str(int(value)) if kind == "int" else repr(float(value))
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
