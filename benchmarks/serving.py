@@ -1,0 +1,225 @@
+"""Serving latency and throughput: the real KServe server against the same model in-process.
+
+For encode and score (one 64x64 image per request, V2 REST by default) at concurrency 1, 8
+and 32: p50 / p95 / p99 latency and requests per second against `kubevae serve` on loopback,
+beside the raw in-process model time for the same batches (run_batch on 1, 8 and 32 images,
+with the server's thread count), and their ratio. Then an endurance run: 10,000 encode
+requests at concurrency 32, which must all succeed.
+
+Goals (2 CPU cores): p99 <= 15 ms for one encode at concurrency 1; throughput at concurrency
+32 >= 70% of the raw model's throughput on batches of 32; zero errors in the endurance run.
+The load generator (aiohttp) runs on the same cores as the server: read ratios, not absolutes.
+
+  nice -n 10 .venv/bin/python benchmarks/serving.py [--model DIR] [--requests 400]
+      [--protocol v2|v1|grpc] [--batch-delay-ms 0] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# This file is benchmarks/serving.py: drop its folder from the path, or it hides the package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from kubevae.client import v1_payload, v2_payload  # noqa: E402
+from kubevae.config import ModelConfig, ObjectiveConfig  # noqa: E402
+from kubevae.model import VAE, load_model, save_model  # noqa: E402
+from serving.local import LocalServer  # noqa: E402
+from serving.ops import OpRequest, run_batch  # noqa: E402
+
+OPS = ("encode", "score")
+CONCURRENCY = (1, 8, 32)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", default=None, help="model folder (default: a fresh 64x64 VAE)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per (op, concurrency)")
+    parser.add_argument("--endurance", type=int, default=10_000, help="encode requests at concurrency 32")
+    parser.add_argument("--protocol", default="v2", choices=["v1", "v2", "v2-binary", "grpc"],
+                        help="v2: JSON tensors; v2-binary: the binary tensor extension; grpc: raw contents")
+    parser.add_argument("--images-per-request", type=int, default=1,
+                        help="images in each request (the raw reference runs batches of "
+                             "concurrency x this many)")
+    parser.add_argument("--k", type=int, default=16, help="IWAE samples for score")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (server and raw)")
+    parser.add_argument("--batch-delay-ms", type=float, default=0.0)
+    parser.add_argument("--batch-max-images", type=int, default=32)
+    parser.add_argument("--json", default=None, help="write the figures here too")
+    return parser.parse_args()
+
+
+# -- raw model --------------------------------------------------------------------------------
+def raw_model_times(model_dir: Path, images: np.ndarray, k: int, threads: int, repeats: int = 30
+                    ) -> dict[tuple[str, int], float]:
+    """Seconds per call of run_batch on c requests of len(images) images (c = 1, 8, 32, and
+    32 single images: the best batch the server may form), the server's code without it."""
+    torch.set_num_threads(threads)
+    vae = load_model(model_dir).eval()
+    times = {}
+    for op in OPS:
+        params = {"k": k, "seed": 0} if op == "score" else {}
+        for b in (*CONCURRENCY, "batch32"):
+            batch = [OpRequest(op, images=images, params=params) for _ in range(b)] if b != "batch32" \
+                else [OpRequest(op, images=images[:1], params=params) for _ in range(32)]
+            run_batch(vae, batch)  # warm
+            n = max(3, repeats // len(batch)) if op == "score" else repeats
+            started = time.perf_counter()
+            for _ in range(n):
+                run_batch(vae, batch)
+            times[(op, b)] = (time.perf_counter() - started) / n
+    return times
+
+
+# -- load generation --------------------------------------------------------------------------
+def request_body(protocol: str, op: str, images: np.ndarray, k: int) -> tuple[bytes, dict]:
+    params = {"k": k} if op == "score" else {}
+    if protocol == "v2-binary":
+        head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(images.shape),
+                                       "parameters": {"binary_data_size": images.nbytes}}],
+                           "parameters": {"op": op, **params}}).encode()
+        return head + images.tobytes(), {"inference-header-content-length": str(len(head)),
+                                         "content-type": "application/octet-stream"}
+    build = v1_payload if protocol == "v1" else v2_payload
+    return json.dumps(build(op, images, **params)).encode(), {"content-type": "application/json"}
+
+
+async def http_load(url: str, body: bytes, headers: dict, total: int, concurrency: int
+                    ) -> tuple[list[float], int]:
+    import aiohttp
+    latencies: list[float] = []
+    errors = 0
+    remaining = total
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                latencies.append(time.perf_counter() - started)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+async def grpc_load(target: str, request, total: int, concurrency: int) -> tuple[list[float], int]:
+    import grpc
+    from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+    latencies: list[float] = []
+    errors = 0
+    remaining = total
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = GRPCInferenceServiceStub(channel)
+
+        async def worker() -> None:
+            nonlocal remaining, errors
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                try:
+                    await stub.ModelInfer(request, timeout=60)
+                except grpc.RpcError:
+                    errors += 1
+                latencies.append(time.perf_counter() - started)
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, errors
+
+
+def run_load(server: LocalServer, protocol: str, op: str, images: np.ndarray, k: int,
+             total: int, concurrency: int) -> dict:
+    if protocol == "grpc":
+        from serving.grpc_client import infer_request
+        request = infer_request(server.model_name, op, images=images, **({"k": k} if op == "score" else {}))
+        coroutine = grpc_load(server.grpc_target, request, total, concurrency)
+    else:
+        path = f"/v1/models/{server.model_name}:predict" if protocol == "v1" \
+            else f"/v2/models/{server.model_name}/infer"
+        body, headers = request_body(protocol, op, images, k)
+        coroutine = http_load(server.url + path, body, headers, total, concurrency)
+    started = time.perf_counter()
+    latencies, errors = asyncio.run(coroutine)
+    elapsed = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000
+    return {"op": op, "concurrency": concurrency, "requests": total, "errors": errors,
+            "p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "rps": total / elapsed,
+            "images_per_s": total * len(images) / elapsed}
+
+
+def main() -> int:
+    args = parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir = Path(args.model) if args.model else Path(tmp) / "model"
+        if not args.model:
+            torch.manual_seed(0)
+            save_model(model_dir, VAE(ModelConfig(image_size=64, latent_dim=10)), ObjectiveConfig())
+        config = load_model(model_dir).config
+        images = np.random.default_rng(0).integers(
+            0, 256, (args.images_per_request, config.image_size, config.image_size, config.channels),
+            dtype=np.uint8)
+        raw = raw_model_times(model_dir, images, args.k, args.threads)
+        server_args = ["--threads", str(args.threads), "--batch-delay-ms", str(args.batch_delay_ms),
+                       "--batch-max-images", str(args.batch_max_images), "--log-level", "WARNING",
+                       "--max-iwae-k", str(max(args.k, 16))]
+        rows = []
+        print(f"protocol {args.protocol}, {args.images_per_request} image(s) of "
+              f"{list(images.shape[1:])} per request, torch threads {args.threads}, "
+              f"batch delay {args.batch_delay_ms} ms, batch max {args.batch_max_images} images; "
+              f"raw batch of 32 single images: encode {raw[('encode', 'batch32')] * 1000:.2f} ms, "
+              f"score {raw[('score', 'batch32')] * 1000:.1f} ms", flush=True)
+        with LocalServer(model_dir, grpc=args.protocol == "grpc", args=server_args) as server:
+            for op in OPS:
+                run_load(server, args.protocol, op, images, args.k, 50, 8)  # warm the path
+                for c in CONCURRENCY:
+                    total = args.requests if op == "encode" else max(64, args.requests // 4)
+                    row = run_load(server, args.protocol, op, images, args.k, total, c)
+                    raw_same = c * len(images) / raw[(op, c)]  # images/s on the same batch
+                    raw_32 = 32 / raw[(op, "batch32")]
+                    row.update(raw_ms=raw[(op, c)] * 1000, raw_images_per_s=raw_same,
+                               of_raw_same_batch=row["images_per_s"] / raw_same,
+                               of_raw_batch32=row["images_per_s"] / raw_32,
+                               overhead_ratio=row["p50_ms"] / (raw[(op, 1)] * 1000))
+                    rows.append(row)
+                    print(format_row(row), flush=True)
+            endurance = run_load(server, args.protocol, "encode", images, args.k, args.endurance, 32)
+        print(f"endurance: {endurance['requests']} encode requests at concurrency 32: "
+              f"{endurance['errors']} errors, {endurance['rps']:.0f} req/s, p99 {endurance['p99_ms']:.1f} ms")
+        goals = {
+            f"p99 encode c=1 <= 15 ms ({len(images)} image(s) per request)": rows[0]["p99_ms"] <= 15.0,
+            "encode c=32 >= 70% of raw batch-32 throughput": rows[2]["of_raw_batch32"] >= 0.70,
+            "score c=32 >= 70% of raw batch-32 throughput": rows[5]["of_raw_batch32"] >= 0.70,
+            "endurance: zero errors": endurance["errors"] == 0,
+        }
+        for goal, met in goals.items():
+            print(f"goal {'MET' if met else 'NOT MET'}: {goal}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"rows": rows, "endurance": endurance, "goals": goals,
+                                                   "args": vars(args)}, indent=2))
+        return 0 if goals["endurance: zero errors"] else 1
+
+
+def format_row(row: dict) -> str:
+    return (f"{row['op']:>6} c={row['concurrency']:>2}: p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f}  "
+            f"p99 {row['p99_ms']:6.2f}  {row['rps']:7.1f} req/s {row['images_per_s']:7.1f} img/s  "
+            f"errors {row['errors']} | raw same batch: {row['raw_ms']:6.2f} ms = "
+            f"{row['raw_images_per_s']:7.1f} img/s | server/raw "
+            f"same batch {row['of_raw_same_batch']:.0%}, of raw batch-32 {row['of_raw_batch32']:.0%}, "
+            f"p50/raw(1) {row['overhead_ratio']:.2f}x")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
