@@ -153,3 +153,38 @@ def test_a_request_larger_than_the_batch_limit_runs_alone():
     big, small = asyncio.run(scenario())
     assert big["tag"].tolist() == [0] * 5 and small["tag"].tolist() == [1]
     assert [0] in model.batches and [1] in model.batches
+
+
+def test_client_behind_a_gateway_sends_the_host_header_and_extra_headers_on_every_call():
+    """kubevae.client against an InferenceService behind the Kubeflow (Istio) gateway: the
+    gateway routes on the Host header, so every request must carry it."""
+    import httpx
+
+    from kubevae.client import Client
+
+    seen = []
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("/ready"):
+            return httpx.Response(200, json={"name": "vae", "ready": True})
+        if request.url.path.startswith("/v1/"):
+            return httpx.Response(200, json={"predictions": [{"mu": [0.0] * LATENT, "logvar": [0.0] * LATENT}]},
+                                  headers={"x-request-id": "r1"})
+        return httpx.Response(200, headers={"x-request-id": "r2"}, json={
+            "model_name": "vae", "id": "r2",
+            "outputs": [{"name": "mu", "shape": [1, LATENT], "datatype": "FP32", "data": [0.5] * LATENT}]})
+
+    images = np.zeros((1, SIZE, SIZE, 1), np.uint8)
+    for protocol in ("v1", "v2"):
+        with Client("http://gateway.local:8080", model_name="vae", protocol=protocol,
+                    host="vae.team-a.example.com", headers={"Cookie": "authservice_session=x"},
+                    transport=httpx.MockTransport(gateway)) as client:
+            assert client.ready()
+            encoded = client.encode(images)
+        assert encoded["mu"].shape == (1, LATENT) and encoded.request_id in ("r1", "r2")
+    assert [r.url.path for r in seen] == ["/v2/models/vae/ready", "/v1/models/vae:predict",
+                                          "/v2/models/vae/ready", "/v2/models/vae/infer"]
+    assert {r.headers["host"] for r in seen} == {"vae.team-a.example.com"}
+    assert {r.headers["cookie"] for r in seen} == {"authservice_session=x"}
+    assert {r.url.host for r in seen} == {"gateway.local"}
