@@ -1,0 +1,327 @@
+"""Ingest: images from a folder, a bucket or built-in data -> one canonical dataset folder.
+
+    report = ingest("s3://bucket/faces", "data/raw", metadata="s3://bucket/faces.csv",
+                    image_size=64, max_bad_fraction=0.01)
+
+Every candidate file (an image extension) is fetched, decoded, validated and hashed in parallel
+(kubevae.ingest.decode); the accepted pixels stream into a memory-mapped scratch array, so memory
+holds one batch per worker plus the output array's pages, never a second copy. Each rejected file
+goes to quarantine.csv with its reason. Counts reconcile (seen = accepted + quarantined) and are
+written to the dataset card (card.json, card.md). The step fails only when the quarantined
+fraction exceeds `max_bad_fraction` (then nothing is published at `out_dir`; the quarantine list
+is written beside it as OUT.quarantine.csv).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from functools import partial
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kubevae.data.dataset import Dataset, render_card, write_dataset
+from kubevae.ingest.decode import REASONS, BatchResult, Target, decode_batch, infer_target, phash_hex
+from kubevae.ingest.metadata import Metadata, load_metadata
+from kubevae.ingest.parallel import ordered_map
+from kubevae.ingest.sources import Entry, Source, SourceError, open_source
+from kubevae.progress import progress
+from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text
+
+__all__ = ["IngestError", "IngestReport", "SourceError", "ingest"]
+
+QUARANTINE_FILE = "quarantine.csv"
+ORPHANS_FILE = "metadata_orphans.csv"
+CARD_JSON = "card.json"
+SAMPLE_FOR_SHAPE = 64
+COPY_CHUNK = 8192
+
+
+class IngestError(RuntimeError):
+    """Too many bad files (or none good): the dataset is not published."""
+
+    def __init__(self, message: str, report: "IngestReport"):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class IngestReport:
+    source_uri: str
+    out_dir: str
+    seen: int
+    accepted: int
+    quarantined: int
+    reasons: dict[str, int]
+    ignored: int
+    max_bad_fraction: float
+    image_shape: tuple[int, int, int] | None
+    metadata: str | None = None
+    metadata_rows: int = 0
+    metadata_rows_without_file: int = 0
+    content_sha256: str | None = None
+    created: str = ""
+    seconds: float = 0.0
+    executor: str = ""
+    workers: int = 1
+    examples: dict[str, list[str]] = field(default_factory=dict)  # reason -> a few item ids
+
+    @property
+    def bad_fraction(self) -> float:
+        return self.quarantined / self.seen if self.seen else 1.0
+
+    def counts(self) -> dict[str, float]:
+        """Numbers only (for MLflow metrics and KFP artifact metadata)."""
+        out = {"seen": self.seen, "accepted": self.accepted, "quarantined": self.quarantined,
+               "ignored_files": self.ignored, "bad_fraction": round(self.bad_fraction, 6),
+               "metadata_rows_without_file": self.metadata_rows_without_file}
+        out.update({f"quarantined_{r}": n for r, n in sorted(self.reasons.items())})
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["bad_fraction"] = self.bad_fraction
+        return out
+
+    def summary(self) -> str:
+        reasons = ", ".join(f"{r}={n}" for r, n in sorted(self.reasons.items())) or "none"
+        lines = [f"ingest {self.source_uri} -> {self.out_dir}",
+                 f"seen={self.seen} accepted={self.accepted} quarantined={self.quarantined} "
+                 f"(bad fraction {self.bad_fraction:.4f}, limit {self.max_bad_fraction})",
+                 f"quarantine reasons: {reasons}",
+                 f"ignored non-image files: {self.ignored}"]
+        if self.metadata:
+            lines.append(f"metadata {self.metadata}: {self.metadata_rows} rows, "
+                         f"{self.metadata_rows_without_file} without a file")
+        if self.image_shape:
+            lines.append(f"image shape (H, W, C): {tuple(self.image_shape)}; "
+                         f"content sha256: {self.content_sha256}")
+        lines.append(f"{self.seconds:.1f}s with {self.workers} {self.executor} worker(s)")
+        return "\n".join(lines)
+
+
+def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
+           path_column: str = "path", image_size: int | None = None, channels: int | None = None,
+           max_bad_fraction: float = 0.01, workers: int = 2, executor: str = "auto",
+           batch_size: int = 256, license: str | None = None, name: str | None = None) -> IngestReport:
+    """Read, validate and hash every image of `source_uri` into the dataset folder `out_dir`."""
+    start = time.monotonic()
+    if not 0.0 <= max_bad_fraction <= 1.0:
+        raise ValueError(f"max_bad_fraction: expected a fraction in [0, 1], got {max_bad_fraction}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
+    out_dir = Path(out_dir)
+    source = open_source(source_uri)
+    kind = source.parallel if executor == "auto" else executor
+    listing = source.list()
+    builtin = source.builtin()
+    if builtin is not None and metadata:
+        raise ValueError(f"--metadata: {source.uri} is built-in and carries its own metadata")
+    meta = load_metadata(metadata, path_column=path_column) if metadata else None
+    ignored = [k for k in listing.ignored if not (metadata and _same_file(source, k, metadata))]
+    if not listing.entries:
+        raise ValueError(f"--source {source.uri}: the dataset is empty: no image files "
+                         f"(.png, .jpg, .jpeg, .bmp, .npy) found; {len(ignored)} other file(s) ignored")
+
+    quarantine: list[dict[str, str]] = []
+    entries = listing.entries
+    orphans = pd.DataFrame(columns=["path"])
+    if meta is not None:
+        entries, quarantine, orphans = _match_metadata(meta, listing.entries, listing.ignored)
+    target = _target(source, entries, image_size, channels) if entries else None
+
+    accepted: dict[str, list] = {"item_id": [], "source_uri": [], "sha256": [], "phash": []}
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.scratch-", dir=_parent(out_dir)))
+    try:
+        images = _decode_all(source, entries, target, accepted, quarantine, scratch, kind,
+                             workers, batch_size) if entries else None
+        report = IngestReport(
+            source_uri=source.uri, out_dir=str(out_dir), seen=len(listing.entries),
+            accepted=len(accepted["item_id"]), quarantined=len(quarantine),
+            reasons=dict(Counter(q["reason"] for q in quarantine)), ignored=len(ignored),
+            max_bad_fraction=max_bad_fraction, image_shape=target.shape if target else None,
+            metadata=metadata, metadata_rows=len(meta) if meta is not None else 0,
+            metadata_rows_without_file=len(orphans),
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            executor=kind, workers=workers, examples=_examples(quarantine))
+        if report.seen != report.accepted + report.quarantined:  # a bug, never bad input
+            raise AssertionError(f"counts do not reconcile: {report.counts()}")
+        _check_bad_fraction(report, quarantine, out_dir)
+        manifest, factor_names, factor_sizes = _manifest(accepted, builtin, meta)
+        card = _card(report, source, builtin, license, name, target, factor_names)
+        with atomic_dir(out_dir) as tmp:
+            chunks = (images[i:i + COPY_CHUNK] for i in range(0, report.accepted, COPY_CHUNK))
+            write_dataset(tmp, chunks, manifest, factor_names=factor_names,
+                          factor_sizes=factor_sizes, card=card, image_shape=target.shape)
+            info = Dataset.open(tmp).info
+            report.content_sha256 = info["content_sha256"]
+            _write_quarantine(tmp / QUARANTINE_FILE, quarantine)
+            if meta is not None:
+                orphans.to_csv(tmp / ORPHANS_FILE, index=False)
+            report.seconds = round(time.monotonic() - start, 2)
+            atomic_write_json(tmp / CARD_JSON, _card_json(report, card, info))
+            atomic_write_text(tmp / "card.md", _card_markdown(report, info))
+        return report
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _parent(out_dir: Path) -> Path:
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return out_dir.parent
+
+
+def _same_file(source: Source, key: str, metadata: str) -> bool:
+    root = getattr(source, "root", None)
+    return root is not None and (root / key).resolve() == Path(metadata).expanduser().resolve()
+
+
+def _match_metadata(meta: Metadata, entries: list[Entry], ignored: list[str]):
+    """Files without a row are quarantined (not decoded); rows without a file are reported."""
+    rows = set(meta.frame.index)
+    keep = [e for e in entries if e.key in rows]
+    quarantine = [_q(e, "no_metadata_row", f"no row in {meta.source}") for e in entries
+                  if e.key not in rows]
+    files = {e.key for e in entries}
+    not_images = set(ignored)
+    orphans = pd.DataFrame({"path": [p for p in meta.frame.index if p not in files]})
+    orphans["detail"] = ["names a file that is not an image (.png .jpg .jpeg .bmp .npy)"
+                         if p in not_images else "no such file in the source" for p in orphans["path"]]
+    return keep, quarantine, orphans
+
+
+def _q(entry: Entry, reason: str, detail: str) -> dict[str, str]:
+    return {"item_id": entry.key, "source_uri": entry.uri, "reason": reason, "detail": detail}
+
+
+def _target(source: Source, entries: list[Entry], image_size, channels) -> Target:
+    sample = entries[:SAMPLE_FOR_SHAPE]
+    payloads = source.fetch([e.key for e in sample])
+    return infer_target(list(zip(payloads, [e.key for e in sample])), image_size, channels,
+                        where=f"--source {source.uri}")
+
+
+def _work(source: Source, target: Target, keys: Sequence[str]) -> BatchResult:
+    """One task in a worker: fetch and decode a batch (module level, so processes can run it)."""
+    return decode_batch(source.fetch(keys), keys, target)
+
+
+def _decode_all(source: Source, entries: list[Entry], target: Target, accepted, quarantine,
+                scratch: Path, kind: str, workers: int, batch_size: int) -> np.ndarray:
+    images = np.lib.format.open_memmap(scratch / "images.npy", mode="w+", dtype=np.uint8,
+                                       shape=(len(entries), *target.shape))
+    batches = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
+    if len(batches) == 1:
+        workers = 1  # starting processes would cost more than the work
+    results = ordered_map(partial(_work, source, target), ([e.key for e in b] for b in batches),
+                          workers=workers, kind=kind)
+    row = 0
+    for batch, result in progress(zip(batches, results), desc=f"ingest ({batch_size} files/batch)",
+                                  total=len(batches)):
+        n = len(result.accepted)
+        images[row:row + n] = result.images
+        row += n
+        for position, sha, value in zip(result.accepted, result.sha256, phash_hex(result.phash)):
+            accepted["item_id"].append(batch[position].key)
+            accepted["source_uri"].append(batch[position].uri)
+            accepted["sha256"].append(sha)
+            accepted["phash"].append(value)
+        quarantine.extend(_q(batch[p], reason, detail) for p, reason, detail in result.rejected)
+    images.flush()
+    return images
+
+
+def _check_bad_fraction(report: IngestReport, quarantine, out_dir: Path) -> None:
+    if report.accepted and report.bad_fraction <= report.max_bad_fraction:
+        return
+    path = out_dir.with_name(out_dir.name + ".quarantine.csv")
+    _write_quarantine(path, quarantine)
+    reasons = ", ".join(f"{r}={n}" for r, n in sorted(report.reasons.items()))
+    what = ("no file was accepted" if not report.accepted else
+            f"{report.quarantined} of {report.seen} files quarantined (bad fraction "
+            f"{report.bad_fraction:.4f} > max_bad_fraction {report.max_bad_fraction})")
+    raise IngestError(f"{report.source_uri}: {what}; reasons: {reasons}; the list is in {path}",
+                      report)
+
+
+def _write_quarantine(path: Path, quarantine: list[dict[str, str]]) -> None:
+    frame = pd.DataFrame(quarantine, columns=["item_id", "source_uri", "reason", "detail"])
+    atomic_write_text(path, frame.to_csv(index=False))
+
+
+def _examples(quarantine: list[dict[str, str]], n: int = 3) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for q in quarantine:
+        if len(out.setdefault(q["reason"], [])) < n:
+            out[q["reason"]].append(q["item_id"])
+    return out
+
+
+def _manifest(accepted, builtin, meta: Metadata | None):
+    manifest = pd.DataFrame(accepted)
+    names: tuple[str, ...] = ()
+    sizes = None
+    extra = None
+    if builtin is not None:
+        extra, names, sizes = builtin.metadata.set_index("item_id"), builtin.factor_names, builtin.factor_sizes
+    elif meta is not None:
+        extra, names, sizes = meta.frame, meta.factor_names, meta.factor_sizes
+    if extra is not None:
+        extra = extra.drop(columns=[c for c in ("sha256", "source_uri") if c in extra.columns])
+        joined = extra.reindex(manifest["item_id"]).reset_index(drop=True)
+        manifest = pd.concat([manifest, joined], axis=1)
+    return manifest, tuple(names), tuple(sizes) if sizes else None
+
+
+def _card(report: IngestReport, source: Source, builtin, license, name, target: Target,
+          factor_names) -> dict[str, Any]:
+    card: dict[str, Any] = {"name": name or f"ingested from {source.uri}", "source": source.uri,
+                            "created": report.created, "license": license or "not given",
+                            "seen": report.seen, "accepted": report.accepted,
+                            "quarantined": report.quarantined, "ignored_files": report.ignored}
+    if builtin is not None:
+        card.update(builtin.card)
+        card["name"] = name or builtin.card.get("name")
+        card["license"] = license or builtin.card.get("license")
+    if report.metadata:
+        card["metadata"] = report.metadata
+    if target.resize:
+        card["resized_to"] = target.size
+    if target.convert:
+        card["converted_to_channels"] = target.channels
+    return card
+
+
+def _card_json(report: IngestReport, card: dict[str, Any], info: dict[str, Any]) -> dict[str, Any]:
+    return {"card": card, "counts": report.counts(), "report": report.to_dict(),
+            "image_shape": info["image_shape"], "num_items": info["num_items"],
+            "content_sha256": info["content_sha256"], "factor_names": info["factor_names"],
+            "factor_sizes": info["factor_sizes"], "quarantine_file": QUARANTINE_FILE,
+            "reasons_known": list(REASONS)}
+
+
+def _card_markdown(report: IngestReport, info: dict[str, Any]) -> str:
+    lines = [render_card(info).rstrip(), "", "## Counts", "",
+             "| seen | accepted | quarantined | bad fraction | limit |", "|---|---|---|---|---|",
+             f"| {report.seen} | {report.accepted} | {report.quarantined} | "
+             f"{report.bad_fraction:.4f} | {report.max_bad_fraction} |", "",
+             f"seen = accepted + quarantined: {report.seen} = {report.accepted} + {report.quarantined}. "
+             f"{report.ignored} non-image file(s) ignored.", ""]
+    if report.reasons:
+        lines += ["## Quarantine (quarantine.csv)", "", "| reason | files | examples |", "|---|---|---|"]
+        for reason, n in sorted(report.reasons.items()):
+            examples = ", ".join(f"`{e}`" for e in report.examples.get(reason, []))
+            lines.append(f"| {reason} | {n} | {examples} |")
+        lines.append("")
+    if report.metadata:
+        lines += ["## Metadata", "", f"{report.metadata}: {report.metadata_rows} rows, "
+                  f"{report.metadata_rows_without_file} without a file ({ORPHANS_FILE}).", ""]
+    return "\n".join(lines)
+

@@ -1,0 +1,47 @@
+"""An ordered parallel map with a bounded number of tasks in flight.
+
+Bounded, so that a fast producer (a listing of a million keys, rendered sprites) never queues the
+whole dataset in memory; ordered, so that the output order (and the dataset's content hash)
+does not depend on scheduling.
+
+Processes suit decoding (PIL, hashing and numpy hold the GIL for small images); threads suit
+fetching from a bucket (waiting on the network). benchmarks/dedup.py measures both.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections import deque
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from typing import Callable, Iterable, Iterator, TypeVar
+
+T = TypeVar("T")
+R = TypeVar("R")
+EXECUTORS = ("process", "thread")
+
+
+def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int, kind: str,
+                in_flight_per_worker: int = 2) -> Iterator[R]:
+    if kind not in EXECUTORS:
+        raise ValueError(f"executor: expected one of {EXECUTORS}, got {kind!r}")
+    if workers < 1:
+        raise ValueError(f"workers: expected at least 1, got {workers}")
+    if workers == 1:
+        yield from map(fn, tasks)
+        return
+    with _executor(kind, workers) as pool:
+        pending: deque = deque()
+        for task in tasks:
+            pending.append(pool.submit(fn, task))
+            if len(pending) >= workers * in_flight_per_worker:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def _executor(kind: str, workers: int) -> Executor:
+    if kind == "thread":
+        return ThreadPoolExecutor(workers, thread_name_prefix="kubevae-ingest")
+    # forkserver: children start from a clean process, not a fork of one that may hold threads
+    # (an HTTP server in a test, tqdm's monitor) and their locks.
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))

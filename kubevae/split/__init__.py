@@ -1,0 +1,256 @@
+"""Split: a dataset folder -> train/val/test folders that share no group, duplicate or future.
+
+    report = split("data/raw", "data/split", fractions=(0.8, 0.1, 0.1), group_column="patient",
+                   previous_split="data/split-last-week/assignments.csv")
+
+Output folder:
+    assignments.csv        one row per assigned item: item_id, source_uri, group_id (the key of
+                           its leakage group: metadata group + exact + near duplicates), sha256,
+                           split (train | val | test), phash, how (hash | time | pinned |
+                           inherited), metadata_group (with --group-column)
+    excluded.csv           items in no split, with the reason (only when there are any)
+    train/ val/ test/      dataset folders (kubevae.data.dataset), manifest rows and factors kept
+    stats.json             per-channel mean/std in [0, 1] units, fit on train only
+    leakage_report.json    counts per split, duplicate clusters, cross-split checks, checklist
+    leakage_report.md      the same for people (a KFP Markdown visualization)
+
+The step fails (LeakageError, nothing published at `out_dir`, the report written beside it as
+OUT.leakage_report.md/json) when any group, exact duplicate or near duplicate is shared across
+splits or val/test are not strictly newer than train in time mode.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from kubevae.data.dataset import Dataset, write_dataset
+from kubevae.split import report as leakage
+from kubevae.split.assign import (ASSIGNMENTS_FILE, EXCLUDED, SPLITS, assign, check_fractions,
+                                  member_keys, read_previous)
+from kubevae.split.grouping import DEFAULT_NEAR_DUP_THRESHOLD, HASH_BITS, group_items
+from kubevae.split.stats import STATS_FILE, channel_stats
+from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text
+
+__all__ = ["DEFAULT_NEAR_DUP_THRESHOLD", "DEFAULT_SALT", "LeakageError", "SplitReport", "split"]
+
+DEFAULT_SALT = "kubevae"
+EXCLUDED_FILE = "excluded.csv"
+COPY_CHUNK = 8192
+
+
+class LeakageError(RuntimeError):
+    """Something would be shared across splits: the split is not published."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class SplitReport:
+    out_dir: str
+    items: dict[str, int]
+    groups: dict[str, int]
+    excluded: int
+    cross_split: dict[str, int]
+    passed: bool
+    near_dup_threshold: int
+    threshold_source: str
+    seconds: float
+    report: dict[str, Any] = field(repr=False, default_factory=dict)
+
+    def counts(self) -> dict[str, float]:
+        """Numbers only (for MLflow metrics and KFP artifact metadata)."""
+        out: dict[str, float] = {f"items_{k}": v for k, v in self.items.items()}
+        out.update({f"groups_{k}": v for k, v in self.groups.items()})
+        out.update({f"cross_split_{k}": v for k, v in self.cross_split.items()})
+        clusters = self.report.get("duplicate_clusters", {})
+        out.update({"excluded": self.excluded, "near_dup_threshold": self.near_dup_threshold,
+                    "exact_duplicate_clusters": clusters.get("exact", {}).get("clusters", 0),
+                    "near_duplicate_clusters": clusters.get("near", {}).get("clusters", 0)})
+        return out
+
+    def summary(self) -> str:
+        per = ", ".join(f"{k}={v} ({self.groups[k]} groups)" for k, v in self.items.items())
+        cross = ", ".join(f"{k}={v}" for k, v in self.cross_split.items())
+        return "\n".join([f"split -> {self.out_dir}: {'PASSED' if self.passed else 'FAILED'}",
+                          f"items: {per}; excluded={self.excluded}",
+                          f"across splits (all must be 0): {cross}",
+                          f"near-duplicate threshold: {self.near_dup_threshold} bits "
+                          f"({self.threshold_source}); {self.seconds:.1f}s"])
+
+
+def split(data_dir: str | Path, out_dir: str | Path, *,
+          fractions: Sequence[float] = (0.8, 0.1, 0.1), group_column: str | None = None,
+          time_column: str | None = None, time_cutoffs: Sequence[Any] | None = None,
+          previous_split: str | Path | None = None, near_dup_threshold: int | None = None,
+          salt: str = DEFAULT_SALT, max_group_fraction: float | None = None) -> SplitReport:
+    start = time.monotonic()
+    fractions = check_fractions(fractions)
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    dataset = Dataset.open(data_dir)
+    if len(dataset) == 0:
+        raise ValueError(f"--data {data_dir}: the dataset is empty; expected at least one image")
+    manifest = dataset.manifest
+    _check_group_column(manifest, group_column, data_dir)
+    times, cutoffs = _time_mode(manifest, time_column, time_cutoffs, data_dir)
+    threshold, source = _threshold(near_dup_threshold, dataset)
+
+    grouping = group_items(manifest, group_column=group_column, threshold=threshold)
+    pinned = read_previous(previous_split, manifest["item_id"]) if previous_split else None
+    if times is None:
+        _check_group_sizes(grouping, fractions, max_group_fraction, threshold, source)
+    keys = member_keys(manifest, group_column)
+    result = assign(grouping.labels, keys, fractions=fractions, salt=salt, pinned=pinned,
+                    item_ids=manifest["item_id"], times=times, cutoffs=cutoffs)
+    train_rows = np.flatnonzero(result.split == 0)
+    if not len(train_rows):
+        raise ValueError(f"--data {data_dir}: no item landed in train ({len(dataset)} items); "
+                         "check --fractions / --time-cutoff")
+    stats = channel_stats(dataset.images, train_rows)
+    ctx = leakage.Context(manifest=manifest, split=result.split, how=result.how,
+                          group_key=result.group_key, grouping=grouping, group_column=group_column,
+                          time_column=time_column, cutoffs=cutoffs, fractions=fractions,
+                          threshold_source=source, stats=stats,
+                          previous_split=str(previous_split) if previous_split else None, salt=salt)
+    report = leakage.build(ctx)
+    report["data"] = str(data_dir)
+    report["seconds"] = round(time.monotonic() - start, 2)
+    text = leakage.markdown(report)
+    if not report["passed"]:
+        _write_failed(out_dir, report, text)
+    with atomic_dir(out_dir) as tmp:
+        _write_splits(tmp, dataset, result.split, data_dir)
+        _write_assignments(tmp, manifest, result, grouping, group_column)
+        atomic_write_json(tmp / STATS_FILE, stats)
+        atomic_write_json(tmp / leakage.REPORT_JSON, report)
+        atomic_write_text(tmp / leakage.REPORT_MD, text)
+    return SplitReport(str(out_dir), report["items"], report["groups"], report["excluded"]["count"],
+                       report["cross_split"], report["passed"], threshold, source,
+                       round(time.monotonic() - start, 2), report)
+
+
+def _check_group_column(manifest: pd.DataFrame, column: str | None, data_dir: Path) -> None:
+    if column is None:
+        return
+    if column not in manifest.columns:
+        raise ValueError(f"--group-column {column!r}: no such column in {data_dir}/manifest.parquet; "
+                         f"found {list(manifest.columns)}")
+    if manifest[column].isna().all():
+        raise ValueError(f"--group-column {column!r}: every value is empty in "
+                         f"{data_dir}/manifest.parquet; expected group ids (patient, device, session)")
+
+
+def _time_mode(manifest, column, cutoffs, data_dir):
+    if column is None:
+        if cutoffs:
+            raise ValueError("--time-cutoff needs --time-column (the column that holds the times)")
+        return None, None
+    if column not in manifest.columns:
+        raise ValueError(f"--time-column {column!r}: no such column in {data_dir}/manifest.parquet; "
+                         f"found {list(manifest.columns)}")
+    if not cutoffs or len(cutoffs) > 2:
+        raise ValueError(f"--time-cutoff: expected 1 or 2 cutoffs with --time-column, got "
+                         f"{list(cutoffs or [])}")
+    from kubevae.ingest.metadata import parse_times
+
+    values = manifest[column]
+    if values.isna().any():
+        raise ValueError(f"--time-column {column!r}: {int(values.isna().sum())} item(s) have no "
+                         f"time, e.g. {manifest['item_id'][values.isna()].iloc[0]!r}; time mode "
+                         "needs a time for every item")
+    values = parse_times(values, f"--time-column {column!r}")
+    parsed = [_parse_cutoff(c, values) for c in cutoffs]
+    if len(parsed) == 2 and not parsed[0] < parsed[1]:
+        raise ValueError(f"--time-cutoff: {cutoffs[0]} must come before {cutoffs[1]}")
+    return values.reset_index(drop=True), parsed
+
+
+def _parse_cutoff(value: Any, times: pd.Series):
+    try:
+        if pd.api.types.is_numeric_dtype(times):
+            return float(value)
+        stamp = pd.Timestamp(value)
+        return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    except (TypeError, ValueError):
+        kind = "a number" if pd.api.types.is_numeric_dtype(times) else "an ISO 8601 date/time"
+        raise ValueError(f"--time-cutoff {value!r}: expected {kind} like the time column") from None
+
+
+def _threshold(explicit: int | None, dataset: Dataset) -> tuple[int, str]:
+    if explicit is not None:
+        value, source = int(explicit), "given"
+    else:
+        hint = (dataset.info.get("card") or {}).get("split_hints") or {}
+        if hint.get("near_dup_threshold") is not None:
+            value = int(hint["near_dup_threshold"])
+            source = f"dataset card hint: {hint.get('reason', '')}".rstrip(": ")
+        else:
+            value, source = DEFAULT_NEAR_DUP_THRESHOLD, "default"
+    if not 0 <= value <= HASH_BITS:
+        raise ValueError(f"--near-dup-threshold: expected 0..{HASH_BITS} bits, got {value}")
+    return value, source
+
+
+def _check_group_sizes(grouping, fractions, limit, threshold, source) -> None:
+    """A group bigger than the smallest split cannot be placed without wrecking the fractions:
+    almost always near duplicates chaining distinct images together."""
+    limit = min(fractions) if limit is None else limit
+    n = len(grouping.labels)
+    sizes = np.bincount(grouping.labels)
+    largest = int(sizes.max())
+    if largest / n <= limit or largest < 2:
+        return
+    dup_largest = int(np.bincount(grouping.duplicate_labels).max())
+    why = (f"duplicate chaining made one group of {dup_largest} items at near-duplicate threshold "
+           f"{threshold} ({source}); lower --near-dup-threshold (0 merges only equal hashes)"
+           if dup_largest / n > limit else "a metadata group is that large; raise --max-group-fraction "
+           "if that is expected")
+    raise ValueError(f"one group holds {largest} of {n} items ({largest / n:.1%}), more than "
+                     f"max_group_fraction {limit:.3f}: {why}")
+
+
+def _write_splits(tmp: Path, dataset: Dataset, split: np.ndarray, data_dir: Path) -> None:
+    card = dataset.info.get("card") or {}
+    for index, name in enumerate(SPLITS):
+        rows = np.flatnonzero(split == index)
+        chunks = (np.asarray(dataset.images[rows[i:i + COPY_CHUNK]])
+                  for i in range(0, len(rows), COPY_CHUNK))
+        write_dataset(tmp / name, chunks, dataset.manifest.iloc[rows].reset_index(drop=True),
+                      factor_names=dataset.factor_names, factor_sizes=dataset.factor_sizes,
+                      image_shape=dataset.image_shape,
+                      card={"name": f"{card.get('name', data_dir.name)} [{name}]", "split": name,
+                            "parent": str(data_dir),
+                            "parent_content_sha256": dataset.info.get("content_sha256"),
+                            "license": card.get("license", "not given")})
+
+
+def _write_assignments(tmp: Path, manifest, result, grouping, group_column) -> None:
+    frame = pd.DataFrame({
+        "item_id": manifest["item_id"], "source_uri": manifest["source_uri"],
+        "group_id": result.group_key, "sha256": manifest["sha256"],
+        "split": [SPLITS[s] if s != EXCLUDED else "" for s in result.split],
+        "phash": manifest["phash"], "how": result.how})
+    if group_column:
+        frame["metadata_group"] = manifest[group_column].to_numpy()
+    assigned = result.split != EXCLUDED
+    atomic_write_text(tmp / ASSIGNMENTS_FILE, frame[assigned].to_csv(index=False))
+    if (~assigned).any():
+        excluded = frame[~assigned].drop(columns=["split"]).rename(columns={"how": "reason"})
+        atomic_write_text(tmp / EXCLUDED_FILE, excluded.to_csv(index=False))
+
+
+def _write_failed(out_dir: Path, report: dict[str, Any], text: str) -> None:
+    base = out_dir.with_name(out_dir.name + "." + leakage.REPORT_JSON)
+    atomic_write_json(base, report)
+    atomic_write_text(out_dir.with_name(out_dir.name + "." + leakage.REPORT_MD), text)
+    failed = [c["leakage"] for c in report["checklist"] if c["status"] == "FAIL"]
+    raise LeakageError(f"leakage check failed ({'; '.join(failed)}): across splits "
+                       f"{report['cross_split']}; nothing written to {out_dir}; see "
+                       f"{out_dir.name}.{leakage.REPORT_MD} beside it", report)
