@@ -2,6 +2,7 @@
 not depend on what a request was batched with, and the dynamic batcher's grouping."""
 
 import asyncio
+import json
 import threading
 import time
 
@@ -9,14 +10,16 @@ import numpy as np
 import pytest
 import torch
 from kserve.errors import InvalidInput
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.infer_type import InferRequest
 
 from kubevae.config import ModelConfig
 from kubevae.model import VAE
 from serving.batcher import DynamicBatcher
-from serving.codec import ModelSpec, parse_v2
+from serving.codec import ModelSpec, parse_params, parse_v1, parse_v2, plain_parameters, prior_latents
 from serving.config import Limits
 from serving.grpc_client import infer_request
+from serving.http import binary_request_error
 from serving.ops import OpRequest, run_batch
 
 SIZE, LATENT = 28, 4
@@ -188,3 +191,70 @@ def test_client_behind_a_gateway_sends_the_host_header_and_extra_headers_on_ever
     assert {r.headers["host"] for r in seen} == {"vae.team-a.example.com"}
     assert {r.headers["cookie"] for r in seen} == {"authservice_session=x"}
     assert {r.url.host for r in seen} == {"gateway.local"}
+
+
+# -- the batch delay, prior samples, request parsing ----------------------------------------------
+def test_an_idle_model_waits_up_to_the_delay_for_company():
+    model = RecordingModel(seconds=0.0)
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_images=64, max_delay_s=0.05)
+        try:
+            first = asyncio.create_task(batcher.submit(tagged("encode", 0)))
+            await asyncio.sleep(0.01)  # arrives within the delay: shares the first one's call
+            await asyncio.gather(first, batcher.submit(tagged("encode", 1)))
+        finally:
+            batcher.close()
+
+    asyncio.run(scenario())
+    assert model.batches == [[0, 1]]
+
+
+def test_generate_with_n_draws_the_same_latents_as_vae_sample(vae):
+    z = prior_latents({"n": 3, "seed": 11}, SPEC)
+    images = run_batch(vae, [OpRequest("generate", latents=z)])[0]["image"]
+    with torch.inference_mode():
+        expected = vae.sample(3, torch.Generator().manual_seed(11))
+    expected = expected.mul(255).round().permute(0, 2, 3, 1).numpy()
+    assert np.abs(images.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_parameters_defaults_strings_from_grpc_and_errors():
+    limits = Limits(max_batch_size=8, max_iwae_k=32, default_iwae_k=16)
+    assert parse_params({}, limits, SPEC) == ("encode", {})
+    assert parse_params({"op": "score"}, limits, SPEC) == ("score", {"seed": 0, "k": 16})
+    grpc_map = pb.ModelInferRequest().parameters
+    grpc_map["op"].string_param = "traverse"
+    grpc_map["dim"].int64_param = 2
+    grpc_map["span"].string_param = "1.5"  # InferParameter has no float field
+    op, params = parse_params(plain_parameters(grpc_map), limits, SPEC)
+    assert (op, params) == ("traverse", {"dim": 2, "steps": 7, "span": 1.5, "image_format": "array"})
+    for raw, message in [({"op": "score", "k": 33}, "1..32"), ({"op": "score", "k": True}, "parameters.k"),
+                         ({"op": "traverse", "dim": 4}, "0..3"), ({"op": "generate", "n": 9}, "1..8"),
+                         ({"op": "traverse", "dim": 0, "span": float("nan")}, "parameters.span"),
+                         ({"op": "encode", "seed": 1}, "unknown parameter"), ([], "JSON object")]:
+        with pytest.raises(InvalidInput, match=message):
+            parse_params(raw, limits, SPEC)
+
+
+def test_v1_bodies_from_raw_bytes_and_latents_for_traverse():
+    limits = Limits()
+    body = json.dumps({"instances": [[0.5] * 4], "parameters": {"op": "traverse", "dim": 1}}).encode()
+    parsed = parse_v1(body, SPEC, limits)  # curl -d sends no JSON content type: still parsed
+    assert parsed.latents.shape == (1, 4) and parsed.images is None
+    with pytest.raises(InvalidInput, match="malformed JSON"):
+        parse_v1(b"{not json", SPEC, limits)
+    with pytest.raises(InvalidInput, match="not both"):
+        parse_v1({"instances": [[0.0] * 4], "parameters": {"op": "generate", "n": 2}}, SPEC, limits)
+
+
+def test_binary_request_checker():
+    head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": [1, 2, 2, 1],
+                                   "parameters": {"binary_data_size": 4}}]}).encode()
+    assert binary_request_error(head + b"\0" * 4, str(len(head))) is None
+    assert "bytes follow" in binary_request_error(head + b"\0" * 5, str(len(head)))
+    assert "byte length of the JSON part" in binary_request_error(head, "")
+    assert "byte length of the JSON part" in binary_request_error(head, str(len(head) + 1))
+    assert "malformed JSON" in binary_request_error(head, "3")
+    fp16 = head.replace(b"UINT8", b"FP16")
+    assert "expected UINT8 or FP32" in binary_request_error(fp16 + b"\0" * 4, str(len(fp16)))
