@@ -1,0 +1,193 @@
+"""The kubernetes backend: a Katib Experiment, a PyTorchJob and a KServe InferenceService.
+
+- tune:   a Katib Experiment (tpe by default, medianstop, StdOut metrics) whose trials are
+          PyTorchJobs running `kubevae train` on the split in object storage; waited on, its
+          optimal trial and every trial read back.
+- train:  a PyTorchJob (Master + Workers, restartPolicy OnFailure, resuming from checkpoints);
+          the Master's log is streamed into this step's log; the Master uploads the model to
+          the Model artifact's URI, and it is downloaded into the artifact's local folder.
+- deploy: an InferenceService with the kubevae predictor on the model's s3:// URI; an existing
+          one is updated through a canary that is smoke-tested, then promoted or rolled back.
+
+Pods read data from and write models to S3-compatible storage (the KFP artifact store); their
+credentials come from the `kubevae-s3` Secret, the endpoint from the `kubevae-settings`
+ConfigMap (manifests/). This step's own pod needs the same two as environment variables to
+download the trained model.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from components.backends.base import (DeployRequest, DeployResult, TrainRequest, TrainResult,
+                                      TrialRecord, TuneRequest, TuneResult)
+from components.k8s import launchers, objectstore, to_dict
+from components.k8s.inferenceservice import build_inference_service, storage_uri_for
+from components.k8s.katib import Tuning, build_experiment
+from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
+from components.k8s.security import Resources
+from components.search_space import Parameter
+
+# MLflow settings a step's pod may have (from KFP's MLflow integration or the ConfigMap) that
+# the training pods should share. Credentials are never copied into a resource's spec.
+MLFLOW_PASSTHROUGH = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
+                      "MLFLOW_PARENT_RUN_ID")
+NAME_LIMIT = 40  # Katib and the Training Operator append suffixes to the names of what they create
+
+
+@dataclass
+class KubernetesOptions:
+    """What the request dataclasses do not carry: sizes, and where checkpoints live."""
+
+    trial_resources: Resources = field(default_factory=lambda: Resources(cpu="2", memory="8Gi"))
+    train_resources: Resources = field(default_factory=lambda: Resources(cpu="4", memory="16Gi"))
+    serve_resources: Resources = field(default_factory=lambda: Resources(cpu="1", memory="2Gi"))
+    checkpoint_claim: str | None = None  # a ReadWriteMany PVC; None: an emptyDir per pod
+    poll_s: float = 15.0
+
+
+class KubernetesBackend:
+    name = "kubernetes"
+
+    def __init__(self, api: launchers.KubeApi | None = None, options: KubernetesOptions | None = None,
+                 store: Callable[[], Any] = objectstore.client_from_env,
+                 smoke: Callable[[str, str], dict[str, Any]] | None = None,
+                 clock: Callable[[], float] | None = None, log: Callable[[str], None] = print,
+                 suffix: Callable[[], str] = lambda: uuid.uuid4().hex[:6],
+                 env: dict[str, str] | None = None):
+        self._api, self.options, self._store, self._smoke = api, options or KubernetesOptions(), store, smoke
+        self._clock, self.log, self._suffix = clock, log, suffix
+        self._env = os.environ if env is None else env
+
+    # -- tune -----------------------------------------------------------------------------
+    def tune(self, request: TuneRequest) -> TuneResult:
+        _require_object_uri("tune: data_uri", request.data_uri)
+        space = request.search_space
+        tuning = Tuning(algorithm=request.algorithm, objective_metric=request.objective_metric,
+                        max_trials=request.max_trials, parallel_trials=request.parallel_trials,
+                        max_failed_trials=request.max_failed_trials, seed=request.seed)
+        fixed = ["--epochs", str(request.trial_epochs), "--batch-size", str(request.batch_size),
+                 "--seed", str(request.seed), "--no-mlflow-model"]
+        if request.objective_metric == "val_iwae_nll":
+            fixed += ["--iwae-k", "16"]
+        if tuning.algorithm == "hyperband":  # hyperband decides each trial's epochs
+            space = space.with_parameter(Parameter(tuning.hyperband_resource, "int", 1, max(2, request.trial_epochs)))
+        trial = TrainingJob(
+            image=request.cluster.image, train_args=tuple(fixed), data_uri=request.data_uri,
+            workers=request.trial_workers, procs_per_pod=max(1, request.gpus_per_worker),
+            resources=_with_gpus(self.options.trial_resources, request.gpus_per_worker),
+            checkpoint_claim=self.options.checkpoint_claim, s3_secret=request.cluster.s3_secret,
+            env=self._mlflow_env(), component="tune-trial")
+        namespace = self._namespace(request.cluster.namespace)
+        experiment = build_experiment(self._name(request.name), namespace, space, trial, tuning)
+        katib = launchers.KatibLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
+        name = katib.create(experiment)
+        katib.wait(name)
+        study = katib.results(name, request.objective_metric)
+        best = request.search_space.parse(study.best_params)  # its own names: not hyperband's epochs
+        records = [TrialRecord(number=i, params=_parse_known(request.search_space, t.params),
+                               value=t.value, state=t.state) for i, t in enumerate(study.trials)]
+        self.log(f"best trial {study.best_trial}: {best} {request.objective_metric}={study.best_value:.6g}")
+        return TuneResult(best_params=best, best_value=study.best_value, trials=records)
+
+    # -- train ----------------------------------------------------------------------------
+    def train(self, request: TrainRequest) -> TrainResult:
+        from components.search_space import train_args
+        from kubevae.storage import read_json
+
+        _require_object_uri("train: data_uri", request.data_uri)
+        _require_object_uri("train: out_uri", request.out_uri)
+        name = self._name(request.name)
+        args = ("--epochs", str(request.epochs), "--batch-size", str(request.batch_size),
+                "--seed", str(request.seed), "--run-name", request.name,
+                *request.extra_args, *train_args(request.params))
+        job = TrainingJob(
+            image=request.cluster.image, train_args=args, data_uri=request.data_uri,
+            output_uri=request.out_uri, workers=request.workers,
+            procs_per_pod=max(1, request.gpus_per_worker),
+            resources=_with_gpus(self.options.train_resources, request.gpus_per_worker),
+            checkpoint_claim=self.options.checkpoint_claim, checkpoint_folder=name,
+            s3_secret=request.cluster.s3_secret, env=self._mlflow_env(),
+            active_deadline_seconds=request.cluster.timeout_seconds)
+        namespace = self._namespace(request.cluster.namespace)
+        pytorch = launchers.PyTorchJobLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
+        pytorch.wait(pytorch.create(build_pytorchjob(job, name, namespace)))
+        count = objectstore.download(self._store(), request.out_uri, request.out_dir)
+        self.log(f"downloaded the model ({count} files) from {request.out_uri}")
+        return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"))
+
+    # -- deploy ---------------------------------------------------------------------------
+    def deploy(self, request: DeployRequest) -> DeployResult:
+        import yaml
+
+        from kubevae.storage import atomic_write_text
+
+        storage = storage_uri_for(request.model_uri)
+        _require_object_uri("deploy: model_uri", request.model_uri)
+        namespace = self._namespace(request.cluster.namespace)
+        isvc = build_inference_service(request.model_name, namespace, request.cluster.image, storage,
+                                       service_account=request.cluster.storage_service_account,
+                                       resources=self.options.serve_resources)
+        manifest = Path(request.manifest_dir) / "inferenceservice.yaml"
+        atomic_write_text(manifest, yaml.safe_dump(to_dict(isvc), sort_keys=False))
+        kserve = launchers.InferenceServiceLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
+        rollout = kserve.deploy(isvc, lambda url, model: self.smoke_test(url, model, request.model_dir),
+                                canary_percent=request.canary_percent)
+        return DeployResult(endpoint=rollout.url, manifest_path=str(manifest), status=rollout.status,
+                            smoke=rollout.smoke)
+
+    def smoke_test(self, endpoint: str, model_name: str, model_dir: str) -> dict[str, Any]:
+        """One V1 and one V2 request against the endpoint."""
+        if self._smoke is not None:
+            return self._smoke(endpoint, model_name)
+        from kubevae.client import smoke_test
+
+        return smoke_test(endpoint, model_name)
+
+    # -- helpers --------------------------------------------------------------------------
+    @property
+    def api(self) -> launchers.KubeApi:
+        if self._api is None:
+            self._api = launchers.connect()
+        return self._api
+
+    def _waiting(self, cluster) -> launchers.Waiting:
+        kwargs = {"clock": self._clock} if self._clock else {}
+        return launchers.Waiting(timeout_s=cluster.timeout_seconds, poll_s=self.options.poll_s, **kwargs)
+
+    def _namespace(self, namespace: str) -> str:
+        return namespace or launchers.current_namespace()
+
+    def _name(self, base: str) -> str:
+        stem = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-") or "kubevae"
+        if not stem[0].isalpha():
+            stem = f"kv-{stem}"
+        suffix = self._suffix()
+        return f"{stem[:NAME_LIMIT - len(suffix) - 1].rstrip('-')}-{suffix}"
+
+    def _mlflow_env(self) -> tuple[tuple[str, str], ...]:
+        return tuple((k, self._env[k]) for k in MLFLOW_PASSTHROUGH if self._env.get(k))
+
+
+def _require_object_uri(what: str, uri: str) -> None:
+    if not objectstore.is_object_uri(uri):
+        raise ValueError(f"{what}: the kubernetes backend needs an object-storage URI "
+                         f"(s3://BUCKET/PREFIX or KFP's minio://...), got {uri!r}; run the pipeline "
+                         f"on a KFP cluster, or use backend=local")
+
+
+def _with_gpus(resources: Resources, gpus: int) -> Resources:
+    from dataclasses import replace
+
+    return replace(resources, gpus=gpus)
+
+
+def _parse_known(space, assignments: dict[str, str]) -> dict[str, Any]:
+    """A trial's typed values; a trial still pending may have none yet."""
+    known = {k: v for k, v in assignments.items() if k in space.names}
+    return space.parse(known) if len(known) == len(space.names) else dict(known)

@@ -1,0 +1,511 @@
+"""Submit Katib Experiments, PyTorchJobs and InferenceServices, and wait for them.
+
+Reusable for any such resource, not only kubevae's. Every call goes through a `KubeApi`
+(a CustomObjectsApi and a CoreV1Api, or fakes with the same methods): the tests pass a
+recording fake, and the RBAC Role in manifests/ grants exactly the calls made here:
+
+  experiments.kubeflow.org          create, get, list, watch, delete
+  trials.kubeflow.org               list                     (every trial of the study)
+  pytorchjobs.kubeflow.org          create, get, list, watch, delete
+  inferenceservices.serving.kserve.io  create, get, list, watch, patch, delete
+  pods                              get, list                (the Master pod and its state)
+  pods/log                          get                      (streamed into the step's log)
+
+Waiting lists the object, then watches it from that resourceVersion in chunks of `poll_s`
+seconds (re-listing when the watch expires with 410 Gone); between chunks the PyTorchJob
+Master's new log lines are printed. A timeout deletes the Experiment or PyTorchJob (so that it
+stops holding GPUs) and raises ResourceTimeout; a failure raises ResourceFailed with the
+resource's own reason, message and where to look.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from kubernetes.client.rest import ApiException
+
+from components.k8s import inferenceservice as isvc_kind
+from components.k8s import katib as katib_kind
+from components.k8s import pytorchjob as job_kind
+from components.k8s import to_dict
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Pod states that never resolve by waiting: fail at once instead of at the timeout.
+FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
+                 "CreateContainerConfigError", "CreateContainerError"}
+
+
+class ResourceFailed(RuntimeError):
+    pass
+
+
+class ResourceTimeout(TimeoutError):
+    pass
+
+
+@dataclass
+class KubeApi:
+    """The Kubernetes API surface the launchers use."""
+
+    custom: Any  # kubernetes.client.CustomObjectsApi or a fake with its methods
+    core: Any  # kubernetes.client.CoreV1Api or a fake with its methods
+
+
+def connect() -> KubeApi:
+    """In a pod: its service account. Elsewhere: the current kubeconfig context."""
+    from kubernetes import client, config
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    api_client = client.ApiClient()
+    return KubeApi(client.CustomObjectsApi(api_client), client.CoreV1Api(api_client))
+
+
+def current_namespace(default: str = "default") -> str:
+    """The namespace this pod runs in (a Kubeflow profile namespace for pipeline steps)."""
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or default
+    except OSError:
+        return default
+
+
+@dataclass
+class Waiting:
+    timeout_s: float = 6 * 3600
+    poll_s: float = 15.0
+    clock: Callable[[], float] = time.monotonic
+
+
+@dataclass
+class Target:
+    """Where a custom resource lives in the API."""
+
+    kind: str
+    group: str
+    version: str
+    plural: str
+
+
+EXPERIMENT = Target(katib_kind.KIND, katib_kind.GROUP, katib_kind.VERSION, katib_kind.PLURAL)
+PYTORCHJOB = Target(job_kind.KIND, job_kind.GROUP, job_kind.VERSION, job_kind.PLURAL)
+INFERENCESERVICE = Target(isvc_kind.KIND, isvc_kind.GROUP, isvc_kind.VERSION, isvc_kind.PLURAL)
+
+
+# -- watching one object -------------------------------------------------------------------
+def wait_for(api: KubeApi, target: Target, namespace: str, name: str,
+             state: Callable[[dict], tuple[str | None, str]], waiting: Waiting,
+             on_update: Callable[[dict], None] = lambda obj: None,
+             between: Callable[[], None] = lambda: None) -> dict:
+    """Wait until `state(obj)` says "succeeded" (returns the object) or "failed" (raises
+    ResourceFailed with its message); ResourceTimeout after waiting.timeout_s."""
+    from kubernetes import watch
+
+    where = f"{target.kind} {namespace}/{name}"
+    deadline = waiting.clock() + waiting.timeout_s
+    obj, version = _list_one(api, target, namespace, name)
+    while True:
+        if obj is not None:
+            on_update(obj)
+            verdict, message = state(obj)
+            if verdict == "succeeded":
+                return obj
+            if verdict == "failed":
+                raise ResourceFailed(f"{where} failed: {message}")
+        remaining = deadline - waiting.clock()
+        if remaining <= 0:
+            raise ResourceTimeout(f"{where} did not finish within {waiting.timeout_s:.0f}s "
+                                  f"(last state: {state(obj)[1] if obj else 'not found'})")
+        between()
+        stream = watch.Watch().stream(
+            api.custom.list_namespaced_custom_object, target.group, target.version, namespace,
+            target.plural, field_selector=f"metadata.name={name}", resource_version=version,
+            timeout_seconds=max(1, int(min(remaining, waiting.poll_s))))
+        try:
+            for event in stream:
+                if event["type"] == "DELETED":
+                    raise ResourceFailed(f"{where} was deleted while waiting for it")
+                if event["type"] in ("ADDED", "MODIFIED"):
+                    obj = event["raw_object"]
+                    version = obj["metadata"].get("resourceVersion", version)
+                    break  # judge it at the top of the loop
+        except ApiException as e:
+            if e.status != 410:
+                raise
+            obj, version = _list_one(api, target, namespace, name)  # the watch expired: re-list
+        finally:
+            stream.close()
+
+
+def _list_one(api: KubeApi, target: Target, namespace: str, name: str) -> tuple[dict | None, str]:
+    listing = api.custom.list_namespaced_custom_object(
+        target.group, target.version, namespace, target.plural, field_selector=f"metadata.name={name}")
+    items = listing.get("items") or []
+    return (items[0] if items else None), listing.get("metadata", {}).get("resourceVersion", "")
+
+
+def condition_state(obj: dict, success: str = "Succeeded", failure: str = "Failed") -> tuple[str | None, str]:
+    """A Katib/Training Operator style verdict from status.conditions."""
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    true = [c for c in conditions if c.get("status") == "True"]
+    for c in true:
+        if c.get("type") == failure:
+            return "failed", f"{c.get('reason', '')}: {c.get('message', '')}".strip(": ")
+    for c in true:
+        if c.get("type") == success:
+            return "succeeded", c.get("message", success)
+    latest = true[-1]["type"] if true else "Pending"
+    return None, latest
+
+
+def _describe_api_error(action: str, error: BaseException) -> str:
+    cause = error if isinstance(error, ApiException) else error.__cause__ or error.__context__
+    if isinstance(cause, ApiException):
+        return f"{action}: HTTP {cause.status} {cause.reason}: {cause.body}"
+    return f"{action}: {error}"
+
+
+def _dummy_configuration():
+    from kubernetes.client import Configuration
+
+    return Configuration()  # the SDK clients' own transport is replaced by the KubeApi's
+
+
+# -- Katib ---------------------------------------------------------------------------------
+@dataclass
+class TrialSummary:
+    name: str
+    params: dict[str, str]
+    value: float | None
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING
+    created: str = ""
+
+
+@dataclass
+class StudyResult:
+    best_trial: str
+    best_params: dict[str, str]
+    best_value: float
+    trials: list[TrialSummary] = field(default_factory=list)
+
+
+class KatibLauncher:
+    """Create an Experiment with KatibClient, wait for it, read its optimal trial."""
+
+    TRIAL_STATES = {"Succeeded": "COMPLETE", "EarlyStopped": "PRUNED", "Failed": "FAIL",
+                    "MetricsUnavailable": "FAIL", "Killed": "FAIL"}
+
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+                 log: Callable[[str], None] = print):
+        from kubeflow.katib import KatibClient
+
+        self.api, self.namespace, self.waiting, self.log = api, namespace, waiting, log
+        self.client = KatibClient(client_configuration=_dummy_configuration(), namespace=namespace)
+        self.client.custom_api, self.client.core_api = api.custom, api.core
+
+    def create(self, experiment) -> str:
+        name = experiment.metadata.name
+        try:
+            self.client.create_experiment(experiment, namespace=self.namespace)
+        except Exception as e:
+            raise ResourceFailed(_describe_api_error(f"creating Experiment {self.namespace}/{name}", e)) from e
+        self.log(f"created Experiment {self.namespace}/{name}")
+        return name
+
+    def wait(self, name: str) -> dict:
+        last = [""]
+
+        def progress(obj: dict) -> None:
+            s = obj.get("status") or {}
+            line = (f"Experiment {name}: {condition_state(obj)[1]}; trials: {s.get('trialsSucceeded', 0)} "
+                    f"succeeded, {s.get('trialsRunning', 0)} running, {s.get('trialsEarlyStopped', 0)} "
+                    f"early-stopped, {s.get('trialsFailed', 0)} failed")
+            if line != last[0]:
+                self.log(line)
+                last[0] = line
+
+        try:
+            return wait_for(self.api, EXPERIMENT, self.namespace, name, condition_state, self.waiting,
+                            on_update=progress)
+        except ResourceTimeout:
+            self.delete(name)
+            raise
+        except ResourceFailed as e:
+            raise ResourceFailed(f"{e}. Failed trials: `kubectl -n {self.namespace} get trials "
+                                 f"-l katib.kubeflow.org/experiment={name}`") from None
+
+    def results(self, name: str, objective_metric: str) -> StudyResult:
+        optimal = self.client.get_optimal_hyperparameters(name, self.namespace)
+        if optimal is None:
+            raise ResourceFailed(f"Experiment {self.namespace}/{name} has no optimal trial: no trial "
+                                 f"reported {objective_metric}")
+        value = _metric(optimal.observation, objective_metric)
+        if value is None:
+            raise ResourceFailed(f"Experiment {self.namespace}/{name}: the optimal trial has no "
+                                 f"{objective_metric} observation")
+        trials = sorted((self._summary(t, objective_metric) for t in self.client.list_trials(name, self.namespace)),
+                        key=lambda t: (t.created, t.name))
+        return StudyResult(best_trial=optimal.best_trial_name,
+                           best_params={a.name: a.value for a in optimal.parameter_assignments},
+                           best_value=value, trials=trials)
+
+    def delete(self, name: str) -> None:
+        try:
+            self.client.delete_experiment(name, self.namespace)
+            self.log(f"deleted Experiment {self.namespace}/{name}")
+        except Exception as e:  # the timeout is the error worth reporting; say this one too
+            self.log(_describe_api_error(f"could not delete Experiment {self.namespace}/{name}", e))
+
+    def _summary(self, trial, objective_metric: str) -> TrialSummary:
+        status = trial.status
+        conditions = [c for c in (status.conditions if status else None) or [] if c.status == "True"]
+        state = next((self.TRIAL_STATES[c.type] for c in reversed(conditions) if c.type in self.TRIAL_STATES),
+                     "RUNNING")
+        created = trial.metadata.creation_timestamp
+        return TrialSummary(name=trial.metadata.name,
+                            params={a.name: a.value for a in trial.spec.parameter_assignments or []},
+                            value=_metric(status.observation if status else None, objective_metric),
+                            state=state, created=str(created or ""))
+
+
+def _metric(observation, name: str) -> float | None:
+    for m in (observation.metrics if observation else None) or []:
+        if m.name == name and m.latest not in (None, "", "unavailable"):
+            try:
+                return float(m.latest)
+            except ValueError:
+                return None
+    return None
+
+
+# -- PyTorchJob ----------------------------------------------------------------------------
+class PyTorchJobLauncher:
+    """Create a PyTorchJob with TrainingClient, wait for it, stream the Master's log."""
+
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+                 log: Callable[[str], None] = print):
+        from kubeflow.training import TrainingClient
+
+        self.api, self.namespace, self.waiting, self.log = api, namespace, waiting, log
+        self.client = TrainingClient(client_configuration=_dummy_configuration(), namespace=namespace,
+                                     job_kind=job_kind.KIND)
+        self.client.custom_api, self.client.core_api = api.custom, api.core
+
+    def create(self, job) -> str:
+        name = job.metadata.name
+        try:
+            self.client.create_job(job=job, namespace=self.namespace)
+        except Exception as e:
+            raise ResourceFailed(_describe_api_error(f"creating PyTorchJob {self.namespace}/{name}", e)) from e
+        self.log(f"created PyTorchJob {self.namespace}/{name}")
+        return name
+
+    def wait(self, name: str, container: str = job_kind.CONTAINER):
+        """Wait for Succeeded, printing the Master's log as it grows; the final job (SDK model)."""
+        logs = _LogFollower(self.api, self.client, self.namespace, name, container, self.log)
+        try:
+            wait_for(self.api, PYTORCHJOB, self.namespace, name, condition_state, self.waiting,
+                     between=logs.poll)
+        except ResourceTimeout:
+            logs.poll()
+            self.delete(name)
+            raise
+        except ResourceFailed as e:
+            logs.poll()
+            raise ResourceFailed(f"{e}. Master log above; all pods: `kubectl -n {self.namespace} get pods "
+                                 f"-l training.kubeflow.org/job-name={name}`") from None
+        logs.poll()  # the last lines
+        return self.client.get_job(name, self.namespace)
+
+    def delete(self, name: str) -> None:
+        try:
+            self.client.delete_job(name, self.namespace)
+            self.log(f"deleted PyTorchJob {self.namespace}/{name}")
+        except Exception as e:
+            self.log(_describe_api_error(f"could not delete PyTorchJob {self.namespace}/{name}", e))
+
+
+class _LogFollower:
+    """Prints the new lines of a job's Master container on every poll. Lines are asked for with
+    the kubelet's timestamps, and those at or before the last printed one are skipped, so a
+    line is printed once even though the reads overlap."""
+
+    def __init__(self, api: KubeApi, client, namespace: str, job: str, container: str,
+                 log: Callable[[str], None]):
+        self.api, self.client, self.namespace, self.job = api, client, namespace, job
+        self.container, self.log = container, log
+        self.pod: str | None = None
+        self.last = ""
+
+    def poll(self) -> None:
+        pod = self._pod()
+        if pod is None:
+            return
+        try:
+            text = self.api.core.read_namespaced_pod_log(pod, self.namespace, container=self.container,
+                                                         timestamps=True)
+        except ApiException as e:
+            if e.status in (400, 404):  # not started yet (init container), or being replaced
+                return
+            raise
+        for line in (text or "").splitlines():
+            stamp, _, message = line.partition(" ")
+            key = _sortable_time(stamp)
+            if key > self.last:
+                self.log(message)
+                self.last = key
+
+    def _pod(self) -> str | None:
+        if self.pod is None:
+            pods = self.client.get_job_pods(self.job, self.namespace, is_master=True)
+            if not pods:
+                return None
+            self.pod = pods[0].metadata.name
+        pod = self.api.core.read_namespaced_pod(self.pod, self.namespace)
+        statuses = (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
+        for s in statuses:
+            waiting = s.state.waiting if s.state else None
+            if waiting and waiting.reason in FATAL_WAITING:
+                raise ResourceFailed(f"PyTorchJob {self.namespace}/{self.job}: pod {self.pod} container "
+                                     f"{s.name}: {waiting.reason}: {waiting.message}")
+        return self.pod if pod.status.phase != "Pending" else None
+
+
+def _sortable_time(stamp: str) -> str:
+    """RFC 3339 with nanoseconds, fixed width (Go trims trailing zeros, which breaks sorting)."""
+    head, dot, frac = stamp.rstrip("Z").partition(".")
+    return f"{head}.{(frac if dot else '').ljust(9, '0')}"
+
+
+# -- InferenceService ----------------------------------------------------------------------
+@dataclass
+class Rollout:
+    status: str  # "ready" (new service), "promoted" (canary took all traffic), "rolled_back"
+    url: str
+    smoke: dict[str, Any]
+
+
+class InferenceServiceLauncher:
+    """Create an InferenceService, or update one with a canary: wait Ready, smoke-test the new
+    revision, then promote it (all traffic) or roll back (all traffic to the previous one)."""
+
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+                 log: Callable[[str], None] = print):
+        self.api, self.namespace, self.waiting, self.log = api, namespace, waiting, log
+        t = INFERENCESERVICE
+        self._path = (t.group, t.version, namespace, t.plural)
+
+    def get(self, name: str) -> dict | None:
+        try:
+            return self.api.custom.get_namespaced_custom_object(*self._path, name)
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise ResourceFailed(_describe_api_error(f"reading InferenceService {self.namespace}/{name}", e)) from e
+
+    def deploy(self, isvc, smoke: Callable[[str, str], dict[str, Any]],
+               canary_percent: int = 10) -> Rollout:
+        body = to_dict(isvc)
+        name = body["metadata"]["name"]
+        model = _model_name(body)
+        if self.get(name) is None:
+            return self._first(name, body, model, smoke)
+        if not 0 < canary_percent < 100:
+            raise ValueError(f"canary_percent: an update goes through a canary of 1..99 percent, got {canary_percent}")
+        return self._canary(name, body, model, smoke, canary_percent)
+
+    def _first(self, name: str, body: dict, model: str, smoke) -> Rollout:
+        try:
+            created = self.api.custom.create_namespaced_custom_object(*self._path, body)
+        except ApiException as e:
+            raise ResourceFailed(_describe_api_error(f"creating InferenceService {self.namespace}/{name}", e)) from e
+        self.log(f"created InferenceService {self.namespace}/{name}")
+        ready = self._wait_ready(name, created["metadata"].get("generation", 1))
+        url = service_url(ready)
+        try:
+            result = smoke(url, model)
+        except Exception as e:
+            self._delete(name)  # nothing to fall back to: do not leave a broken service behind
+            raise ResourceFailed(f"InferenceService {self.namespace}/{name} failed its smoke test at {url}: "
+                                 f"{e}; it was deleted") from e
+        return Rollout("ready", url, result)
+
+    def _canary(self, name: str, body: dict, model: str, smoke, percent: int) -> Rollout:
+        predictor = {**body["spec"]["predictor"], "canaryTrafficPercent": percent}
+        patched = self._patch(name, {"metadata": {"labels": body["metadata"].get("labels"),
+                                                  "annotations": body["metadata"].get("annotations")},
+                                     "spec": {"predictor": predictor}})
+        self.log(f"InferenceService {self.namespace}/{name}: canary with {percent}% of the traffic")
+        try:
+            ready = self._wait_ready(name, patched["metadata"]["generation"])
+            url = canary_url(ready)
+            result = smoke(url, model)
+        except Exception as e:  # not ready, failed, timed out, or the smoke test failed
+            self.log(f"InferenceService {self.namespace}/{name}: canary rejected ({e}); rolling back")
+            rolled = self._patch(name, {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
+            back = self._wait_ready(name, rolled["metadata"]["generation"])
+            return Rollout("rolled_back", service_url(back), {"error": str(e)})
+        promoted = self._patch(name, {"spec": {"predictor": {"canaryTrafficPercent": None}}})
+        final = self._wait_ready(name, promoted["metadata"]["generation"])
+        self.log(f"InferenceService {self.namespace}/{name}: canary promoted to all traffic")
+        return Rollout("promoted", service_url(final), result)
+
+    def _patch(self, name: str, patch: dict) -> dict:
+        try:
+            return self.api.custom.patch_namespaced_custom_object(*self._path, name, patch)
+        except ApiException as e:
+            raise ResourceFailed(_describe_api_error(f"patching InferenceService {self.namespace}/{name}", e)) from e
+
+    def _delete(self, name: str) -> None:
+        try:
+            self.api.custom.delete_namespaced_custom_object(*self._path, name)
+            self.log(f"deleted InferenceService {self.namespace}/{name}")
+        except ApiException as e:
+            self.log(_describe_api_error(f"could not delete InferenceService {self.namespace}/{name}", e))
+
+    def _wait_ready(self, name: str, generation: int) -> dict:
+        return wait_for(self.api, INFERENCESERVICE, self.namespace, name,
+                        lambda obj: ready_state(obj, generation), self.waiting)
+
+
+def ready_state(obj: dict, generation: int) -> tuple[str | None, str]:
+    """Ready once KServe has reconciled `generation` (the spec we wrote) and says Ready=True."""
+    status = obj.get("status") or {}
+    if status.get("observedGeneration", 0) < generation:  # older conditions say nothing about it
+        return None, f"generation {generation} not reconciled yet"
+    conditions = {c.get("type"): c for c in status.get("conditions") or []}
+    for kind in ("PredictorReady", "Ready"):
+        c = conditions.get(kind) or {}
+        if c.get("status") == "False" and c.get("reason") == "RevisionFailed":
+            return "failed", f"{kind}: {c.get('reason')}: {c.get('message', '')}"
+    ready = conditions.get("Ready") or {}
+    if ready.get("status") == "True":
+        return "succeeded", "Ready"
+    return None, f"Ready={ready.get('status', 'Unknown')} {ready.get('reason', '')}".strip()
+
+
+def service_url(obj: dict) -> str:
+    """The cluster-local address of the service (reachable from the pipeline's pods)."""
+    status = obj.get("status") or {}
+    url = ((status.get("address") or {}).get("url")) or status.get("url")
+    if not url:
+        raise ResourceFailed(f"InferenceService {obj['metadata']['name']} is Ready but has no URL")
+    return url
+
+
+def canary_url(obj: dict) -> str:
+    """The URL of the newest revision alone (tag routing's `latest` tag), else the service's."""
+    predictor = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
+    for target in predictor.get("traffic") or []:
+        if target.get("tag") == "latest" and target.get("url"):
+            return target["url"]
+    return service_url(obj)
+
+
+def _model_name(body: dict) -> str:
+    args = body["spec"]["predictor"]["containers"][0].get("args") or []
+    return args[args.index("--model-name") + 1] if "--model-name" in args else body["metadata"]["name"]

@@ -1,0 +1,250 @@
+"""Offline checks of Kubernetes objects: CRD schemas, Katib's admission rules, pod security.
+
+- PyTorchJob and InferenceService validate against the OpenAPI v3 schema of the CRD version
+  they name (../shared/crds), made strict: an object schema with properties accepts no other
+  keys unless it says x-kubernetes-preserve-unknown-fields (the API server would silently drop
+  them; `kubectl apply --validate=strict` rejects them).
+- A Katib Experiment has no schema (its CRD preserves unknown fields); `katib_violations`
+  implements the rules of Katib's validating webhook listed in ../shared/crds/README.md, and
+  the trial template's PyTorchJob, with every placeholder substituted as the webhook does,
+  validates against the PyTorchJob schema.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from typing import Any
+
+import jsonschema
+import yaml
+
+from conftest import CRDS
+
+CRD_FILES = {
+    ("kubeflow.org", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",
+    ("serving.kserve.io", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
+    ("kubeflow.org", "Experiment"): "kubeflow.org_experiments.yaml",
+}
+# Katib's default suggestion and early-stopping services (katib-config in Katib 0.19).
+KATIB_ALGORITHMS = {"random", "tpe", "multivariate-tpe", "cmaes", "grid", "hyperband",
+                    "bayesianoptimization", "sobol", "enas", "darts", "pbt"}
+KATIB_EARLY_STOPPING = {"medianstop"}
+KATIB_COLLECTORS = {"StdOut", "File", "TensorFlowEvent", "PrometheusMetric", "Custom", "None", "Push"}
+KATIB_META_KEYS = {"Name", "Namespace", "Kind", "APIVersion", "Labels", "Annotations"}
+PLACEHOLDER = re.compile(r"\$\{trialParameters\..+?\}")
+NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?")
+
+
+@functools.cache
+def crd(group: str, kind: str) -> dict:
+    path = CRDS / CRD_FILES[(group, kind)]
+    return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
+@functools.cache
+def _validator(group: str, kind: str, version: str) -> jsonschema.Validator:
+    for v in crd(group, kind)["spec"]["versions"]:
+        if v["name"] == version:
+            schema = strict(v["schema"]["openAPIV3Schema"])
+            return jsonschema.Draft7Validator(schema)
+    raise AssertionError(f"{kind}: the CRD has no version {version}")
+
+
+def strict(schema: Any) -> Any:
+    """No unknown keys where the schema lists properties (like the API server's strict field
+    validation), except under x-kubernetes-preserve-unknown-fields."""
+    if isinstance(schema, list):
+        return [strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: strict(v) for k, v in schema.items()}
+    if "properties" in out and "additionalProperties" not in out \
+            and not out.get("x-kubernetes-preserve-unknown-fields"):
+        out["additionalProperties"] = False
+    # metadata is `type: object` in CRDs; the API server validates it with ObjectMeta rules.
+    return out
+
+
+def schema_errors(obj: dict) -> list[str]:
+    group, _, version = obj.get("apiVersion", "").rpartition("/")
+    validator = _validator(group, obj.get("kind", ""), version)
+    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+            for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
+
+
+def custom_resource_errors(obj: dict) -> list[str]:
+    """Every problem the API server (schema) or Katib's webhook would find."""
+    group = obj.get("apiVersion", "").rpartition("/")[0]
+    kind = obj.get("kind")
+    if (group, kind) == ("kubeflow.org", "Experiment"):
+        problems = katib_violations(obj)
+        trial = substituted_trial_spec(obj)
+        if trial is not None:
+            problems += [f"trialSpec: {p}" for p in schema_errors(trial)]
+        return problems
+    if (group, kind) in CRD_FILES:
+        return schema_errors(obj)
+    raise AssertionError(f"no CRD here for {group}/{kind}")
+
+
+def substituted_trial_spec(experiment: dict) -> dict | None:
+    template = (experiment.get("spec") or {}).get("trialTemplate") or {}
+    if "trialSpec" not in template:
+        return None
+    text = json.dumps(template["trialSpec"])
+    for p in template.get("trialParameters") or []:
+        text = text.replace("${trialParameters.%s}" % p.get("name"), "test-value")
+    return json.loads(text)
+
+
+def katib_violations(e: dict) -> list[str]:
+    """Katib 0.19's experiment validating webhook (pkg/webhook/v1beta1/experiment/validator),
+    the rules that do not need a running cluster."""
+    problems: list[str] = []
+    name = (e.get("metadata") or {}).get("name") or ""
+    if not NAME.match(name):
+        problems.append(f"metadata.name {name!r} does not match {NAME.pattern}")
+    spec = e.get("spec") or {}
+    max_trials, parallel, max_failed = (spec.get("maxTrialCount"), spec.get("parallelTrialCount"),
+                                        spec.get("maxFailedTrialCount"))
+    if max_failed is not None and max_failed < 0:
+        problems.append("spec.maxFailedTrialCount must not be negative")
+    if max_trials is not None and max_trials <= 0:
+        problems.append("spec.maxTrialCount must be greater than 0")
+    if parallel is not None and parallel <= 0:
+        problems.append("spec.parallelTrialCount must be greater than 0")
+    if None not in (max_failed, max_trials) and max_failed > max_trials:
+        problems.append("spec.maxFailedTrialCount must not exceed spec.maxTrialCount")
+    if None not in (parallel, max_trials) and parallel > max_trials:
+        problems.append("spec.parallelTrialCount must not exceed spec.maxTrialCount")
+    objective = spec.get("objective")
+    if not objective:
+        return problems + ["spec.objective must be specified"]
+    if objective.get("type") not in ("minimize", "maximize"):
+        problems.append(f"spec.objective.type must be minimize or maximize, got {objective.get('type')!r}")
+    if not objective.get("objectiveMetricName"):
+        problems.append("spec.objective.objectiveMetricName must be specified")
+    if objective.get("objectiveMetricName") in (objective.get("additionalMetricNames") or []):
+        problems.append("spec.objective.additionalMetricNames must not contain objectiveMetricName")
+    algorithm = (spec.get("algorithm") or {}).get("algorithmName")
+    if algorithm not in KATIB_ALGORITHMS:
+        problems.append(f"spec.algorithm.algorithmName {algorithm!r} is not a Katib algorithm")
+    if spec.get("earlyStopping") is not None:
+        if spec["earlyStopping"].get("algorithmName") not in KATIB_EARLY_STOPPING:
+            problems.append(f"spec.earlyStopping.algorithmName {spec['earlyStopping'].get('algorithmName')!r} unknown")
+    if spec.get("resumePolicy", "") not in ("", "Never", "LongRunning", "FromVolume"):
+        problems.append(f"spec.resumePolicy {spec.get('resumePolicy')!r} is invalid")
+    problems += _parameter_violations(spec.get("parameters") or [])
+    if not spec.get("parameters") and not spec.get("nasConfig"):
+        problems.append("spec.parameters or spec.nasConfig must be specified")
+    problems += _trial_template_violations(spec)
+    collector = ((spec.get("metricsCollectorSpec") or {}).get("collector") or {}).get("kind", "StdOut")
+    if collector not in KATIB_COLLECTORS:
+        problems.append(f"metrics collector kind {collector!r} is invalid")
+    return problems
+
+
+def _parameter_violations(parameters: list[dict]) -> list[str]:
+    problems = []
+    for i, p in enumerate(parameters):
+        where = f"spec.parameters[{i}] ({p.get('name')})"
+        kind = p.get("parameterType")
+        if kind not in ("int", "double", "categorical", "discrete", ""):
+            problems.append(f"{where}: parameterType {kind!r} is not supported")
+        space = p.get("feasibleSpace") or {}
+        if space.get("distribution", "") not in ("", "uniform", "logUniform", "normal", "logNormal"):
+            problems.append(f"{where}: distribution {space.get('distribution')!r} is not supported")
+        if not any(space.get(k) for k in ("min", "max", "list", "step", "distribution")):
+            problems.append(f"{where}: feasibleSpace must be specified")
+        elif kind in ("int", "double"):
+            if space.get("list"):
+                problems.append(f"{where}: feasibleSpace.list is not supported for {kind}")
+            if not space.get("min") or not space.get("max"):
+                problems.append(f"{where}: feasibleSpace.min and max must be specified for {kind}")
+        elif kind in ("categorical", "discrete"):
+            if space.get("min") or space.get("max") or space.get("step"):
+                problems.append(f"{where}: min, max and step are not supported for {kind}")
+    return problems
+
+
+def _trial_template_violations(spec: dict) -> list[str]:
+    template = spec.get("trialTemplate")
+    if not template:
+        return ["spec.trialTemplate must be specified"]
+    problems = []
+    if not template.get("primaryContainerName"):
+        problems.append("spec.trialTemplate.primaryContainerName must be specified")
+    if not template.get("successCondition") or not template.get("failureCondition"):
+        problems.append("spec.trialTemplate: successCondition and failureCondition must be specified")
+    if template.get("trialParameters") is None:
+        return problems + ["spec.trialTemplate.trialParameters must be specified"]
+    if ("trialSpec" in template) == ("configMap" in template):
+        return problems + ["spec.trialTemplate: exactly one of trialSpec and configMap"]
+    if "configMap" in template:
+        return problems  # resolved from the cluster; nothing more to check offline
+    text = json.dumps(template["trialSpec"])
+    names = {p.get("name") for p in spec.get("parameters") or []}
+    seen_names, seen_refs = set(), set()
+    for i, p in enumerate(template["trialParameters"]):
+        where = f"spec.trialTemplate.trialParameters[{i}]"
+        name, ref = p.get("name") or "", p.get("reference") or ""
+        if not name or not ref or "{" in name or "}" in name:
+            problems.append(f"{where}: name and reference must be set, name without braces")
+            continue
+        if name in seen_names or ref in seen_refs:
+            problems.append(f"{where}: duplicate name {name!r} or reference {ref!r}")
+            continue
+        seen_names.add(name)
+        seen_refs.add(ref)
+        if names and not _is_meta_reference(ref) and ref not in names:
+            problems.append(f"{where}: reference {ref!r} is not in spec.parameters")
+        placeholder = "${trialParameters.%s}" % name
+        if placeholder not in text:
+            problems.append(f"{where}: {placeholder} is not used in the trialSpec")
+            return problems
+        text = text.replace(placeholder, "test-value")
+    leftover = PLACEHOLDER.findall(text)
+    if leftover:
+        problems.append(f"spec.trialTemplate: placeholders {leftover} are not in trialParameters")
+    run_spec = json.loads(text)
+    meta = run_spec.get("metadata") or {}
+    if meta.get("name") or meta.get("namespace"):
+        problems.append("spec.trialTemplate.trialSpec: metadata.name and namespace must be omitted")
+    if not run_spec.get("apiVersion") or not run_spec.get("kind"):
+        problems.append("spec.trialTemplate.trialSpec: apiVersion and kind must be specified")
+    return problems
+
+
+def _is_meta_reference(ref: str) -> bool:
+    m = re.fullmatch(r"\$\{trialSpec\.(.+)\}", ref)
+    if not m:
+        return False
+    key = m.group(1)
+    sub = re.fullmatch(r"(.+)\[(.+)\]", key)
+    return key in KATIB_META_KEYS or bool(sub and sub.group(1) in KATIB_META_KEYS)
+
+
+def pod_templates(obj: dict) -> list[tuple[str, dict]]:
+    """(where, pod spec) for every pod template inside a workload or custom resource."""
+    kind = obj.get("kind")
+    name = (obj.get("metadata") or {}).get("name", "?")
+    spec = obj.get("spec") or {}
+    if kind == "PyTorchJob":
+        return [(f"PyTorchJob {name} {r}", s["template"]["spec"])
+                for r, s in (spec.get("pytorchReplicaSpecs") or {}).items()]
+    if kind == "Experiment":
+        trial = substituted_trial_spec(obj)
+        return [(f"Experiment {name} trial {w}", s) for w, s in pod_templates(trial)] if trial else []
+    if kind == "InferenceService":
+        predictor = copy.deepcopy(spec.get("predictor") or {})
+        return [(f"InferenceService {name} predictor", predictor)]
+    if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job", "ReplicaSet"):
+        return [(f"{kind} {name}", spec["template"]["spec"])]
+    if kind == "CronJob":
+        return [(f"CronJob {name}", spec["jobTemplate"]["spec"]["template"]["spec"])]
+    if kind == "Pod":
+        return [(f"Pod {name}", spec)]
+    return []

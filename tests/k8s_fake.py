@@ -1,0 +1,289 @@
+"""A recording fake of the Kubernetes API for the launcher tests.
+
+It has the methods of kubernetes.client.CustomObjectsApi and CoreV1Api that the launchers
+(and the Katib and Training SDK clients inside them) call, and nothing else: a call the fake
+does not know fails the test, so the recorded calls are the complete list that the RBAC Role
+must allow. Objects live in a dict store; statuses are scripted per resource plural and
+delivered one per watch call, and a watch with nothing to deliver advances the fake clock by
+its timeout, as a real watch would block.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any, Callable
+
+from kubernetes.client import ApiClient
+from kubernetes.client.rest import ApiException
+
+from components.k8s.launchers import KubeApi
+
+EPOCH = datetime(2026, 11, 24, 8, 0, 0, tzinfo=timezone.utc)
+GONE = object()  # a scripted update: the watch expires with 410 Gone
+
+
+@dataclass(frozen=True)
+class Call:
+    verb: str
+    group: str  # "" for the core API
+    version: str
+    resource: str  # plural, with "/subresource" for subresources
+    namespace: str
+    name: str | None
+    body: Any = None
+
+    @property
+    def rbac(self) -> tuple[str, str, str]:
+        return self.group, self.resource, self.verb
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _Thread:  # what async_req=True returns
+    def __init__(self, value: Any):
+        self.value = value
+
+    def get(self, timeout: Any = None) -> Any:
+        return self.value
+
+
+class _WatchResponse:
+    def __init__(self, events: list[dict]):
+        self.events = events
+
+    def stream(self, amt=None, decode_content=False):
+        for event in self.events:
+            yield (json.dumps(event) + "\n").encode()
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+class _Json:
+    def __init__(self, obj: Any):
+        self.data = json.dumps(obj)
+
+
+def stamp(seconds: float) -> str:
+    return (EPOCH + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _matches(obj: dict, field_selector: str | None, label_selector: str | None) -> bool:
+    for selector, get in ((field_selector, lambda k: {"metadata.name": obj["metadata"]["name"]}.get(k)),
+                          (label_selector, lambda k: (obj["metadata"].get("labels") or {}).get(k))):
+        for term in filter(None, (selector or "").split(",")):
+            key, _, value = term.partition("=")
+            if get(key) != value:
+                return False
+    return True
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch (what CustomObjectsApi.patch sends): null deletes a key."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge_patch(out.get(key), value)
+    return out
+
+
+class FakeCluster:
+    def __init__(self, clock: FakeClock | None = None):
+        self.clock = clock or FakeClock()
+        self.calls: list[Call] = []
+        self.objects: dict[tuple[str, str, str, str], dict] = {}
+        self.scripts: dict[str, deque] = defaultdict(deque)
+        self.pods: dict[tuple[str, str], dict] = {}
+        self.logs: dict[tuple[str, str], list[tuple[float, str]]] = defaultdict(list)
+        self._versions = itertools.count(100)
+        self.custom = _CustomObjectsApi(self)
+        self.core = _CoreV1Api(self)
+
+    def api(self) -> KubeApi:
+        return KubeApi(custom=self.custom, core=self.core)
+
+    # -- scripting ------------------------------------------------------------------------
+    def script(self, plural: str, *updates: Any) -> None:
+        """Status updates (dicts merged into .status, callables obj -> status dict, or GONE)
+        delivered to the newest object of `plural`, one per watch call."""
+        self.scripts[plural].extend(updates)
+
+    def put(self, group: str, plural: str, namespace: str, obj: dict) -> dict:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta.update(namespace=namespace, resourceVersion=str(next(self._versions)),
+                    generation=meta.get("generation", 1),
+                    creationTimestamp=meta.get("creationTimestamp", stamp(self.clock.now)))
+        self.objects[(group, plural, namespace, meta["name"])] = obj
+        return obj
+
+    def add_pod(self, namespace: str, name: str, labels: dict[str, str], phase: str = "Running",
+                waiting: str | None = None) -> None:
+        status: dict[str, Any] = {"phase": phase, "containerStatuses": [
+            {"name": "pytorch", "ready": phase == "Running", "restartCount": 0, "image": "img",
+             "imageID": "", "state": {"waiting": {"reason": waiting, "message": "scripted"}} if waiting
+             else {"running": {"startedAt": stamp(0)}}}]}
+        self.pods[(namespace, name)] = {"apiVersion": "v1", "kind": "Pod",
+                                        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                                        "spec": {"containers": [{"name": "pytorch", "image": "img"}]},
+                                        "status": status}
+
+    def log(self, namespace: str, pod: str, at: float, line: str) -> None:
+        self.logs[(namespace, pod)].append((at, line))
+
+    def created(self, plural: str) -> list[dict]:
+        return [c.body for c in self.calls if c.verb == "create" and c.resource == plural]
+
+    def verbs(self) -> set[tuple[str, str, str]]:
+        return {c.rbac for c in self.calls}
+
+    # -- internals ------------------------------------------------------------------------
+    def record(self, verb: str, group: str, version: str, resource: str, namespace: str,
+               name: str | None = None, body: Any = None) -> None:
+        self.calls.append(Call(verb, group, version, resource, namespace, name, copy.deepcopy(body)))
+
+    def newest(self, plural: str) -> dict | None:
+        candidates = [o for (g, p, ns, n), o in self.objects.items() if p == plural]
+        return max(candidates, key=lambda o: int(o["metadata"]["resourceVersion"]), default=None)
+
+    def bump(self, obj: dict) -> None:
+        obj["metadata"]["resourceVersion"] = str(next(self._versions))
+
+
+def _not_found(kind: str, name: str) -> ApiException:
+    e = ApiException(status=404, reason="Not Found")
+    e.body = json.dumps({"kind": "Status", "reason": "NotFound", "message": f'{kind} "{name}" not found'})
+    return e
+
+
+class _CustomObjectsApi:
+    def __init__(self, cluster: FakeCluster):
+        self.c = cluster
+
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kwargs):
+        body = ApiClient().sanitize_for_serialization(body)
+        name = body["metadata"]["name"]
+        self.c.record("create", group, version, plural, namespace, name, body)
+        if (group, plural, namespace, name) in self.c.objects:
+            raise ApiException(status=409, reason="AlreadyExists")
+        return copy.deepcopy(self.c.put(group, plural, namespace, body))
+
+    def get_namespaced_custom_object(self, group, version, namespace, plural, name, async_req=False, **kwargs):
+        self.c.record("get", group, version, plural, namespace, name)
+        obj = self.c.objects.get((group, plural, namespace, name))
+        if obj is None:
+            raise _not_found(plural, name)
+        return _Thread(copy.deepcopy(obj)) if async_req else copy.deepcopy(obj)
+
+    def list_namespaced_custom_object(self, group, version, namespace, plural, field_selector=None,
+                                      label_selector=None, watch=False, timeout_seconds=None,
+                                      async_req=False, **kwargs):
+        if watch:
+            self.c.record("watch", group, version, plural, namespace)
+            return self._watch(group, plural, namespace, field_selector, timeout_seconds)
+        self.c.record("list", group, version, plural, namespace)
+        items = [copy.deepcopy(o) for (g, p, ns, n), o in sorted(self.c.objects.items())
+                 if (g, p, ns) == (group, plural, namespace) and _matches(o, field_selector, label_selector)]
+        result = {"items": items, "metadata": {"resourceVersion": str(next(self.c._versions))}}
+        return _Thread(result) if async_req else result
+
+    def _watch(self, group, plural, namespace, field_selector, timeout_seconds):
+        script = self.c.scripts[plural]
+        target = self.c.newest(plural)
+        if not script or target is None:
+            self.c.clock.advance(timeout_seconds or 1)  # nothing happens: the watch times out
+            return _WatchResponse([])
+        update = script.popleft()
+        if update is GONE:
+            return _WatchResponse([{"type": "ERROR", "object": {"kind": "Status", "code": 410,
+                                                                 "reason": "Expired", "message": "too old"}}])
+        status = update(target) if callable(update) else update
+        target["status"] = merge_patch(target.get("status") or {}, status)
+        self.c.bump(target)
+        self.c.clock.advance(1)
+        if not _matches(target, field_selector, None) or target["metadata"]["namespace"] != namespace:
+            return _WatchResponse([])
+        return _WatchResponse([{"type": "MODIFIED", "object": copy.deepcopy(target)}])
+
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kwargs):
+        self.c.record("patch", group, version, plural, namespace, name, body)
+        key = (group, plural, namespace, name)
+        if key not in self.c.objects:
+            raise _not_found(plural, name)
+        obj = self.c.objects[key]
+        patched = merge_patch(obj, body)
+        if patched.get("spec") != obj.get("spec"):
+            patched["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
+        self.c.objects[key] = patched
+        self.c.bump(patched)
+        return copy.deepcopy(patched)
+
+    def delete_namespaced_custom_object(self, group, version, namespace, plural, name, body=None, **kwargs):
+        self.c.record("delete", group, version, plural, namespace, name)
+        if self.c.objects.pop((group, plural, namespace, name), None) is None:
+            raise _not_found(plural, name)
+        return {"kind": "Status", "status": "Success"}
+
+
+class _CoreV1Api:
+    def __init__(self, cluster: FakeCluster):
+        self.c = cluster
+        self.client = ApiClient()
+
+    def list_namespaced_pod(self, namespace, label_selector=None, async_req=False, **kwargs):
+        self.c.record("list", "", "v1", "pods", namespace)
+        items = [p for (ns, _), p in sorted(self.c.pods.items())
+                 if ns == namespace and _matches(p, None, label_selector)]
+        result = self.client.deserialize(_Json({"apiVersion": "v1", "kind": "PodList", "metadata": {},
+                                                "items": items}), "V1PodList")
+        return _Thread(result) if async_req else result
+
+    def read_namespaced_pod(self, name, namespace, **kwargs):
+        self.c.record("get", "", "v1", "pods", namespace, name)
+        pod = self.c.pods.get((namespace, name))
+        if pod is None:
+            raise _not_found("pods", name)
+        return self.client.deserialize(_Json(pod), "V1Pod")
+
+    def read_namespaced_pod_log(self, name, namespace, container=None, timestamps=False, **kwargs):
+        self.c.record("get", "", "v1", "pods/log", namespace, name)
+        if (namespace, name) not in self.c.pods:
+            raise _not_found("pods", name)
+        lines = [(f"{stamp(t)} " if timestamps else "") + text
+                 for t, text in self.c.logs[(namespace, name)] if t <= self.c.clock.now]
+        return "".join(line + "\n" for line in lines)
+
+
+def status_updates(*conditions: str, **extra: Any) -> dict:
+    """A status with these condition types True (in order), plus extra fields."""
+    return {"conditions": [{"type": t, "status": "True", "reason": t, "message": f"{t} (scripted)",
+                            "lastTransitionTime": stamp(0)} for t in conditions], **extra}
+
+
+def failed(reason: str, message: str) -> dict:
+    return {"conditions": [{"type": "Created", "status": "True"},
+                           {"type": "Failed", "status": "True", "reason": reason, "message": message}]}
+
+
+ScriptedStatus = Callable[[dict], dict]

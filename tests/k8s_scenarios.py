@@ -1,0 +1,324 @@
+"""The kubernetes backend driven through every path against the recording fake API.
+
+tests/test_k8s_launchers.py asserts what each scenario did; tests/test_manifests.py takes the
+union of the API calls they recorded and compares it with the RBAC Role in manifests/.
+Object storage is a real S3-compatible server (moto) on loopback.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+from components.backends.base import ClusterSettings, DeployRequest, TrainRequest, TuneRequest
+from components.backends.kubernetes import KubernetesBackend, KubernetesOptions
+from components.k8s import objectstore
+from components.search_space import default_search_space
+from k8s_fake import GONE, FakeCluster, failed, stamp, status_updates
+
+NAMESPACE = "team-a"
+SUFFIX = "abc123"
+BUCKET = "mlpipeline"
+DATA_URI = f"minio://{BUCKET}/v2/artifacts/run-1/split/splits"
+MODEL_URI = f"minio://{BUCKET}/v2/artifacts/run-1/train/model"
+IMAGE = "registry.example.com/kubevae:test"
+TIMEOUT_S = 3600
+
+
+@dataclass
+class S3:
+    env: dict[str, str]
+
+    def client(self):
+        return objectstore.client_from_env(self.env)
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3-compatible server (moto) on a free loopback port, with the KFP bucket."""
+    from minio import Minio
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"S3_ENDPOINT": f"127.0.0.1:{port}", "S3_USE_HTTPS": "0", "AWS_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    Minio(env["S3_ENDPOINT"], "testing", "testing", secure=False, region="us-east-1").make_bucket(BUCKET)
+    yield S3(env)
+    server.stop()
+
+
+@dataclass
+class Outcome:
+    cluster: FakeCluster
+    result: Any = None
+    error: BaseException | None = None
+    log: list[str] = field(default_factory=list)
+    smoke_urls: list[str] = field(default_factory=list)
+
+
+def cluster_settings() -> ClusterSettings:
+    return ClusterSettings(namespace=NAMESPACE, image=IMAGE, timeout_seconds=TIMEOUT_S)
+
+
+def _backend(cluster: FakeCluster, out: Outcome, s3: S3 | None = None,
+             smoke: Callable[[str, str], dict] | None = None) -> KubernetesBackend:
+    def recording_smoke(url: str, model: str) -> dict:
+        out.smoke_urls.append(url)
+        return smoke(url, model) if smoke else {"v1": "ok", "v2": "ok"}
+
+    return KubernetesBackend(api=cluster.api(), options=KubernetesOptions(poll_s=30),
+                             store=(s3.client if s3 else lambda: None), smoke=recording_smoke,
+                             clock=cluster.clock, log=out.log.append, suffix=lambda: SUFFIX,
+                             env={"MLFLOW_TRACKING_URI": "http://kubevae-mlflow:5000",
+                                  "MLFLOW_PARENT_RUN_ID": "parent123", "MLFLOW_TRACKING_PASSWORD": "x"})
+
+
+def _run(out: Outcome, action: Callable[[], Any]) -> Outcome:
+    try:
+        out.result = action()
+    except Exception as e:  # the tests assert which error
+        out.error = e
+    return out
+
+
+# -- tune ---------------------------------------------------------------------------------
+def tune_request(tmp: Path, algorithm: str = "tpe", parallel: int = 2) -> TuneRequest:
+    return TuneRequest(name="kubevae-tune", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
+                       search_space=default_search_space(latent_dims=(4, 10)), work_dir=str(tmp / "trials"),
+                       algorithm=algorithm, max_trials=3, parallel_trials=parallel, max_failed_trials=1,
+                       trial_epochs=4, cluster=cluster_settings())
+
+
+EXPERIMENT_NAME = f"kubevae-tune-{SUFFIX}"
+
+
+def _trial(name: str, beta: str, dim: str, state: str, value: str | None, created: int) -> dict:
+    metrics = [{"name": "val_neg_elbo", "latest": value, "min": value, "max": value}] if value else []
+    return {"apiVersion": "kubeflow.org/v1beta1", "kind": "Trial",
+            "metadata": {"name": name, "labels": {"katib.kubeflow.org/experiment": EXPERIMENT_NAME},
+                         "creationTimestamp": stamp(created)},
+            "spec": {"parameterAssignments": [{"name": "beta", "value": beta},
+                                              {"name": "latent_dim", "value": dim}]},
+            "status": {"conditions": [{"type": "Created", "status": "True"},
+                                      {"type": state, "status": "True"}],
+                       "observation": {"metrics": metrics}}}
+
+
+def tune_succeeds(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    for t in (_trial(f"{EXPERIMENT_NAME}-aaaa", "0.7", "4", "Succeeded", "830.5", 1),
+              _trial(f"{EXPERIMENT_NAME}-bbbb", "3.2", "10", "Succeeded", "812.25", 2),
+              _trial(f"{EXPERIMENT_NAME}-cccc", "12.0", "4", "EarlyStopped", "901.0", 3)):
+        cluster.put("kubeflow.org", "trials", NAMESPACE, t)
+    optimal = {"bestTrialName": f"{EXPERIMENT_NAME}-bbbb",
+               "parameterAssignments": [{"name": "beta", "value": "3.2"}, {"name": "latent_dim", "value": "10"}],
+               "observation": {"metrics": [{"name": "val_neg_elbo", "latest": "812.25", "min": "812.25",
+                                            "max": "812.25"}]}}
+    cluster.script("experiments",
+                   status_updates("Created", "Running", trialsRunning=2),
+                   GONE,  # the watch expires once: the launcher must re-list and go on
+                   status_updates("Created", "Running", trialsSucceeded=2, trialsRunning=1),
+                   status_updates("Created", "Succeeded", trialsSucceeded=2, trialsEarlyStopped=1,
+                                  currentOptimalTrial=optimal))
+    return _run(out, lambda: _backend(cluster, out).tune(tune_request(tmp)))
+
+
+def tune_fails(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    cluster.script("experiments", status_updates("Created", "Running"),
+                   failed("ExperimentMaxFailedTrialsReached", "Experiment has reached the maximum "
+                                                              "number of failed trials"))
+    return _run(out, lambda: _backend(cluster, out).tune(tune_request(tmp)))
+
+
+def tune_times_out(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    cluster.script("experiments", status_updates("Created", "Running"))  # then nothing, ever
+    return _run(out, lambda: _backend(cluster, out).tune(tune_request(tmp)))
+
+
+# -- train --------------------------------------------------------------------------------
+JOB_NAME = f"train-{SUFFIX}"
+MASTER_POD = f"{JOB_NAME}-master-0"
+
+
+def train_request(tmp: Path, out_uri: str = MODEL_URI) -> TrainRequest:
+    return TrainRequest(name="train", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
+                        params={"beta": 3.2, "latent_dim": 10}, out_dir=str(tmp / "model"),
+                        out_uri=out_uri, epochs=3, batch_size=128, workers=2, gpus_per_worker=1,
+                        cluster=cluster_settings())
+
+
+def _master_pod(cluster: FakeCluster, waiting: str | None = None) -> None:
+    cluster.add_pod(NAMESPACE, MASTER_POD, {"training.kubeflow.org/job-name": JOB_NAME,
+                                            "training.kubeflow.org/job-role": "master",
+                                            "training.kubeflow.org/replica-type": "master"},
+                    waiting=waiting)
+
+
+def _model_in_s3(s3: S3, uri: str) -> None:
+    """What the Master's entry point uploads when `kubevae train` succeeded."""
+    bucket, prefix = objectstore.parse_uri(uri)
+    client = s3.client()
+    for name, content in (("config.json", b'{"latent_dim": 10}'), ("model.safetensors", b"\0" * 64),
+                          ("metrics.json", json.dumps({"val_neg_elbo": 805.5, "epoch": 3}).encode())):
+        client.put_object(bucket, f"{prefix}/{name}", io.BytesIO(content), len(content))
+
+
+def train_succeeds(tmp: Path, s3: S3) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _master_pod(cluster)
+    for t, line in enumerate(["epoch=1 step=10 val_neg_elbo=900.1", "epoch=2 step=20 val_neg_elbo=850.2",
+                              "epoch=3 step=30 val_neg_elbo=805.5"]):
+        cluster.log(NAMESPACE, MASTER_POD, at=10 * t, line=line)
+    _model_in_s3(s3, MODEL_URI)
+    cluster.script("pytorchjobs", status_updates("Created", "Running"),
+                   lambda obj: (cluster.clock.advance(30), status_updates("Created", "Running"))[1],
+                   status_updates("Created", "Running", "Succeeded"))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+
+
+def train_fails(tmp: Path, s3: S3) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _master_pod(cluster)
+    cluster.log(NAMESPACE, MASTER_POD, at=0, line="RuntimeError: CUDA out of memory")
+    cluster.script("pytorchjobs", status_updates("Created", "Running"),
+                   failed("PyTorchJobFailed", "PyTorchJob train-abc123 is failed because 1 Master replica(s) failed."))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+
+
+def train_times_out(tmp: Path, s3: S3) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _master_pod(cluster)
+    cluster.script("pytorchjobs", status_updates("Created", "Running"))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+
+
+def train_image_missing(tmp: Path, s3: S3) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _master_pod(cluster, waiting="ImagePullBackOff")
+    cluster.script("pytorchjobs", status_updates("Created"))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+
+
+# -- deploy -------------------------------------------------------------------------------
+SERVICE_URL = f"http://kubevae.{NAMESPACE}.svc.cluster.local"
+CANARY_URL = f"http://latest-kubevae-predictor.{NAMESPACE}.example.com"
+
+
+def deploy_request(tmp: Path) -> DeployRequest:
+    return DeployRequest(model_name="kubevae", model_dir=str(tmp / "model"), model_uri=MODEL_URI,
+                         manifest_dir=str(tmp / "isvc"), canary_percent=20, cluster=cluster_settings())
+
+
+def _ready(tagged: bool = False) -> Callable[[dict], dict]:
+    def status(obj: dict) -> dict:
+        traffic = [{"revisionName": "kubevae-predictor-00001", "percent": 80, "tag": "prev"},
+                   {"revisionName": "kubevae-predictor-00002", "percent": 20, "tag": "latest",
+                    "latestRevision": True, "url": CANARY_URL}] if tagged else []
+        return {"observedGeneration": obj["metadata"]["generation"],
+                "conditions": [{"type": "PredictorReady", "status": "True"}, {"type": "Ready", "status": "True"}],
+                "address": {"url": SERVICE_URL}, "url": f"http://kubevae.{NAMESPACE}.example.com",
+                "components": {"predictor": {"traffic": traffic}}}
+    return status
+
+
+def _existing_service(cluster: FakeCluster) -> None:
+    cluster.put("serving.kserve.io", "inferenceservices", NAMESPACE, {
+        "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
+        "metadata": {"name": "kubevae", "generation": 1},
+        "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": IMAGE,
+                                               "env": [{"name": "STORAGE_URI", "value": "s3://mlpipeline/old"}]}]}},
+        "status": _ready()({"metadata": {"generation": 1}})})
+
+
+def deploy_creates(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    cluster.script("inferenceservices", {"observedGeneration": 1, "conditions": [
+        {"type": "Ready", "status": "False", "reason": "RevisionMissing"}]}, _ready())
+    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
+
+
+def deploy_create_smoke_fails(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    cluster.script("inferenceservices", _ready())
+
+    def broken(url: str, model: str) -> dict:
+        raise RuntimeError("V2 infer returned HTTP 500")
+
+    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(deploy_request(tmp)))
+
+
+def deploy_canary_promoted(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster)
+    stale = lambda obj: {"observedGeneration": obj["metadata"]["generation"] - 1}  # noqa: E731
+    cluster.script("inferenceservices", stale, _ready(tagged=True), _ready())
+    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
+
+
+def deploy_canary_rolled_back(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster)
+    cluster.script("inferenceservices", _ready(tagged=True), _ready())
+
+    def broken(url: str, model: str) -> dict:
+        raise RuntimeError("V1 predict returned HTTP 503")
+
+    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(deploy_request(tmp)))
+
+
+def deploy_canary_revision_fails(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster)
+    cluster.script("inferenceservices",
+                   lambda obj: {"observedGeneration": obj["metadata"]["generation"], "conditions": [
+                       {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed",
+                        "message": "Container failed with: ModuleNotFoundError"},
+                       {"type": "Ready", "status": "False", "reason": "RevisionFailed"}]},
+                   _ready())
+    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
+
+
+SCENARIOS = {
+    "tune_succeeds": tune_succeeds, "tune_fails": tune_fails, "tune_times_out": tune_times_out,
+    "train_succeeds": train_succeeds, "train_fails": train_fails, "train_times_out": train_times_out,
+    "train_image_missing": train_image_missing, "deploy_creates": deploy_creates,
+    "deploy_create_smoke_fails": deploy_create_smoke_fails, "deploy_canary_promoted": deploy_canary_promoted,
+    "deploy_canary_rolled_back": deploy_canary_rolled_back,
+    "deploy_canary_revision_fails": deploy_canary_revision_fails,
+}
+
+
+def run_all(tmp: Path, s3: S3) -> dict[str, Outcome]:
+    import inspect
+
+    outcomes = {}
+    for name, scenario in SCENARIOS.items():
+        folder = tmp / name
+        folder.mkdir()
+        needs_s3 = "s3" in inspect.signature(scenario).parameters
+        outcomes[name] = scenario(folder, s3) if needs_s3 else scenario(folder)
+    return outcomes

@@ -1,0 +1,305 @@
+"""The kubernetes backend against a recording fake Kubernetes API and a real S3 server (moto):
+what it submits validates, its waits handle Succeeded, Failed and timeout, and an update of a
+served model goes through a canary that is promoted or rolled back."""
+
+from __future__ import annotations
+
+import io
+import re
+import subprocess
+import sys
+from datetime import datetime
+
+import pytest
+import yaml
+
+from components.k8s import entrypoint, objectstore
+from components.k8s.launchers import ResourceFailed, ResourceTimeout
+from components.k8s.security import pod_security_violations
+from k8s_checks import custom_resource_errors, pod_templates
+from k8s_scenarios import (BUCKET, CANARY_URL, EXPERIMENT_NAME, IMAGE, JOB_NAME, MODEL_URI, NAMESPACE,
+                           SERVICE_URL, TIMEOUT_S, deploy_canary_promoted, deploy_canary_revision_fails,
+                           deploy_canary_rolled_back, deploy_create_smoke_fails, deploy_creates, s3,  # noqa: F401
+                           train_fails, train_image_missing, train_succeeds, train_times_out, tune_fails,
+                           tune_succeeds, tune_times_out)
+
+KATIB_METRIC = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")  # Katib's default filter
+
+
+def verbs(outcome, resource):
+    return [c.verb for c in outcome.cluster.calls if c.resource == resource]
+
+
+def assert_valid(obj):
+    assert custom_resource_errors(obj) == []
+    for where, spec in pod_templates(obj):
+        assert pod_security_violations(spec, where) == []
+
+
+# -- tune ---------------------------------------------------------------------------------
+def test_tune_submits_a_valid_experiment_and_reads_back_the_optimal_trial(tmp_path):
+    out = tune_succeeds(tmp_path)
+    assert out.error is None, out.error
+    [experiment] = out.cluster.created("experiments")
+    assert_valid(experiment)
+    spec = experiment["spec"]
+    assert experiment["metadata"] == {**experiment["metadata"], "name": EXPERIMENT_NAME, "namespace": NAMESPACE}
+    assert spec["algorithm"]["algorithmName"] == "tpe"
+    assert spec["earlyStopping"]["algorithmName"] == "medianstop"
+    assert spec["metricsCollectorSpec"]["collector"]["kind"] == "StdOut"
+    assert spec["objective"]["objectiveMetricName"] == "val_neg_elbo"
+    assert spec["objective"]["type"] == "minimize"
+    assert (spec["maxTrialCount"], spec["parallelTrialCount"], spec["maxFailedTrialCount"]) == (3, 2, 1)
+    beta = next(p for p in spec["parameters"] if p["name"] == "beta")
+    assert beta["feasibleSpace"]["distribution"] == "logUniform"
+    master = spec["trialTemplate"]["trialSpec"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    args = master["containers"][0]["args"]
+    assert args[args.index("--beta") + 1] == "${trialParameters.beta}"
+    assert args[args.index("--epochs") + 1] == "4"
+    env = {e["name"]: e.get("value") for e in master["containers"][0]["env"]}
+    assert env["MLFLOW_PARENT_RUN_ID"] == "parent123"
+    assert "MLFLOW_TRACKING_PASSWORD" not in env  # credentials never go into a spec
+    assert master["initContainers"][0]["command"][-2:] == [DATA_URI_EXPECTED, "/data/splits"]
+
+    result = out.result
+    assert result.best_params == {"beta": 3.2, "latent_dim": 10}
+    assert result.best_value == pytest.approx(812.25)
+    assert [(t.params, t.value, t.state) for t in result.trials] == [
+        ({"beta": 0.7, "latent_dim": 4}, 830.5, "COMPLETE"),
+        ({"beta": 3.2, "latent_dim": 10}, 812.25, "COMPLETE"),
+        ({"beta": 12.0, "latent_dim": 4}, 901.0, "PRUNED")]
+    # The watch expired once (410 Gone): the launcher listed again and went on.
+    assert verbs(out, "experiments") == ["create", "list", "watch", "watch", "list", "watch", "watch", "get"]
+
+
+DATA_URI_EXPECTED = f"minio://{BUCKET}/v2/artifacts/run-1/split/splits"
+
+
+def test_tune_failure_raises_with_katibs_reason(tmp_path):
+    out = tune_fails(tmp_path)
+    assert isinstance(out.error, ResourceFailed)
+    assert "ExperimentMaxFailedTrialsReached" in str(out.error)
+    assert f"katib.kubeflow.org/experiment={EXPERIMENT_NAME}" in str(out.error)
+    assert "delete" not in verbs(out, "experiments")  # kept for inspection
+
+
+def test_tune_timeout_deletes_the_experiment(tmp_path):
+    out = tune_times_out(tmp_path)
+    assert isinstance(out.error, ResourceTimeout)
+    assert f"{TIMEOUT_S}s" in str(out.error)
+    assert verbs(out, "experiments")[-1] == "delete"
+    assert out.cluster.clock.now >= TIMEOUT_S
+
+
+@pytest.mark.parametrize("algorithm,parallel", [("random", 2), ("grid", 2), ("bayesianoptimization", 2),
+                                                ("hyperband", 3)])
+def test_every_algorithm_builds_a_valid_experiment(tmp_path, algorithm, parallel):
+    from k8s_scenarios import _backend, tune_request
+    from k8s_fake import FakeCluster
+
+    cluster = FakeCluster()
+    from k8s_scenarios import Outcome
+
+    backend = _backend(cluster, Outcome(cluster))
+    with pytest.raises(ResourceTimeout):  # nothing is scripted: it only has to be submitted
+        backend.tune(tune_request(tmp_path, algorithm=algorithm, parallel=parallel))
+    [experiment] = cluster.created("experiments")
+    assert_valid(experiment)
+    assert experiment["spec"]["algorithm"]["algorithmName"] == algorithm
+    if algorithm == "hyperband":
+        names = [p["name"] for p in experiment["spec"]["parameters"]]
+        assert "epochs" in names
+        args = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["pytorchReplicaSpecs"]["Master"][
+            "template"]["spec"]["containers"][0]["args"]
+        assert args.count("--epochs") == 1 and args[args.index("--epochs") + 1] == "${trialParameters.epochs}"
+    if algorithm == "grid":
+        beta = next(p for p in experiment["spec"]["parameters"] if p["name"] == "beta")
+        assert beta["parameterType"] == "categorical" and len(beta["feasibleSpace"]["list"]) == 5
+
+
+def test_hyperband_needs_enough_parallel_trials(tmp_path):
+    from k8s_fake import FakeCluster
+    from k8s_scenarios import Outcome, _backend, tune_request
+
+    cluster = FakeCluster()
+    with pytest.raises(ValueError, match="parallel_trials must be at least 3"):
+        _backend(cluster, Outcome(cluster)).tune(tune_request(tmp_path, algorithm="hyperband", parallel=2))
+    assert cluster.calls == []
+
+
+# -- train --------------------------------------------------------------------------------
+def test_train_submits_a_valid_job_streams_the_master_log_and_downloads_the_model(tmp_path, s3):
+    out = train_succeeds(tmp_path, s3)
+    assert out.error is None, out.error
+    [job] = out.cluster.created("pytorchjobs")
+    assert_valid(job)
+    assert job["metadata"]["name"] == JOB_NAME
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
+    assert {r["restartPolicy"] for r in replicas.values()} == {"OnFailure"}
+    assert job["spec"]["nprocPerNode"] == "1"
+    pod = replicas["Master"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["name"] == "pytorch" and container["image"] == IMAGE
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert container["command"][-2:] == ["kubevae", "train"]
+    assert f"/work/model={MODEL_URI}" in container["command"]
+    args = container["args"]
+    assert args[args.index("--resume") + 1] == "auto"
+    assert args[args.index("--checkpoint-dir") + 1] == f"/checkpoints/{JOB_NAME}"
+    assert args[args.index("--beta") + 1] == "3.2" and args[args.index("--latent-dim") + 1] == "10"
+    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert secret_refs == {k: {"name": "kubevae-s3", "key": k} for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    # Each Master line once, in order, although the log reads overlap.
+    assert [line for line in out.log if line.startswith("epoch=")] == [
+        "epoch=1 step=10 val_neg_elbo=900.1", "epoch=2 step=20 val_neg_elbo=850.2",
+        "epoch=3 step=30 val_neg_elbo=805.5"]
+    assert out.result.metrics == {"val_neg_elbo": 805.5, "epoch": 3}
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "metrics.json",
+                                                                      "model.safetensors"]
+    assert verbs(out, "pytorchjobs") == ["create", "list", "watch", "watch", "watch", "get"]
+
+
+def test_train_failure_raises_with_the_operators_message_and_shows_the_log(tmp_path, s3):
+    out = train_fails(tmp_path, s3)
+    assert isinstance(out.error, ResourceFailed)
+    assert "1 Master replica(s) failed" in str(out.error)
+    assert "RuntimeError: CUDA out of memory" in out.log
+    assert not (tmp_path / "model").exists()
+
+
+def test_train_timeout_deletes_the_job(tmp_path, s3):
+    out = train_times_out(tmp_path, s3)
+    assert isinstance(out.error, ResourceTimeout)
+    assert verbs(out, "pytorchjobs")[-1] == "delete"
+
+
+def test_train_stops_at_once_when_the_image_cannot_be_pulled(tmp_path, s3):
+    out = train_image_missing(tmp_path, s3)
+    assert isinstance(out.error, ResourceFailed)
+    assert "ImagePullBackOff" in str(out.error)
+    assert out.cluster.clock.now < 60
+
+
+def test_train_refuses_a_local_output_path(tmp_path, s3):
+    from k8s_fake import FakeCluster
+    from k8s_scenarios import Outcome, _backend, train_request
+
+    cluster = FakeCluster()
+    with pytest.raises(ValueError, match="out_uri: the kubernetes backend needs an object-storage URI"):
+        _backend(cluster, Outcome(cluster), s3).train(train_request(tmp_path, out_uri=str(tmp_path / "m")))
+    assert cluster.calls == []
+
+
+# -- deploy -------------------------------------------------------------------------------
+def test_deploy_creates_a_valid_service_and_smoke_tests_it(tmp_path):
+    out = deploy_creates(tmp_path)
+    assert out.error is None, out.error
+    [isvc] = out.cluster.created("inferenceservices")
+    assert_valid(isvc)
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert container["command"] == ["kubevae", "serve"]
+    assert container["args"] == ["--model", "/mnt/models", "--http-port", "8080", "--model-name", "kubevae"]
+    assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/run-1/train/model"} in container["env"]
+    assert isvc["spec"]["predictor"]["serviceAccountName"] == "kubevae-kserve-s3"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/kubevae/ready"
+    assert (out.result.status, out.result.endpoint) == ("ready", SERVICE_URL)
+    assert out.smoke_urls == [SERVICE_URL]
+    assert yaml.safe_load(open(out.result.manifest_path)) == isvc
+
+
+def test_deploy_deletes_a_new_service_that_fails_its_smoke_test(tmp_path):
+    out = deploy_create_smoke_fails(tmp_path)
+    assert isinstance(out.error, ResourceFailed) and "HTTP 500" in str(out.error)
+    assert verbs(out, "inferenceservices")[-1] == "delete"
+
+
+def test_update_goes_through_a_canary_that_is_promoted(tmp_path):
+    out = deploy_canary_promoted(tmp_path)
+    assert out.error is None, out.error
+    patches = [c.body for c in out.cluster.calls if c.verb == "patch"]
+    assert patches[0]["spec"]["predictor"]["canaryTrafficPercent"] == 20
+    assert patches[1] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}  # promote: field removed
+    stored = out.cluster.objects[("serving.kserve.io", "inferenceservices", NAMESPACE, "kubevae")]
+    assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
+    assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/run-1/train/model"} in \
+        stored["spec"]["predictor"]["containers"][0]["env"]
+    assert out.smoke_urls == [CANARY_URL]  # the new revision alone, by its tag
+    assert (out.result.status, out.result.endpoint) == ("promoted", SERVICE_URL)
+    assert "create" not in verbs(out, "inferenceservices")
+
+
+def test_update_whose_canary_fails_the_smoke_test_is_rolled_back(tmp_path):
+    out = deploy_canary_rolled_back(tmp_path)
+    assert out.error is None, out.error
+    patches = [c.body for c in out.cluster.calls if c.verb == "patch"]
+    assert patches[-1] == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    assert out.result.status == "rolled_back" and "HTTP 503" in out.result.smoke["error"]
+
+
+def test_update_whose_canary_revision_fails_is_rolled_back_without_a_smoke_test(tmp_path):
+    out = deploy_canary_revision_fails(tmp_path)
+    assert out.error is None, out.error
+    assert out.result.status == "rolled_back" and "ModuleNotFoundError" in out.result.smoke["error"]
+    assert out.smoke_urls == []
+
+
+# -- what runs inside the pods -----------------------------------------------------------
+def test_entrypoint_timestamps_lines_as_katib_reads_them_and_uploads_on_rank_0(tmp_path, s3):
+    folder = tmp_path / "model"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); p.mkdir(); "
+              "(p / 'metrics.json').write_text('{}'); print('epoch=1 step=5 val_neg_elbo=812.3 val_kl=4.5')")
+    uri = f"s3://{BUCKET}/entrypoint/rank0"
+    out = io.StringIO()
+    code = entrypoint.run([sys.executable, "-c", script, str(folder)], [(str(folder), uri)], out=out,
+                          env={**s3.env, "RANK": "0"})
+    assert code == 0
+    line = out.getvalue().splitlines()[0]
+    stamp, _, rest = line.partition(" ")
+    assert datetime.fromisoformat(stamp).tzinfo is not None  # Katib parses it as RFC 3339
+    metrics = {m.group(1): float(m.group(2)) for m in KATIB_METRIC.finditer(rest)}
+    assert metrics == {"epoch": 1, "step": 5, "val_neg_elbo": 812.3, "val_kl": 4.5}
+    assert [o.object_name for o in s3.client().list_objects(BUCKET, "entrypoint/rank0/", recursive=True)] == \
+        ["entrypoint/rank0/metrics.json"]
+
+
+def test_entrypoint_passes_failures_through_and_workers_never_upload(tmp_path, s3):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    (folder / "x").write_text("x")
+    uri = f"s3://{BUCKET}/entrypoint/worker"
+    assert entrypoint.run([sys.executable, "-c", "raise SystemExit(3)"], [(str(folder), uri)],
+                          out=io.StringIO(), env={**s3.env, "RANK": "0"}) == 3
+    assert entrypoint.run([sys.executable, "-c", "pass"], [(str(folder), uri)], out=io.StringIO(),
+                          env={**s3.env, "RANK": "1"}) == 0
+    assert list(s3.client().list_objects(BUCKET, "entrypoint/worker/", recursive=True)) == []
+
+
+def test_objectstore_round_trip_through_the_command_line(tmp_path, s3):
+    src = tmp_path / "splits"
+    (src / "train").mkdir(parents=True)
+    (src / "train" / "images-00000.npy").write_bytes(b"\x93NUMPY" + b"\0" * 100)
+    (src / "stats.json").write_text('{"mean": [0.5]}')
+    env = {**s3.env, "PATH": "/usr/bin:/bin"}
+    uri = f"minio://{BUCKET}/roundtrip/splits"
+    for argv in (["upload", str(src), uri], ["download", uri, str(tmp_path / "copy")]):
+        done = subprocess.run([sys.executable, "-m", "components.k8s.objectstore", *argv], env=env,
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert (tmp_path / "copy" / "train" / "images-00000.npy").read_bytes() == \
+        (src / "train" / "images-00000.npy").read_bytes()
+    assert (tmp_path / "copy" / "stats.json").read_text() == '{"mean": [0.5]}'
+
+
+def test_objectstore_download_of_nothing_fails_and_leaves_no_folder(tmp_path, s3):
+    with pytest.raises(FileNotFoundError, match="no objects under"):
+        objectstore.download(s3.client(), f"s3://{BUCKET}/missing", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_objectstore_refuses_keys_that_leave_the_folder():
+    with pytest.raises(ValueError, match="leaves the target folder"):
+        objectstore._relative_key("prefix/../../etc/passwd", "prefix")
+    with pytest.raises(ValueError, match="expected s3://BUCKET/PREFIX"):
+        objectstore.parse_uri("/local/path")
