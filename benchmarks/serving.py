@@ -60,25 +60,30 @@ def parse_args() -> argparse.Namespace:
 
 
 # -- raw model --------------------------------------------------------------------------------
-def raw_model_times(model_dir: Path, images: np.ndarray, k: int, threads: int, repeats: int = 30
-                    ) -> dict[tuple[str, int], float]:
-    """Seconds per call of run_batch on c requests of len(images) images (c = 1, 8, 32, and
-    32 single images: the best batch the server may form), the server's code without it."""
-    torch.set_num_threads(threads)
-    vae = load_model(model_dir).eval()
-    times = {}
-    for op in OPS:
-        params = {"k": k, "seed": 0} if op == "score" else {}
-        for b in (*CONCURRENCY, "batch32"):
-            batch = [OpRequest(op, images=images, params=params) for _ in range(b)] if b != "batch32" \
-                else [OpRequest(op, images=images[:1], params=params) for _ in range(32)]
-            run_batch(vae, batch)  # warm
-            n = max(3, repeats // len(batch)) if op == "score" else repeats
-            started = time.perf_counter()
-            for _ in range(n):
-                run_batch(vae, batch)
-            times[(op, b)] = (time.perf_counter() - started) / n
-    return times
+class RawModel:
+    """run_batch in this process, the server's code path without the server, with the
+    server's thread count. Timed right before and after each server run (the machine is
+    shared: a reference taken minutes apart would compare different loads)."""
+
+    def __init__(self, model_dir: Path, images: np.ndarray, k: int, threads: int):
+        torch.set_num_threads(threads)
+        self.vae = load_model(model_dir).eval()
+        self.images, self.k = images, k
+
+    def seconds(self, op: str, requests: int, images_per_request: int | None = None,
+                budget_s: float = 1.0) -> float:
+        """Seconds per model call on `requests` requests of `images_per_request` images."""
+        images = self.images[:images_per_request] if images_per_request else self.images
+        params = {"k": self.k, "seed": 0} if op == "score" else {}
+        batch = [OpRequest(op, images=images, params=params) for _ in range(requests)]
+        started = time.perf_counter()
+        run_batch(self.vae, batch)  # warm, and a first estimate
+        first = time.perf_counter() - started
+        n = max(2, min(30, int(budget_s / max(first, 1e-4))))
+        started = time.perf_counter()
+        for _ in range(n):
+            run_batch(self.vae, batch)
+        return (time.perf_counter() - started) / n
 
 
 # -- load generation --------------------------------------------------------------------------
@@ -171,28 +176,30 @@ def main() -> int:
         images = np.random.default_rng(0).integers(
             0, 256, (args.images_per_request, config.image_size, config.image_size, config.channels),
             dtype=np.uint8)
-        raw = raw_model_times(model_dir, images, args.k, args.threads)
+        raw = RawModel(model_dir, images, args.k, args.threads)
         server_args = ["--threads", str(args.threads), "--batch-delay-ms", str(args.batch_delay_ms),
                        "--batch-max-images", str(args.batch_max_images), "--log-level", "WARNING",
                        "--max-iwae-k", str(max(args.k, 16))]
         rows = []
         print(f"protocol {args.protocol}, {args.images_per_request} image(s) of "
               f"{list(images.shape[1:])} per request, torch threads {args.threads}, "
-              f"batch delay {args.batch_delay_ms} ms, batch max {args.batch_max_images} images; "
-              f"raw batch of 32 single images: encode {raw[('encode', 'batch32')] * 1000:.2f} ms, "
-              f"score {raw[('score', 'batch32')] * 1000:.1f} ms", flush=True)
+              f"batch delay {args.batch_delay_ms} ms, batch max {args.batch_max_images} images", flush=True)
         with LocalServer(model_dir, grpc=args.protocol == "grpc", args=server_args) as server:
             for op in OPS:
                 run_load(server, args.protocol, op, images, args.k, 50, 8)  # warm the path
                 for c in CONCURRENCY:
                     total = args.requests if op == "encode" else max(64, args.requests // 4)
+                    raw_before = (raw.seconds(op, c), raw.seconds(op, 32, 1))
                     row = run_load(server, args.protocol, op, images, args.k, total, c)
-                    raw_same = c * len(images) / raw[(op, c)]  # images/s on the same batch
-                    raw_32 = 32 / raw[(op, "batch32")]
-                    row.update(raw_ms=raw[(op, c)] * 1000, raw_images_per_s=raw_same,
+                    raw_after = (raw.seconds(op, c), raw.seconds(op, 32, 1))
+                    raw_same_s = (raw_before[0] + raw_after[0]) / 2
+                    raw_32_s = (raw_before[1] + raw_after[1]) / 2
+                    raw_same = c * len(images) / raw_same_s  # images/s on the same batch
+                    row.update(raw_ms=raw_same_s * 1000, raw_images_per_s=raw_same,
+                               raw_batch32_ms=raw_32_s * 1000,
                                of_raw_same_batch=row["images_per_s"] / raw_same,
-                               of_raw_batch32=row["images_per_s"] / raw_32,
-                               overhead_ratio=row["p50_ms"] / (raw[(op, 1)] * 1000))
+                               of_raw_batch32=row["images_per_s"] / (32 / raw_32_s),
+                               overhead_ratio=row["p50_ms"] / (raw.seconds(op, 1) * 1000))
                     rows.append(row)
                     print(format_row(row), flush=True)
             endurance = run_load(server, args.protocol, "encode", images, args.k, args.endurance, 32)
@@ -216,7 +223,7 @@ def format_row(row: dict) -> str:
     return (f"{row['op']:>6} c={row['concurrency']:>2}: p50 {row['p50_ms']:6.2f} ms  p95 {row['p95_ms']:6.2f}  "
             f"p99 {row['p99_ms']:6.2f}  {row['rps']:7.1f} req/s {row['images_per_s']:7.1f} img/s  "
             f"errors {row['errors']} | raw same batch: {row['raw_ms']:6.2f} ms = "
-            f"{row['raw_images_per_s']:7.1f} img/s | server/raw "
+            f"{row['raw_images_per_s']:7.1f} img/s, raw batch of 32: {row['raw_batch32_ms']:6.2f} ms | server/raw "
             f"same batch {row['of_raw_same_batch']:.0%}, of raw batch-32 {row['of_raw_batch32']:.0%}, "
             f"p50/raw(1) {row['overhead_ratio']:.2f}x")
 
