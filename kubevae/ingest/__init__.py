@@ -157,7 +157,8 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
         manifest, factor_names, factor_sizes = _manifest(accepted, builtin, meta)
         card = _card(report, source, builtin, license, name, target, factor_names)
         with atomic_dir(out_dir) as tmp:
-            chunks = (images[i:i + COPY_CHUNK] for i in range(0, report.accepted, COPY_CHUNK))
+            kept = images[:report.accepted]
+            chunks = (kept[i:i + COPY_CHUNK] for i in range(0, report.accepted, COPY_CHUNK))
             write_dataset(tmp, chunks, manifest, factor_names=factor_names,
                           factor_sizes=factor_sizes, card=card, image_shape=target.shape)
             info = Dataset.open(tmp).info
