@@ -66,6 +66,20 @@ class KubernetesBackend:
 
     # -- tune -----------------------------------------------------------------------------
     def tune(self, request: TuneRequest) -> TuneResult:
+        namespace = self._namespace(request.cluster.namespace)
+        experiment = self.tune_experiment(request, namespace, self._name(request.name))
+        katib = launchers.KatibLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
+        name = katib.create(experiment)
+        katib.wait(name)
+        study = katib.results(name, request.objective_metric)
+        best = request.search_space.parse(study.best_params)  # its own names: not hyperband's epochs
+        records = [TrialRecord(number=i, params=_parse_known(request.search_space, t.params),
+                               value=t.value, state=t.state) for i, t in enumerate(study.trials)]
+        self.log(f"best trial {study.best_trial}: {best} {request.objective_metric}={study.best_value:.6g}")
+        return TuneResult(best_params=best, best_value=study.best_value, trials=records)
+
+    def tune_experiment(self, request: TuneRequest, namespace: str | None, name: str):
+        """The Katib Experiment that `tune` submits."""
         _require_object_uri("tune: data_uri", request.data_uri)
         space = request.search_space
         tuning = Tuning(algorithm=request.algorithm, objective_metric=request.objective_metric,
@@ -83,26 +97,26 @@ class KubernetesBackend:
             resources=_with_gpus(self.options.trial_resources, request.gpus_per_worker),
             checkpoint_claim=self.options.checkpoint_claim, s3_secret=request.cluster.s3_secret,
             env=self._mlflow_env(), component="tune-trial")
-        namespace = self._namespace(request.cluster.namespace)
-        experiment = build_experiment(self._name(request.name), namespace, space, trial, tuning)
-        katib = launchers.KatibLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
-        name = katib.create(experiment)
-        katib.wait(name)
-        study = katib.results(name, request.objective_metric)
-        best = request.search_space.parse(study.best_params)  # its own names: not hyperband's epochs
-        records = [TrialRecord(number=i, params=_parse_known(request.search_space, t.params),
-                               value=t.value, state=t.state) for i, t in enumerate(study.trials)]
-        self.log(f"best trial {study.best_trial}: {best} {request.objective_metric}={study.best_value:.6g}")
-        return TuneResult(best_params=best, best_value=study.best_value, trials=records)
+        return build_experiment(name, namespace, space, trial, tuning)
 
     # -- train ----------------------------------------------------------------------------
     def train(self, request: TrainRequest) -> TrainResult:
-        from components.search_space import train_args
         from kubevae.storage import read_json
+
+        namespace = self._namespace(request.cluster.namespace)
+        job = self.train_job(request, namespace, self._name(request.name))
+        pytorch = launchers.PyTorchJobLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
+        pytorch.wait(pytorch.create(job))
+        count = objectstore.download(self._store(), request.out_uri, request.out_dir)
+        self.log(f"downloaded the model ({count} files) from {request.out_uri}")
+        return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"))
+
+    def train_job(self, request: TrainRequest, namespace: str | None, name: str):
+        """The PyTorchJob that `train` submits."""
+        from components.search_space import train_args
 
         _require_object_uri("train: data_uri", request.data_uri)
         _require_object_uri("train: out_uri", request.out_uri)
-        name = self._name(request.name)
         args = ("--epochs", str(request.epochs), "--batch-size", str(request.batch_size),
                 "--seed", str(request.seed), "--run-name", request.name,
                 *request.extra_args, *train_args(request.params))
@@ -114,12 +128,7 @@ class KubernetesBackend:
             checkpoint_claim=self.options.checkpoint_claim, checkpoint_folder=name,
             s3_secret=request.cluster.s3_secret, env=self._mlflow_env(),
             active_deadline_seconds=request.cluster.timeout_seconds)
-        namespace = self._namespace(request.cluster.namespace)
-        pytorch = launchers.PyTorchJobLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
-        pytorch.wait(pytorch.create(build_pytorchjob(job, name, namespace)))
-        count = objectstore.download(self._store(), request.out_uri, request.out_dir)
-        self.log(f"downloaded the model ({count} files) from {request.out_uri}")
-        return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"))
+        return build_pytorchjob(job, name, namespace)
 
     # -- deploy ---------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> DeployResult:
@@ -127,12 +136,8 @@ class KubernetesBackend:
 
         from kubevae.storage import atomic_write_text
 
-        storage = storage_uri_for(request.model_uri)
-        _require_object_uri("deploy: model_uri", request.model_uri)
         namespace = self._namespace(request.cluster.namespace)
-        isvc = build_inference_service(request.model_name, namespace, request.cluster.image, storage,
-                                       service_account=request.cluster.storage_service_account,
-                                       resources=self.options.serve_resources)
+        isvc = self.inference_service(request, namespace)
         manifest = Path(request.manifest_dir) / "inferenceservice.yaml"
         atomic_write_text(manifest, yaml.safe_dump(to_dict(isvc), sort_keys=False))
         kserve = launchers.InferenceServiceLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
@@ -140,6 +145,14 @@ class KubernetesBackend:
                                 canary_percent=request.canary_percent)
         return DeployResult(endpoint=rollout.url, manifest_path=str(manifest), status=rollout.status,
                             smoke=rollout.smoke)
+
+    def inference_service(self, request: DeployRequest, namespace: str | None):
+        """The InferenceService that `deploy` creates (or updates through a canary)."""
+        _require_object_uri("deploy: model_uri", request.model_uri)
+        return build_inference_service(request.model_name, namespace, request.cluster.image,
+                                       storage_uri_for(request.model_uri),
+                                       service_account=request.cluster.storage_service_account,
+                                       resources=self.options.serve_resources)
 
     def smoke_test(self, endpoint: str, model_name: str, model_dir: str) -> dict[str, Any]:
         """One V1 and one V2 request against the endpoint."""
