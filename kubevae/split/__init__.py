@@ -32,7 +32,7 @@ import pandas as pd
 from kubevae.data.dataset import Dataset, write_dataset
 from kubevae.split import report as leakage
 from kubevae.split.assign import (ASSIGNMENTS_FILE, EXCLUDED, SPLITS, assign, check_fractions,
-                                  member_keys, read_previous)
+                                  group_keys, member_keys, read_previous)
 from kubevae.split.grouping import DEFAULT_NEAR_DUP_THRESHOLD, HASH_BITS, group_items
 from kubevae.split.stats import STATS_FILE, channel_stats
 from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text
@@ -105,10 +105,20 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
     grouping = group_items(manifest, group_column=group_column, threshold=threshold)
     pinned = read_previous(previous_split, manifest["item_id"]) if previous_split else None
     if times is None:
-        _check_group_sizes(grouping, fractions, max_group_fraction, threshold, source)
+        pinned_rows = np.flatnonzero(manifest["item_id"].isin(pinned.index)) if pinned is not None \
+            else np.zeros(0, np.int64)
+        _check_group_sizes(grouping, fractions, max_group_fraction, threshold, source, pinned_rows)
     keys = member_keys(manifest, group_column)
     result = assign(grouping.labels, keys, fractions=fractions, salt=salt, pinned=pinned,
                     item_ids=manifest["item_id"], times=times, cutoffs=cutoffs)
+    kept = result.split != EXCLUDED
+    if not kept.all():
+        # Excluded items (e.g. a new item bridging groups pinned to different splits) no longer
+        # connect anything: the leakage groups of the published items are recomputed without them.
+        labels = grouping.labels_among(kept)
+        relabeled = group_keys(labels, keys)
+        result.group_key = [relabeled[label] if keep else key
+                            for label, keep, key in zip(labels.tolist(), kept, result.group_key)]
     train_rows = np.flatnonzero(result.split == 0)
     if not len(train_rows):
         raise ValueError(f"--data {data_dir}: no item landed in train ({len(dataset)} items); "
@@ -190,7 +200,7 @@ def _threshold(explicit: int | None, dataset: Dataset) -> tuple[int, str]:
         hint = (dataset.info.get("card") or {}).get("split_hints") or {}
         if hint.get("near_dup_threshold") is not None:
             value = int(hint["near_dup_threshold"])
-            source = f"dataset card hint: {hint.get('reason', '')}".rstrip(": ")
+            source = "dataset card hint" + (f" ({hint['reason']})" if hint.get("reason") else "")
         else:
             value, source = DEFAULT_NEAR_DUP_THRESHOLD, "default"
     if not 0 <= value <= HASH_BITS:
@@ -198,16 +208,24 @@ def _threshold(explicit: int | None, dataset: Dataset) -> tuple[int, str]:
     return value, source
 
 
-def _check_group_sizes(grouping, fractions, limit, threshold, source) -> None:
+def _check_group_sizes(grouping, fractions, limit, threshold, source, pinned_rows) -> None:
     """A group bigger than the smallest split cannot be placed without wrecking the fractions:
-    almost always near duplicates chaining distinct images together."""
-    limit = min(fractions) if limit is None else limit
+    almost always near duplicates chaining distinct images together. Groups holding pinned items
+    are placed by their pins and not checked; nor are data sets so small that the smallest split
+    expects fewer than 10 items (unless a limit is given)."""
     n = len(grouping.labels)
-    sizes = np.bincount(grouping.labels)
+    if limit is None and n * min(fractions) < 10:
+        return
+    limit = min(fractions) if limit is None else limit
+    free = np.ones(n, bool)
+    free[np.isin(grouping.labels, grouping.labels[pinned_rows])] = False
+    if not free.any():
+        return
+    sizes = np.bincount(grouping.labels[free])
     largest = int(sizes.max())
     if largest / n <= limit or largest < 2:
         return
-    dup_largest = int(np.bincount(grouping.duplicate_labels).max())
+    dup_largest = int(np.bincount(grouping.duplicate_labels[free]).max())
     why = (f"duplicate chaining made one group of {dup_largest} items at near-duplicate threshold "
            f"{threshold} ({source}); lower --near-dup-threshold (0 merges only equal hashes)"
            if dup_largest / n > limit else "a metadata group is that large; raise --max-group-fraction "

@@ -196,6 +196,13 @@ class Grouping:
     hash_index: np.ndarray             # per item: index of its phash among the distinct ones
     hash_pairs: np.ndarray             # pairs of distinct phashes within threshold
 
+    def labels_among(self, keep: np.ndarray) -> np.ndarray:
+        """The groups again, with the items where keep is False taken out of the graph (they
+        become singletons): what remains connected without them."""
+        edges = [e[keep[e[:, 0]] & keep[e[:, 1]]] for e in
+                 (self.group_edges, self.exact_edges, self.phash_edges, self.near_pairs)]
+        return components(len(self.labels), edges)
+
 
 def group_items(manifest: pd.DataFrame, *, group_column: str | None, threshold: int) -> Grouping:
     n = len(manifest)

@@ -161,8 +161,8 @@ def _checklist(ctx: Context, report: dict[str, Any]) -> list[dict[str, str]]:
     threshold = ctx.grouping.threshold
     items = [
         {"leakage": "Duplicates across splits",
-         "handling": f"exact (pixel sha256) and near (phash Hamming <= {threshold}, "
-                     f"{ctx.threshold_source}) duplicates are merged into one group by union-find",
+         "handling": f"exact (pixel sha256) and near (phash Hamming <= {threshold} bits) "
+                     "duplicates are merged into one group by union-find",
          "evidence": f"{cross['exact_duplicates']} exact and {cross['near_duplicates']} near "
                      "duplicates shared across splits",
          "status": "PASS" if dup_ok else "FAIL"},
@@ -224,7 +224,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Duplicate clusters", "",
               f"- exact duplicates: {clusters['exact']['clusters']} clusters, "
               f"{clusters['exact']['items']} items",
-              f"- near duplicates (phash Hamming <= {search['threshold']}, {search['threshold_source']}): "
+              f"- near duplicates (phash Hamming <= {search['threshold']} bits; threshold: "
+              f"{search['threshold_source']}): "
               f"{clusters['near']['clusters']} clusters, {clusters['near']['items']} items",
               f"- largest group: {clusters['largest_group']} items",
               f"- search: {search['method']}, blocks {search['blocks']}, sub-radius "
