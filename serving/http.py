@@ -92,14 +92,17 @@ class RequestContextMiddleware:
 
 
     async def _prepare_v2(self, scope: dict, receive: Any) -> tuple[dict, Any, Any]:
-        """V2 bodies without a Content-Type are JSON (as with curl -d); bodies that use the
-        binary tensor extension are checked here, since kserve answers 500 to malformed ones."""
+        """V2 bodies are JSON unless they use the binary tensor extension (then they are checked
+        here, since kserve answers 500 to malformed ones)."""
         headers = scope["headers"]
         binary = _header(headers, b"inference-header-content-length")
         content_type = _header(headers, b"content-type")
         if binary is None:
-            if not content_type:
-                scope = dict(scope, headers=[*headers, (b"content-type", b"application/json")])
+            if not (content_type and _is_json(content_type)):
+                # Without the binary extension an OIP request can only be JSON, whatever the
+                # Content-Type says (curl -d sends application/x-www-form-urlencoded).
+                scope = dict(scope, headers=[(k, v) for k, v in headers if k != b"content-type"]
+                             + [(b"content-type", b"application/json")])
             return scope, receive, None
         if content_type and _is_json(content_type):
             return scope, receive, None  # FastAPI parses it as JSON and kserve ignores the header

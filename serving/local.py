@@ -27,6 +27,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _die_with_parent() -> None:
+    """Linux: SIGTERM the server when the process that started it dies, killed or not, so
+    that no server outlives an interrupted test or benchmark."""
+    import ctypes
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class LocalServer:
     def __init__(self, model_dir: str | Path, *, model_name: str = "kubevae", grpc: bool = True,
                  args: list[str] | None = None, log_path: str | Path | None = None,
@@ -56,7 +64,8 @@ class LocalServer:
 
     def start(self) -> "LocalServer":
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log, env=self.env)
+        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log, env=self.env,
+                                        preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.wait_ready()
         return self
 

@@ -24,6 +24,10 @@ import torch
 from kubevae.evaluation.bounds import elbo_terms, iwae_nll
 from kubevae.model import VAE
 
+# Latents decoded per decoder call (traverse, the IWAE samples of score): bounds peak memory
+# (a 64-px decode holds ~130 KB of activations per latent) whatever a request asks for.
+MAX_DECODED = 512
+
 
 @dataclass
 class OpRequest:
@@ -88,7 +92,7 @@ def score(vae: VAE, x: torch.Tensor, requests: list[OpRequest]) -> dict[str, tor
                      for r, g in zip(requests, generators)]).to(x.device)
     recon, kl = elbo_terms(vae, x, eps)
     starts = np.cumsum([0] + [r.size for r in requests])
-    iwae = torch.cat([iwae_nll(vae, x[a:b], r.params["k"], g)
+    iwae = torch.cat([iwae_nll(vae, x[a:b], r.params["k"], g, max_decoded=MAX_DECODED)
                       for r, g, a, b in zip(requests, generators, starts[:-1], starts[1:])])
     return {"neg_elbo": recon + kl, "iwae_nll": iwae, "recon_nll": recon, "kl": kl}
 
@@ -105,7 +109,9 @@ def traverse(vae: VAE, request: OpRequest, device: torch.device) -> dict[str, np
     z = z0.float().unsqueeze(1).repeat(1, steps, 1)  # N x S x D
     z[:, :, dim] = torch.linspace(-span, span, steps, device=device)
     n, d = z0.shape
-    images = to_uint8_nhwc(vae.mean_image(vae.decode(z.reshape(n * steps, d))))
+    flat = z.reshape(n * steps, d)
+    images = np.concatenate([to_uint8_nhwc(vae.mean_image(vae.decode(chunk)))
+                             for chunk in flat.split(MAX_DECODED)])
     return {"image": images.reshape(n, steps, *images.shape[1:]),
             "latent": z.cpu().numpy().astype(np.float32)}
 
