@@ -66,7 +66,7 @@ class SearchPlan:
 def plan_search(n: int, threshold: int) -> SearchPlan:
     """Pick the number of blocks m that minimizes expected probes + candidates."""
     best = None
-    for m in range(1, min(threshold + 1, HASH_BITS) + 1):
+    for m in range(1, HASH_BITS + 1):  # more blocks than r + 1 still works (sub-radius 0)
         widths = _widths(m)
         if max(widths) > MAX_BLOCK_BITS:
             continue

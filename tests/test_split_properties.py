@@ -1,0 +1,161 @@
+"""Properties of the split on generated datasets (hypothesis).
+
+Every check here is computed independently of the implementation: groups and exact duplicates
+by grouping the assignments table, near duplicates by brute force over all pairs of hashes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kubevae.data.dataset import write_dataset
+from kubevae.split import split
+from kubevae.split.grouping import brute_force_pairs, near_duplicate_pairs
+
+SETTINGS = settings(max_examples=12, deadline=None,
+                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+
+
+def manifest(seed: int, n: int, n_groups: int, dup_rate: float, near_rate: float, threshold: int,
+             start: int = 0, base: pd.DataFrame | None = None) -> pd.DataFrame:
+    """n items: groups from a pool (some items ungrouped), planted exact duplicates (a copied
+    sha256, also under another group) and near duplicates (a hash with <= threshold bits flipped).
+    With `base`, duplicates may also copy items of an existing dataset (appended data)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    pool = [] if base is None else base.to_dict("records")
+    for i in range(n):
+        item = {"item_id": f"item-{start + i:05d}", "source_uri": f"mem://{start + i}",
+                "sha256": f"sha-{start + i:05d}",
+                "phash": f"{int(rng.integers(0, 2**63)) ^ (int(rng.integers(0, 2)) << 63):016x}",
+                "group_id": f"g{rng.integers(n_groups)}" if rng.random() < 0.7 else None}
+        if pool and rng.random() < dup_rate:
+            item["sha256"] = pool[rng.integers(len(pool))]["sha256"]
+        if pool and rng.random() < near_rate:
+            other = int(pool[rng.integers(len(pool))]["phash"], 16)
+            bits = rng.choice(64, size=int(rng.integers(0, threshold + 1)), replace=False)
+            item["phash"] = f"{other ^ sum(1 << int(b) for b in bits):016x}"
+        rows.append(item)
+        pool.append(item)
+    return pd.DataFrame(rows)
+
+
+def write(path: Path, frame: pd.DataFrame) -> Path:
+    images = np.random.default_rng(0).integers(0, 256, (len(frame), 2, 2, 1), dtype=np.uint8)
+    write_dataset(path, images, frame, image_shape=(2, 2, 1))
+    return path
+
+
+def table(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "assignments.csv", dtype=str, keep_default_na=False)
+
+
+def assert_no_leakage(frame: pd.DataFrame, assigned: pd.DataFrame, threshold: int) -> None:
+    joined = assigned.merge(frame[["item_id", "group_id"]].rename(columns={"group_id": "meta"}),
+                            on="item_id")
+    grouped = joined[joined.meta.notna()]
+    assert (grouped.groupby("meta")["split"].nunique() <= 1).all(), "a group spans two splits"
+    assert (joined.groupby("sha256")["split"].nunique() <= 1).all(), "a duplicate spans two splits"
+    hashes = np.array([int(h, 16) for h in joined.phash], dtype=np.uint64)
+    i, j = brute_force_pairs(hashes, threshold).T
+    splits = joined.split.to_numpy()
+    assert (splits[i] == splits[j]).all(), "near duplicates span two splits"
+
+
+datasets = st.fixed_dictionaries({
+    "seed": st.integers(0, 2**31 - 1), "n": st.integers(20, 160), "n_groups": st.integers(1, 60),
+    "dup_rate": st.floats(0, 0.3), "near_rate": st.floats(0, 0.3),
+    "threshold": st.sampled_from([0, 2, 4, 6, 8, 10]), "salt": st.text(max_size=6)})
+
+
+@SETTINGS
+@given(params=datasets)
+def test_no_group_exact_or_near_duplicate_spans_two_splits(params):
+    salt, threshold = params.pop("salt"), params["threshold"]
+    frame = manifest(**params)
+    with tempfile.TemporaryDirectory() as tmp:
+        data = write(Path(tmp) / "raw", frame)
+        # A dataset this small may hold one group bigger than a split: allow it, as the
+        # property must hold whatever the sizes.
+        report = split(data, Path(tmp) / "s", group_column="group_id", salt=salt,
+                       near_dup_threshold=threshold, max_group_fraction=1.0)
+        assigned = table(Path(tmp) / "s")
+    assert report.passed
+    assert len(assigned) + report.excluded == len(frame)
+    assert_no_leakage(frame, assigned, threshold)
+
+
+@SETTINGS
+@given(params=datasets)
+def test_appending_20_percent_moves_no_existing_item(params):
+    salt, threshold = params.pop("salt"), params["threshold"]
+    old = manifest(**params)
+    extra = max(1, round(0.2 * len(old)))
+    new = manifest(**{**params, "seed": params["seed"] + 1, "n": extra}, start=len(old), base=old)
+    both = pd.concat([old, new], ignore_index=True)
+    unrelated = manifest(**{**params, "seed": params["seed"] + 2, "n": extra, "dup_rate": 0,
+                            "near_rate": 0, "n_groups": 1}, start=len(old))
+    unrelated["group_id"] = [f"fresh-{i}" for i in range(extra)]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        kw = dict(group_column="group_id", salt=salt, near_dup_threshold=threshold,
+                  max_group_fraction=1.0)
+        split(write(tmp / "v1", old), tmp / "s1", **kw)
+        first = table(tmp / "s1").set_index("item_id")["split"]
+        # With --previous-split: nothing moves, whatever the new items link to.
+        report = split(write(tmp / "v2", both), tmp / "s2", previous_split=tmp / "s1", **kw)
+        second = table(tmp / "s2").set_index("item_id")["split"]
+        # Without it: new items that link to nothing leave every old assignment alone.
+        split(write(tmp / "v3", pd.concat([old, unrelated], ignore_index=True)), tmp / "s3", **kw)
+        third = table(tmp / "s3").set_index("item_id")["split"]
+        assigned = table(tmp / "s2")
+    assert (second.loc[first.index] == first).all()
+    assert (third.loc[first.index] == first).all()
+    assert report.passed
+    assert_no_leakage(both, assigned, threshold)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**31 - 1), n_groups=st.integers(300, 1200),
+       train=st.floats(0.5, 0.6), val=st.floats(0.05, 0.2), test=st.floats(0.05, 0.2),
+       salt=st.text(max_size=6))
+def test_split_sizes_stay_close_to_the_fractions_when_groups_are_small(seed, n_groups, train, val,
+                                                                       test, salt):
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 4, n_groups)  # groups of 1 to 3 items
+    frame = manifest(seed, int(sizes.sum()), 1, 0, 0, 0)
+    frame["group_id"] = np.repeat([f"g{i}" for i in range(n_groups)], sizes)
+    fractions = (train, val, test)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = split(write(Path(tmp) / "raw", frame), Path(tmp) / "s", fractions=fractions,
+                       group_column="group_id", salt=salt)
+    total = sum(fractions)
+    for name, fraction in zip(("train", "val", "test"), fractions):
+        # Groups land in a split with probability `fraction`: binomial, so 5 standard errors.
+        tolerance = 5 * np.sqrt(fraction * (1 - fraction) / n_groups) + 1 / n_groups
+        assert abs(report.groups[name] / n_groups - fraction) <= tolerance, (name, report.groups)
+        items_tolerance = 3 * tolerance  # items: the same draw, weighted by group sizes 1..3
+        assert abs(report.items[name] / len(frame) - fraction) <= items_tolerance, (name, report.items)
+    assert abs(report.excluded / len(frame) - (1 - total)) <= 3 * (5 * np.sqrt(0.25 / n_groups) + 1 / n_groups)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 400), threshold=st.integers(0, 20),
+       spread=st.integers(0, 12))
+def test_multi_index_hashing_finds_exactly_the_brute_force_pairs(seed, n, threshold, spread):
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 2**63, max(1, n // 4), dtype=np.int64).astype(np.uint64)
+    hashes = centres[rng.integers(len(centres), size=n)]
+    for _ in range(spread):  # flip up to `spread` random bits per hash: clusters of near copies
+        flip = rng.random(n) < 0.5
+        hashes = hashes ^ (flip.astype(np.uint64) << rng.integers(0, 64, n).astype(np.uint64))
+    hashes = np.unique(hashes)
+    pairs, plan = near_duplicate_pairs(hashes, threshold)
+    np.testing.assert_array_equal(pairs, brute_force_pairs(hashes, threshold))
+    assert plan.pairs == len(pairs)
