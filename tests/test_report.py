@@ -16,7 +16,7 @@ from kubevae import tracking
 from kubevae.config import ModelConfig, ObjectiveConfig
 from kubevae.data import sprites
 from kubevae.evaluation import report
-from kubevae.evaluation.full import EvaluationSizes, evaluate_model, open_split
+from kubevae.evaluation.full import EvaluationSizes, evaluate_model, open_split, random_subset
 from kubevae.metrics import MetricProtocol
 from kubevae.model import VAE, save_model
 
@@ -173,3 +173,16 @@ def test_log_report_puts_pictures_report_and_metrics_into_the_mlflow_run(evaluat
     assert run.data.metrics["eval_mig"] == pytest.approx(metrics["mig"])
     assert run.data.metrics["eval_neg_elbo"] == pytest.approx(metrics["neg_elbo"])
     assert "evaluation/kl_per_dim.png" in {a.path for a in client.list_artifacts(plain_id, "evaluation")}
+
+
+def test_the_image_subset_is_random_in_every_prefix():
+    # Dataset folders are often sorted by their factors (sprites: by shape first), so the first
+    # images of an index-sorted subset would all be squares. Every prefix must be a random sample.
+    images = np.repeat(np.arange(1000, dtype=np.uint16)[:, None, None, None], 2, axis=1)
+    subset = random_subset(images, 200, seed=0)
+    ids = subset[:, 0, 0, 0].astype(int)
+    assert len(set(ids)) == 200 and (subset[:, 1] == subset[:, 0]).all()
+    assert ids[:20].mean() == pytest.approx(500, abs=200)  # a prefix spans the whole range
+    assert not (np.diff(ids) > 0).all()
+    assert np.array_equal(random_subset(images, 200, seed=0), subset)  # reproducible from the seed
+    assert len(random_subset(images, 5000, seed=1)) == 1000  # never more than there are

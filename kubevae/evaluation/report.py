@@ -192,7 +192,13 @@ def tuning_objective_png(tuning_results: Any) -> bytes | None:
     best = int(np.argmin(value))
     ax.scatter([beta[best]], [latent[best]], marker="*", s=300, c="red", label=f"best: {value[best]:.4g}")
     if (beta > 0).all():
+        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks(sorted(set(latent.tolist())))
     ax.set_xlabel("beta")
     ax.set_ylabel("latent size")
     ax.set_title(f"{name} over beta x latent size ({len(points)} trials)")
