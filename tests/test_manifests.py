@@ -1,0 +1,212 @@
+"""manifests/: each overlay renders with `kubectl kustomize`; custom resources validate against
+../shared/crds, core kinds against the Kubernetes schemas (kubernetes-validate, offline); every
+pod template is secure; the RBAC Role allows exactly the API calls the kubernetes backend makes
+(recorded by tests/k8s_scenarios.py); no credentials; MLflow is pinned, accepts the manifest's
+arguments and keeps foreign Host headers out."""
+
+from __future__ import annotations
+
+import functools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from components.k8s.security import pod_security_violations
+from k8s_checks import CRD_FILES, custom_resource_errors, pod_templates
+from k8s_scenarios import run_all, s3  # noqa: F401  (the fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+MANIFESTS = REPO / "manifests"
+KUSTOMIZATIONS = {"kubeflow": "overlays/kubeflow", "standalone": "overlays/standalone",
+                  "gpu": "overlays/gpu", "workloads": "workloads"}
+NAMESPACES = {"kubeflow": "kubeflow-user-example-com", "standalone": "kubevae"}
+KUBECTL = shutil.which("kubectl")
+KUBERNETES_VERSIONS = ("1.31.0", kubernetes_validate.latest_version())
+needs_kubectl = pytest.mark.skipif(KUBECTL is None, reason="kubectl (with kustomize) is not installed here")
+
+
+@functools.cache
+def rendered(name: str) -> list[dict]:
+    done = subprocess.run([KUBECTL, "kustomize", str(MANIFESTS / KUSTOMIZATIONS[name])],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def by_kind(docs: list[dict], kind: str) -> list[dict]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[dict], kind: str, name: str) -> dict:
+    [doc] = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+@needs_kubectl
+@pytest.mark.parametrize("name", sorted(KUSTOMIZATIONS))
+def test_each_kustomization_renders_and_every_object_validates(name):
+    docs = rendered(name)
+    assert docs
+    for doc in docs:
+        group = doc["apiVersion"].rpartition("/")[0]
+        if (group, doc["kind"]) in CRD_FILES:
+            assert custom_resource_errors(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+        else:
+            for version in KUBERNETES_VERSIONS:  # raises ValidationError with the reason
+                kubernetes_validate.validate(doc, version, strict=True)
+        for where, spec in pod_templates(doc):
+            assert pod_security_violations(spec, where) == []
+    if name in NAMESPACES:
+        assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {NAMESPACES[name]}
+
+
+@needs_kubectl
+def test_the_overlays_hold_the_platform_pieces():
+    for overlay in NAMESPACES:
+        docs = rendered(overlay)
+        kinds = {(d["kind"], d["metadata"]["name"]) for d in docs}
+        assert {("ServiceAccount", "kubevae-pipeline-runner"), ("Role", "kubevae-pipeline-runner"),
+                ("RoleBinding", "kubevae-pipeline-runner"), ("ServiceAccount", "kubevae-kserve-s3"),
+                ("ConfigMap", "kubevae-settings"), ("Deployment", "kubevae-mlflow"),
+                ("Service", "kubevae-mlflow"), ("PersistentVolumeClaim", "kubevae-mlflow")} <= kinds
+        assert not any(d["kind"].startswith("Cluster") for d in docs), "nothing cluster-wide"
+        assert not by_kind(docs, "Secret"), "the S3 Secret is created by hand, never applied from here"
+    namespace = one(rendered("standalone"), "Namespace", "kubevae")
+    assert namespace["metadata"]["labels"]["katib.kubeflow.org/metrics-collector-injection"] == "enabled"
+
+
+@needs_kubectl
+def test_the_kserve_service_account_carries_the_storage_settings():
+    docs = rendered("kubeflow")
+    settings = one(docs, "ConfigMap", "kubevae-settings")["data"]
+    account = one(docs, "ServiceAccount", "kubevae-kserve-s3")
+    assert account["metadata"]["annotations"] == {
+        "serving.kserve.io/s3-endpoint": settings["S3_ENDPOINT"],
+        "serving.kserve.io/s3-usehttps": settings["S3_USE_HTTPS"],
+        "serving.kserve.io/s3-region": settings["AWS_REGION"]}
+    assert account["secrets"] == [{"name": "kubevae-s3"}]
+    assert not re.search(r"SECRET|PASSWORD|TOKEN|ACCESS_KEY", " ".join(settings)), "settings are not secrets"
+
+
+@needs_kubectl
+def test_the_gpu_overlay_adds_gpus_and_tolerations_to_every_workload():
+    for doc in rendered("gpu"):
+        for where, spec in pod_templates(doc):
+            container = spec["containers"][0]
+            assert container["resources"]["limits"]["nvidia.com/gpu"] == "1", where
+            assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
+    assert not any("nvidia.com/gpu" in yaml.safe_dump(d) for d in rendered("workloads"))
+
+
+# -- RBAC: exactly what the backend calls -----------------------------------------------------
+@pytest.fixture(scope="module")
+def recorded_calls(tmp_path_factory, s3):  # noqa: F811
+    outcomes = run_all(tmp_path_factory.mktemp("scenarios"), s3)
+    return {rbac for o in outcomes.values() for rbac in o.cluster.verbs()}
+
+
+def role_rules(doc: dict) -> set[tuple[str, str, str]]:
+    return {(group, resource, verb) for rule in doc["rules"] for group in rule["apiGroups"]
+            for resource in rule["resources"] for verb in rule["verbs"]}
+
+
+@needs_kubectl
+def test_the_role_allows_exactly_the_recorded_api_calls(recorded_calls):
+    for overlay in NAMESPACES:
+        role = one(rendered(overlay), "Role", "kubevae-pipeline-runner")
+        assert role_rules(role) == recorded_calls, (
+            f"missing: {sorted(recorded_calls - role_rules(role))}; "
+            f"unused: {sorted(role_rules(role) - recorded_calls)}")
+    assert ("serving.kserve.io", "inferenceservices", "patch") in recorded_calls  # the canary
+    assert ("", "pods/log", "get") in recorded_calls
+
+
+@needs_kubectl
+def test_the_only_other_role_is_what_argo_needs():
+    docs = rendered("kubeflow")
+    roles = {d["metadata"]["name"] for d in by_kind(docs, "Role")}
+    assert roles == {"kubevae-pipeline-runner", "kubevae-argo-executor"}
+    assert role_rules(one(docs, "Role", "kubevae-argo-executor")) == {
+        ("argoproj.io", "workflowtaskresults", "create"), ("argoproj.io", "workflowtaskresults", "patch")}
+    for binding in by_kind(docs, "RoleBinding"):
+        assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "kubevae-pipeline-runner",
+                                        "namespace": NAMESPACES["kubeflow"]}]
+
+
+# -- no credentials ------------------------------------------------------------------------
+def test_the_secret_template_holds_placeholders_only():
+    secret = yaml.safe_load((MANIFESTS / "base" / "s3-secret.template.yaml").read_text())
+    kubernetes_validate.validate(secret, KUBERNETES_VERSIONS[-1], strict=True)
+    assert set(secret["stringData"]) == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    assert all(v.startswith("REPLACE_WITH_") for v in secret["stringData"].values())
+    assert "data" not in secret
+
+
+def test_no_credentials_in_the_repository():
+    """Every tracked file outside tests/ (whose made-up keys only open the local moto server)."""
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    # AWS key ids, private keys, quoted literals assigned to secret-looking names, and unquoted
+    # YAML/env values of secret-looking keys.
+    secret_value = re.compile(
+        r"AKIA[0-9A-Z]{16}|-----BEGIN [A-Z ]*PRIVATE KEY-----|"
+        r"(?i:(secret|password|passwd|token|access_key)\w*['\"]?\s*[:=]\s*)['\"](?!REPLACE_WITH_)[^'\"\s$]{12,}['\"]|"
+        r"(?im:^\s*[\w-]*(secret|password|token|access_key)[\w-]*\s*[:=][ \t]*(?!REPLACE_WITH_)[A-Za-z0-9/+=]{16,}\s*$)")
+    scanned = 0
+    for path in tracked:
+        file = REPO / path
+        if path.startswith("tests/") or not file.is_file() or file.suffix in {".png", ".npy", ".parquet"}:
+            continue
+        text = file.read_text(errors="ignore")
+        scanned += 1
+        assert not secret_value.search(text), f"{path} looks like it holds a credential"
+    assert scanned > 20
+    assert secret_value.search('AWS_SECRET_ACCESS_KEY: wJalrXUtnFEMIK7MDENGbPxRfiCY')  # the check can fail
+    assert secret_value.search('password = "hunter2hunter2"')
+
+
+# -- MLflow ---------------------------------------------------------------------------------
+def _mlflow_container() -> dict:
+    docs = list(yaml.safe_load_all((MANIFESTS / "base" / "mlflow.yaml").read_text()))
+    return one(docs, "Deployment", "kubevae-mlflow")["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_mlflow_is_pinned_to_a_fixed_release_with_its_security_options():
+    container = _mlflow_container()
+    image, _, tag = container["image"].rpartition(":")
+    assert image == "ghcr.io/mlflow/mlflow"
+    major, minor, patch = map(int, re.match(r"v(\d+)\.(\d+)\.(\d+)", tag).groups())
+    assert (major, minor) == (3, 17), "pinned to the project's MLflow 3.17.x"
+    assert (major, minor) >= (3, 11)  # CVE-2026-2614 (3.10.0), CVE-2026-2651 and CVE-2026-4137 (3.11.0)
+    args = " ".join(container["args"])
+    for option in ("--allowed-hosts=", "--cors-allowed-origins=", "--x-frame-options=", "--serve-artifacts",
+                   "--artifacts-destination=$(MLFLOW_ARTIFACTS_DESTINATION)", "--backend-store-uri=sqlite:////mlflow/"):
+        assert option in args
+    assert "--disable-security-middleware" not in args and "--allowed-hosts=*" not in args
+    import mlflow
+
+    assert mlflow.__version__.startswith(f"{major}.{minor}."), "the venv's MLflow matches the server's"
+
+
+def test_mlflow_accepts_the_manifests_arguments_and_its_hosts_rule_keeps_foreign_hosts_out():
+    """The Deployment's arguments parsed by the same MLflow release's `mlflow server` command,
+    and its --allowed-hosts judged by MLflow's own Host-header check. (Starting the server
+    itself takes about a minute on these shared machines, too slow for the suite.)"""
+    from mlflow.cli import server
+    from mlflow.server.security_utils import is_allowed_host_header
+
+    args = [a.replace("$(MLFLOW_ARTIFACTS_DESTINATION)", "s3://mlpipeline/kubevae/mlflow")
+            for a in _mlflow_container()["args"]]
+    params = server.make_context("server", args).params  # raises on an unknown option or bad value
+    assert params["port"] == 5000 and params["serve_artifacts"] is True
+    assert params["artifacts_destination"] == "s3://mlpipeline/kubevae/mlflow"
+    allowed = [h.strip() for h in params["allowed_hosts"].split(",")]
+    for host in ("kubevae-mlflow:5000", "kubevae-mlflow", "kubevae-mlflow.team-a.svc:5000",
+                 "kubevae-mlflow.kubeflow-user-example-com.svc.cluster.local:5000", "localhost:5000"):
+        assert is_allowed_host_header(allowed, host), host
+    for host in ("attacker.example.com", "kubevae-mlflow.evil.com:5000", "10.0.0.7:5000", ""):
+        assert not is_allowed_host_header(allowed, host), host
