@@ -184,3 +184,23 @@ def test_search_space_errors_name_the_parameter():
         SearchSpace((Parameter("beta", "double", 1, 2), Parameter("beta", "double", 1, 3)))
     with pytest.raises(ValueError, match="'latent_dim': '7' is not one of"):
         default_search_space().parse({"beta": "1.0", "latent_dim": "7"})
+
+
+def test_the_local_backend_writes_the_inferenceservice_a_cluster_would_get(tmp_path):
+    import yaml
+
+    from components.backends.base import ClusterSettings, DeployRequest
+    from components.k8s.inferenceservice import write_inferenceservice
+
+    request = DeployRequest(model_name="kubevae", model_dir=str(tmp_path), manifest_dir=str(tmp_path),
+                            model_uri="minio://mlpipeline/v2/artifacts/run/model",
+                            cluster=ClusterSettings(namespace="team-a", image="registry.example.com/kubevae:1"))
+    path = write_inferenceservice(request, tmp_path / "out")
+    isvc = yaml.safe_load(path.read_text())
+    assert custom_resource_errors(isvc) == []
+    container = isvc["spec"]["predictor"]["containers"][0]
+    assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/run/model"} in container["env"]
+    assert container["image"] == "registry.example.com/kubevae:1" and isvc["metadata"]["namespace"] == "team-a"
+    with pytest.raises(ValueError, match="InferenceService name"):
+        write_inferenceservice(DeployRequest(model_name="Bad_Name", model_dir="", model_uri="s3://b/m",
+                                             manifest_dir=""), tmp_path)

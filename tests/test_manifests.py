@@ -210,3 +210,19 @@ def test_mlflow_accepts_the_manifests_arguments_and_its_hosts_rule_keeps_foreign
         assert is_allowed_host_header(allowed, host), host
     for host in ("attacker.example.com", "kubevae-mlflow.evil.com:5000", "10.0.0.7:5000", ""):
         assert not is_allowed_host_header(allowed, host), host
+
+
+# -- the image ------------------------------------------------------------------------------
+def test_the_image_is_pinned_non_root_and_installs_what_make_install_does():
+    from components.k8s.security import RUN_AS_USER
+
+    dockerfile = (REPO / "Dockerfile").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    base = re.search(r"^ARG BASE_IMAGE=(\S+)$", dockerfile, re.M).group(1)
+    assert re.fullmatch(r"python:3\.11[\w.-]*@sha256:[0-9a-f]{64}", base)
+    assert re.search(r"^FROM \$\{BASE_IMAGE\}$", dockerfile, re.M)
+    assert re.search(rf"^USER {RUN_AS_USER}:{RUN_AS_USER}$", dockerfile, re.M), "pods run as this user"
+    assert "pip install -c constraints.txt ." in dockerfile
+    katib = re.search(r"pip install --quiet --no-deps (kubeflow-katib==\S+)", makefile).group(1)
+    assert f"pip install --no-deps {katib}" in dockerfile, "same katib step as the Makefile"
+    assert "[test]" not in dockerfile
