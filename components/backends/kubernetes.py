@@ -49,6 +49,7 @@ class KubernetesOptions:
     serve_resources: Resources = field(default_factory=lambda: Resources(cpu="1", memory="2Gi"))
     checkpoint_claim: str | None = None  # a ReadWriteMany PVC; None: an emptyDir per pod
     poll_s: float = 15.0
+    deploy_timeout_s: float = 30 * 60  # a revision that is not Ready by then is rolled back
 
 
 class KubernetesBackend:
@@ -140,7 +141,8 @@ class KubernetesBackend:
         isvc = self.inference_service(request, namespace)
         manifest = Path(request.manifest_dir) / "inferenceservice.yaml"
         atomic_write_text(manifest, yaml.safe_dump(to_dict(isvc), sort_keys=False))
-        kserve = launchers.InferenceServiceLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
+        waiting = self._waiting(request.cluster, min(request.cluster.timeout_seconds, self.options.deploy_timeout_s))
+        kserve = launchers.InferenceServiceLauncher(self.api, namespace, waiting, self.log)
         rollout = kserve.deploy(isvc, lambda url, model: self.smoke_test(url, model, request.model_dir),
                                 canary_percent=request.canary_percent)
         return DeployResult(endpoint=rollout.url, manifest_path=str(manifest), status=rollout.status,
@@ -169,9 +171,10 @@ class KubernetesBackend:
             self._api = launchers.connect()
         return self._api
 
-    def _waiting(self, cluster) -> launchers.Waiting:
+    def _waiting(self, cluster, timeout_s: float | None = None) -> launchers.Waiting:
         kwargs = {"clock": self._clock} if self._clock else {}
-        return launchers.Waiting(timeout_s=cluster.timeout_seconds, poll_s=self.options.poll_s, **kwargs)
+        return launchers.Waiting(timeout_s=timeout_s or cluster.timeout_seconds, poll_s=self.options.poll_s,
+                                 **kwargs)
 
     def _namespace(self, namespace: str) -> str:
         return namespace or launchers.current_namespace()
