@@ -226,3 +226,18 @@ def test_the_image_is_pinned_non_root_and_installs_what_make_install_does():
     katib = re.search(r"pip install --quiet --no-deps (kubeflow-katib==\S+)", makefile).group(1)
     assert f"pip install --no-deps {katib}" in dockerfile, "same katib step as the Makefile"
     assert "[test]" not in dockerfile
+
+
+@needs_kubectl
+def test_the_shared_checkpoints_component_adds_a_valid_rwx_claim(tmp_path):
+    import os
+
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "resources": [os.path.relpath(MANIFESTS / "overlays" / "standalone", tmp_path)],
+        "components": [os.path.relpath(MANIFESTS / "components" / "shared-checkpoints", tmp_path)]}))
+    done = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    claim = one([d for d in yaml.safe_load_all(done.stdout) if d], "PersistentVolumeClaim", "kubevae-checkpoints")
+    kubernetes_validate.validate(claim, KUBERNETES_VERSIONS[-1], strict=True)
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["metadata"]["namespace"] == "kubevae"
