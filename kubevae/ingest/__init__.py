@@ -135,13 +135,13 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
     orphans = pd.DataFrame(columns=["path"])
     if meta is not None:
         entries, quarantine, orphans = _match_metadata(meta, listing.entries, listing.ignored)
-    target = _target(source, entries, image_size, channels) if entries else None
+    target, prefetched = _target(source, entries, image_size, channels) if entries else (None, {})
 
     accepted: dict[str, list] = {"item_id": [], "source_uri": [], "sha256": [], "phash": []}
     scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.scratch-", dir=_parent(out_dir)))
     try:
-        images = _decode_all(source, entries, target, accepted, quarantine, scratch, kind,
-                             workers, batch_size) if entries else None
+        images = _decode_all(source, entries, target, prefetched, accepted, quarantine, scratch,
+                             kind, workers, batch_size) if entries else None
         report = IngestReport(
             source_uri=source.uri, out_dir=str(out_dir), seen=len(listing.entries),
             accepted=len(accepted["item_id"]), quarantined=len(quarantine),
@@ -202,27 +202,36 @@ def _q(entry: Entry, reason: str, detail: str) -> dict[str, str]:
     return {"item_id": entry.key, "source_uri": entry.uri, "reason": reason, "detail": detail}
 
 
-def _target(source: Source, entries: list[Entry], image_size, channels) -> Target:
-    sample = entries[:SAMPLE_FOR_SHAPE]
-    payloads = source.fetch([e.key for e in sample])
-    return infer_target(list(zip(payloads, [e.key for e in sample])), image_size, channels,
-                        where=f"--source {source.uri}")
+def _target(source: Source, entries: list[Entry], image_size, channels):
+    """The target shape, inferred from the first files; their payloads are kept so that the
+    main pass does not fetch them twice."""
+    sample = [e.key for e in entries[:SAMPLE_FOR_SHAPE]]
+    payloads = source.fetch(sample)
+    target = infer_target(list(zip(payloads, sample)), image_size, channels,
+                          where=f"--source {source.uri}")
+    return target, dict(zip(sample, payloads))
 
 
-def _work(source: Source, target: Target, keys: Sequence[str]) -> BatchResult:
-    """One task in a worker: fetch and decode a batch (module level, so processes can run it)."""
-    return decode_batch(source.fetch(keys), keys, target)
+def _work(source: Source, target: Target, task: tuple[list[str], dict]) -> BatchResult:
+    """One task in a worker: fetch (what was not fetched already) and decode a batch. Module
+    level, so that processes can run it."""
+    keys, prefetched = task
+    missing = [k for k in keys if k not in prefetched]
+    fetched = dict(zip(missing, source.fetch(missing))) if missing else {}
+    payloads = [prefetched[k] if k in prefetched else fetched[k] for k in keys]
+    return decode_batch(payloads, keys, target)
 
 
-def _decode_all(source: Source, entries: list[Entry], target: Target, accepted, quarantine,
-                scratch: Path, kind: str, workers: int, batch_size: int) -> np.ndarray:
+def _decode_all(source: Source, entries: list[Entry], target: Target, prefetched: dict, accepted,
+                quarantine, scratch: Path, kind: str, workers: int, batch_size: int) -> np.ndarray:
     images = np.lib.format.open_memmap(scratch / "images.npy", mode="w+", dtype=np.uint8,
                                        shape=(len(entries), *target.shape))
     batches = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
     if len(batches) == 1:
         workers = 1  # starting processes would cost more than the work
-    results = ordered_map(partial(_work, source, target), ([e.key for e in b] for b in batches),
-                          workers=workers, kind=kind)
+    tasks = (([e.key for e in b], {e.key: prefetched.pop(e.key) for e in b if e.key in prefetched})
+             for b in batches)
+    results = ordered_map(partial(_work, source, target), tasks, workers=workers, kind=kind)
     row = 0
     for batch, result in progress(zip(batches, results), desc=f"ingest ({batch_size} files/batch)",
                                   total=len(batches)):

@@ -79,8 +79,11 @@ class BatchResult:
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (position, reason, detail)
 
 
-def decode(data: bytes | np.ndarray, name: str) -> np.ndarray:
-    """File bytes (or an in-memory array) -> uint8 H x W x C with C in (1, 3). Raises Rejected."""
+def decode(data: "bytes | np.ndarray | Rejected", name: str) -> np.ndarray:
+    """File bytes (or an in-memory array) -> uint8 H x W x C with C in (1, 3). Raises Rejected,
+    also for a payload that is already a Rejected (a fetch that failed)."""
+    if isinstance(data, Rejected):
+        raise data
     if isinstance(data, np.ndarray):
         return _from_array(data)
     if len(data) == 0:
@@ -224,8 +227,6 @@ def decode_batch(payloads: Sequence[bytes | np.ndarray | Rejected], names: Seque
     images, result = [], BatchResult(images=np.zeros((0, *target.shape), np.uint8))
     for position, (payload, name) in enumerate(zip(payloads, names)):
         try:
-            if isinstance(payload, Rejected):
-                raise payload
             image = conform(decode(payload, name), target)
         except Rejected as r:
             result.rejected.append((position, r.reason, r.detail))
