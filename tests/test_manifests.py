@@ -233,7 +233,7 @@ def test_the_shared_checkpoints_component_adds_a_valid_rwx_claim(tmp_path):
     import os
 
     (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
-        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "kubevae",
         "resources": [os.path.relpath(MANIFESTS / "overlays" / "standalone", tmp_path)],
         "components": [os.path.relpath(MANIFESTS / "components" / "shared-checkpoints", tmp_path)]}))
     done = subprocess.run([KUBECTL, "kustomize", str(tmp_path)], capture_output=True, text=True, timeout=120)
