@@ -7,6 +7,9 @@
   new one; the model sees the same id in its request headers and puts it in the body.
 - Request-validation errors (FastAPI's 422, e.g. a V2 body that is not an inference request)
   become HTTP 400 with a short message that never echoes the input.
+- V2 infer bodies are JSON whatever their Content-Type, unless they use the binary tensor
+  extension (inference-header-content-length): those are checked here first, since kserve's
+  parser answers 500 to malformed ones.
 - One JSON log line per HTTP request (method, path, status, latency, request id, and op and
   item count for inferences); never any image data.
 """
@@ -31,13 +34,11 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from serving.codec import new_request_id
 
-REQUEST_ID_HEADER = "x-request-id"
 V2_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # The per-request log entry; the model adds op and items to it.
 REQUEST_LOG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "kubevae_request_log", default=None)
-log = logging.getLogger("kubevae.serving")
 access_log = logging.getLogger("kubevae.serving.access")
 
 
