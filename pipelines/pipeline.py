@@ -6,7 +6,7 @@ KServe) on a cluster, `local` (Optuna, torchrun, a loopback ModelServer) on a la
 """
 
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components.base import IMAGE
 from components.deploy import deploy
@@ -20,6 +20,13 @@ from components.train import train
 from components.tune import tune
 
 PIPELINE_NAME = "kubevae"
+# Every step pod reads the S3 credentials from this Secret and the endpoints from this ConfigMap
+# (manifests/base): credentials never travel as pipeline parameters. kfp.local ignores both.
+S3_SECRET = "kubevae-s3"
+SETTINGS_CONFIG_MAP = "kubevae-settings"
+SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+SETTINGS_KEYS = ("S3_ENDPOINT", "S3_USE_HTTPS", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL",
+                 "MLFLOW_TRACKING_URI")
 
 # name: (default, description). One table feeds the pipeline signature's docstring and the
 # tests that check every parameter is described.
@@ -49,6 +56,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "trial_workers": (1, "Processes per tuning trial."),
     "gpus_per_worker": (0, "GPUs per training process (nvidia.com/gpu); 0 trains on CPUs."),
     "iwae_k": (50, "Importance samples for the IWAE bound in evaluation."),
+    "metric_protocol": ("disentanglement_lib", "Disentanglement metric settings: disentanglement_lib (its sample counts and classifiers) or fast (smaller samples, a random-forest DCI)."),
     "gate_margin": (0.5, "Nats per image the candidate must beat the champion by to be promoted."),
     "model_name": ("kubevae-sprites", "Registered model name in MLflow and the InferenceService name."),
     "canary_percent": (10, "Traffic share of the canary when an InferenceService is updated."),
@@ -84,6 +92,7 @@ def _pipeline(
     trial_workers: int = PARAMETERS["trial_workers"][0],
     gpus_per_worker: int = PARAMETERS["gpus_per_worker"][0],
     iwae_k: int = PARAMETERS["iwae_k"][0],
+    metric_protocol: str = PARAMETERS["metric_protocol"][0],
     gate_margin: float = PARAMETERS["gate_margin"][0],
     model_name: str = PARAMETERS["model_name"][0],
     canary_percent: int = PARAMETERS["canary_percent"][0],
@@ -91,31 +100,44 @@ def _pipeline(
     image: str = PARAMETERS["image"][0],
     seed: int = PARAMETERS["seed"][0],
 ):
-    raw = ingest(source_uri=source_uri, image_size=image_size, max_bad_fraction=max_bad_fraction)
-    splits = split(dataset=raw.outputs["dataset"], train_fraction=train_fraction,
-                   val_fraction=val_fraction, test_fraction=test_fraction,
-                   group_column=group_column, previous_split=previous_split)
-    study = tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
+    raw = step(ingest(source_uri=source_uri, image_size=image_size,
+                      max_bad_fraction=max_bad_fraction), cache=False)
+    splits = step(split(dataset=raw.outputs["dataset"], train_fraction=train_fraction,
+                        val_fraction=val_fraction, test_fraction=test_fraction,
+                        group_column=group_column, previous_split=previous_split))
+    study = step(tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
                  objective_metric=objective_metric, beta_min=beta_min, beta_max=beta_max,
                  latent_dims=latent_dims, tune_lr=tune_lr, max_trials=max_trials,
                  parallel_trials=parallel_trials, max_failed_trials=max_failed_trials,
                  trial_epochs=trial_epochs, batch_size=batch_size, trial_workers=trial_workers,
-                 gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed)
-    trained = train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
+                 gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed))
+    trained = step(train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
                     backend=backend, epochs=epochs, batch_size=batch_size, workers=workers,
-                    gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed)
-    evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
-             best_params=study.outputs["best_params"], iwae_k=iwae_k, seed=seed)
-    decision = gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
-                    model_name=model_name, margin=gate_margin, seed=seed)
+                    gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed))
+    step(evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
+             best_params=study.outputs["best_params"], iwae_k=iwae_k,
+             metric_protocol=metric_protocol, seed=seed))
+    decision = step(gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
+                         model_name=model_name, margin=gate_margin, seed=seed), cache=False)
     # kfp.local resolves a condition only on a task's single "Output": gate returns one string.
     with dsl.If(decision.outputs["Output"] == "promoted", name="promoted"):
-        served = deploy(model=trained.outputs["model"], model_name=model_name, backend=backend,
-                        namespace=namespace, image=image, canary_percent=canary_percent)
-        smoke_test(endpoint=served.outputs["Output"], model=trained.outputs["model"],
-                   model_name=model_name, backend=backend)
+        served = step(deploy(model=trained.outputs["model"], model_name=model_name,
+                             backend=backend, namespace=namespace, image=image,
+                             canary_percent=canary_percent), cache=False)
+        step(smoke_test(endpoint=served.outputs["Output"], model=trained.outputs["model"],
+                        model_name=model_name, backend=backend), cache=False)
     with dsl.Else(name="not-promoted"):
-        keep_champion(decision_report=decision.outputs["decision_report"], model_name=model_name)
+        step(keep_champion(decision_report=decision.outputs["decision_report"],
+                           model_name=model_name), cache=False)
+
+
+def step(task, *, cache: bool = True):
+    """Wire a task to the cluster's storage settings; `cache=False` for steps with side effects
+    or changing inputs (a re-ingest must see new objects under the same source URI)."""
+    kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in SECRET_KEYS})
+    kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in SETTINGS_KEYS})
+    task.set_caching_options(cache)
+    return task
 
 
 # KFP reads each parameter's description from the docstring's Args section (the UI shows it).

@@ -9,14 +9,17 @@ PROFILES: dict[str, dict[str, Any]] = {
     "quick": {
         "source_uri": "builtin://sprites?n=4000&seed=0",
         "backend": "local",
+        "beta_min": 0.5,
+        "beta_max": 4.0,
         "latent_dims": [4, 8],
         "max_trials": 3,
         "parallel_trials": 1,
         "trial_epochs": 1,
-        "epochs": 3,
+        "epochs": 4,
         "batch_size": 64,
         "workers": 2,
         "iwae_k": 8,
+        "metric_protocol": "fast",
     },
     "full": {
         "source_uri": "builtin://sprites",

@@ -11,7 +11,9 @@ import pytest
 @pytest.fixture(scope="module")
 def spec(tmp_path_factory):
     path = compile_pipeline(tmp_path_factory.mktemp("compiled") / "pipeline.yaml")
-    return yaml.safe_load(path.read_text())
+    # The pipeline spec, then the Kubernetes platform spec (Secrets, ConfigMaps) as a 2nd document.
+    pipeline, platform = yaml.safe_load_all(path.read_text())
+    return {**pipeline, "platforms": platform["platforms"]}
 
 
 def test_every_parameter_has_a_default_and_a_description(spec):
@@ -70,3 +72,23 @@ def test_cron_is_converted_to_kfp_six_fields(given, expected):
 def test_bad_cron_names_the_flag():
     with pytest.raises(ValueError, match="--cron: expected 5 fields"):
         to_kfp_cron("* * *")
+
+
+def test_credentials_come_from_a_secret_never_from_parameters(spec):
+    for name in spec["root"]["inputDefinitions"]["parameters"]:
+        assert not any(word in name for word in ("secret", "password", "token", "access_key")), name
+    platform = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert set(platform) == set(spec["deploymentSpec"]["executors"])
+    for name, executor in platform.items():
+        secret_env = {e["secretKey"] for s in executor["secretAsEnv"] for e in s["keyToEnv"]}
+        assert secret_env == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, name
+        assert executor["secretAsEnv"][0]["secretName"] == "kubevae-s3"
+
+
+def test_steps_with_side_effects_are_never_cached(spec):
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    for name in ("ingest", "gate", "deploy", "smoke-test", "keep-champion"):
+        assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
+    assert tasks["train"]["cachingOptions"]["enableCache"] is True

@@ -160,7 +160,7 @@ class KubernetesBackend:
         """One V1 and one V2 request against the endpoint."""
         if self._smoke is not None:
             return self._smoke(endpoint, model_name)
-        from kubevae.client import smoke_test
+        from components.backends.smoke import smoke_test
 
         return smoke_test(endpoint, model_name)
 
