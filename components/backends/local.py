@@ -186,7 +186,7 @@ class _Process:
 
     def __enter__(self) -> "_Process":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "w", buffering=1)  # line-buffered: tail -f works
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
