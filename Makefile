@@ -5,7 +5,11 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/local
 
-.PHONY: install run test test-fast bench compile clean
+IMAGE ?= ghcr.io/kubevae/kubevae:0.1.0
+TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
+CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
+
+.PHONY: install run test bench compile manifests image image-cuda push clean
 
 install: $(STAMP)
 
@@ -29,9 +33,27 @@ test: install
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
+	$(BIN)/python benchmarks/dedup.py
+	$(BIN)/python benchmarks/serving.py
 
 compile: install
-	$(BIN)/kubevae pipeline compile --out kubevae_pipeline.yaml
+	KUBEVAE_IMAGE=$(IMAGE) $(BIN)/kubevae pipeline compile --out kubevae_pipeline.yaml
+
+# The Katib Experiment, PyTorchJob and InferenceService templates, generated from the same
+# builders the pipeline uses (a test fails when the committed YAML differs).
+manifests: install
+	$(BIN)/python -m components.k8s.render manifests/workloads
+
+# One image serves as the components' base image, the Katib trial and PyTorchJob image and the
+# KServe predictor. Needs a Docker engine (none runs on the development machines here).
+image:
+	docker build --build-arg TORCH_INDEX_URL=$(TORCH_INDEX_URL) -t $(IMAGE) .
+
+image-cuda:
+	docker build --build-arg TORCH_INDEX_URL=$(CUDA_TORCH_INDEX_URL) -t $(IMAGE)-cuda .
+
+push: image
+	docker push $(IMAGE)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
