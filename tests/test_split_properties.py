@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from kubevae.data.dataset import write_dataset
@@ -83,8 +83,14 @@ def test_no_group_exact_or_near_duplicate_spans_two_splits(params):
         data = write(Path(tmp) / "raw", frame)
         # A dataset this small may hold one group bigger than a split: allow it, as the
         # property must hold whatever the sizes.
-        report = split(data, Path(tmp) / "s", group_column="group_id", salt=salt,
-                       near_dup_threshold=threshold, max_group_fraction=1.0)
+        try:
+            report = split(data, Path(tmp) / "s", group_column="group_id", salt=salt,
+                           near_dup_threshold=threshold, max_group_fraction=1.0)
+        except ValueError as e:
+            # A handful of groups can all hash outside train: refused, and nothing published.
+            assert "no item landed in train" in str(e) and not (Path(tmp) / "s").exists()
+            assert frame.group_id.nunique() + frame.group_id.isna().sum() < 40
+            return
         assigned = table(Path(tmp) / "s")
     assert report.passed
     assert len(assigned) + report.excluded == len(frame)
@@ -106,7 +112,11 @@ def test_appending_20_percent_moves_no_existing_item(params):
         tmp = Path(tmp)
         kw = dict(group_column="group_id", salt=salt, near_dup_threshold=threshold,
                   max_group_fraction=1.0)
-        split(write(tmp / "v1", old), tmp / "s1", **kw)
+        try:
+            split(write(tmp / "v1", old), tmp / "s1", **kw)
+        except ValueError as e:  # a handful of groups, none in train: refused (see above)
+            assert "no item landed in train" in str(e)
+            reject()
         first = table(tmp / "s1").set_index("item_id")["split"]
         # With --previous-split: nothing moves, whatever the new items link to.
         report = split(write(tmp / "v2", both), tmp / "s2", previous_split=tmp / "s1", **kw)

@@ -18,15 +18,17 @@ Data sets of very similar images chain through near duplicates into one giant gr
 refuses a group larger than its smallest fraction and says so (lower the threshold: the built-in
 data sets carry a hint in their card, 0 for the sprites grid, 6 for the 8x8 digits).
 
-Near-duplicate search: multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012). The 64 bits are
-cut into m blocks; by the pigeonhole principle two hashes within distance r agree to within
-floor(r/m) bits on at least one block, so each block is a direct-address table probed with
-every bit pattern within that sub-radius. Candidates are verified with a popcount. Cost:
-O(m * n * V) probes, V = sum_{i<=floor(r/m)} C(64/m, i), plus O(m * n * V * n / 2^(64/m))
-candidates; m is chosen to minimize the sum, so for hashes spread over the space (block width
-~ log2 n) the cost is O(n * m * V), about linear in n (n = 100,000, r = 10: m = 4, V = 137).
-Worst case (all hashes within a few bits of each other) it degrades to all pairs, in bounded
-memory. Brute force is kept only as the tests' reference.
+Near-duplicate search: multi-index hashing (Norouzi, Punjani & Fleet, CVPR 2012). The 64 bits
+(in a fixed mixed order) are cut into m blocks; by the pigeonhole principle two hashes within
+distance r agree to within s = floor(r/m) bits on at least one block, so each block is a
+direct-address table probed with every bit pattern within s of the query's block. Candidates
+are verified with a popcount; each unordered pair is materialized once per block. Cost:
+O(m * n * V) probes, V = sum_{i<=s} C(64/m, i), plus O(m * n * V * n / 2^(64/m)) candidates;
+m is chosen to minimize the sum, so for hashes spread over the space (block width ~ log2 n) the
+cost is O(n * m * V), about linear in n (n = 100,000, r = 10: m = 4 blocks of 16 bits, V = 137;
+on 100,000 distinct texture images 75 million candidates, ~4 s on one core, against 5 * 10^9
+pairs for brute force). Worst case (all hashes within a few bits of each other) it degrades to
+all pairs, in bounded memory. Brute force is kept only as the tests' reference.
 """
 
 from __future__ import annotations
@@ -94,11 +96,12 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray
         return np.zeros((0, 2), np.int64), SearchPlan([HASH_BITS], 0, 1)
     start = time.monotonic()
     plan = plan_search(n, threshold)
+    mixed = _mix_bits(hashes)
     found = []
     shift = HASH_BITS
     for width in plan.blocks:
         shift -= width
-        keys = ((hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
+        keys = ((mixed >> np.uint64(shift)) & np.uint64((1 << width) - 1)).astype(np.int64)
         masks = _masks(width, plan.sub_radius)
         for pairs, checked in _probe_block(hashes, keys, width, masks, threshold):
             found.append(pairs)
@@ -112,6 +115,18 @@ def near_duplicate_pairs(hashes: np.ndarray, threshold: int) -> tuple[np.ndarray
     return pairs, plan
 
 
+# Neighbouring DCT coefficients are correlated, so contiguous blocks of phash bits are far from
+# uniform (crowded buckets). A fixed permutation (Hamming distance does not change) mixes them:
+# on 100,000 texture images it cut the candidates from 204 to 144 million.
+_BIT_ORDER = np.random.default_rng(20231).permutation(HASH_BITS)
+
+
+def _mix_bits(hashes: np.ndarray) -> np.ndarray:
+    bits = np.unpackbits(hashes.astype(">u8").view(np.uint8).reshape(-1, 8), axis=1)
+    packed = np.ascontiguousarray(np.packbits(bits[:, _BIT_ORDER], axis=1))
+    return packed.view(">u8").ravel().astype(np.uint64)
+
+
 def _masks(width: int, radius: int) -> np.ndarray:
     out = [0]
     for r in range(1, radius + 1):
@@ -120,32 +135,45 @@ def _masks(width: int, radius: int) -> np.ndarray:
 
 
 def _probe_block(hashes, keys, width, masks, threshold):
+    """Pairs within `threshold` among items whose keys differ by at most the masks' bits.
+
+    Works in the order of the keys (ranks), so that each bucket is a contiguous range. Every
+    unordered pair is materialized once per block: within a bucket only later ranks are taken,
+    across buckets only probes towards a larger key."""
     order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    sorted_hashes = hashes[order]
     counts = np.bincount(keys, minlength=1 << width)
-    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
-    n, v = len(keys), len(masks)
-    step = max(1, CANDIDATE_BUDGET // (4 * v))
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    others = masks[masks != 0]
+    n = len(keys)
+    step = max(1, CANDIDATE_BUDGET // (4 * (len(others) + 1)))
     q0 = 0
     while q0 < n:
         q1 = min(n, q0 + step)
-        probe = keys[q0:q1, None] ^ masks[None, :]
-        per_query = counts[probe].sum(axis=1)
-        # Shrink the query chunk when its buckets are crowded, to bound memory.
-        cut = int(np.searchsorted(np.cumsum(per_query), CANDIDATE_BUDGET, side="right"))
-        q1 = q0 + max(1, cut) if cut < q1 - q0 else q1
-        probe = probe[:q1 - q0].ravel()
-        c = counts[probe]
-        nz = np.flatnonzero(c)
-        c = c[nz]
-        total = int(c.sum())
+        key = sorted_keys[q0:q1]
+        rank = np.arange(q0, q1)
+        probe = key[:, None] ^ others[None, :]
+        c = np.where(probe > key[:, None], counts[probe], 0)
+        same = ends[key] - rank - 1
+        # Shrink the chunk when its buckets are crowded, to bound memory.
+        cut = int(np.searchsorted(np.cumsum(same + c.sum(axis=1)), CANDIDATE_BUDGET, side="right"))
+        if cut < q1 - q0:
+            q1 = q0 + max(1, cut)
+            key, rank, probe, c, same = key[:q1 - q0], rank[:q1 - q0], probe[:q1 - q0], c[:q1 - q0], same[:q1 - q0]
+        hit = np.flatnonzero(c)
+        query = np.concatenate([rank, rank[hit // len(others)]]) if len(others) else rank
+        first = np.concatenate([rank + 1, starts[probe.ravel()[hit]]]) if len(others) else rank + 1
+        count = np.concatenate([same, c.ravel()[hit]]) if len(others) else same
+        total = int(count.sum())
         if total:
-            query = np.repeat(q0 + nz // v, c)
-            first = np.repeat(starts[probe[nz]] - (np.cumsum(c) - c), c)
-            cand = order[first + np.arange(total)]
-            keep = cand > query
-            query, cand = query[keep], cand[keep]
-            close = np.bitwise_count(hashes[query] ^ hashes[cand]) <= threshold
-            yield np.stack([query[close], cand[close]], axis=1), total
+            offsets = np.cumsum(count) - count
+            a = np.repeat(query, count)
+            b = np.repeat(first - offsets, count) + np.arange(total)
+            close = np.bitwise_count(sorted_hashes[a] ^ sorted_hashes[b]) <= threshold
+            i, j = order[a[close]], order[b[close]]
+            yield np.stack([np.minimum(i, j), np.maximum(i, j)], axis=1), total
         q0 = q1
 
 
