@@ -18,6 +18,7 @@ is excluded (reported): any placement would put a newer item in train or an olde
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -77,14 +78,22 @@ def group_keys(labels: np.ndarray, keys: list[str]) -> dict[int, str]:
 
 
 def read_previous(path: str | Path, item_ids: pd.Series) -> pd.Series:
-    """item_id -> split from an earlier assignments.csv (or the split folder holding it)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / ASSIGNMENTS_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"--previous-split {path}: file not found (expected an "
-                                f"{ASSIGNMENTS_FILE} or a split folder holding one)")
-    frame = pd.read_csv(path, dtype={"item_id": str, "split": str})
+    """item_id -> split from an earlier assignments.csv (or the split folder holding it), a
+    local path or an s3:// / minio:// URI (S3 settings from the environment, as for ingest)."""
+    text = str(path)
+    if text.split("://", 1)[0].lower() in ("s3", "minio"):  # an artifact in a bucket
+        from kubevae.ingest.sources import read_uri
+
+        path = text + ASSIGNMENTS_FILE if text.endswith("/") else text
+        frame = pd.read_csv(io.BytesIO(read_uri(path)[0]), dtype={"item_id": str, "split": str})
+    else:
+        path = Path(path)
+        if path.is_dir():
+            path = path / ASSIGNMENTS_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"--previous-split {path}: file not found (expected an "
+                                    f"{ASSIGNMENTS_FILE} or a split folder holding one)")
+        frame = pd.read_csv(path, dtype={"item_id": str, "split": str})
     missing = [c for c in ("item_id", "split") if c not in frame.columns]
     if missing:
         raise ValueError(f"--previous-split {path}: missing column(s) {missing}; found {list(frame.columns)}")

@@ -36,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-cutoff", action="append", default=None,
                    help="train < first cutoff <= val (< second cutoff <= test); repeat for two")
     p.add_argument("--previous-split", default=None,
-                   help="an earlier assignments.csv (or its split folder): pins every item it names")
+                   help="an earlier assignments.csv (or its split folder; a path or an s3:// "
+                        "URI): pins every item it names")
     p.add_argument("--near-dup-threshold", type=int, default=None,
                    help=f"phash Hamming distance (bits of 64) for near duplicates; default: the "
                         f"dataset card's hint, else {DEFAULT_NEAR_DUP_THRESHOLD}")
@@ -47,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    from kubevae.ingest.sources import SourceError
     from kubevae.split import LeakageError, split
 
     try:
@@ -57,7 +59,7 @@ def run(a: argparse.Namespace) -> int:
     except LeakageError as e:
         print(f"kubevae split: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError, SourceError) as e:
         print(f"kubevae split: error: {e}", file=sys.stderr)
         return 2
     print(report.summary(), flush=True)
