@@ -220,7 +220,9 @@ def train_image_missing(tmp: Path, s3: S3) -> Outcome:
 
 # -- deploy -------------------------------------------------------------------------------
 SERVICE_URL = f"http://kubevae.{NAMESPACE}.svc.cluster.local"
-CANARY_URL = f"http://latest-kubevae-predictor.{NAMESPACE}.example.com"
+CANARY_URL = f"http://latest-kubevae-predictor.{NAMESPACE}.example.com"  # the tag's status URL
+# What the smoke test calls from inside the cluster: Knative's cluster-local Service of the tag.
+CANARY_CLUSTER_URL = f"http://latest-kubevae-predictor.{NAMESPACE}.svc.cluster.local"
 
 
 def deploy_request(tmp: Path) -> DeployRequest:

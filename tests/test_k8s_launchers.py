@@ -17,7 +17,7 @@ from components.k8s import entrypoint, objectstore
 from components.k8s.launchers import ResourceFailed, ResourceTimeout
 from components.k8s.security import pod_security_violations
 from k8s_checks import custom_resource_errors, pod_templates
-from k8s_scenarios import (BUCKET, CANARY_URL, EXPERIMENT_NAME, IMAGE, JOB_NAME, MODEL_URI, NAMESPACE,
+from k8s_scenarios import (BUCKET, CANARY_CLUSTER_URL, EXPERIMENT_NAME, IMAGE, JOB_NAME, MODEL_URI, NAMESPACE,
                            SERVICE_URL, TIMEOUT_S, deploy_canary_promoted, deploy_canary_revision_fails,
                            deploy_canary_rolled_back, deploy_create_smoke_fails, deploy_creates, s3,  # noqa: F401
                            train_fails, train_image_missing, train_succeeds, train_times_out, tune_fails,
@@ -225,7 +225,7 @@ def test_update_goes_through_a_canary_that_is_promoted(tmp_path):
     assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
     assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/run-1/train/model"} in \
         stored["spec"]["predictor"]["containers"][0]["env"]
-    assert out.smoke_urls == [CANARY_URL]  # the new revision alone, by its tag
+    assert out.smoke_urls == [CANARY_CLUSTER_URL]  # the new revision alone, by its tag
     assert (out.result.status, out.result.endpoint) == ("promoted", SERVICE_URL)
     assert "create" not in verbs(out, "inferenceservices")
 

@@ -123,3 +123,28 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     a, b = _weights(tmp_path / "straight"), _weights(out)
     for name in a:
         assert torch.equal(a[name], b[name]), name
+
+
+def test_torchrun_resumes_every_rank_from_rank_zeros_checkpoint(tmp_path):
+    """Rank 0 alone reads the checkpoint and hands it to the others (on a cluster the other
+    pods may not see its disk); all ranks then continue exactly like one process would."""
+    ckpt = tmp_path / "shared.ckpt"
+    first = [*TINY, "--no-tracking", "--checkpoint-dir", str(ckpt)]
+    _run(*first, "--epochs", "1", "--out", str(tmp_path / "epoch1"))
+    for name in ("one", "two"):  # both continue from the same epoch-1 checkpoint
+        copy = tmp_path / f"{name}.ckpt"
+        copy.mkdir()
+        for f in ckpt.iterdir():
+            (copy / f.name).write_bytes(f.read_bytes())
+    resumed = [*TINY, "--no-tracking", "--epochs", "2", "--resume", "auto"]
+    _run(*resumed, "--checkpoint-dir", str(tmp_path / "one.ckpt"), "--out", str(tmp_path / "one"))
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "kubevae", "train", *resumed, "--checkpoint-dir", str(tmp_path / "two.ckpt"),
+         "--out", str(tmp_path / "two")],
+        capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("resumed from") == 1  # rank 0 read it; rank 1 received it
+    a, b = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name

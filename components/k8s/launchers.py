@@ -21,6 +21,7 @@ resource's own reason, message and where to look.
 from __future__ import annotations
 
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -498,10 +499,18 @@ def service_url(obj: dict) -> str:
 
 
 def canary_url(obj: dict) -> str:
-    """The URL of the newest revision alone (tag routing's `latest` tag), else the service's."""
+    """The newest revision alone (tag routing's `latest` tag), addressed in-cluster.
+
+    Its status URL (latest-NAME-predictor.NS.example.com) is the external domain, which usually
+    does not resolve inside a pod; Knative also makes a cluster-local Service per tag, named
+    like the URL's first label."""
     predictor = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
+    namespace = (obj.get("metadata") or {}).get("namespace")
     for target in predictor.get("traffic") or []:
         if target.get("tag") == "latest" and target.get("url"):
+            host = urllib.parse.urlsplit(target["url"]).hostname or ""
+            if namespace and host:
+                return f"http://{host.split('.')[0]}.{namespace}.svc.cluster.local"
             return target["url"]
     return service_url(obj)
 

@@ -52,15 +52,14 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
     on_cuda = dist.device.type == "cuda"
     if on_cuda:
         vae = vae.to(memory_format=torch.channels_last)
-    model = DistributedDataParallel(vae, device_ids=[dist.device] if on_cuda else None) \
-        if dist.enabled else vae
-
     plan = StepPlan.make(cfg, len(data.train), dist.world_size)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_lr_steps, plan.total_steps))
     objective = Objective(cfg.objective)
     ckpt_dir = Path(cfg.checkpoint_dir or f"{cfg.out}.ckpt")
     step, history = resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist)
+    model = DistributedDataParallel(vae, device_ids=[dist.device] if on_cuda else None) \
+        if dist.enabled else vae
 
     images = data.train.to(dist.device) if on_cuda else data.train
     sampler = DistributedSampler(range(len(images)), num_replicas=dist.world_size, rank=dist.rank,
@@ -221,16 +220,22 @@ def save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, histo
 
 
 def resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist) -> tuple[int, list[dict[str, Any]]]:
+    """Restore the newest valid checkpoint. Only rank 0 reads it (it alone writes them, and
+    other pods may not see its disk); the others receive the same state from it, so every
+    process resumes at the same step instead of waiting for each other forever."""
     if cfg.resume in (None, "never"):
         return 0, []
-    if cfg.resume == "auto":
-        found = checkpoint.load_latest(ckpt_dir, map_location=dist.device)
-        if found is None:
-            return 0, []
-        state, path = found
-    else:
-        path = Path(cfg.resume)
-        state = checkpoint.load(path, map_location=dist.device)
+    found = None
+    if dist.is_main:
+        found = checkpoint.load_latest(ckpt_dir, map_location="cpu") if cfg.resume == "auto" \
+            else (checkpoint.load(cfg.resume, map_location="cpu"), Path(cfg.resume))
+    if dist.enabled:
+        shared = [found]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        found = shared[0]
+    if found is None:
+        return 0, []
+    state, path = found
     vae.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
