@@ -27,6 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         _fsync_file(tmp_path)
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; outputs are meant to be read by others
         os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
@@ -55,6 +56,7 @@ def atomic_dir(path: str | os.PathLike, *, overwrite: bool = True) -> Iterator[P
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
         if path.exists():
             # Move the old one aside first so that `path` is never half old, half new.
             old = path.with_name(f".{path.name}.old-{os.getpid()}")

@@ -21,13 +21,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="which split of a split folder to evaluate on")
     p.add_argument("--iwae-k", type=int, default=50, help="importance samples for the IWAE bound")
+    p.add_argument("--metric-protocol", choices=["disentanglement_lib", "fast"],
+                   default="disentanglement_lib",
+                   help="disentanglement metric settings: disentanglement_lib's sample counts and "
+                        "classifiers, or fast (a random-forest DCI: minutes less on a CPU)")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--seed", type=int, default=0)
 
 
 def run(a: argparse.Namespace) -> int:
     from kubevae.evaluation.full import evaluate_model
+    from kubevae.training.distributed import pick_device
 
-    metrics = evaluate_model(a.model, a.data, a.out, split=a.split, iwae_k=a.iwae_k, seed=a.seed)
+    metrics = evaluate_model(a.model, a.data, a.out, split=a.split, iwae_k=a.iwae_k, seed=a.seed,
+                             protocol=a.metric_protocol, device=str(pick_device(a.device)))
     scalars = {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
     print(json.dumps(scalars, indent=2, sort_keys=True))
     return 0
