@@ -13,7 +13,7 @@ TINY = {
     "source_uri": "builtin://sprites?n=600&seed=3",
     "backend": "local",
     "latent_dims": [2, 3],
-    "max_trials": 2,
+    "max_trials": 1,
     "parallel_trials": 1,
     "trial_epochs": 1,
     "epochs": 1,
