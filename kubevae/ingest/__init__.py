@@ -4,8 +4,9 @@
                     image_size=64, max_bad_fraction=0.01)
 
 Every candidate file (an image extension) is fetched, decoded, validated and hashed in parallel
-(kubevae.ingest.decode); the accepted pixels stream into a memory-mapped scratch array, so memory
-holds one batch per worker plus the output array's pages, never a second copy. Each rejected file
+(kubevae.ingest.decode), a bounded number of batches in flight; the accepted pixels are appended
+to a scratch file and copied into the dataset's shards in chunks, so memory holds a few batches,
+never the dataset (the page cache holds the file). Each rejected file
 goes to quarantine.csv with its reason. Counts reconcile (seen = accepted + quarantined) and are
 written to the dataset card (card.json, card.md). The step fails only when the quarantined
 fraction exceeds `max_bad_fraction` (then nothing is published at `out_dir`; the quarantine list
@@ -27,13 +28,13 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from kubevae.data.dataset import Dataset, render_card, write_dataset
+from kubevae.data.dataset import INFO_FILE, SHARD_ITEMS, render_card, write_dataset
 from kubevae.ingest.decode import REASONS, BatchResult, Target, decode_batch, infer_target, phash_hex
 from kubevae.ingest.metadata import Metadata, load_metadata
 from kubevae.ingest.parallel import ordered_map
 from kubevae.ingest.sources import Entry, Source, SourceError, open_source
 from kubevae.progress import progress
-from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text
+from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text, read_json
 
 __all__ = ["IngestError", "IngestReport", "SourceError", "ingest"]
 
@@ -41,7 +42,6 @@ QUARANTINE_FILE = "quarantine.csv"
 ORPHANS_FILE = "metadata_orphans.csv"
 CARD_JSON = "card.json"
 SAMPLE_FOR_SHAPE = 64
-COPY_CHUNK = 8192
 
 
 class IngestError(RuntimeError):
@@ -157,11 +157,9 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
         manifest, factor_names, factor_sizes = _manifest(accepted, builtin, meta)
         card = _card(report, source, builtin, license, name, target, factor_names)
         with atomic_dir(out_dir) as tmp:
-            kept = images[:report.accepted]
-            chunks = (kept[i:i + COPY_CHUNK] for i in range(0, report.accepted, COPY_CHUNK))
-            write_dataset(tmp, chunks, manifest, factor_names=factor_names,
+            write_dataset(tmp, _read_chunks(images, report.accepted, target.shape), manifest, factor_names=factor_names,
                           factor_sizes=factor_sizes, card=card, image_shape=target.shape)
-            info = Dataset.open(tmp).info
+            info = read_json(tmp / INFO_FILE)
             report.content_sha256 = info["content_sha256"]
             _write_quarantine(tmp / QUARANTINE_FILE, quarantine)
             if meta is not None:
@@ -223,29 +221,38 @@ def _work(source: Source, target: Target, task: tuple[list[str], dict]) -> Batch
 
 
 def _decode_all(source: Source, entries: list[Entry], target: Target, prefetched: dict, accepted,
-                quarantine, scratch: Path, kind: str, workers: int, batch_size: int) -> np.ndarray:
-    images = np.lib.format.open_memmap(scratch / "images.npy", mode="w+", dtype=np.uint8,
-                                       shape=(len(entries), *target.shape))
+                quarantine, scratch: Path, kind: str, workers: int, batch_size: int) -> Path:
+    """Decode everything; accepted pixels are appended to a raw scratch file (written, not
+    memory-mapped, so that they sit in the page cache and not in this process's memory)."""
+    raw = scratch / "images.u8"
     batches = [entries[i:i + batch_size] for i in range(0, len(entries), batch_size)]
     if len(batches) == 1:
         workers = 1  # starting processes would cost more than the work
     tasks = (([e.key for e in b], {e.key: prefetched.pop(e.key) for e in b if e.key in prefetched})
              for b in batches)
     results = ordered_map(partial(_work, source, target), tasks, workers=workers, kind=kind)
-    row = 0
-    for batch, result in progress(zip(batches, results), desc=f"ingest ({batch_size} files/batch)",
-                                  total=len(batches)):
-        n = len(result.accepted)
-        images[row:row + n] = result.images
-        row += n
-        for position, sha, value in zip(result.accepted, result.sha256, phash_hex(result.phash)):
-            accepted["item_id"].append(batch[position].key)
-            accepted["source_uri"].append(batch[position].uri)
-            accepted["sha256"].append(sha)
-            accepted["phash"].append(value)
-        quarantine.extend(_q(batch[p], reason, detail) for p, reason, detail in result.rejected)
-    images.flush()
-    return images
+    with open(raw, "wb") as out:
+        for batch, result in progress(zip(batches, results), total=len(batches),
+                                      desc=f"ingest ({batch_size} files/batch)"):
+            out.write(np.ascontiguousarray(result.images).tobytes())
+            for position, sha, value in zip(result.accepted, result.sha256, phash_hex(result.phash)):
+                accepted["item_id"].append(batch[position].key)
+                accepted["source_uri"].append(batch[position].uri)
+                accepted["sha256"].append(sha)
+                accepted["phash"].append(value)
+            quarantine.extend(_q(batch[p], reason, detail) for p, reason, detail in result.rejected)
+    return raw
+
+
+def _read_chunks(raw: Path, count: int, shape: tuple[int, int, int]):
+    """The accepted images back from the scratch file, as read-only memory-mapped views of one
+    shard each (so that a dataset of up to SHARD_ITEMS images is one shard, and the pages are
+    the page cache's, not this process's)."""
+    if count == 0:
+        return
+    images = np.memmap(raw, dtype=np.uint8, mode="r", shape=(count, *shape))
+    for start in range(0, count, SHARD_ITEMS):
+        yield images[start:start + SHARD_ITEMS]
 
 
 def _check_bad_fraction(report: IngestReport, quarantine, out_dir: Path) -> None:

@@ -4,8 +4,8 @@ Examples:
   kubevae ingest --source builtin://sprites?n=20000 --out runs/raw
   kubevae ingest --source builtin://digits --image-size 32 --out runs/digits
   kubevae ingest --source ./photos --metadata ./photos.csv --image-size 64 --out runs/raw
-  S3_ENDPOINT=http://minio:9000 AWS_ACCESS_KEY_ID=... AWS_SECRET_ACCESS_KEY=... \
-    kubevae ingest --source s3://bucket/faces --metadata s3://bucket/faces.csv --out runs/raw
+  kubevae ingest --source s3://bucket/faces --metadata s3://bucket/faces.csv --out runs/raw
+      (with S3_ENDPOINT, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment)
 
 Accepts PNG, JPEG, BMP and NPY files. Each file that cannot be used goes to OUT/quarantine.csv
 with its reason (zero_byte, undecodable, truncated, wrong_mode, wrong_channels, wrong_size,
@@ -34,9 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "group_id, timestamp, label, factor_<name>, other columns")
     p.add_argument("--path-column", default="path", help="the metadata column holding the path")
     p.add_argument("--image-size", type=int, choices=[28, 32, 64], default=None,
-                   help="resize every image to this square size (default: keep; sizes must match)")
+                   help="resize every image to this square size (unset: keep; every image must match)")
     p.add_argument("--channels", type=int, choices=[1, 3], default=None,
-                   help="convert every image to this many channels (default: keep; must match)")
+                   help="convert every image to this many channels (unset: keep; every image must match)")
     p.add_argument("--max-bad-fraction", type=float, default=0.01,
                    help="fail when more than this fraction of the files is quarantined")
     p.add_argument("--workers", type=int, default=2, help="parallel decoding workers")

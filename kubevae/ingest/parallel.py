@@ -42,6 +42,8 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int, kind:
 def _executor(kind: str, workers: int) -> Executor:
     if kind == "thread":
         return ThreadPoolExecutor(workers, thread_name_prefix="kubevae-ingest")
-    # forkserver: children start from a clean process, not a fork of one that may hold threads
-    # (an HTTP server in a test, tqdm's monitor) and their locks.
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
+    # fork (as torch's DataLoader does on Linux): workers start at once and need no importable
+    # __main__ (spawn and forkserver re-run a script that lacks an `if __name__ == "__main__"`
+    # guard). The work they run touches no lock or thread of the parent.
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))

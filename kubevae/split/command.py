@@ -39,11 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="an earlier assignments.csv (or its split folder; a path or an s3:// "
                         "URI): pins every item it names")
     p.add_argument("--near-dup-threshold", type=int, default=None,
-                   help=f"phash Hamming distance (bits of 64) for near duplicates; default: the "
-                        f"dataset card's hint, else {DEFAULT_NEAR_DUP_THRESHOLD}")
+                   help=f"phash Hamming distance (bits of 64) for near duplicates (unset: the "
+                        f"dataset card's hint, else {DEFAULT_NEAR_DUP_THRESHOLD})")
     p.add_argument("--max-group-fraction", type=float, default=None,
                    help="fail when one group holds more than this fraction of the items "
-                        "(default: the smallest split fraction)")
+                        "(unset: the smallest split fraction)")
     p.add_argument("--salt", default=DEFAULT_SALT, help="salt of the group-key hash (changes every split)")
 
 
