@@ -3,14 +3,14 @@
     nice -n 10 .venv/bin/python benchmarks/dedup.py            # goal: <= 60 s, peak memory
     .venv/bin/python benchmarks/dedup.py --n 20000 --compare 5000   # a quicker look
 
-The images are natural-ish RGB PNGs (kubevae.ingest.synthetic.textures: smooth random colour
-fields with discs, all distinct), 2% of them planted near duplicates of others (JPEG quality 90
+The images are natural-ish RGB PNGs (kubevae.ingest.synthetic.textures: random plane waves
+and discs, all distinct), 2% of them planted near duplicates of others (JPEG quality 90
 re-encode stored as .jpg, 1-pixel shift, +8 brightness, renamed exact copy). They are generated
 once into --cache (not timed). Timed, in a fresh process so that its peak memory is its own:
 `kubevae.ingest.ingest` of the folder (2 worker processes) and `group_items` (exact duplicates +
 multi-index-hashing near-duplicate search at the default threshold, union-find). Peak memory is
-sampled over the whole process tree (main + workers, RSS, every 50 ms); RSS counts the pages of
-the memory-mapped output array the step writes (N x 64 x 64 x 3 bytes).
+sampled over the whole process tree (main + workers, RSS, every 50 ms); it includes the file-backed pages of
+the shard being copied into the dataset (up to 65,536 x 64 x 64 x 3 bytes = 768 MiB).
 
 --compare N also ingests the first N files with 2 processes, 2 threads and 1 process, to show
 which executor suits decoding (ratios within the same run).
@@ -39,7 +39,7 @@ VARIANTS = ("jpeg", "shift", "bright", "copy")
 
 def generate(cache: Path, n: int, size: int, workers: int) -> Path:
     """n image files under cache/n{n}-s{size}/ (idempotent): distinct textures + planted copies."""
-    root = cache / f"n{n}-s{size}"
+    root = cache / f"n{n}-s{size}-v2"  # v2: six waves and three discs per texture
     done = root / "DONE.json"
     if done.is_file():
         return root
@@ -137,7 +137,6 @@ def measure(folder: Path, out: Path, workers: int, executor: str) -> dict:
     """The timed part: ingest + grouping (run in a fresh process by main())."""
     import pandas as pd
 
-    from kubevae.data.dataset import Dataset
     from kubevae.ingest import ingest
     from kubevae.split.grouping import DEFAULT_NEAR_DUP_THRESHOLD, group_items
 
@@ -145,7 +144,7 @@ def measure(folder: Path, out: Path, workers: int, executor: str) -> dict:
         start = time.monotonic()
         report = ingest(str(folder), out, workers=workers, executor=executor, max_bad_fraction=0.0)
         ingested = time.monotonic()
-        manifest = Dataset.open(out).manifest
+        manifest = pd.read_parquet(out / "manifest.parquet")  # (Dataset.open would load the pixels)
         grouping = group_items(manifest, group_column=None, threshold=DEFAULT_NEAR_DUP_THRESHOLD)
         grouped = time.monotonic()
     result = {"images": report.accepted, "ingest_s": round(ingested - start, 2),

@@ -32,7 +32,9 @@ def scenes(size: int = 64, rows: int = 2, cols: int = 3) -> np.ndarray:
 
 
 def textures(n: int, size: int = 64, seed: int = 0, chunk: int = 2048) -> np.ndarray:
-    """n distinct smooth colour images: a random low-frequency field plus two random discs."""
+    """n distinct colour images: six random plane waves (up to 5 cycles, any direction) plus
+    three random discs. Varied enough that their perceptual hashes rarely meet by chance (at
+    100,000 images, no chain of near duplicates joins many of them)."""
     rng = np.random.default_rng(seed)
     grid = (np.arange(size, dtype=np.float32) + 0.5) / size
     y, x = grid[:, None], grid[None, :]
@@ -40,12 +42,12 @@ def textures(n: int, size: int = 64, seed: int = 0, chunk: int = 2048) -> np.nda
     for start in range(0, n, chunk):
         k = min(chunk, n - start)
         field = np.zeros((k, size, size, 3), np.float32)
-        for _ in range(4):
-            fx, fy = rng.uniform(0.5, 3.0, (2, k, 1, 1)).astype(np.float32)
+        for _ in range(6):
+            fx, fy = rng.uniform(-5.0, 5.0, (2, k, 1, 1)).astype(np.float32)
             phase = rng.uniform(0, 2 * np.pi, (k, 1, 1)).astype(np.float32)
             wave = np.sin(2 * np.pi * (fx * x + fy * y) + phase)
             field += wave[..., None] * rng.uniform(-60, 60, (k, 1, 1, 3)).astype(np.float32)
-        for _ in range(2):
+        for _ in range(3):
             cx, cy = rng.uniform(0.1, 0.9, (2, k, 1, 1)).astype(np.float32)
             radius = rng.uniform(0.08, 0.3, (k, 1, 1)).astype(np.float32)
             disc = ((x - cx) ** 2 + (y - cy) ** 2 < radius ** 2)
