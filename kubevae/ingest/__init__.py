@@ -234,7 +234,7 @@ def _decode_all(source: Source, entries: list[Entry], target: Target, prefetched
     with open(raw, "wb") as out:
         for batch, result in progress(zip(batches, results), total=len(batches),
                                       desc=f"ingest ({batch_size} files/batch)"):
-            out.write(np.ascontiguousarray(result.images).tobytes())
+            np.ascontiguousarray(result.images).tofile(out)
             for position, sha, value in zip(result.accepted, result.sha256, phash_hex(result.phash)):
                 accepted["item_id"].append(batch[position].key)
                 accepted["source_uri"].append(batch[position].uri)
@@ -245,14 +245,13 @@ def _decode_all(source: Source, entries: list[Entry], target: Target, prefetched
 
 
 def _read_chunks(raw: Path, count: int, shape: tuple[int, int, int]):
-    """The accepted images back from the scratch file, as read-only memory-mapped views of one
-    shard each (so that a dataset of up to SHARD_ITEMS images is one shard, and the pages are
-    the page cache's, not this process's)."""
-    if count == 0:
-        return
-    images = np.memmap(raw, dtype=np.uint8, mode="r", shape=(count, *shape))
+    """The accepted images back from the scratch file, one shard (SHARD_ITEMS images) at a time,
+    each a read-only memory map of its own part of the file: a dataset of up to SHARD_ITEMS
+    images is one shard, and at most one shard's pages are mapped at once."""
+    per_image = int(np.prod(shape))
     for start in range(0, count, SHARD_ITEMS):
-        yield images[start:start + SHARD_ITEMS]
+        n = min(SHARD_ITEMS, count - start)
+        yield np.memmap(raw, dtype=np.uint8, mode="r", offset=start * per_image, shape=(n, *shape))
 
 
 def _check_bad_fraction(report: IngestReport, quarantine, out_dir: Path) -> None:
