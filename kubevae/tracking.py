@@ -128,7 +128,7 @@ def start_run(run_name: str, *, experiment: str = "kubevae", require: bool = Fal
 
         uri = tracking_uri()
         check_reachable(uri)
-        mlflow.set_tracking_uri(uri)
+        set_uri_in_process(mlflow, uri)
         run = _open_run(mlflow, run_name, experiment, tags or {})
     except Exception as e:
         if require:
@@ -143,6 +143,18 @@ def start_run(run_name: str, *, experiment: str = "kubevae", require: bool = Fal
         status = "FINISHED"
     finally:
         tracker.call("end_run", mlflow.end_run, status=status)
+
+
+def set_uri_in_process(mlflow: Any, uri: str) -> None:
+    """Point this process's MLflow at `uri`. mlflow.set_tracking_uri also exports
+    MLFLOW_TRACKING_URI, which would pin every later run in this process (and its children) to
+    this store even after KUBEVAE_RUNS_DIR changes: keep the environment as the user set it."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def _open_run(mlflow: Any, run_name: str, experiment: str, tags: dict[str, Any]) -> Any:

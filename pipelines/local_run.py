@@ -22,8 +22,12 @@ from pipelines.pipeline import kubevae_pipeline
 def run_local(arguments: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("KUBEVAE_RUNS_DIR", "MLFLOW_PARENT_RUN_ID")}
-    os.environ["KUBEVAE_RUNS_DIR"] = str(run_dir)  # the steps' subprocesses inherit it
+    saved = {k: os.environ.get(k) for k in ("KUBEVAE_RUNS_DIR", "MLFLOW_PARENT_RUN_ID",
+                                            "MLFLOW_TRACKING_URI")}
+    # The steps run as subprocesses and inherit these: one store for the whole run (a
+    # tracking server when MLFLOW_TRACKING_URI is set, else SQLite in the run folder).
+    os.environ["KUBEVAE_RUNS_DIR"] = str(run_dir)
+    os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
     try:
         return _run(arguments, run_dir)
     finally:

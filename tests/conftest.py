@@ -14,10 +14,16 @@ torch.set_num_threads(1)
 
 @pytest.fixture(autouse=True)
 def isolated_runs(tmp_path, monkeypatch):
-    """Every test gets its own MLflow store and runs folder: nothing leaks between tests."""
+    """Every test gets its own MLflow store and runs folder: nothing leaks between tests.
+    (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so the whole environment is put
+    back afterwards, not only what the test set through monkeypatch.)"""
+    saved = dict(os.environ)
     monkeypatch.setenv("KUBEVAE_RUNS_DIR", str(tmp_path / "runs"))
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(var, raising=False)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def kubevae_cmd(*args: str) -> list[str]:

@@ -28,7 +28,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("pipeline")
+    # Module-scoped fixtures run before the per-test environment reset in conftest.
+    with pytest.MonkeyPatch.context() as env:
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID",
+                    "MLFLOW_EXPERIMENT_ID"):
+            env.delenv(var, raising=False)
+        yield tmp_path_factory.mktemp("pipeline")
 
 
 @pytest.fixture(scope="module")
