@@ -79,8 +79,7 @@ def evaluate_images(vae: VAE, images_uint8: torch.Tensor | np.ndarray, *, batch_
                     iwae_k: int = 0, seed: int = 0, device: str | torch.device = "cpu",
                     max_images: int | None = None) -> dict[str, Any]:
     """Mean bounds and quality over a set of uint8 N x H x W x C images (beta-independent)."""
-    images = torch.as_tensor(np.asarray(images_uint8)) if isinstance(images_uint8, np.ndarray) \
-        else images_uint8
+    images = images_uint8  # numpy (often a read-only memory map) or a tensor; sliced per batch
     if max_images is not None:
         images = images[:max_images]
     if len(images) == 0:
@@ -91,7 +90,7 @@ def evaluate_images(vae: VAE, images_uint8: torch.Tensor | np.ndarray, *, batch_
     sums = {"neg_elbo": 0.0, "recon": 0.0, "kl": 0.0, "psnr": 0.0, "iwae_nll": 0.0}
     mus, kl_dims = [], torch.zeros(vae.config.latent_dim, dtype=torch.float64)
     for start in range(0, len(images), batch_size):
-        x = VAE.to_unit(images[start:start + batch_size].to(device))
+        x = VAE.to_unit(_tensor(images[start:start + batch_size]).to(device))
         mu, logvar = vae.encode(x)
         eps = torch.randn(mu.shape, generator=generator).to(mu.device)
         recon, kl = elbo_terms(vae, x, eps)
@@ -113,3 +112,7 @@ def evaluate_images(vae: VAE, images_uint8: torch.Tensor | np.ndarray, *, batch_
     if iwae_k > 0:
         result["iwae_k"] = iwae_k
     return result
+
+
+def _tensor(batch: torch.Tensor | np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(batch)) if isinstance(batch, np.ndarray) else batch

@@ -48,7 +48,7 @@ def _from_folder(path: Path) -> TrainingData:
     train = splits["train"]
     if len(train) == 0:
         raise ValueError(f"{path}: the training split is empty")
-    images = torch.from_numpy(np.ascontiguousarray(train.images))
+    images = torch.from_numpy(np.array(train.images))  # into memory (shards are read-only maps)
     val = splits.get("val")
     stats_path = path / "stats.json"
     if stats_path.is_file():
@@ -56,7 +56,7 @@ def _from_folder(path: Path) -> TrainingData:
         mean, std = stats["mean"], stats["std"]
     else:
         mean, std = channel_stats(images)
-    return TrainingData(images, torch.from_numpy(np.ascontiguousarray(val.images)) if val else None,
+    return TrainingData(images, torch.from_numpy(np.array(val.images)) if val else None,
                         mean, std, {"data": str(path), "content_sha256": train.info.get("content_sha256")})
 
 
