@@ -11,7 +11,7 @@ Goals (2 CPU cores): p99 <= 15 ms for one encode at concurrency 1; throughput at
 The load generator (aiohttp) runs on the same cores as the server: read ratios, not absolutes.
 
   nice -n 10 .venv/bin/python benchmarks/serving.py [--model DIR] [--requests 400]
-      [--protocol v2|v1|grpc] [--batch-delay-ms 0] [--json out.json]
+      [--api v2|v1|v2-binary|grpc] [--images-per-request 1] [--batch-delay-ms 0] [--json out.json]
 """
 
 from __future__ import annotations
@@ -47,7 +47,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--requests", type=int, default=400, help="requests per (op, concurrency)")
     parser.add_argument("--endurance", type=int, default=10_000,
                         help="encode requests at concurrency 32 that must all succeed (0: skip)")
-    parser.add_argument("--protocol", default="v2", choices=["v1", "v2", "v2-binary", "grpc"],
+    # Not --protocol: importing kserve parses sys.argv, and kserve owns a --protocol flag.
+    parser.add_argument("--api", default="v2", choices=["v1", "v2", "v2-binary", "grpc"],
                         help="v2: JSON tensors; v2-binary: the binary tensor extension; grpc: raw contents")
     parser.add_argument("--images-per-request", type=int, default=1,
                         help="images in each request (the raw reference runs batches of "
@@ -185,16 +186,16 @@ def main() -> int:
                        "--batch-max-images", str(args.batch_max_images), "--log-level", "WARNING",
                        "--max-iwae-k", str(max(args.k, 16))]
         rows = []
-        print(f"protocol {args.protocol}, {args.images_per_request} image(s) of "
+        print(f"protocol {args.api}, {args.images_per_request} image(s) of "
               f"{list(images.shape[1:])} per request, torch threads {args.threads}, "
               f"batch delay {args.batch_delay_ms} ms, batch max {args.batch_max_images} images", flush=True)
-        with LocalServer(model_dir, grpc=args.protocol == "grpc", args=server_args) as server:
+        with LocalServer(model_dir, grpc=args.api == "grpc", args=server_args) as server:
             for op in OPS:
-                run_load(server, args.protocol, op, images, args.k, 50, 8)  # warm the path
+                run_load(server, args.api, op, images, args.k, 50, 8)  # warm the path
                 for c in CONCURRENCY:
                     total = args.requests if op == "encode" else max(64, args.requests // 4)
                     raw_before = (raw.seconds(op, c), raw.seconds(op, 32, 1))
-                    row = run_load(server, args.protocol, op, images, args.k, total, c)
+                    row = run_load(server, args.api, op, images, args.k, total, c)
                     raw_after = (raw.seconds(op, c), raw.seconds(op, 32, 1))
                     raw_same_s = (raw_before[0] + raw_after[0]) / 2
                     raw_32_s = (raw_before[1] + raw_after[1]) / 2
@@ -206,7 +207,7 @@ def main() -> int:
                                overhead_ratio=row["p50_ms"] / (raw.seconds(op, 1) * 1000))
                     rows.append(row)
                     print(format_row(row), flush=True)
-            endurance = run_load(server, args.protocol, "encode", images, args.k, args.endurance, 32) \
+            endurance = run_load(server, args.api, "encode", images, args.k, args.endurance, 32) \
                 if args.endurance else None
         if endurance:
             print(f"endurance: {endurance['requests']} encode requests at concurrency 32: "
