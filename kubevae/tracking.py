@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import urllib.request
 import warnings
 from pathlib import Path
@@ -40,7 +41,8 @@ def tracking_uri() -> str:
 def ui_command() -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
-        return f"mlflow ui --backend-store-uri {uri}"
+        mlflow_bin = Path(sys.executable).parent / "mlflow"  # the venv's, not one on PATH
+        return f"{mlflow_bin} ui --backend-store-uri {uri}"
     return f"open {uri}"
 
 
