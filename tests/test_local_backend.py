@@ -54,3 +54,16 @@ def test_backend_is_chosen_in_one_place():
     assert get_backend("local").name == "local"
     with pytest.raises(ValueError, match="backend: expected one of"):
         get_backend("docker")
+
+
+def test_study_report_shows_every_trial_and_the_objective_plot(tmp_path):
+    from dataclasses import asdict
+
+    from components.study import study_report
+
+    result = LocalBackend(command=synthetic).tune(_request(tmp_path, max_trials=4))
+    summary = {"best_params": result.best_params, "best_value": result.best_value,
+               "objective_metric": "val_neg_elbo", "trials": [asdict(t) for t in result.trials]}
+    html = study_report(summary)
+    assert html.count("<tr>") == 1 + 4
+    assert "data:image/png;base64," in html
