@@ -120,8 +120,11 @@ def parse_params(raw: Any, limits: Limits, spec: ModelSpec) -> tuple[str, dict[s
 
 def _integer(raw: Mapping, name: str, default: Any, low: int, high: int) -> int:
     value = raw.get(name, default)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)  # gRPC clients often send every parameter as a string
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())  # gRPC clients often send every parameter as a string
+        except ValueError:  # ("²".isdigit() is True, int("²") is not a number: try, don't test)
+            pass
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(f"parameters.{name}: expected an integer {low}..{high}, got {_short(value)}")
     return value

@@ -47,6 +47,13 @@ def http(server):
 
 
 # -- strategies -------------------------------------------------------------------------------
+def as_int(text: str) -> int:
+    try:
+        return int(text.strip())
+    except ValueError:
+        return -1
+
+
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
            | st.text(max_size=12))
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
@@ -55,7 +62,9 @@ ops = st.sampled_from(["encode", "reconstruct", "generate", "score", "traverse"]
 bad_op = st.text(max_size=10).filter(lambda s: s not in {"encode", "reconstruct", "generate", "score", "traverse"})
 bad_params = st.one_of(
     st.fixed_dictionaries({"op": bad_op}),
-    st.fixed_dictionaries({"op": st.just("score"), "k": st.integers(9, 10**9) | st.integers(-5, 0) | st.text(max_size=4)}),
+    st.fixed_dictionaries({"op": st.just("score"), "k": st.integers(9, 10**9) | st.integers(-5, 0)
+                           # numeric strings are accepted (gRPC clients send them): only bad ones
+                           | st.text(max_size=4).filter(lambda t: not 1 <= as_int(t) <= 8)}),
     st.fixed_dictionaries({"op": st.just("traverse"), "dim": st.integers(LATENT, 10**6) | st.integers(-9, -1)}),
     st.fixed_dictionaries({"op": st.just("traverse")}),  # dim missing
     st.fixed_dictionaries({"op": st.just("generate"), "n": st.integers(MAX_BATCH + 1, 10**6) | st.integers(-3, 0)}),

@@ -232,7 +232,8 @@ def test_parameters_defaults_strings_from_grpc_and_errors():
     for raw, message in [({"op": "score", "k": 33}, "1..32"), ({"op": "score", "k": True}, "parameters.k"),
                          ({"op": "traverse", "dim": 4}, "0..3"), ({"op": "generate", "n": 9}, "1..8"),
                          ({"op": "traverse", "dim": 0, "span": float("nan")}, "parameters.span"),
-                         ({"op": "encode", "seed": 1}, "unknown parameter"), ([], "JSON object")]:
+                         ({"op": "encode", "seed": 1}, "unknown parameter"), ([], "JSON object"),
+                         ({"op": "score", "k": "\u00b2"}, "parameters.k")]:  # isdigit, yet no int
         with pytest.raises(InvalidInput, match=message):
             parse_params(raw, limits, SPEC)
 
