@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -129,17 +127,11 @@ class LocalBackend:
     def smoke_test(self, endpoint: str, model_name: str, model_dir: str) -> dict[str, Any]:
         """Start the real ModelServer on loopback, send one V1 and one V2 request, stop it."""
         from components.backends.smoke import smoke_test
+        from serving.local import LocalServer
 
-        port = free_port()
-        command = [sys.executable, "-m", "kubevae", "serve", "--model", model_dir,
-                   "--http-port", str(port), "--grpc-port", str(free_port()), "--model-name", model_name]
         log = Path(model_dir).parent / f"serve-{model_name}.log"
-        with _Process(command, log) as proc:
-            url = f"http://127.0.0.1:{port}"
-            wait_until_ready(url, model_name, proc)
-            result = smoke_test(url, model_name)
-            proc.stop()
-        return result
+        with LocalServer(model_dir, model_name=model_name, log_path=log) as server:
+            return smoke_test(server.url, model_name)
 
 
 def train_command(args: list[str], workers: int) -> list[str]:
@@ -153,28 +145,6 @@ def _flags(params: dict[str, Any]) -> list[str]:
     from components.search_space import train_args
 
     return train_args(params)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until_ready(url: str, model_name: str, proc: "_Process", timeout: float = 120) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"`kubevae serve` exited with {proc.returncode}: {proc.tail()}")
-        try:
-            if httpx.get(f"{url}/v2/models/{model_name}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"`kubevae serve` was not ready at {url} after {timeout:.0f}s")
 
 
 class _Process:
@@ -201,9 +171,6 @@ class _Process:
                 print(line, end="", flush=True)
             yield line.rstrip()
         self.proc.wait()
-
-    def poll(self) -> int | None:
-        return self.proc.poll()
 
     @property
     def returncode(self) -> int | None:
