@@ -5,11 +5,12 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_DIR ?= runs/local
 
-IMAGE ?= ghcr.io/kubevae/kubevae:0.1.0
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' kubevae/__init__.py)
+IMAGE ?= ghcr.io/kubevae/kubevae:$(VERSION)
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
 
-.PHONY: install run test bench compile manifests image image-cuda push clean
+.PHONY: install lint run test bench compile manifests image image-cuda push clean
 
 install: $(STAMP)
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# compat mode: a .pth file puts the checkout on sys.path, so new packages import at once.
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]' --config-settings editable_mode=compat
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,lint]' --config-settings editable_mode=compat
 	# kubeflow-katib 0.19.0 pins protobuf<5, but kfp 2.17 and kserve 0.21 need protobuf 6.
 	# Its modules import and work on protobuf 6, so it goes in without its pins; everything
 	# it needs (kubernetes, grpcio, protobuf, six, urllib3, certifi) is already installed above.
@@ -27,6 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 # The whole pipeline, locally, on the built-in sprites data (quick profile).
 run: install
 	$(BIN)/kubevae pipeline run --local --profile quick --run-dir $(RUN_DIR)
+
+# The lint and type gate: ruff (pyflakes, bugbear, imports, pyupgrade, bandit rules) and mypy.
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 test: install
 	$(BIN)/python -m pytest -q

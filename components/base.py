@@ -13,8 +13,10 @@ import os
 
 from kfp import dsl
 
+from kubevae import __version__
+
 # The image the components, trials, training pods and predictor run. `make push` builds it;
 # set KUBEVAE_IMAGE when compiling to point the pipeline at your registry.
-IMAGE = os.environ.get("KUBEVAE_IMAGE", "ghcr.io/kubevae/kubevae:0.1.0")
+IMAGE = os.environ.get("KUBEVAE_IMAGE", f"ghcr.io/kubevae/kubevae:{__version__}")
 
 component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False)

@@ -1,7 +1,11 @@
 """kubevae: ingest images, split them without leakage, train, evaluate and serve beta-VAEs.
 
 Subcommands plug in through the "kubevae.commands" entry points (pyproject.toml), so this core
-package never imports the outer packages (pipelines, serving)."""
+package never imports the outer packages (pipelines, serving).
+
+One error policy for every subcommand: an error the user can fix (a bad flag, file or field;
+ValueError, OSError and their kin) is printed as `kubevae <cmd>: error: ...` with exit status 2,
+naming a parameter by the flag the user typed. KUBEVAE_TRACEBACK=1 shows the traceback instead."""
 
 from __future__ import annotations
 
@@ -9,9 +13,12 @@ import argparse
 import ast
 import importlib
 import importlib.util
+import os
 import sys
 from pathlib import Path
 from importlib.metadata import entry_points
+
+from kubevae.errors import ParameterError
 
 ORDER = ("ingest", "split", "train", "evaluate", "serve", "predict", "pipeline")
 
@@ -28,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # Only the chosen command's module is imported: `kubevae train` never loads kserve or kfp.
     chosen = argv[0] if argv and argv[0] in available else None
-    modules = {}
+    modules, parsers = {}, {}
     for name, target in available.items():
         if name == chosen:
             module = importlib.import_module(target)
@@ -37,10 +44,31 @@ def main(argv: list[str] | None = None) -> int:
             p = sub.add_parser(name, help=doc.splitlines()[0], description=doc,
                                formatter_class=HelpFormatter)
             module.add_arguments(p)
+            parsers[name] = p
         else:
             sub.add_parser(name, help=summary(name, target))
     args = parser.parse_args(argv)
-    return int(modules[args.command].run(args) or 0)
+    try:
+        return int(modules[args.command].run(args) or 0)
+    except (ParameterError, ValueError, OSError) as error:
+        if os.environ.get("KUBEVAE_TRACEBACK"):
+            raise
+        if isinstance(error, ParameterError):
+            error = error.spelled(flag_for(parsers[args.command], error.name))
+        print(f"kubevae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def flag_for(parser: argparse.ArgumentParser, field: str) -> str:
+    """The flag (e.g. --latent-dim) that sets a config field, searching sub-commands too."""
+    for action in parser._actions:  # argparse has no public accessor for its actions
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                if (flag := flag_for(sub, field)) != field:
+                    return flag
+        elif action.dest == field and action.option_strings:
+            return max(action.option_strings, key=len)
+    return field
 
 
 def summary(name: str, target: str) -> str:

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from kubevae.errors import require
+
 Likelihood = Literal["bernoulli", "gaussian_fixed", "gaussian_learned"]
 ObjectiveKind = Literal["beta", "capacity"]
 
@@ -121,12 +123,12 @@ class TrainConfig:
     experiment: str = "kubevae"
 
     def __post_init__(self) -> None:
-        _require(self.epochs >= 1, "--epochs", "a positive integer", self.epochs)
-        _require(self.batch_size >= 1, "--batch-size", "a positive integer", self.batch_size)
-        _require(self.lr > 0, "--lr", "a positive number", self.lr)
-        _require(self.checkpoint_every >= 1, "--checkpoint-every", "a positive integer",
+        _require(self.epochs >= 1, "epochs", "a positive integer", self.epochs)
+        _require(self.batch_size >= 1, "batch_size", "a positive integer", self.batch_size)
+        _require(self.lr > 0, "lr", "a positive number", self.lr)
+        _require(self.checkpoint_every >= 1, "checkpoint_every", "a positive integer",
                  self.checkpoint_every)
-        _require(self.resume in (None, "auto", "never") or bool(self.resume), "--resume",
+        _require(self.resume in (None, "auto", "never") or bool(self.resume), "resume",
                  "'auto' or a checkpoint path", self.resume)
 
 
@@ -151,6 +153,5 @@ def _from_dict(cls: type, d: dict[str, Any], source: str) -> Any:
     return cls(**d)
 
 
-def _require(ok: bool, name: str, expected: str, got: Any) -> None:
-    if not ok:
-        raise ValueError(f"{name}: expected {expected}, got {got!r}")
+# Field names, not flags: each caller reports them as its user spelled them (kubevae.errors).
+_require = require

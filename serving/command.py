@@ -13,7 +13,6 @@ score, traverse. See serving/codec.py for every parameter, input and output.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from serving.config import Limits, ServeConfig
 
@@ -58,10 +57,6 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 def run(args: argparse.Namespace) -> int:
     from serving.server import build  # kserve is imported only when serving
-    try:
-        model, server = build(config_from_args(args))
-    except (ValueError, FileNotFoundError) as error:  # a bad model folder or flag: say which
-        print(f"kubevae serve: {error}", file=sys.stderr)
-        return 2
+    model, server = build(config_from_args(args))  # a bad model folder or flag: kubevae.cli says which
     server.start([model])
     return 0

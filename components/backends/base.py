@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from components.base import IMAGE
 from components.search_space import SearchSpace
 
 
@@ -18,7 +19,7 @@ class ClusterSettings:
     """Where and how cluster resources run. Ignored by the local backend."""
 
     namespace: str = ""  # "" = the namespace this pod runs in
-    image: str = "ghcr.io/kubevae/kubevae:0.1.0"
+    image: str = IMAGE
     service_account: str = "kubevae-pipeline-runner"
     s3_secret: str = "kubevae-s3"  # a Secret holding the S3 credentials (never in parameters)
     storage_service_account: str = "kubevae-kserve-s3"

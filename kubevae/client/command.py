@@ -51,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             result = call(client, args)
         except (ServerError, ValueError, FileNotFoundError) as error:
-            print(f"kubevae predict: {error}", file=sys.stderr)
+            print(f"kubevae predict: error: {error}", file=sys.stderr)
             return 1
     names = [Path(p).name for p in args.images] or [f"item{i}" for i in range(len(next(iter(result.outputs.values()))))]
     for i, name in enumerate(names):
