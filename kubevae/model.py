@@ -9,24 +9,34 @@ metrics.json.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kubevae.config import (ModelConfig, ObjectiveConfig, model_config_from_dict,
                             objective_config_from_dict, to_dict)
-from kubevae.storage import atomic_dir, atomic_write_json, read_json
+from kubevae.storage import FILE_MODE, atomic_dir, atomic_write_json, read_json
 
 MODEL_FORMAT = "kubevae-model/1"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
 LOG_2PI = math.log(2 * math.pi)
+# What a model folder may ask for, checked before anything is built: the sizes stay far above
+# any model kubevae trains (the 64-px default has about 0.5 M parameters) and far below what
+# would exhaust a machine. Weights must be float32 and finite.
+LIMITS = {"latent_dim": (1, 4096), "fc_dim": (1, 16384), "conv_channels": (1, 2048),
+          "gaussian_sigma": (1e-6, 10.0), "logvar_min": (-50.0, 50.0), "logvar_max": (-50.0, 50.0)}
+MAX_PARAMETERS = 50_000_000
+WEIGHT_DTYPE = torch.float32
 
 
 def conv_plan(config: ModelConfig) -> tuple[tuple[int, ...], int]:
@@ -164,6 +174,7 @@ def save_model(out_dir: str | Path, vae: VAE, objective: ObjectiveConfig,
               "objective": to_dict(objective), **(extra or {})}
     with atomic_dir(out_dir) as tmp:
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": MODEL_FORMAT})
+        os.chmod(tmp / WEIGHTS_FILE, FILE_MODE)  # safetensors writes 0600; the others are 0644
         atomic_write_json(tmp / CONFIG_FILE, config)
         atomic_write_json(tmp / METRICS_FILE, metrics or {})
     return out_dir
@@ -177,32 +188,114 @@ def read_model_config(model_dir: str | Path) -> tuple[ModelConfig, ObjectiveConf
     for key in ("model", "objective"):
         if not isinstance(raw.get(key), dict):
             raise ValueError(f"{path}: field {key!r} is missing or not an object")
+    for key, cls in (("model", ModelConfig), ("objective", ObjectiveConfig)):
+        check_field_types(raw[key], cls, source=f"{path} field {key!r}")
+    check_model_limits(raw["model"], source=f"{path} field 'model'")
     return (model_config_from_dict(raw["model"], source=f"{path} field 'model'"),
             objective_config_from_dict(raw["objective"], source=f"{path} field 'objective'"), raw)
 
 
+def check_field_types(values: dict[str, Any], cls: type, *, source: str) -> None:
+    """Each field has the JSON type of its dataclass default: an integer (not a bool) for int
+    fields, a finite number for float fields, text for text, a list of those for tuples."""
+    for f in dataclasses.fields(cls):
+        if f.name not in values or f.default is dataclasses.MISSING:
+            continue
+        default, value = f.default, values[f.name]
+        if isinstance(default, tuple):
+            ok = isinstance(value, (list, tuple)) and len(value) > 0 and \
+                all(_is_type(v, type(default[0])) for v in value)
+            expected = f"a non-empty list of {_type_name(type(default[0]))}s"
+        else:
+            ok, expected = _is_type(value, type(default)), _type_name(type(default))
+        if not ok:
+            raise ValueError(f"{source}: {f.name!r} is {value!r}; expected {expected}")
+
+
+def _is_type(value: Any, kind: type) -> bool:
+    if kind is bool:
+        return isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, kind)
+
+
+def _type_name(kind: type) -> str:
+    return {int: "an integer", float: "a finite number", str: "text", bool: "true or false"}.get(
+        kind, kind.__name__)
+
+
+def check_model_limits(values: dict[str, Any], *, source: str) -> None:
+    """Ranges, and the parameter count (counted on the meta device: nothing is allocated)."""
+    for name, (low, high) in LIMITS.items():
+        if name not in values:
+            continue
+        for v in (values[name] if isinstance(values[name], (list, tuple)) else [values[name]]):
+            if not low <= v <= high:
+                raise ValueError(f"{source}: {name!r} is {values[name]!r}; expected values in "
+                                 f"[{low:g}, {high:g}]")
+    low, high = values.get("logvar_min", -10.0), values.get("logvar_max", 10.0)
+    if low >= high:
+        raise ValueError(f"{source}: logvar_min {low!r} must be below logvar_max {high!r}")
+    config = model_config_from_dict(values, source=source)
+    channels, _ = conv_plan(config)
+    if len(config.conv_channels) < len(channels):
+        raise ValueError(f"{source}: 'conv_channels' has {len(config.conv_channels)} value(s); "
+                         f"{config.image_size} px images need {len(channels)}")
+    with torch.device("meta"):
+        count = sum(p.numel() for p in VAE(config).parameters())
+    if count > MAX_PARAMETERS:
+        raise ValueError(f"{source}: the network it describes has {count:,} parameters; the "
+                         f"limit is {MAX_PARAMETERS:,}")
+
+
 def load_model(model_dir: str | Path, device: str | torch.device = "cpu") -> VAE:
-    """Build the VAE from config.json and load its safetensors weights, checking every shape."""
+    """Build the VAE from config.json and load its safetensors weights. Everything is checked
+    before it is used: config.json's types and ranges before the network is built, the weight
+    file's names, shapes and dtypes (its header) before a tensor is read, and the values
+    (finite) before they are loaded."""
     model_dir = Path(model_dir)
     config, _, _ = read_model_config(model_dir)
-    vae = VAE(config)
     weights_path = model_dir / WEIGHTS_FILE
     if not weights_path.is_file():
         raise FileNotFoundError(f"{weights_path}: weights file not found")
+    with torch.device("meta"):
+        expected = VAE(config).state_dict()
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            header = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype())
+                      for name in f.keys()}
+    except Exception as e:  # a malformed header, whatever safetensors raises for it
+        raise ValueError(f"{weights_path}: not a readable safetensors file ({type(e).__name__}: {e})") from None
+    check_state_dict(expected, {n: shape for n, (shape, _) in header.items()}, source=str(weights_path))
+    wrong = {n: d for n, (_, d) in header.items() if d != "F32"}
+    if wrong:
+        name, dtype = next(iter(sorted(wrong.items())))
+        raise ValueError(f"{weights_path}: tensor {name!r} is {dtype}; expected F32 (float32) "
+                         f"for every tensor ({len(wrong)} are not)")
     state = load_file(str(weights_path))
-    check_state_dict(vae, state, source=str(weights_path))
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"{weights_path}: tensor {name!r} has {bad} NaN/Inf value(s); "
+                             "expected finite weights")
+    vae = VAE(config)
     vae.load_state_dict(state)
     return vae.to(device).eval()
 
 
-def check_state_dict(vae: VAE, state: dict[str, torch.Tensor], *, source: str) -> None:
-    expected = vae.state_dict()
+def check_state_dict(expected: VAE | dict[str, Any], state: dict[str, Any], *, source: str) -> None:
+    """Names and shapes of `state` (tensors, or shapes) against a VAE or its state dict."""
+    expected = expected.state_dict() if isinstance(expected, nn.Module) else expected
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise ValueError(f"{source}: tensors do not match config.json: missing {missing}, "
                          f"unexpected {unexpected}")
     for name, tensor in expected.items():
-        if tuple(state[name].shape) != tuple(tensor.shape):
-            raise ValueError(f"{source}: tensor {name!r} has shape {tuple(state[name].shape)}, "
+        shape = tuple(getattr(state[name], "shape", state[name]))
+        if shape != tuple(tensor.shape):
+            raise ValueError(f"{source}: tensor {name!r} has shape {shape}, "
                              f"but config.json implies {tuple(tensor.shape)}")

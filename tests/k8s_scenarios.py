@@ -18,8 +18,8 @@ import pytest
 
 from components.backends.base import ClusterSettings, DeployRequest, TrainRequest, TuneRequest
 from components.backends.kubernetes import KubernetesBackend, KubernetesOptions
-from components.k8s import objectstore
 from components.search_space import default_search_space
+from kubevae import objectstore
 from k8s_fake import GONE, FakeCluster, failed, stamp, status_updates
 
 NAMESPACE = "team-a"
@@ -170,12 +170,15 @@ def _master_pod(cluster: FakeCluster, waiting: str | None = None) -> None:
 
 
 def _model_in_s3(s3: S3, uri: str) -> None:
-    """What the Master's entry point uploads when `kubevae train` succeeded."""
-    bucket, prefix = objectstore.parse_uri(uri)
-    client = s3.client()
-    for name, content in (("config.json", b'{"latent_dim": 10}'), ("model.safetensors", b"\0" * 64),
-                          ("metrics.json", json.dumps({"val_neg_elbo": 805.5, "epoch": 3}).encode())):
-        client.put_object(bucket, f"{prefix}/{name}", io.BytesIO(content), len(content))
+    """What the Master's entry point uploads when `kubevae train` succeeded (with its
+    completion marker, written last)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in (("config.json", b'{"latent_dim": 10}'), ("model.safetensors", b"\0" * 64),
+                              ("metrics.json", json.dumps({"val_neg_elbo": 805.5, "epoch": 3}).encode())):
+            (Path(tmp) / name).write_bytes(content)
+        objectstore.upload(s3.client(), tmp, uri)
 
 
 def train_succeeds(tmp: Path, s3: S3) -> Outcome:

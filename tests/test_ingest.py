@@ -17,7 +17,7 @@ from kubevae.data.dataset import Dataset, load_splits, pixel_sha256
 from kubevae.data import sprites
 from kubevae.ingest import IngestError, ingest
 from kubevae.ingest.decode import phash, phash_hex
-from kubevae.ingest.sources import S3Config
+from kubevae.objectstore import S3Config
 
 RNG = np.random.default_rng(0)
 

@@ -13,7 +13,8 @@ from datetime import datetime
 import pytest
 import yaml
 
-from components.k8s import entrypoint, objectstore
+from components.k8s import entrypoint
+from kubevae import objectstore
 from components.k8s.launchers import ResourceFailed, ResourceTimeout
 from components.k8s.security import pod_security_violations
 from k8s_checks import custom_resource_errors, pod_templates
@@ -261,7 +262,7 @@ def test_entrypoint_timestamps_lines_as_katib_reads_them_and_uploads_on_rank_0(t
     metrics = {m.group(1): float(m.group(2)) for m in KATIB_METRIC.finditer(rest)}
     assert metrics == {"epoch": 1, "step": 5, "val_neg_elbo": 812.3, "val_kl": 4.5}
     assert [o.object_name for o in s3.client().list_objects(BUCKET, "entrypoint/rank0/", recursive=True)] == \
-        ["entrypoint/rank0/metrics.json"]
+        ["entrypoint/rank0/.kubevae-complete.json", "entrypoint/rank0/metrics.json"]
 
 
 def test_entrypoint_passes_failures_through_and_workers_never_upload(tmp_path, s3):
@@ -284,7 +285,7 @@ def test_objectstore_round_trip_through_the_command_line(tmp_path, s3):
     env = {**s3.env, "PATH": "/usr/bin:/bin"}
     uri = f"minio://{BUCKET}/roundtrip/splits"
     for argv in (["upload", str(src), uri], ["download", uri, str(tmp_path / "copy")]):
-        done = subprocess.run([sys.executable, "-m", "components.k8s.objectstore", *argv], env=env,
+        done = subprocess.run([sys.executable, "-m", "kubevae.objectstore", *argv], env=env,
                               capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
     assert (tmp_path / "copy" / "train" / "images-00000.npy").read_bytes() == \

@@ -26,12 +26,13 @@ from typing import Any, Callable
 
 from components.backends.base import (DeployRequest, DeployResult, TrainRequest, TrainResult,
                                       TrialRecord, TuneRequest, TuneResult)
-from components.k8s import launchers, objectstore, to_dict
+from components.k8s import launchers, to_dict
 from components.k8s.inferenceservice import build_inference_service, storage_uri_for
 from components.k8s.katib import Tuning, build_experiment
 from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
 from components.k8s.security import Resources
 from components.search_space import Parameter
+from kubevae import objectstore
 
 # MLflow settings a step's pod may have (from KFP's MLflow integration or the ConfigMap) that
 # the training pods should share. Credentials are never copied into a resource's spec.

@@ -8,7 +8,6 @@ any Katib Experiment, PyTorchJob or InferenceService.
 - katib:            a Katib Experiment whose trials are that PyTorchJob
 - inferenceservice: a KServe InferenceService with the kubevae predictor
 - launchers:        submit, wait, read results, stream logs, canary rollouts
-- objectstore:      folders to and from S3-compatible storage, run inside the pods
 - render:           `python -m components.k8s.render OUT_DIR` writes the manifests' workloads
 """
 

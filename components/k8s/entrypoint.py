@@ -20,7 +20,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Callable, Mapping, TextIO
 
-from components.k8s import objectstore
+from kubevae import objectstore
 
 
 def timestamp() -> str:

@@ -20,7 +20,7 @@ from kubernetes.client import (V1Container, V1ContainerPort, V1EnvVar, V1HTTPGet
                                V1ObjectMeta, V1Probe)
 
 from components.k8s import to_dict
-from components.k8s.objectstore import is_object_uri, s3_uri
+from kubevae.objectstore import is_object_uri, s3_uri
 from components.k8s.pytorchjob import COMMON_LABELS
 from components.k8s.security import Resources, container_security_context, scratch_mount, scratch_volume
 

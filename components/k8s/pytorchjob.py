@@ -160,7 +160,9 @@ def _train_container(job: TrainingJob) -> V1Container:
 def _fetch_container(job: TrainingJob) -> V1Container:
     return V1Container(
         name="fetch-data", image=job.image, image_pull_policy="IfNotPresent",
-        command=["python", "-m", "components.k8s.objectstore", "download", job.data_uri, DATA_DIR],
+        # KFP's launcher uploaded the split (no completion marker) before this step started.
+        command=["python", "-m", "kubevae.objectstore", "download", "--no-require-marker",
+                 job.data_uri, DATA_DIR],
         env=_env(job, with_s3_credentials=True),
         env_from=[V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name=job.settings_config_map))],
         resources=Resources(cpu="500m", memory="1Gi").requirements(),

@@ -11,12 +11,18 @@ goes to quarantine.csv with its reason. Counts reconcile (seen = accepted + quar
 written to the dataset card (card.json, card.md). The step fails only when the quarantined
 fraction exceeds `max_bad_fraction` (then nothing is published at `out_dir`; the quarantine list
 is written beside it as OUT.quarantine.csv).
+
+Hostile input is quarantined, never fatal: headers are read and bounded before any pixel is
+decoded (kubevae.ingest.decode.MAX_PIXELS), any unexpected decode error becomes a row with
+reason decode_error, links that leave the source folder or lead nowhere are refused, links to
+folders are counted (linked_folders) but not followed, and names that are not UTF-8 are refused.
+The metadata file is bounded (kubevae.ingest.metadata.MAX_METADATA_BYTES), not streamed. The
+scratch folder (OUT's sibling `.OUT.scratch-...`) is removed at the end, and a killed run's
+is removed by the next run (kubevae.storage.remove_stale_temporaries).
 """
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -30,11 +36,12 @@ import pandas as pd
 
 from kubevae.data.dataset import INFO_FILE, SHARD_ITEMS, render_card, write_dataset
 from kubevae.ingest.decode import REASONS, BatchResult, Target, decode_batch, infer_target, phash_hex
-from kubevae.ingest.metadata import Metadata, load_metadata
+from kubevae.ingest.metadata import MAX_METADATA_BYTES, Metadata, load_metadata
 from kubevae.ingest.parallel import ordered_map
 from kubevae.ingest.sources import Entry, Source, SourceError, open_source
 from kubevae.progress import progress
-from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text, read_json
+from kubevae.storage import (atomic_dir, atomic_write_json, atomic_write_text, read_json,
+                             release_temporary, remove_stale_temporaries, temporary_dir)
 
 __all__ = ["IngestError", "IngestReport", "SourceError", "ingest"]
 
@@ -66,6 +73,7 @@ class IngestReport:
     metadata: str | None = None
     metadata_rows: int = 0
     metadata_rows_without_file: int = 0
+    linked_folders: int = 0   # symbolic links to folders, not followed
     content_sha256: str | None = None
     created: str = ""
     seconds: float = 0.0
@@ -81,7 +89,8 @@ class IngestReport:
         """Numbers only (for MLflow metrics and KFP artifact metadata)."""
         out = {"seen": self.seen, "accepted": self.accepted, "quarantined": self.quarantined,
                "ignored_files": self.ignored, "bad_fraction": round(self.bad_fraction, 6),
-               "metadata_rows_without_file": self.metadata_rows_without_file}
+               "metadata_rows_without_file": self.metadata_rows_without_file,
+               "linked_folders": self.linked_folders}
         out.update({f"quarantined_{r}": n for r, n in sorted(self.reasons.items())})
         return out
 
@@ -96,7 +105,8 @@ class IngestReport:
                  f"seen={self.seen} accepted={self.accepted} quarantined={self.quarantined} "
                  f"(bad fraction {self.bad_fraction:.4f}, limit {self.max_bad_fraction})",
                  f"quarantine reasons: {reasons}",
-                 f"ignored non-image files: {self.ignored}"]
+                 f"ignored non-image files: {self.ignored}; linked folders (not followed): "
+                 f"{self.linked_folders}"]
         if self.metadata:
             lines.append(f"metadata {self.metadata}: {self.metadata_rows} rows, "
                          f"{self.metadata_rows_without_file} without a file")
@@ -110,7 +120,8 @@ class IngestReport:
 def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
            path_column: str = "path", image_size: int | None = None, channels: int | None = None,
            max_bad_fraction: float = 0.01, workers: int = 2, executor: str = "auto",
-           batch_size: int = 256, license: str | None = None, name: str | None = None) -> IngestReport:
+           batch_size: int = 256, license: str | None = None, name: str | None = None,
+           max_metadata_bytes: int = MAX_METADATA_BYTES) -> IngestReport:
     """Read, validate and hash every image of `source_uri` into the dataset folder `out_dir`."""
     start = time.monotonic()
     if not 0.0 <= max_bad_fraction <= 1.0:
@@ -124,31 +135,36 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
     builtin = source.builtin()
     if builtin is not None and metadata:
         raise ValueError(f"--metadata: {source.uri} is built-in and carries its own metadata")
-    meta = load_metadata(metadata, path_column=path_column) if metadata else None
+    meta = load_metadata(metadata, path_column=path_column, max_bytes=max_metadata_bytes) \
+        if metadata else None
     ignored = [k for k in listing.ignored if not (metadata and _same_file(source, k, metadata))]
-    if not listing.entries:
+    if not listing.entries and not listing.refused:
         raise ValueError(f"--source {source.uri}: the dataset is empty: no image files "
                          f"(.png, .jpg, .jpeg, .bmp, .npy) found; {len(ignored)} other file(s) ignored")
 
-    quarantine: list[dict[str, str]] = []
+    quarantine = [_q(entry, reason, detail) for entry, reason, detail in listing.refused]
     entries = listing.entries
     orphans = pd.DataFrame(columns=["path"])
     if meta is not None:
-        entries, quarantine, orphans = _match_metadata(meta, listing.entries, listing.ignored)
+        entries, unmatched, orphans = _match_metadata(meta, listing.entries, listing.ignored)
+        quarantine += unmatched
     target, prefetched = _target(source, entries, image_size, channels) if entries else (None, {})
 
     accepted: dict[str, list] = {"item_id": [], "source_uri": [], "sha256": [], "phash": []}
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.scratch-", dir=_parent(out_dir)))
+    _parent(out_dir)
+    remove_stale_temporaries(out_dir)  # a killed run's scratch folder
+    scratch = temporary_dir(out_dir, "scratch-")
     try:
         images = _decode_all(source, entries, target, prefetched, accepted, quarantine, scratch,
                              kind, workers, batch_size) if entries else None
         report = IngestReport(
-            source_uri=source.uri, out_dir=str(out_dir), seen=len(listing.entries),
+            source_uri=source.uri, out_dir=str(out_dir),
+            seen=len(listing.entries) + len(listing.refused),
             accepted=len(accepted["item_id"]), quarantined=len(quarantine),
             reasons=dict(Counter(q["reason"] for q in quarantine)), ignored=len(ignored),
             max_bad_fraction=max_bad_fraction, image_shape=target.shape if target else None,
             metadata=metadata, metadata_rows=len(meta) if meta is not None else 0,
-            metadata_rows_without_file=len(orphans),
+            metadata_rows_without_file=len(orphans), linked_folders=len(listing.linked_folders),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             executor=kind, workers=workers, examples=_examples(quarantine))
         if report.seen != report.accepted + report.quarantined:  # a bug, never bad input
@@ -169,7 +185,7 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
             atomic_write_text(tmp / "card.md", _card_markdown(report, info))
         return report
     finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        release_temporary(scratch)
 
 
 def _parent(out_dir: Path) -> Path:
@@ -301,7 +317,8 @@ def _card(report: IngestReport, source: Source, builtin, license, name, target: 
     card: dict[str, Any] = {"name": name or f"ingested from {source.uri}", "source": source.uri,
                             "created": report.created, "license": license or "not given",
                             "seen": report.seen, "accepted": report.accepted,
-                            "quarantined": report.quarantined, "ignored_files": report.ignored}
+                            "quarantined": report.quarantined, "ignored_files": report.ignored,
+                            "linked_folders": report.linked_folders}
     if builtin is not None:
         card.update(builtin.card)
         card["name"] = name or builtin.card.get("name")
@@ -329,7 +346,8 @@ def _card_markdown(report: IngestReport, info: dict[str, Any]) -> str:
              f"| {report.seen} | {report.accepted} | {report.quarantined} | "
              f"{report.bad_fraction:.4f} | {report.max_bad_fraction} |", "",
              f"seen = accepted + quarantined: {report.seen} = {report.accepted} + {report.quarantined}. "
-             f"{report.ignored} non-image file(s) ignored.", ""]
+             f"{report.ignored} non-image file(s) ignored; {report.linked_folders} linked "
+             "folder(s) not followed.", ""]
     if report.reasons:
         lines += ["## Quarantine (quarantine.csv)", "", "| reason | files | examples |", "|---|---|---|"]
         for reason, n in sorted(report.reasons.items()):

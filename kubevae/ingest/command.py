@@ -23,6 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kubevae.ingest.metadata import MAX_METADATA_BYTES
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True,
@@ -45,22 +47,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="files per worker task")
     p.add_argument("--license", default=None, help="the data's license, for the dataset card")
     p.add_argument("--name", default=None, help="a name for the dataset card")
+    p.add_argument("--max-metadata-mb", type=float, default=MAX_METADATA_BYTES / 2**20,
+                   help="refuse a metadata file larger than this (MiB); it is read whole, and "
+                        "pandas holds a CSV in about 13x its size")
 
 
 def run(a: argparse.Namespace) -> int:
-    from kubevae.ingest import IngestError, SourceError, ingest
+    from kubevae.ingest import IngestError, ingest
+    from kubevae.objectstore import ObjectStoreError
 
     try:
         report = ingest(a.source, a.out, metadata=a.metadata, path_column=a.path_column,
                         image_size=a.image_size, channels=a.channels,
                         max_bad_fraction=a.max_bad_fraction, workers=a.workers,
                         executor=a.executor, batch_size=a.batch_size, license=a.license,
-                        name=a.name)
+                        name=a.name, max_metadata_bytes=int(a.max_metadata_mb * 2**20))
     except IngestError as e:
         print(e.report.summary(), flush=True)
         print(f"kubevae ingest: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, SourceError, FileNotFoundError) as e:
+    except (ValueError, ObjectStoreError, FileNotFoundError) as e:
         print(f"kubevae ingest: error: {e}", file=sys.stderr)
         return 2
     print(report.summary(), flush=True)

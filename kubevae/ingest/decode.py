@@ -6,7 +6,9 @@ of the reasons below. Nothing is dropped without a reason.
     zero_byte        the file is empty
     undecodable      not a PNG, JPEG, BMP or NPY file, or unreadable (detail says why)
     truncated        the file ends before its image data does
-    too_large        more pixels than PIL's decompression-bomb limit
+    too_large        more than MAX_PIXELS pixels, read from the header before decoding (PNG,
+                     JPEG, BMP, NPY), or a PIL DecompressionBombWarning
+    empty            an NPY array with no elements
     wrong_mode       a pixel mode kubevae does not train on (alpha, 16-bit, float, CMYK, ...)
     wrong_channels   1 channel where 3 are expected or the other way round (--channels converts)
     wrong_size       not the target size (--image-size resizes)
@@ -15,6 +17,10 @@ of the reasons below. Nothing is dropped without a reason.
     constant         every pixel has the same value: no signal to learn from
     read_error       the bytes could not be fetched (after retries)
     no_metadata_row  metadata was given but has no row for this file
+    bad_name         the file name is not valid UTF-8 (the item id could not be stored)
+    broken_link      a symbolic link whose target does not exist
+    outside_source   a symbolic link to a file outside the source folder
+    decode_error     any other, unexpected error while decoding (detail names it)
 
 Accepted pixels are uint8 H x W x C. Two hashes are kept per image: `pixel_sha256` (exact
 duplicates, any file format) and a 64-bit perceptual hash `phash` that is bit-identical to
@@ -25,6 +31,7 @@ computed in batches because the per-image library call costs ~0.4 ms.
 from __future__ import annotations
 
 import io
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -39,8 +46,13 @@ SUPPORTED_SIZES = (28, 32, 64)
 SUPPORTED_CHANNELS = (1, 3)
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".npy")
 PIL_FORMATS = ["PNG", "JPEG", "BMP"]
-REASONS = ("zero_byte", "undecodable", "truncated", "too_large", "wrong_mode", "wrong_channels",
-           "wrong_size", "nonfinite", "out_of_range", "constant", "read_error", "no_metadata_row")
+REASONS = ("zero_byte", "undecodable", "truncated", "too_large", "empty", "wrong_mode",
+           "wrong_channels", "wrong_size", "nonfinite", "out_of_range", "constant", "read_error",
+           "no_metadata_row", "bad_name", "broken_link", "outside_source", "decode_error")
+# The largest image decoded at all (pixels, from the header): 50 megapixels, a large camera
+# photo (150 MB as RGB), well below PIL's own bomb limit, and far above any model size.
+MAX_PIXELS = 50_000_000
+NPY_MAX_HEADER = 10_000
 # Modes that map onto 1 or 3 channels without losing anything.
 _MODE_CHANNELS = {"1": ("L", 1), "L": ("L", 1), "P": ("RGB", 3), "RGB": ("RGB", 3)}
 _ALPHA_MODES = {"LA": "L", "La": "L", "PA": "RGB", "RGBA": "RGB", "RGBa": "RGB"}
@@ -95,9 +107,16 @@ def decode(data: "bytes | np.ndarray | Rejected", name: str) -> np.ndarray:
 
 def _decode_pil(data: bytes) -> np.ndarray:
     try:
-        image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)
-        image.load()
-    except Image.DecompressionBombError as e:
+        with warnings.catch_warnings():
+            # PIL only warns between its limit and twice it, and then decodes anyway.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)  # reads the header only
+            width, height = image.size
+            if width * height > MAX_PIXELS:
+                raise Rejected("too_large", f"{width}x{height} = {width * height} pixels (from "
+                                            f"the header); the limit is {MAX_PIXELS}")
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Rejected("too_large", str(e)) from None
     except UnidentifiedImageError:
         raise Rejected("undecodable", "not a PNG, JPEG or BMP image") from None
@@ -120,20 +139,44 @@ def _pil_to_array(image: Image.Image) -> np.ndarray:
 
 
 def _load_npy(data: bytes) -> np.ndarray:
+    """The array of an NPY file, its header read and bounded first: numpy allocates the whole
+    array that a header declares before it reads a byte of it."""
     if not data.startswith(b"\x93NUMPY"):
         raise Rejected("undecodable", "no .npy header (magic \\x93NUMPY missing)")
+    stream = io.BytesIO(data)
     try:
-        return np.load(io.BytesIO(data), allow_pickle=False)
-    except ValueError as e:
-        if "EOF" in str(e):
-            raise Rejected("truncated", str(e)) from None
-        raise Rejected("undecodable", str(e)) from None
-    except (OSError, EOFError) as e:
-        raise Rejected("truncated", str(e)) from None
+        version = np.lib.format.read_magic(stream)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise Rejected("undecodable", f"NPY format version {version}; expected 1.0 or 2.0")
+        shape, fortran, dtype = read_header(stream, max_header_size=NPY_MAX_HEADER)
+    except Rejected:
+        raise
+    except Exception as e:  # a malformed header, whatever numpy raises for it
+        raise Rejected("undecodable", f"NPY header: {type(e).__name__}: {e}") from None
+    if dtype.hasobject:
+        raise Rejected("undecodable", f"NPY dtype {dtype} holds Python objects (pickles)")
+    count = int(np.prod(shape, dtype=object))
+    pixels = int(np.prod(shape[:2], dtype=object)) if len(shape) >= 2 else count
+    if count == 0:
+        raise Rejected("empty", f"NPY array of shape {shape} holds no values")
+    if pixels > MAX_PIXELS or count > 4 * MAX_PIXELS:
+        raise Rejected("too_large", f"NPY header declares shape {shape}; the limit is "
+                                    f"{MAX_PIXELS} pixels")
+    body = memoryview(data)[stream.tell():]
+    needed = count * dtype.itemsize
+    if len(body) < needed:
+        raise Rejected("truncated", f"NPY header declares {needed} bytes of {dtype} {shape}, "
+                                    f"the file holds {len(body)}")
+    array = np.frombuffer(body[:needed], dtype=dtype, count=count)
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def _from_array(array: np.ndarray) -> np.ndarray:
     """An array from an NPY file or a built-in dataset -> uint8 H x W x C."""
+    if array.size == 0:
+        raise Rejected("empty", f"array of shape {array.shape} holds no values")
     if array.ndim == 2:
         array = array[..., None]
     if array.ndim != 3 or array.shape[2] not in SUPPORTED_CHANNELS:
@@ -197,6 +240,11 @@ def _as_pil(image: np.ndarray) -> Image.Image:
     return Image.fromarray(image[..., 0] if image.shape[2] == 1 else image)
 
 
+def unexpected(error: BaseException) -> str:
+    text = f"unexpected {type(error).__name__}: {error}"
+    return text if len(text) < 300 else text[:297] + "..."
+
+
 def phash(images: np.ndarray) -> np.ndarray:
     """64-bit perceptual hashes (uint64), bit-identical to imagehash.phash, for N x H x W x C."""
     side = PHASH_SIZE * PHASH_HIGHFREQ
@@ -231,6 +279,9 @@ def decode_batch(payloads: Sequence[bytes | np.ndarray | Rejected], names: Seque
         except Rejected as r:
             result.rejected.append((position, r.reason, r.detail))
             continue
+        except Exception as e:  # noqa: BLE001 - one file never aborts the run; its row says why
+            result.rejected.append((position, "decode_error", unexpected(e)))
+            continue
         images.append(image)
         result.accepted.append(position)
         result.sha256.append(pixel_sha256(image))
@@ -253,7 +304,7 @@ def infer_target(samples: Sequence[tuple[bytes | np.ndarray, str]], image_size: 
     for payload, name in samples:
         try:
             shapes[decode(payload, name).shape] += 1
-        except Rejected:
+        except Exception:  # noqa: BLE001 - Rejected or not: the main pass quarantines it
             continue
     if not shapes and (image_size is None or channels is None):
         raise ValueError(f"{where}: none of the first {len(samples)} files could be decoded, so "

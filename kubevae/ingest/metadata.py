@@ -11,6 +11,11 @@ URI. Columns:
     anything else carried into the manifest unchanged (e.g. a `patient` column for
                   `kubevae split --group-column patient`)
 
+Size: the file is bounded, not streamed (every row must be held to be joined onto the manifest
+and checked for duplicates). A file larger than `max_bytes` (default MAX_METADATA_BYTES, 64 MiB;
+--max-metadata-mb changes it) is refused before it is read: pandas holds a CSV in about 13x
+its size (a 53 MB CSV took 700 MB), so the default keeps metadata under ~1 GB of memory.
+
 Rows without a file and files without a row are both reported; the latter are quarantined
 (reason no_metadata_row), since a file with no group id could leak across splits.
 """
@@ -24,10 +29,11 @@ from pathlib import PurePosixPath
 import numpy as np
 import pandas as pd
 
-from kubevae.ingest.sources import read_uri
+from kubevae.objectstore import read_uri
 
 RESERVED = ("item_id", "source_uri", "sha256", "phash")
 FACTOR_PREFIX = "factor_"
+MAX_METADATA_BYTES = 64 << 20
 
 
 @dataclass
@@ -41,8 +47,10 @@ class Metadata:
         return len(self.frame)
 
 
-def load_metadata(ref: str, *, path_column: str = "path") -> Metadata:
-    data, name = read_uri(ref)
+def load_metadata(ref: str, *, path_column: str = "path",
+                  max_bytes: int = MAX_METADATA_BYTES) -> Metadata:
+    data, name = read_uri(ref, what="--metadata", max_bytes=max_bytes,
+                          limit_hint=" (--max-metadata-mb raises it)")
     frame = _parse(data, name, ref, path_column)
     where = f"--metadata {ref}"
     if path_column not in frame.columns:

@@ -6,22 +6,7 @@
     builtin://sprites?n=&seed= the procedural dSprites equivalent (all 737,280 without n)
     builtin://digits           scikit-learn's bundled 8x8 digits (1,797; needs --image-size)
 
-S3 settings come from environment variables only, so that no secret lands in a pipeline
-parameter, a command line or a log (in Kubernetes, mount them from a Secret):
-
-    S3_ENDPOINT            host:port or http(s)://host:port of the server (aliases, in order:
-                           AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL, MINIO_ENDPOINT);
-                           default s3.amazonaws.com
-    AWS_ACCESS_KEY_ID      access key (absent: anonymous requests, for public buckets)
-    AWS_SECRET_ACCESS_KEY  secret key
-    AWS_SESSION_TOKEN      optional, for temporary credentials
-    AWS_REGION             optional (or AWS_DEFAULT_REGION); absent: asked of the server
-    S3_USE_HTTPS           true/false; default: the endpoint URL's scheme, else true
-    S3_VERIFY_SSL          true/false, default true (false only for self-signed test servers)
-    S3_CA_BUNDLE           a CA bundle file for private CAs (default SSL_CERT_FILE, else certifi)
-    S3_MAX_RETRIES         retries per request on connection errors and 500/502/503/504, default 5
-    S3_RETRY_BACKOFF       backoff factor in seconds, default 0.2: waits 0, 2b, 4b, 8b, ...
-    S3_TIMEOUT             connect and read timeout in seconds, default 60
+S3 settings come from environment variables only; kubevae.objectstore lists them.
 
 Item ids are paths relative to the folder or prefix (POSIX separators): they stay the same when
 data is appended, which is what keeps split assignments stable.
@@ -30,7 +15,6 @@ data is appended, which is what keeps split assignments stable.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -39,14 +23,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import numpy as np
 import pandas as pd
 
+from kubevae import objectstore
 from kubevae.ingest.decode import IMAGE_EXTENSIONS, Rejected
+from kubevae.objectstore import S3Config, ObjectStoreError
 
-S3_SCHEMES = ("s3", "minio")
+S3_SCHEMES = objectstore.SCHEMES
 BUILTINS = ("sprites", "digits")
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
-class SourceError(RuntimeError):
+class SourceError(ObjectStoreError):
     """The source cannot be read at all: unreachable, unauthorized, missing or malformed."""
 
 
@@ -61,6 +46,9 @@ class Entry:
 class Listing:
     entries: list[Entry]                    # candidate image files, sorted by key
     ignored: list[str] = field(default_factory=list)   # other files (not images), by key
+    # image files refused before fetching: (entry, reason, detail); they count as seen
+    refused: list[tuple[Entry, str, str]] = field(default_factory=list)
+    linked_folders: list[str] = field(default_factory=list)  # symbolic links to folders: not followed
 
 
 @dataclass
@@ -89,7 +77,7 @@ class Source:
 def open_source(uri: str) -> Source:
     parts = urlsplit(uri)
     if parts.username or parts.password:
-        raise ValueError(f"--source {_redact(uri)}: credentials in the URI are not allowed; "
+        raise ValueError(f"--source {objectstore.redact(uri)}: credentials in the URI are not allowed; "
                          "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the environment")
     scheme = parts.scheme.lower()
     if scheme in S3_SCHEMES:
@@ -104,11 +92,6 @@ def open_source(uri: str) -> Source:
         raise ValueError(f"--source {uri}: unsupported scheme {scheme!r}; expected a folder, "
                          "s3://BUCKET/PREFIX, minio://BUCKET/PREFIX or builtin://sprites|digits")
     return LocalSource(Path(uri))
-
-
-def _redact(uri: str) -> str:
-    parts = urlsplit(uri)
-    return parts._replace(netloc=parts.hostname or "").geturl() if parts.password else uri
 
 
 def is_image_name(name: str) -> bool:
@@ -126,135 +109,73 @@ class LocalSource(Source):
         self.uri = str(self.root)
 
     def list(self) -> Listing:
+        """Every file below the root. Links: a link to a file is followed only when its target
+        lies inside the root (else it is refused as outside_source, or broken_link when the
+        target is missing); links to folders are never followed, only counted, since following
+        them could leave the root or list the same files twice. A name that is not valid UTF-8
+        is refused as bad_name (its id could not be stored)."""
         if not self.root.is_dir():
             raise SourceError(f"--source {self.root}: not a folder (expected a folder of images, "
                               "s3://, minio:// or builtin://)")
-        entries, ignored = [], []
+        listing = Listing([])
         for dirpath, dirnames, filenames in os.walk(self.root):
             dirnames.sort()
+            for name in list(dirnames):
+                if os.path.islink(os.path.join(dirpath, name)):
+                    listing.linked_folders.append(_printable(
+                        (Path(dirpath) / name).relative_to(self.root).as_posix()))
             for name in sorted(filenames):
                 path = Path(dirpath) / name
                 key = path.relative_to(self.root).as_posix()
-                if is_image_name(name):
-                    entries.append(Entry(key, path.as_uri(), path.stat().st_size))
+                if not is_image_name(name):
+                    listing.ignored.append(_printable(key))
+                    continue
+                problem = self._problem(path, key)
+                if problem:
+                    entry = Entry(_printable(key), _printable(path.as_uri()))
+                    listing.refused.append((entry, *problem))
                 else:
-                    ignored.append(key)
-        entries.sort(key=lambda e: e.key)
-        return Listing(entries, sorted(ignored))
+                    listing.entries.append(Entry(key, path.as_uri(), path.stat().st_size))
+        listing.entries.sort(key=lambda e: e.key)
+        listing.ignored.sort()
+        return listing
+
+    def _problem(self, path: Path, key: str) -> tuple[str, str] | None:
+        if _printable(key) != key:
+            return "bad_name", f"the file name is not valid UTF-8: {ascii(os.fsencode(path.name))}"
+        if not path.is_symlink():
+            return None
+        target = path.resolve()
+        if not target.exists():
+            return "broken_link", f"a link to {_printable(str(target))}, which does not exist"
+        if not target.is_relative_to(self.root):
+            return "outside_source", f"a link to {_printable(str(target))}, outside {self.root}"
+        return None
 
     def fetch(self, keys: Sequence[str]) -> list[bytes | np.ndarray | Rejected]:
         out: list[bytes | np.ndarray | Rejected] = []
         for key in keys:
+            path = self.root / key
             try:
-                out.append((self.root / key).read_bytes())
+                if not path.resolve().is_relative_to(self.root):  # changed since the listing
+                    out.append(Rejected("outside_source", f"{path} now leads outside {self.root}"))
+                    continue
+                out.append(path.read_bytes())
             except OSError as e:
                 out.append(Rejected("read_error", f"{type(e).__name__}: {e}"))
         return out
 
 
-# --- S3 / MinIO -------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class S3Config:
-    endpoint: str
-    secure: bool
-    verify: bool
-    ca_bundle: str | None
-    region: str | None
-    max_retries: int
-    backoff: float
-    timeout: float
-    access_key: str | None = field(default=None, repr=False)
-    secret_key: str | None = field(default=None, repr=False)
-    session_token: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> "S3Config":
-        env = dict(os.environ if env is None else env)
-        raw = next((env[k] for k in ("S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
-                                     "MINIO_ENDPOINT") if env.get(k)), "s3.amazonaws.com")
-        host, url_secure = _parse_endpoint(raw)
-        secure = _env_bool(env, "S3_USE_HTTPS", True if url_secure is None else url_secure)
-        if url_secure is not None and secure != url_secure:
-            raise ValueError(f"S3_USE_HTTPS={env['S3_USE_HTTPS']!r} contradicts the endpoint "
-                             f"{raw!r}; drop one of them")
-        access, secret = env.get("AWS_ACCESS_KEY_ID") or None, env.get("AWS_SECRET_ACCESS_KEY") or None
-        if bool(access) != bool(secret):
-            raise ValueError("AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY: set both or neither")
-        return cls(endpoint=host, secure=secure, verify=_env_bool(env, "S3_VERIFY_SSL", True),
-                   ca_bundle=env.get("S3_CA_BUNDLE") or env.get("SSL_CERT_FILE") or None,
-                   region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
-                   max_retries=_env_number(env, "S3_MAX_RETRIES", 5, int),
-                   backoff=_env_number(env, "S3_RETRY_BACKOFF", 0.2, float),
-                   timeout=_env_number(env, "S3_TIMEOUT", 60.0, float),
-                   access_key=access, secret_key=secret,
-                   session_token=env.get("AWS_SESSION_TOKEN") or None)
-
-    @property
-    def url(self) -> str:
-        return f"{'https' if self.secure else 'http'}://{self.endpoint}"
-
-    def client(self):
-        import certifi
-        import urllib3
-        from minio import Minio
-
-        retry = urllib3.Retry(total=self.max_retries, connect=self.max_retries,
-                              read=self.max_retries, status=self.max_retries,
-                              backoff_factor=self.backoff, status_forcelist=(500, 502, 503, 504),
-                              raise_on_status=True)
-        http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout), maxsize=16,
-            cert_reqs="CERT_REQUIRED" if self.verify else "CERT_NONE",
-            ca_certs=self.ca_bundle or certifi.where(), retries=retry)
-        return Minio(self.endpoint, access_key=self.access_key, secret_key=self.secret_key,
-                     session_token=self.session_token, secure=self.secure, region=self.region,
-                     http_client=http, cert_check=self.verify)
-
-
-def _parse_endpoint(raw: str) -> tuple[str, bool | None]:
-    if "://" not in raw:
-        return raw.strip("/"), None
-    parts = urlsplit(raw)
-    if parts.scheme not in ("http", "https") or not parts.netloc or parts.path.strip("/"):
-        raise ValueError(f"S3_ENDPOINT={raw!r}: expected host:port or http(s)://host:port "
-                         "(no path)")
-    return parts.netloc, parts.scheme == "https"
-
-
-def _env_bool(env: dict[str, str], name: str, default: bool) -> bool:
-    value = env.get(name, "").strip().lower()
-    if not value:
-        return default
-    if value in _TRUE | _FALSE:
-        return value in _TRUE
-    raise ValueError(f"{name}={env[name]!r}: expected true or false")
-
-
-def _env_number(env: dict[str, str], name: str, default, kind):
-    value = env.get(name, "").strip()
-    if not value:
-        return default
+def _printable(text: str) -> str:
+    """`text` as valid UTF-8: bytes that are not (os.walk gives them as surrogates) become \\xNN."""
     try:
-        number = kind(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r}: expected a {kind.__name__}") from None
-    if number < 0:
-        raise ValueError(f"{name}={value!r}: expected a number >= 0")
-    return number
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return os.fsencode(text).decode("utf-8", "backslashreplace")
 
 
-_clients: dict[S3Config, Any] = {}
-_clients_lock = threading.Lock()
-
-
-def s3_client(config: S3Config):
-    """One client per process and configuration (urllib3 pools are thread-safe)."""
-    with _clients_lock:
-        if config not in _clients:
-            _clients[config] = config.client()
-        return _clients[config]
-
+# --- S3 / MinIO (settings, client and errors: kubevae.objectstore) ---------------------------
 
 @dataclass
 class S3Source(Source):
@@ -270,9 +191,13 @@ class S3Source(Source):
         self.uri = f"{self.scheme}://{self.bucket}/{self.prefix}"
         self.config = self.config or S3Config.from_env()
 
+    def _errors(self, what: str, action: str) -> objectstore.errors:
+        return objectstore.errors(what, self.config.url, action, retries=self.config.max_retries,
+                                  kind=SourceError)
+
     def list(self) -> Listing:
-        client = s3_client(self.config)
-        with _s3_errors(self.uri, self.config, "listing"):
+        client = objectstore.client_for(self.config)
+        with self._errors(self.uri, "listing"):
             if not client.bucket_exists(self.bucket):
                 raise SourceError(f"{self.uri}: bucket {self.bucket!r} does not exist at "
                                   f"{self.config.url} (S3_ENDPOINT)")
@@ -292,78 +217,17 @@ class S3Source(Source):
         return [self._get(self.prefix + key) for key in keys]
 
     def _get(self, name: str) -> bytes | Rejected:
-        client = s3_client(self.config)
+        client = objectstore.client_for(self.config)
         response = None
         try:
             response = client.get_object(self.bucket, name)
             return response.read()
         except Exception as e:  # one bad object is quarantined, not fatal; retries happened below
-            return Rejected("read_error", f"{self.scheme}://{self.bucket}/{name}: {_describe(e)}")
+            return Rejected("read_error", f"{self.scheme}://{self.bucket}/{name}: {objectstore.describe(e)}")
         finally:
             if response is not None:
                 response.close()
                 response.release_conn()
-
-    def read(self, name: str) -> bytes:
-        """A whole object (a metadata file), with clear errors."""
-        client = s3_client(self.config)
-        with _s3_errors(f"{self.scheme}://{self.bucket}/{name}", self.config, "reading"):
-            response = client.get_object(self.bucket, name)
-            try:
-                return response.read()
-            finally:
-                response.close()
-                response.release_conn()
-
-
-class _s3_errors:
-    """Turn SDK and transport exceptions into one SourceError that says what to check."""
-
-    def __init__(self, what: str, config: S3Config, action: str):
-        self.what, self.config, self.action = what, config, action
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, error, tb):
-        if error is None or isinstance(error, SourceError):
-            return False
-        import urllib3
-        from minio.error import InvalidResponseError, S3Error, ServerError
-
-        where = f"{self.what} at {self.config.url} (S3_ENDPOINT)"
-        if isinstance(error, S3Error):
-            if error.code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch",
-                              "InvalidToken", "ExpiredToken", "AllAccessDisabled"):
-                raise SourceError(f"{where}: unauthorized ({error.code}: {error.message}); check "
-                                  "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY and the bucket "
-                                  "policy") from None
-            if error.code in ("NoSuchBucket", "NoSuchKey"):
-                raise SourceError(f"{where}: {error.code} ({error.message})") from None
-            raise SourceError(f"{where}: {self.action} failed: {error.code}: {error.message}") from None
-        if isinstance(error, (urllib3.exceptions.HTTPError, ServerError, InvalidResponseError, OSError)):
-            raise SourceError(f"{where}: {self.action} failed after {self.config.max_retries} "
-                              f"retries with backoff (S3_MAX_RETRIES, S3_RETRY_BACKOFF): "
-                              f"{_describe(error)}") from None
-        return False
-
-
-def _describe(error: BaseException) -> str:
-    reason = getattr(error, "reason", None)
-    text = f"{type(error).__name__}: {reason or error}"
-    return text if len(text) < 300 else text[:297] + "..."
-
-
-def read_uri(ref: str) -> tuple[bytes, str]:
-    """Bytes of a local path or an s3:// / minio:// object, and its name (for the format)."""
-    parts = urlsplit(ref)
-    if parts.scheme.lower() in S3_SCHEMES:
-        source = S3Source(parts.scheme.lower(), parts.netloc, "")
-        return source.read(unquote(parts.path.lstrip("/"))), parts.path
-    path = Path(unquote(parts.path) if parts.scheme == "file" else ref).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"--metadata {ref}: file not found")
-    return path.read_bytes(), path.name
 
 
 # --- built-in data ----------------------------------------------------------------------------

@@ -82,10 +82,11 @@ def read_previous(path: str | Path, item_ids: pd.Series) -> pd.Series:
     local path or an s3:// / minio:// URI (S3 settings from the environment, as for ingest)."""
     text = str(path)
     if text.split("://", 1)[0].lower() in ("s3", "minio"):  # an artifact in a bucket
-        from kubevae.ingest.sources import read_uri
+        from kubevae.objectstore import read_uri
 
         path = text + ASSIGNMENTS_FILE if text.endswith("/") else text
-        frame = pd.read_csv(io.BytesIO(read_uri(path)[0]), dtype={"item_id": str, "split": str})
+        data, _ = read_uri(path, what="--previous-split")
+        frame = pd.read_csv(io.BytesIO(data), dtype={"item_id": str, "split": str})
     else:
         path = Path(path)
         if path.is_dir():

@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from kubevae.ingest.sources import SourceError
+    from kubevae.objectstore import ObjectStoreError
     from kubevae.split import LeakageError, split
 
     try:
@@ -59,7 +59,7 @@ def run(a: argparse.Namespace) -> int:
     except LeakageError as e:
         print(f"kubevae split: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, SourceError) as e:
+    except (ValueError, FileNotFoundError, ObjectStoreError) as e:
         print(f"kubevae split: error: {e}", file=sys.stderr)
         return 2
     print(report.summary(), flush=True)

@@ -2,7 +2,9 @@
 
 Each checkpoint is written under a temporary name and renamed into place, and its sha256 is
 written beside it (also atomically) afterwards: a checkpoint without a matching checksum is
-incomplete or corrupt, and `--resume auto` falls back to the previous one. A checkpoint holds
+incomplete or corrupt, and `--resume auto` falls back to the previous one. So does a checkpoint
+whose checksum matches but which cannot be loaded (written by a broken or different version), or
+that lacks a part the trainer restores (`required`). A checkpoint holds
 the model, optimizer, scheduler and RNG states, the step and the epoch. It is loaded with
 torch.load(weights_only=True), which refuses arbitrary pickled objects.
 """
@@ -49,15 +51,27 @@ def is_valid(path: Path) -> bool:
     return sidecar.is_file() and sidecar.read_text().strip() == sha256_file(path)
 
 
-def load_latest(directory: str | Path, map_location: str | torch.device = "cpu"
-                ) -> tuple[dict[str, Any], Path] | None:
-    """The newest checkpoint whose checksum matches, or None when there is none."""
+def load_latest(directory: str | Path, map_location: str | torch.device = "cpu",
+                required: tuple[str, ...] = ()) -> tuple[dict[str, Any], Path] | None:
+    """The newest checkpoint whose checksum matches, that loads, and that holds every key in
+    `required`; None when there is none. Each one skipped is named in a warning."""
     for path in list_checkpoints(directory):
         if not is_valid(path):
             warnings.warn(f"{path}: checksum missing or wrong (incomplete or corrupt "
                           f"checkpoint); falling back to the previous one", stacklevel=2)
             continue
-        return load(path, map_location), path
+        try:
+            state = load(path, map_location)
+        except Exception as e:  # noqa: BLE001 - whatever torch.load raises, the previous one may do
+            warnings.warn(f"{path}: checksum matches but it cannot be loaded ({type(e).__name__}: "
+                          f"{str(e)[:200]}); falling back to the previous one", stacklevel=2)
+            continue
+        missing = [k for k in required if not isinstance(state, dict) or k not in state]
+        if missing or not isinstance(state, dict):
+            warnings.warn(f"{path}: loads but lacks {missing or 'a dict of states'}; falling "
+                          f"back to the previous one", stacklevel=2)
+            continue
+        return state, path
     return None
 
 

@@ -219,6 +219,9 @@ def save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, histo
     checkpoint.save(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
 
 
+RESUMED = ("model", "optimizer", "scheduler", "rng_cpu", "step")  # what resume() reads
+
+
 def resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist) -> tuple[int, list[dict[str, Any]]]:
     """Restore the newest valid checkpoint. Only rank 0 reads it (it alone writes them, and
     other pods may not see its disk); the others receive the same state from it, so every
@@ -227,7 +230,8 @@ def resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist) -> tuple[int, list[di
         return 0, []
     found = None
     if dist.is_main:
-        found = checkpoint.load_latest(ckpt_dir, map_location="cpu") if cfg.resume == "auto" \
+        found = checkpoint.load_latest(ckpt_dir, map_location="cpu", required=RESUMED) \
+            if cfg.resume == "auto" \
             else (checkpoint.load(cfg.resume, map_location="cpu"), Path(cfg.resume))
     if dist.enabled:
         shared = [found]
