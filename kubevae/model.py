@@ -39,12 +39,15 @@ MAX_PARAMETERS = 50_000_000
 WEIGHT_DTYPE = torch.float32
 
 
+N_CONVS = {64: 4, 32: 3, 28: 2}  # stride-2 convolutions per image size
+
+
 def conv_plan(config: ModelConfig) -> tuple[tuple[int, ...], int]:
     """The conv channels used for this image size and the side of the last feature map.
 
     64 px: 4 stride-2 convs to 4x4; 32 px: 3 to 4x4; 28 px: 2 to 7x7 (28 does not halve to 4).
     """
-    n_convs = {64: 4, 32: 3, 28: 2}[config.image_size]
+    n_convs = N_CONVS[config.image_size]
     channels = tuple(config.conv_channels[-n_convs:])
     return channels, config.image_size // 2**n_convs
 
@@ -205,7 +208,7 @@ def check_field_types(values: dict[str, Any], cls: type, *, source: str) -> None
         if isinstance(default, tuple):
             ok = isinstance(value, (list, tuple)) and len(value) > 0 and \
                 all(_is_type(v, type(default[0])) for v in value)
-            expected = f"a non-empty list of {_type_name(type(default[0]))}s"
+            expected = f"a non-empty list of {_type_name(type(default[0]), plural=True)}"
         else:
             ok, expected = _is_type(value, type(default)), _type_name(type(default))
         if not ok:
@@ -222,9 +225,10 @@ def _is_type(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def _type_name(kind: type) -> str:
-    return {int: "an integer", float: "a finite number", str: "text", bool: "true or false"}.get(
-        kind, kind.__name__)
+def _type_name(kind: type, plural: bool = False) -> str:
+    names = {int: ("an integer", "integers"), float: ("a finite number", "finite numbers"),
+             str: ("text", "texts"), bool: ("true or false", "booleans")}
+    return names.get(kind, (kind.__name__, kind.__name__))[plural]
 
 
 def check_model_limits(values: dict[str, Any], *, source: str) -> None:
@@ -240,10 +244,9 @@ def check_model_limits(values: dict[str, Any], *, source: str) -> None:
     if low >= high:
         raise ValueError(f"{source}: logvar_min {low!r} must be below logvar_max {high!r}")
     config = model_config_from_dict(values, source=source)
-    channels, _ = conv_plan(config)
-    if len(config.conv_channels) < len(channels):
+    if len(config.conv_channels) < N_CONVS[config.image_size]:
         raise ValueError(f"{source}: 'conv_channels' has {len(config.conv_channels)} value(s); "
-                         f"{config.image_size} px images need {len(channels)}")
+                         f"{config.image_size} px images need {N_CONVS[config.image_size]}")
     with torch.device("meta"):
         count = sum(p.numel() for p in VAE(config).parameters())
     if count > MAX_PARAMETERS:

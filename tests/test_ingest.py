@@ -17,7 +17,6 @@ from kubevae.data.dataset import Dataset, load_splits, pixel_sha256
 from kubevae.data import sprites
 from kubevae.ingest import IngestError, ingest
 from kubevae.ingest.decode import phash, phash_hex
-from kubevae.objectstore import S3Config
 
 RNG = np.random.default_rng(0)
 
@@ -225,22 +224,6 @@ def test_empty_and_missing_sources_are_clear_errors(tmp_path):
         ingest("builtin://sprites?n=5", tmp_path / "d", max_bad_fraction=1.5)
     with pytest.raises(ValueError, match=r"builtin://sprites takes \['n', 'seed'\]"):
         ingest("builtin://sprites?count=5", tmp_path / "d")
-
-
-def test_s3_settings_come_from_the_environment_only():
-    config = S3Config.from_env({"S3_ENDPOINT": "http://minio.local:9000", "AWS_ACCESS_KEY_ID": "k",
-                                "AWS_SECRET_ACCESS_KEY": "s3cr3t", "S3_MAX_RETRIES": "2"})
-    assert (config.endpoint, config.secure, config.verify, config.max_retries) == \
-        ("minio.local:9000", False, True, 2)
-    assert "s3cr3t" not in repr(config)
-    assert S3Config.from_env({"S3_ENDPOINT": "minio:9000", "S3_USE_HTTPS": "false",
-                              "S3_VERIFY_SSL": "0"}).url == "http://minio:9000"
-    with pytest.raises(ValueError, match="S3_USE_HTTPS"):
-        S3Config.from_env({"S3_ENDPOINT": "https://x:1", "S3_USE_HTTPS": "false"})
-    with pytest.raises(ValueError, match="S3_VERIFY_SSL='maybe'"):
-        S3Config.from_env({"S3_VERIFY_SSL": "maybe"})
-    with pytest.raises(ValueError, match="set both or neither"):
-        S3Config.from_env({"AWS_ACCESS_KEY_ID": "k"})
 
 
 def test_processes_and_threads_write_the_same_dataset(tmp_path):

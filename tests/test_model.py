@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -78,3 +79,56 @@ def test_bad_config_names_the_field():
         ModelConfig(image_size=48)
     with pytest.raises(ValueError, match="beta: expected a number >= 0"):
         ObjectiveConfig(beta=-1)
+
+
+# -- loading checks everything before using it (issue 14, item 8) ---------------------------
+def saved(tmp_path, **model) -> Path:
+    save_model(tmp_path / "m", VAE(ModelConfig(image_size=28, latent_dim=4, **model)), ObjectiveConfig())
+    return tmp_path / "m"
+
+
+def edit_config(folder: Path, section: str, **fields) -> None:
+    config = json.loads((folder / "config.json").read_text())
+    config[section].update(fields)
+    (folder / "config.json").write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize("section, fields, message", [
+    ("model", {"latent_dim": 10**9}, r"'latent_dim' is 1000000000; expected values in \[1, 4096\]"),
+    ("model", {"logvar_min": "x"}, r"'logvar_min' is 'x'; expected a finite number"),
+    ("model", {"latent_dim": 4.5}, r"'latent_dim' is 4.5; expected an integer"),
+    ("model", {"latent_dim": True}, r"'latent_dim' is True; expected an integer"),
+    ("model", {"conv_channels": [64, "a"]}, r"'conv_channels' is \[64, 'a'\]; expected a non-empty list"),
+    ("model", {"conv_channels": [64]}, r"'conv_channels' has 1 value\(s\); 28 px images need 2"),
+    ("model", {"fc_dim": 16384, "conv_channels": [2048, 2048]}, r"parameters; the limit is 50,000,000"),
+    ("model", {"logvar_min": 5.0, "logvar_max": 1.0}, r"logvar_min 5.0 must be below logvar_max 1.0"),
+    ("model", {"input_std": [float("nan")]}, r"'input_std' is \[nan\]; expected a non-empty list of finite"),
+    ("objective", {"beta": "4"}, r"'beta' is '4'; expected a finite number"),
+])
+def test_config_types_and_ranges_are_checked_before_building(tmp_path, section, fields, message):
+    folder = saved(tmp_path)
+    edit_config(folder, section, **fields)
+    with pytest.raises(ValueError, match=message) as caught:
+        load_model(folder)
+    assert "config.json" in str(caught.value)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda w: {k: v.double() for k, v in w.items()}, r"is F64; expected F32"),
+    (lambda w: {**w, "encoder.head.weight": torch.full_like(w["encoder.head.weight"], float("nan"))},
+     r"'encoder.head.weight' has \d+ NaN/Inf value\(s\)"),
+    (lambda w: {**w, "decoder.fc.0.bias": w["decoder.fc.0.bias"].clone().index_fill_(0, torch.tensor([0]), float("inf"))},
+     r"'decoder.fc.0.bias' has 1 NaN/Inf value\(s\)"),
+])
+def test_weights_must_be_float32_and_finite(tmp_path, change, message):
+    folder = saved(tmp_path)
+    save_file(change(load_file(str(folder / "model.safetensors"))), str(folder / "model.safetensors"))
+    with pytest.raises(ValueError, match=message):
+        load_model(folder)
+
+
+def test_model_files_share_one_mode(tmp_path):
+    folder = saved(tmp_path)
+    modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()}
+    assert modes == {"config.json": "0o644", "metrics.json": "0o644", "model.safetensors": "0o644"}
+    assert oct(folder.stat().st_mode & 0o777) == "0o755"

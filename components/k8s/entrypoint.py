@@ -7,7 +7,8 @@
   zero time and neither medianstop nor the "latest" metric strategy can tell epochs apart.
 - The exit status of the command is passed through; SIGTERM from the kubelet is forwarded.
 - Only when the command succeeded on the rank-0 pod (RANK unset or "0": the PyTorchJob
-  Master), each FOLDER is uploaded to its URI, so workers never race the master.
+  Master), each FOLDER is uploaded to its URI, so workers never race the master. The upload
+  (kubevae.objectstore.upload) writes its completion marker last; readers require it.
 """
 
 from __future__ import annotations
