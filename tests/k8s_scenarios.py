@@ -7,7 +7,6 @@ Object storage is a real S3-compatible server (moto) on loopback.
 
 from __future__ import annotations
 
-import io
 import json
 import socket
 from dataclasses import dataclass, field

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import kubevae_cmd, subprocess_env
 from PIL import Image
 
-from conftest import kubevae_cmd, subprocess_env
 from kubevae.data.dataset import Dataset
-from kubevae.ingest import ingest
 from kubevae.ingest import decode as decode_module
+from kubevae.ingest import ingest
 from kubevae.storage import remove_stale_temporaries
 
 GOOD = 6

@@ -15,9 +15,9 @@ import sys
 
 import pandas as pd
 import pytest
+from k8s_scenarios import BUCKET, s3  # noqa: F401  (the session's moto server)
 
 from components.k8s import entrypoint
-from k8s_scenarios import BUCKET, s3  # noqa: F401  (the session's moto server)
 from kubevae import objectstore
 from kubevae.objectstore import COMPLETE_MARKER, ObjectStoreError, S3Config
 

@@ -10,7 +10,12 @@ import sys
 import pytest
 
 from kubevae import storage
-from kubevae.storage import atomic_dir, atomic_path, atomic_write_text, remove_stale_temporaries
+from kubevae.storage import (
+    atomic_dir,
+    atomic_path,
+    atomic_write_text,
+    remove_stale_temporaries,
+)
 
 
 def dead_pid() -> int:

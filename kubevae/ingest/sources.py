@@ -25,7 +25,7 @@ import pandas as pd
 
 from kubevae import objectstore
 from kubevae.ingest.decode import IMAGE_EXTENSIONS, Rejected
-from kubevae.objectstore import S3Config, ObjectStoreError
+from kubevae.objectstore import ObjectStoreError, S3Config
 
 S3_SCHEMES = objectstore.SCHEMES
 BUILTINS = ("sprites", "digits")
