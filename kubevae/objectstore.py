@@ -45,9 +45,10 @@ import json
 import os
 import sys
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 SCHEMES = ("s3", "minio")
@@ -107,7 +108,7 @@ class S3Config:
     session_token: str | None = field(default=None, repr=False)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> "S3Config":
+    def from_env(cls, env: Mapping[str, str] | None = None) -> S3Config:
         env = dict(os.environ if env is None else env)
         raw = next((env[k] for k in ("S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL",
                                      "MINIO_ENDPOINT") if env.get(k)), "s3.amazonaws.com")
@@ -358,11 +359,13 @@ def _read_marker(client, bucket: str, base: str, uri: str) -> dict[str, dict]:
     try:
         marker = json.loads(raw)
         files = marker["files"]
-        assert marker.get("format") == MARKER_FORMAT and isinstance(files, dict)
+        if marker.get("format") != MARKER_FORMAT or not isinstance(files, dict):
+            raise ValueError(f"format {marker.get('format')!r}")
         for relative, entry in files.items():
             _relative_key(base + relative, base.rstrip("/"))
-            assert isinstance(entry["size"], int) and isinstance(entry["sha256"], str)
-    except (ValueError, KeyError, TypeError, AssertionError) as e:
+            if not isinstance(entry["size"], int) or not isinstance(entry["sha256"], str):
+                raise ValueError(f"entry {relative!r}: {entry!r}")
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ObjectStoreError(f"download: {uri}/{COMPLETE_MARKER} is not a {MARKER_FORMAT} "
                                f"marker ({type(e).__name__}: {e})") from None
     return files

@@ -40,8 +40,15 @@ from kubevae.ingest.metadata import MAX_METADATA_BYTES, Metadata, load_metadata
 from kubevae.ingest.parallel import ordered_map
 from kubevae.ingest.sources import Entry, Source, SourceError, open_source
 from kubevae.progress import progress
-from kubevae.storage import (atomic_dir, atomic_write_json, atomic_write_text, read_json,
-                             release_temporary, remove_stale_temporaries, temporary_dir)
+from kubevae.storage import (
+    atomic_dir,
+    atomic_write_json,
+    atomic_write_text,
+    read_json,
+    release_temporary,
+    remove_stale_temporaries,
+    temporary_dir,
+)
 
 __all__ = ["IngestError", "IngestReport", "SourceError", "ingest"]
 

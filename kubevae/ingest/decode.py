@@ -304,7 +304,7 @@ def infer_target(samples: Sequence[tuple[bytes | np.ndarray, str]], image_size: 
     for payload, name in samples:
         try:
             shapes[decode(payload, name).shape] += 1
-        except Exception:  # noqa: BLE001 - Rejected or not: the main pass quarantines it
+        except Exception:  # noqa: S112 - Rejected or not: the main pass quarantines it
             continue
     if not shapes and (image_size is None or channels is None):
         raise ValueError(f"{where}: none of the first {len(samples)} files could be decoded, so "
