@@ -298,8 +298,9 @@ def download(client, uri: str, dest: str | os.PathLike, *, require_marker: bool 
     bucket, prefix = parse_uri(uri)
     base = f"{prefix}/" if prefix else ""
     with errors(uri, endpoint_of(client), "download"):
+        files: dict[str, dict | None]
         if require_marker:
-            files = _read_marker(client, bucket, base, uri)
+            files = dict(_read_marker(client, bucket, base, uri))
         else:
             files = {_relative_key(o.object_name, prefix).as_posix(): None
                      for o in client.list_objects(bucket, prefix=base, recursive=True)

@@ -119,16 +119,17 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?:old-|scratch-)?"
                          r"(?P<host>[A-Za-z0-9.-]+?)-(?P<pid>\d+)-[A-Za-z0-9_]+(?:\.tmp)?$")
     legacy = re.compile(rf"^\.{re.escape(path.name)}\.old-(?P<pid>\d+)$")  # before the host was named
-    removed = []
+    removed: list[Path] = []
     try:
         names = os.listdir(path.parent)
     except OSError:
         return removed
     for name in names:
         match = pattern.match(name) or legacy.match(name)
+        if match is None:
+            continue
         candidate = path.parent / name
-        host = match.groupdict().get("host") or _host() if match else None
-        if match and _is_stale(candidate, host, int(match["pid"])):
+        if _is_stale(candidate, match.groupdict().get("host") or _host(), int(match["pid"])):
             if candidate.is_dir() and not candidate.is_symlink():
                 shutil.rmtree(candidate, ignore_errors=True)
             else:
