@@ -1,13 +1,16 @@
 """Offline checks of Kubernetes objects: CRD schemas, Katib's admission rules, pod security.
 
-- PyTorchJob and InferenceService validate against the OpenAPI v3 schema of the CRD version
+- TrainJob, PyTorchJob and InferenceService validate against the OpenAPI v3 schema of the CRD version
   they name (../shared/crds), made strict: an object schema with properties accepts no other
   keys unless it says x-kubernetes-preserve-unknown-fields (the API server would silently drop
   them; `kubectl apply --validate=strict` rejects them).
 - A Katib Experiment has no schema (its CRD preserves unknown fields); `katib_violations`
   implements the rules of Katib's validating webhook listed in ../shared/crds/README.md, and
   the trial template's PyTorchJob, with every placeholder substituted as the webhook does,
-  validates against the PyTorchJob schema.
+  validates against the schema of its kind (TrainJob or PyTorchJob).
+- A TrainJob's pods are what the Trainer makes of the runtime it names (../shared/runtimes):
+  `trainjob_pod_spec` applies spec.trainer to the runtime's `node` container and the
+  runtimePatches to its pod template, as the Trainer does, and the security checks run on that.
 """
 
 from __future__ import annotations
@@ -23,11 +26,16 @@ import yaml
 
 from conftest import CRDS
 
+RUNTIMES = CRDS.parent / "runtimes"
+
 CRD_FILES = {
     ("kubeflow.org", "PyTorchJob"): "kubeflow.org_pytorchjobs.yaml",
     ("serving.kserve.io", "InferenceService"): "serving.kserve.io_inferenceservices.yaml",
     ("kubeflow.org", "Experiment"): "kubeflow.org_experiments.yaml",
+    ("trainer.kubeflow.org", "TrainJob"): "trainer.kubeflow.org_trainjobs.yaml",
+    ("trainer.kubeflow.org", "ClusterTrainingRuntime"): "trainer.kubeflow.org_clustertrainingruntimes.yaml",
 }
+RUNTIME_FILES = {"torch-distributed": "torch_distributed.yaml"}
 # Katib's default suggestion and early-stopping services (katib-config in Katib 0.19).
 KATIB_ALGORITHMS = {"random", "tpe", "multivariate-tpe", "cmaes", "grid", "hyperband",
                     "bayesianoptimization", "sobol", "enas", "darts", "pbt"}
@@ -235,6 +243,8 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
     if kind == "PyTorchJob":
         return [(f"PyTorchJob {name} {r}", s["template"]["spec"])
                 for r, s in (spec.get("pytorchReplicaSpecs") or {}).items()]
+    if kind == "TrainJob":
+        return [(f"TrainJob {name} node", trainjob_pod_spec(obj))]
     if kind == "Experiment":
         trial = substituted_trial_spec(obj)
         return [(f"Experiment {name} trial {w}", s) for w, s in pod_templates(trial)] if trial else []
@@ -248,3 +258,60 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
     if kind == "Pod":
         return [(f"Pod {name}", spec)]
     return []
+
+
+@functools.cache
+def runtime(name: str) -> dict:
+    return yaml.safe_load((RUNTIMES / RUNTIME_FILES[name]).read_text())
+
+
+def _merge_named(base: list[dict], patches: list[dict]) -> list[dict]:
+    """Strategic merge of lists keyed by name: patch entries update the same-named entry."""
+    out = [copy.deepcopy(b) for b in base]
+    for p in patches:
+        same = next((b for b in out if b.get("name") == p.get("name")), None)
+        if same is None:
+            out.append(copy.deepcopy(p))
+        else:
+            for key, value in p.items():
+                same[key] = _merge_named(same.get(key) or [], value) if key in ("volumeMounts", "env") \
+                    else copy.deepcopy(value)
+    return out
+
+
+def trainjob_pod_spec(trainjob: dict, replicated_job: str = "node") -> dict:
+    """The pod spec the Trainer makes for `replicated_job` of a TrainJob: the runtime's pod
+    template, spec.trainer on its `node` container (image, command, args, env, resources), then
+    every runtime patch (pod fields replace, containers/volumes merge by name). A patch that
+    names a container the runtime lacks is an error: the Trainer cannot add one."""
+    spec = trainjob["spec"]
+    ref = spec["runtimeRef"]
+    rt = runtime(ref["name"])
+    assert (ref.get("kind", "ClusterTrainingRuntime"), ref.get("apiGroup", "trainer.kubeflow.org")) == \
+        (rt["kind"], rt["apiVersion"].split("/")[0]), f"runtimeRef {ref} does not name {rt['kind']} {ref['name']}"
+    [job] = [j for j in rt["spec"]["template"]["spec"]["replicatedJobs"] if j["name"] == replicated_job]
+    pod = copy.deepcopy(job["template"]["spec"]["template"]["spec"])
+    trainer = spec.get("trainer") or {}
+    [node] = [c for c in pod["containers"] if c["name"] == "node"]
+    for key, field in (("image", "image"), ("command", "command"), ("args", "args"),
+                       ("resourcesPerNode", "resources")):
+        if key in trainer:
+            node[field] = copy.deepcopy(trainer[key])
+    node["env"] = _merge_named(node.get("env") or [], trainer.get("env") or [])
+    for patch in spec.get("runtimePatches") or []:
+        template = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
+        for rj in template.get("replicatedJobs") or []:
+            if rj["name"] != replicated_job:
+                continue
+            pod_patch = ((rj.get("template") or {}).get("spec") or {}).get("template", {}).get("spec") or {}
+            for key, value in pod_patch.items():
+                if key in ("containers", "initContainers"):
+                    have = {c["name"] for c in pod.get(key) or []}
+                    unknown = {c["name"] for c in value} - have
+                    assert not unknown, f"runtime patch names {key} {sorted(unknown)} the runtime lacks"
+                    pod[key] = _merge_named(pod.get(key) or [], value)
+                elif key == "volumes":
+                    pod[key] = _merge_named(pod.get(key) or [], value)
+                else:
+                    pod[key] = copy.deepcopy(value)
+    return pod

@@ -139,14 +139,14 @@ class FakeCluster:
         return obj
 
     def add_pod(self, namespace: str, name: str, labels: dict[str, str], phase: str = "Running",
-                waiting: str | None = None) -> None:
+                waiting: str | None = None, container: str = "pytorch") -> None:
         status: dict[str, Any] = {"phase": phase, "containerStatuses": [
-            {"name": "pytorch", "ready": phase == "Running", "restartCount": 0, "image": "img",
+            {"name": container, "ready": phase == "Running", "restartCount": 0, "image": "img",
              "imageID": "", "state": {"waiting": {"reason": waiting, "message": "scripted"}} if waiting
              else {"running": {"startedAt": stamp(0)}}}]}
         self.pods[(namespace, name)] = {"apiVersion": "v1", "kind": "Pod",
                                         "metadata": {"name": name, "namespace": namespace, "labels": labels},
-                                        "spec": {"containers": [{"name": "pytorch", "image": "img"}]},
+                                        "spec": {"containers": [{"name": container, "image": "img"}]},
                                         "status": status}
 
     def log(self, namespace: str, pod: str, at: float, line: str) -> None:

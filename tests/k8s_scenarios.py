@@ -7,9 +7,10 @@ Object storage is a real S3-compatible server (moto) on loopback.
 
 from __future__ import annotations
 
+import functools
 import json
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -66,7 +67,7 @@ class Outcome:
 
 
 def cluster_settings() -> ClusterSettings:
-    return ClusterSettings(namespace=NAMESPACE, image=IMAGE, timeout_seconds=TIMEOUT_S)
+    return ClusterSettings(namespace=NAMESPACE, image=IMAGE, timeout_seconds=TIMEOUT_S, run_id="run-1")
 
 
 def _backend(cluster: FakeCluster, out: Outcome, s3: S3 | None = None,
@@ -91,11 +92,11 @@ def _run(out: Outcome, action: Callable[[], Any]) -> Outcome:
 
 
 # -- tune ---------------------------------------------------------------------------------
-def tune_request(tmp: Path, algorithm: str = "tpe", parallel: int = 2) -> TuneRequest:
+def tune_request(tmp: Path, algorithm: str = "tpe", parallel: int = 2, api: str = "trainer") -> TuneRequest:
     return TuneRequest(name="kubevae-tune", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                        search_space=default_search_space(latent_dims=(4, 10)), work_dir=str(tmp / "trials"),
                        algorithm=algorithm, max_trials=3, parallel_trials=parallel, max_failed_trials=1,
-                       trial_epochs=4, cluster=cluster_settings())
+                       trial_epochs=4, cluster=replace(cluster_settings(), training_api=api))
 
 
 EXPERIMENT_NAME = f"kubevae-tune-{SUFFIX}"
@@ -113,7 +114,7 @@ def _trial(name: str, beta: str, dim: str, state: str, value: str | None, create
                        "observation": {"metrics": metrics}}}
 
 
-def tune_succeeds(tmp: Path) -> Outcome:
+def tune_succeeds(tmp: Path, api: str = "trainer") -> Outcome:
     cluster = FakeCluster()
     out = Outcome(cluster)
     for t in (_trial(f"{EXPERIMENT_NAME}-aaaa", "0.7", "4", "Succeeded", "830.5", 1),
@@ -130,7 +131,7 @@ def tune_succeeds(tmp: Path) -> Outcome:
                    status_updates("Created", "Running", trialsSucceeded=2, trialsRunning=1),
                    status_updates("Created", "Succeeded", trialsSucceeded=2, trialsEarlyStopped=1,
                                   currentOptimalTrial=optimal))
-    return _run(out, lambda: _backend(cluster, out).tune(tune_request(tmp)))
+    return _run(out, lambda: _backend(cluster, out).tune(tune_request(tmp, api=api)))
 
 
 def tune_fails(tmp: Path) -> Outcome:
@@ -150,27 +151,44 @@ def tune_times_out(tmp: Path) -> Outcome:
 
 
 # -- train --------------------------------------------------------------------------------
+# Each train scenario runs against both training APIs: a TrainJob (Trainer v2, the default) and
+# a PyTorchJob (Training Operator 1.9).
 JOB_NAME = f"train-{SUFFIX}"
 MASTER_POD = f"{JOB_NAME}-master-0"
+NODE0_POD = f"{JOB_NAME}-node-0-0-x7k2p"  # JobSet's Job "<jobset>-node-0", completion index 0
+PLURALS = {"trainer": "trainjobs", "pytorchjob": "pytorchjobs"}
+SUCCEEDED = {"trainer": "Complete", "pytorchjob": "Succeeded"}
 
 
-def train_request(tmp: Path, out_uri: str = MODEL_URI) -> TrainRequest:
+def train_request(tmp: Path, out_uri: str = MODEL_URI, api: str = "trainer") -> TrainRequest:
     return TrainRequest(name="train", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                         params={"beta": 3.2, "latent_dim": 10}, out_dir=str(tmp / "model"),
                         out_uri=out_uri, epochs=3, batch_size=128, workers=2, gpus_per_worker=1,
-                        cluster=cluster_settings())
+                        cluster=replace(cluster_settings(), training_api=api))
 
 
-def _master_pod(cluster: FakeCluster, waiting: str | None = None) -> None:
-    cluster.add_pod(NAMESPACE, MASTER_POD, {"training.kubeflow.org/job-name": JOB_NAME,
-                                            "training.kubeflow.org/job-role": "master",
-                                            "training.kubeflow.org/replica-type": "master"},
-                    waiting=waiting)
+def node0_pod(api: str) -> str:
+    return NODE0_POD if api == "trainer" else MASTER_POD
+
+
+def _node0(cluster: FakeCluster, api: str, waiting: str | None = None) -> None:
+    """Node 0's pod with the labels its controller gives it, and a worker pod beside it."""
+    if api == "trainer":
+        common = {"jobset.sigs.k8s.io/jobset-name": JOB_NAME, "jobset.sigs.k8s.io/replicatedjob-name": "node"}
+        cluster.add_pod(NAMESPACE, NODE0_POD, {**common, "batch.kubernetes.io/job-completion-index": "0"},
+                        waiting=waiting, container="node")
+        cluster.add_pod(NAMESPACE, f"{JOB_NAME}-node-0-1-q9w8e",
+                        {**common, "batch.kubernetes.io/job-completion-index": "1"}, container="node")
+    else:
+        cluster.add_pod(NAMESPACE, MASTER_POD, {"training.kubeflow.org/job-name": JOB_NAME,
+                                                "training.kubeflow.org/job-role": "master",
+                                                "training.kubeflow.org/replica-type": "master"},
+                        waiting=waiting)
 
 
 def _model_in_s3(s3: S3, uri: str) -> None:
-    """What the Master's entry point uploads when `kubevae train` succeeded (with its
-    completion marker, written last)."""
+    """What node 0's entry point uploads when `kubevae train` succeeded (with its completion
+    marker, written last)."""
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -180,44 +198,48 @@ def _model_in_s3(s3: S3, uri: str) -> None:
         objectstore.upload(s3.client(), tmp, uri)
 
 
-def train_succeeds(tmp: Path, s3: S3) -> Outcome:
+def train_succeeds(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:
     cluster = FakeCluster()
     out = Outcome(cluster)
-    _master_pod(cluster)
+    _node0(cluster, api)
     for t, line in enumerate(["epoch=1 step=10 val_neg_elbo=900.1", "epoch=2 step=20 val_neg_elbo=850.2",
                               "epoch=3 step=30 val_neg_elbo=805.5"]):
-        cluster.log(NAMESPACE, MASTER_POD, at=10 * t, line=line)
+        cluster.log(NAMESPACE, node0_pod(api), at=10 * t, line=line)
+    cluster.log(NAMESPACE, f"{JOB_NAME}-node-0-1-q9w8e", at=0, line="a worker's line, never streamed")
     _model_in_s3(s3, MODEL_URI)
-    cluster.script("pytorchjobs", status_updates("Created", "Running"),
-                   lambda obj: (cluster.clock.advance(30), status_updates("Created", "Running"))[1],
-                   status_updates("Created", "Running", "Succeeded"))
-    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+    running = status_updates("Created", "Running") if api == "pytorchjob" else {"conditions": []}
+    cluster.script(PLURALS[api], running,
+                   lambda obj: (cluster.clock.advance(30), running)[1],
+                   status_updates("Created", "Running", SUCCEEDED[api]) if api == "pytorchjob"
+                   else status_updates(SUCCEEDED[api]))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp, api=api)))
 
 
-def train_fails(tmp: Path, s3: S3) -> Outcome:
+def train_fails(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:
     cluster = FakeCluster()
     out = Outcome(cluster)
-    _master_pod(cluster)
-    cluster.log(NAMESPACE, MASTER_POD, at=0, line="RuntimeError: CUDA out of memory")
-    cluster.script("pytorchjobs", status_updates("Created", "Running"),
-                   failed("PyTorchJobFailed", "PyTorchJob train-abc123 is failed because 1 Master replica(s) failed."))
-    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+    _node0(cluster, api)
+    cluster.log(NAMESPACE, node0_pod(api), at=0, line="RuntimeError: CUDA out of memory")
+    message = ("PyTorchJob train-abc123 is failed because 1 Master replica(s) failed." if api == "pytorchjob"
+               else "jobset failed: job train-abc123-node-0 has failed (BackoffLimitExceeded)")
+    cluster.script(PLURALS[api], status_updates("Created", "Running"), failed("JobFailed", message))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp, api=api)))
 
 
-def train_times_out(tmp: Path, s3: S3) -> Outcome:
+def train_times_out(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:
     cluster = FakeCluster()
     out = Outcome(cluster)
-    _master_pod(cluster)
-    cluster.script("pytorchjobs", status_updates("Created", "Running"))
-    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+    _node0(cluster, api)
+    cluster.script(PLURALS[api], status_updates("Created", "Running"))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp, api=api)))
 
 
-def train_image_missing(tmp: Path, s3: S3) -> Outcome:
+def train_image_missing(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:
     cluster = FakeCluster()
     out = Outcome(cluster)
-    _master_pod(cluster, waiting="ImagePullBackOff")
-    cluster.script("pytorchjobs", status_updates("Created"))
-    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp)))
+    _node0(cluster, api, waiting="ImagePullBackOff")
+    cluster.script(PLURALS[api], status_updates("Created"))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp, api=api)))
 
 
 # -- deploy -------------------------------------------------------------------------------
@@ -308,8 +330,11 @@ def deploy_canary_revision_fails(tmp: Path) -> Outcome:
 
 SCENARIOS = {
     "tune_succeeds": tune_succeeds, "tune_fails": tune_fails, "tune_times_out": tune_times_out,
-    "train_succeeds": train_succeeds, "train_fails": train_fails, "train_times_out": train_times_out,
-    "train_image_missing": train_image_missing, "deploy_creates": deploy_creates,
+    "tune_succeeds_pytorchjob": functools.partial(tune_succeeds, api="pytorchjob"),
+    **{f"{scenario.__name__}{'' if api == 'trainer' else '_' + api}": functools.partial(scenario, api=api)
+       for scenario in (train_succeeds, train_fails, train_times_out, train_image_missing)
+       for api in ("trainer", "pytorchjob")},
+    "deploy_creates": deploy_creates,
     "deploy_create_smoke_fails": deploy_create_smoke_fails, "deploy_canary_promoted": deploy_canary_promoted,
     "deploy_canary_rolled_back": deploy_canary_rolled_back,
     "deploy_canary_revision_fails": deploy_canary_revision_fails,

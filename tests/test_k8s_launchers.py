@@ -19,10 +19,12 @@ from components.k8s.launchers import ResourceFailed, ResourceTimeout
 from components.k8s.security import pod_security_violations
 from k8s_checks import custom_resource_errors, pod_templates
 from k8s_scenarios import (BUCKET, CANARY_CLUSTER_URL, EXPERIMENT_NAME, IMAGE, JOB_NAME, MODEL_URI, NAMESPACE,
-                           SERVICE_URL, TIMEOUT_S, deploy_canary_promoted, deploy_canary_revision_fails,
+                           PLURALS, SERVICE_URL, TIMEOUT_S, deploy_canary_promoted, deploy_canary_revision_fails,
                            deploy_canary_rolled_back, deploy_create_smoke_fails, deploy_creates, s3,  # noqa: F401
                            train_fails, train_image_missing, train_succeeds, train_times_out, tune_fails,
                            tune_succeeds, tune_times_out)
+
+APIS = ("trainer", "pytorchjob")
 
 KATIB_METRIC = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")  # Katib's default filter
 
@@ -33,13 +35,25 @@ def verbs(outcome, resource):
 
 def assert_valid(obj):
     assert custom_resource_errors(obj) == []
-    for where, spec in pod_templates(obj):
+    templates = pod_templates(obj)
+    assert templates
+    for where, spec in templates:
         assert pod_security_violations(spec, where) == []
 
 
+def node0_container(job: dict) -> dict:
+    """The training container of node 0 as the cluster will run it (TrainJob or PyTorchJob)."""
+    from k8s_checks import trainjob_pod_spec
+
+    if job["kind"] == "TrainJob":
+        return trainjob_pod_spec(job)["containers"][0]
+    return job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+
+
 # -- tune ---------------------------------------------------------------------------------
-def test_tune_submits_a_valid_experiment_and_reads_back_the_optimal_trial(tmp_path):
-    out = tune_succeeds(tmp_path)
+@pytest.mark.parametrize("api", APIS)
+def test_tune_submits_a_valid_experiment_and_reads_back_the_optimal_trial(tmp_path, api):
+    out = tune_succeeds(tmp_path, api=api)
     assert out.error is None, out.error
     [experiment] = out.cluster.created("experiments")
     assert_valid(experiment)
@@ -53,14 +67,26 @@ def test_tune_submits_a_valid_experiment_and_reads_back_the_optimal_trial(tmp_pa
     assert (spec["maxTrialCount"], spec["parallelTrialCount"], spec["maxFailedTrialCount"]) == (3, 2, 1)
     beta = next(p for p in spec["parameters"] if p["name"] == "beta")
     assert beta["feasibleSpace"]["distribution"] == "logUniform"
-    master = spec["trialTemplate"]["trialSpec"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
-    args = master["containers"][0]["args"]
+    trial = spec["trialTemplate"]["trialSpec"]
+    assert trial["kind"] == {"trainer": "TrainJob", "pytorchjob": "PyTorchJob"}[api]
+    container = node0_container(trial)
+    args = container["args"]
     assert args[args.index("--beta") + 1] == "${trialParameters.beta}"
     assert args[args.index("--epochs") + 1] == "4"
-    env = {e["name"]: e.get("value") for e in master["containers"][0]["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MLFLOW_PARENT_RUN_ID"] == "parent123"
     assert "MLFLOW_TRACKING_PASSWORD" not in env  # credentials never go into a spec
-    assert master["initContainers"][0]["command"][-2:] == [DATA_URI_EXPECTED, "/data/splits"]
+    if api == "trainer":  # every node downloads the split itself: no init containers in a TrainJob
+        assert f"{DATA_URI_EXPECTED}=/data/splits" in container["command"]
+        assert spec["trialTemplate"]["primaryContainerName"] == "node"
+        assert spec["trialTemplate"]["primaryPodLabels"] == {
+            "jobset.sigs.k8s.io/replicatedjob-name": "node", "batch.kubernetes.io/job-completion-index": "0"}
+        assert spec["trialTemplate"]["successCondition"] == 'status.conditions.#(type=="Complete")#|#(status=="True")#'
+    else:
+        master = trial["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+        assert master["initContainers"][0]["command"][-2:] == [DATA_URI_EXPECTED, "/data/splits"]
+        assert spec["trialTemplate"]["primaryContainerName"] == "pytorch"
+    assert experiment["metadata"]["labels"]["kubevae.io/pipeline-run"] == "run-1"
 
     result = out.result
     assert result.best_params == {"beta": 3.2, "latent_dim": 10}
@@ -110,8 +136,7 @@ def test_every_algorithm_builds_a_valid_experiment(tmp_path, algorithm, parallel
     if algorithm == "hyperband":
         names = [p["name"] for p in experiment["spec"]["parameters"]]
         assert "epochs" in names
-        args = experiment["spec"]["trialTemplate"]["trialSpec"]["spec"]["pytorchReplicaSpecs"]["Master"][
-            "template"]["spec"]["containers"][0]["args"]
+        args = node0_container(experiment["spec"]["trialTemplate"]["trialSpec"])["args"]
         assert args.count("--epochs") == 1 and args[args.index("--epochs") + 1] == "${trialParameters.epochs}"
     if algorithm == "grid":
         beta = next(p for p in experiment["spec"]["parameters"] if p["name"] == "beta")
@@ -129,58 +154,90 @@ def test_hyperband_needs_enough_parallel_trials(tmp_path):
 
 
 # -- train --------------------------------------------------------------------------------
-def test_train_submits_a_valid_job_streams_the_master_log_and_downloads_the_model(tmp_path, s3):
-    out = train_succeeds(tmp_path, s3)
+@pytest.mark.parametrize("api", APIS)
+def test_train_submits_a_valid_job_streams_node0s_log_and_downloads_the_model(tmp_path, s3, api):
+    out = train_succeeds(tmp_path, s3, api=api)
     assert out.error is None, out.error
-    [job] = out.cluster.created("pytorchjobs")
+    [job] = out.cluster.created(PLURALS[api])
     assert_valid(job)
     assert job["metadata"]["name"] == JOB_NAME
-    replicas = job["spec"]["pytorchReplicaSpecs"]
-    assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
-    assert {r["restartPolicy"] for r in replicas.values()} == {"OnFailure"}
-    assert job["spec"]["nprocPerNode"] == "1"
-    pod = replicas["Master"]["template"]["spec"]
-    container = pod["containers"][0]
-    assert container["name"] == "pytorch" and container["image"] == IMAGE
+    assert job["metadata"]["labels"]["kubevae.io/pipeline-run"] == "run-1"
+    if api == "trainer":
+        trainer = job["spec"]["trainer"]
+        assert job["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "ClusterTrainingRuntime",
+                                             "name": "torch-distributed"}
+        assert (trainer["numNodes"], trainer["numProcPerNode"]) == (2, 1)
+        assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] == "1"
+        assert job["spec"]["activeDeadlineSeconds"] == TIMEOUT_S
+        from k8s_checks import trainjob_pod_spec
+
+        pod = trainjob_pod_spec(job)
+        env = {e["name"]: e for e in trainer["env"]}
+        assert env["S3_ENDPOINT"]["valueFrom"]["configMapKeyRef"]["name"] == "kubevae-settings"
+    else:
+        replicas = job["spec"]["pytorchReplicaSpecs"]
+        assert replicas["Master"]["replicas"] == 1 and replicas["Worker"]["replicas"] == 1
+        assert {r["restartPolicy"] for r in replicas.values()} == {"OnFailure"}
+        assert job["spec"]["nprocPerNode"] == "1"
+        pod = replicas["Master"]["template"]["spec"]
+    container = node0_container(job)
+    assert container["image"] == IMAGE
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert pod["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert container["command"][-2:] == ["kubevae", "train"]
     assert f"/work/model={MODEL_URI}" in container["command"]
     args = container["args"]
-    assert args[args.index("--resume") + 1] == "auto"
+    assert args[args.index("--resume") + 1] == "auto"  # a restarted pod continues from its checkpoint
     assert args[args.index("--checkpoint-dir") + 1] == f"/checkpoints/{JOB_NAME}"
+    assert {"name": "checkpoints", "mountPath": "/checkpoints"} in container["volumeMounts"]
     assert args[args.index("--beta") + 1] == "3.2" and args[args.index("--latent-dim") + 1] == "10"
-    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                   if "secretKeyRef" in e.get("valueFrom", {})}
     assert secret_refs == {k: {"name": "kubevae-s3", "key": k} for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    # Each Master line once, in order, although the log reads overlap.
+    # Each line of node 0 once, in order, although the log reads overlap; no other pod's lines.
     assert [line for line in out.log if line.startswith("epoch=")] == [
         "epoch=1 step=10 val_neg_elbo=900.1", "epoch=2 step=20 val_neg_elbo=850.2",
         "epoch=3 step=30 val_neg_elbo=805.5"]
+    assert not any("worker's line" in line for line in out.log)
     assert out.result.metrics == {"val_neg_elbo": 805.5, "epoch": 3}
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "metrics.json",
                                                                       "model.safetensors"]
-    assert verbs(out, "pytorchjobs") == ["create", "list", "watch", "watch", "watch", "get"]
+    expected = ["create", "list", "watch", "watch", "watch"] + (["get"] if api == "pytorchjob" else [])
+    assert verbs(out, PLURALS[api]) == expected
 
 
-def test_train_failure_raises_with_the_operators_message_and_shows_the_log(tmp_path, s3):
-    out = train_fails(tmp_path, s3)
+@pytest.mark.parametrize("api", APIS)
+def test_train_failure_raises_with_the_controllers_message_and_shows_the_log(tmp_path, s3, api):
+    out = train_fails(tmp_path, s3, api=api)
     assert isinstance(out.error, ResourceFailed)
-    assert "1 Master replica(s) failed" in str(out.error)
+    assert ("1 Master replica(s) failed" if api == "pytorchjob" else "BackoffLimitExceeded") in str(out.error)
     assert "RuntimeError: CUDA out of memory" in out.log
     assert not (tmp_path / "model").exists()
 
 
-def test_train_timeout_deletes_the_job(tmp_path, s3):
-    out = train_times_out(tmp_path, s3)
+@pytest.mark.parametrize("api", APIS)
+def test_train_timeout_deletes_the_job(tmp_path, s3, api):
+    out = train_times_out(tmp_path, s3, api=api)
     assert isinstance(out.error, ResourceTimeout)
-    assert verbs(out, "pytorchjobs")[-1] == "delete"
+    assert verbs(out, PLURALS[api])[-1] == "delete"
 
 
-def test_train_stops_at_once_when_the_image_cannot_be_pulled(tmp_path, s3):
-    out = train_image_missing(tmp_path, s3)
+@pytest.mark.parametrize("api", APIS)
+def test_train_stops_at_once_when_the_image_cannot_be_pulled(tmp_path, s3, api):
+    out = train_image_missing(tmp_path, s3, api=api)
     assert isinstance(out.error, ResourceFailed)
     assert "ImagePullBackOff" in str(out.error)
     assert out.cluster.clock.now < 60
+
+
+def test_an_unknown_training_api_is_refused_before_any_call(tmp_path, s3):
+    from k8s_fake import FakeCluster
+    from k8s_scenarios import Outcome, _backend, train_request
+
+    cluster = FakeCluster()
+    with pytest.raises(ValueError, match="training_api: expected one of trainer, pytorchjob"):
+        _backend(cluster, Outcome(cluster), s3).train(train_request(tmp_path, api="mpijob"))
+    assert cluster.calls == []
 
 
 def test_train_refuses_a_local_output_path(tmp_path, s3):

@@ -27,7 +27,8 @@ def generated():
 
 
 def test_generated_workloads_validate_and_are_secure(generated):
-    assert set(generated) == {"katib-experiment.yaml", "pytorchjob.yaml", "inferenceservice.yaml"}
+    assert set(generated) == {"katib-experiment.yaml", "katib-experiment-pytorchjob.yaml", "trainjob.yaml",
+                              "pytorchjob.yaml", "inferenceservice.yaml"}
     for name, obj in generated.items():
         assert custom_resource_errors(obj) == [], name
         templates = pod_templates(obj)
@@ -36,17 +37,67 @@ def test_generated_workloads_validate_and_are_secure(generated):
             assert pod_security_violations(spec, where) == []
 
 
-def test_katib_trial_template_is_a_valid_pytorchjob(generated):
-    experiment = generated["katib-experiment.yaml"]
+@pytest.mark.parametrize("name,kind,container,success,labels", [
+    ("katib-experiment.yaml", "TrainJob", "node", "Complete",
+     {"jobset.sigs.k8s.io/replicatedjob-name": "node", "batch.kubernetes.io/job-completion-index": "0"}),
+    ("katib-experiment-pytorchjob.yaml", "PyTorchJob", "pytorch", "Succeeded",
+     {"training.kubeflow.org/job-role": "master"}),
+])
+def test_katib_trial_template_is_a_valid_job(generated, name, kind, container, success, labels):
+    experiment = generated[name]
     assert katib_violations(experiment) == []
     trial = substituted_trial_spec(experiment)
-    assert trial["kind"] == "PyTorchJob" and "metadata" not in trial
+    assert trial["kind"] == kind and "metadata" not in trial
     assert schema_errors(trial) == []
     template = experiment["spec"]["trialTemplate"]
-    assert template["primaryContainerName"] == "pytorch"
-    assert template["primaryPodLabels"] == {"training.kubeflow.org/job-role": "master"}
-    assert template["successCondition"] == 'status.conditions.#(type=="Succeeded")#|#(status=="True")#'
+    assert template["primaryContainerName"] == container
+    assert template["primaryPodLabels"] == labels
+    assert template["successCondition"] == f'status.conditions.#(type=="{success}")#|#(status=="True")#'
     assert template["failureCondition"] == 'status.conditions.#(type=="Failed")#|#(status=="True")#'
+
+
+def test_the_default_training_api_is_a_trainjob_on_the_torch_runtime(generated):
+    from k8s_checks import trainjob_pod_spec
+
+    job = generated["trainjob.yaml"]
+    assert (job["apiVersion"], job["kind"]) == ("trainer.kubeflow.org/v1alpha1", "TrainJob")
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    pod = trainjob_pod_spec(job)
+    [node] = pod["containers"]
+    assert node["name"] == "node" and node["image"] == job["spec"]["trainer"]["image"]
+    assert pod["securityContext"]["runAsNonRoot"] is True  # from the runtime patch
+    assert pod_security_violations(pod) == []
+    import kubernetes_validate  # the merged pod is a valid Kubernetes pod
+
+    kubernetes_validate.validate({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "node-0"},
+                                  "spec": pod}, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_a_runtime_patch_cannot_add_a_container(generated):
+    from k8s_checks import trainjob_pod_spec
+
+    job = copy.deepcopy(generated["trainjob.yaml"])
+    pod = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][0][
+        "template"]["spec"]["template"]["spec"]
+    pod["initContainers"] = [{"name": "fetch-data"}]
+    with pytest.raises(AssertionError, match="fetch-data"):
+        trainjob_pod_spec(job)
+
+
+def test_the_trainjob_schema_check_rejects_wrong_types_and_unknown_fields(generated):
+    job = copy.deepcopy(generated["trainjob.yaml"])
+    job["spec"]["trainer"]["numNodes"] = "2"
+    job["spec"]["trainer"]["podTemplateOverrides"] = []  # removed in Trainer 2.2
+    errors = schema_errors(job)
+    assert any("numNodes" in e for e in errors) and any("podTemplateOverrides" in e for e in errors)
+
+
+def test_the_settings_keys_are_the_configmaps():
+    from components.k8s.pytorchjob import SETTINGS_KEYS
+
+    lines = (REPO / "manifests" / "base" / "settings.env").read_text().splitlines()
+    keys = {line.split("=")[0] for line in lines if line and not line.startswith("#")}
+    assert set(SETTINGS_KEYS) <= keys and "MLFLOW_ARTIFACTS_DESTINATION" not in SETTINGS_KEYS
 
 
 def test_committed_templates_are_what_the_code_generates(tmp_path):

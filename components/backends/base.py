@@ -24,6 +24,9 @@ class ClusterSettings:
     s3_secret: str = "kubevae-s3"  # a Secret holding the S3 credentials (never in parameters)
     storage_service_account: str = "kubevae-kserve-s3"
     timeout_seconds: int = 6 * 3600
+    training_api: str = "trainer"  # components.k8s.training_apis: trainer (TrainJob) or pytorchjob
+    deployment_mode: str = "Knative"  # components.k8s.inferenceservice.DEPLOYMENT_MODES
+    run_id: str = ""  # the KFP run: labels what it creates, so that its exit handler finds it
 
 
 @dataclass

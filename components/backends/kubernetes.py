@@ -1,11 +1,12 @@
-"""The kubernetes backend: a Katib Experiment, a PyTorchJob and a KServe InferenceService.
+"""The kubernetes backend: a Katib Experiment, a TrainJob (or PyTorchJob) and a KServe InferenceService.
 
 - tune:   a Katib Experiment (tpe by default, medianstop, StdOut metrics) whose trials are
-          PyTorchJobs running `kubevae train` on the split in object storage; waited on, its
-          optimal trial and every trial read back.
-- train:  a PyTorchJob (Master + Workers, restartPolicy OnFailure, resuming from checkpoints);
-          the Master's log is streamed into this step's log; the Master uploads the model to
-          the Model artifact's URI, and it is downloaded into the artifact's local folder.
+          TrainJobs (or PyTorchJobs: ClusterSettings.training_api) running `kubevae train` on
+          the split in object storage; waited on, its optimal trial and every trial read back.
+- train:  a TrainJob on the torch runtime (or a PyTorchJob: Master + Workers), restarting
+          OnFailure and resuming from checkpoints; node 0's log is streamed into this step's
+          log; node 0 uploads the model to the Model artifact's URI, and it is downloaded into
+          the artifact's local folder.
 - deploy: an InferenceService with the kubevae predictor on the model's s3:// URI; an existing
           one is updated through a canary that is smoke-tested, then promoted or rolled back.
 
@@ -29,7 +30,8 @@ from components.backends.base import (DeployRequest, DeployResult, TrainRequest,
 from components.k8s import launchers, to_dict
 from components.k8s.inferenceservice import build_inference_service, storage_uri_for
 from components.k8s.katib import Tuning, build_experiment
-from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
+from components.k8s.pytorchjob import RUN_LABEL, TrainingJob
+from components.k8s.training_apis import TrainingApi, training_api
 from components.k8s.security import Resources
 from components.search_space import Parameter
 from kubevae import objectstore
@@ -93,28 +95,31 @@ class KubernetesBackend:
             fixed += ["--iwae-k", "16"]
         if tuning.algorithm == "hyperband":  # hyperband decides each trial's epochs
             space = space.with_parameter(Parameter(tuning.hyperband_resource, "int", 1, max(2, request.trial_epochs)))
+        api = training_api(request.cluster.training_api)
         trial = TrainingJob(
             image=request.cluster.image, train_args=tuple(fixed), data_uri=request.data_uri,
             workers=request.trial_workers, procs_per_pod=max(1, request.gpus_per_worker),
             resources=_with_gpus(self.options.trial_resources, request.gpus_per_worker),
             checkpoint_claim=self.options.checkpoint_claim, s3_secret=request.cluster.s3_secret,
-            env=self._mlflow_env(), component="tune-trial")
-        return build_experiment(name, namespace, space, trial, tuning)
+            env=self._mlflow_env(), component="tune-trial", labels=run_labels(request.cluster))
+        return build_experiment(name, namespace, space, trial, tuning, api=api,
+                                labels=dict(run_labels(request.cluster)))
 
     # -- train ----------------------------------------------------------------------------
     def train(self, request: TrainRequest) -> TrainResult:
         from kubevae.storage import read_json
 
         namespace = self._namespace(request.cluster.namespace)
+        api = training_api(request.cluster.training_api)
         job = self.train_job(request, namespace, self._name(request.name))
-        pytorch = launchers.PyTorchJobLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
-        pytorch.wait(pytorch.create(job))
+        launcher = job_launcher(api, self.api, namespace, self._waiting(request.cluster), self.log)
+        launcher.wait(launcher.create(job))
         count = objectstore.download(self._store(), request.out_uri, request.out_dir)
         self.log(f"downloaded the model ({count} files) from {request.out_uri}")
         return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"))
 
     def train_job(self, request: TrainRequest, namespace: str | None, name: str):
-        """The PyTorchJob that `train` submits."""
+        """The TrainJob or PyTorchJob (request.cluster.training_api) that `train` submits."""
         from components.search_space import train_args
 
         _require_object_uri("train: data_uri", request.data_uri)
@@ -129,8 +134,8 @@ class KubernetesBackend:
             resources=_with_gpus(self.options.train_resources, request.gpus_per_worker),
             checkpoint_claim=self.options.checkpoint_claim, checkpoint_folder=name,
             s3_secret=request.cluster.s3_secret, env=self._mlflow_env(),
-            active_deadline_seconds=request.cluster.timeout_seconds)
-        return build_pytorchjob(job, name, namespace)
+            active_deadline_seconds=request.cluster.timeout_seconds, labels=run_labels(request.cluster))
+        return training_api(request.cluster.training_api).build(job, name, namespace)
 
     # -- deploy ---------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> DeployResult:
@@ -189,6 +194,19 @@ class KubernetesBackend:
 
     def _mlflow_env(self) -> tuple[tuple[str, str], ...]:
         return tuple((k, self._env[k]) for k in MLFLOW_PASSTHROUGH if self._env.get(k))
+
+
+def job_launcher(api: TrainingApi, kube: launchers.KubeApi, namespace: str, waiting: launchers.Waiting,
+                 log: Callable[[str], None]):
+    """The launcher of the chosen training API."""
+    cls = launchers.TrainJobLauncher if api.name == "trainer" else launchers.PyTorchJobLauncher
+    return cls(kube, namespace, waiting, log)
+
+
+def run_labels(cluster) -> tuple[tuple[str, str], ...]:
+    """The label that ties a resource to its KFP run (a label value: 63 characters at most)."""
+    value = re.sub(r"[^A-Za-z0-9_.-]+", "-", cluster.run_id)[:63].strip("-_.")
+    return ((RUN_LABEL, value),) if value else ()
 
 
 def _require_object_uri(what: str, uri: str) -> None:

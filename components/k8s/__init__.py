@@ -5,7 +5,8 @@ any Katib Experiment, PyTorchJob or InferenceService.
 
 - security:         restricted Pod Security Standard contexts, resources, GPU tolerations
 - pytorchjob:       a PyTorchJob (kubeflow.org/v1) running `kubevae train` (Master + Workers)
-- katib:            a Katib Experiment whose trials are that PyTorchJob
+- trainjob:         a TrainJob (trainer.kubeflow.org/v1alpha1, Trainer v2) running the same
+- katib:            a Katib Experiment whose trials are that TrainJob or PyTorchJob
 - inferenceservice: a KServe InferenceService with the kubevae predictor
 - launchers:        submit, wait, read results, stream logs, canary rollouts
 - render:           `python -m components.k8s.render OUT_DIR` writes the manifests' workloads
@@ -17,7 +18,11 @@ from typing import Any
 
 
 def to_dict(obj: Any) -> Any:
-    """The JSON form of an SDK model object (kubernetes, kubeflow-training, katib, kserve)."""
+    """The JSON form of an SDK model object (kubernetes, kubeflow-training, katib, kserve, and
+    kubeflow-trainer-api's pydantic models)."""
     from kubernetes.client import ApiClient
+    from pydantic import BaseModel
 
+    if isinstance(obj, BaseModel):
+        return obj.to_dict()  # the generated to_dict: camelCase, unset fields left out
     return ApiClient().sanitize_for_serialization(obj)

@@ -1,14 +1,19 @@
 """The training container's entry point: run a command, timestamp its output, upload results.
 
-    python -m components.k8s.entrypoint [--upload FOLDER=URI ...] -- kubevae train ...
+    python -m components.k8s.entrypoint [--download URI=FOLDER ...] [--upload FOLDER=URI ...] \
+        -- kubevae train ...
 
 - Every output line is prefixed with an RFC 3339 UTC timestamp and a space. Katib's StdOut
   metrics collector orders metrics by that leading timestamp; without it every metric gets the
   zero time and neither medianstop nor the "latest" metric strategy can tell epochs apart.
 - The exit status of the command is passed through; SIGTERM from the kubelet is forwarded.
-- Only when the command succeeded on the rank-0 pod (RANK unset or "0": the PyTorchJob
-  Master), each FOLDER is uploaded to its URI, so workers never race the master. The upload
-  (kubevae.objectstore.upload) writes its completion marker last; readers require it.
+- Before the command, every pod downloads each URI into its FOLDER (a TrainJob's pods: the
+  Trainer's runtime patches can change a pod but cannot add an init container to it). These
+  are KFP artifacts, uploaded by KFP's launcher without a completion marker, so none is asked for.
+- Only when the command succeeded on the node-0 pod (kubevae.training.distributed.node_rank:
+  the PyTorchJob Master, the TrainJob's node 0), each FOLDER is uploaded to its URI, so
+  workers never race the master. The upload (kubevae.objectstore.upload) writes its
+  completion marker last; readers require it.
 """
 
 from __future__ import annotations
@@ -30,9 +35,16 @@ def timestamp() -> str:
 
 def run(command: list[str], uploads: list[tuple[str, str]] = (), *, out: TextIO = sys.stdout,
         env: Mapping[str, str] = os.environ, clock: Callable[[], str] = timestamp,
-        client_factory=objectstore.client_from_env) -> int:
+        client_factory=objectstore.client_from_env,
+        downloads: list[tuple[str, str]] = ()) -> int:
+    from kubevae.training.distributed import node_rank
+
     if not command:
         raise ValueError("entrypoint: no command given after --")
+    for uri, folder in downloads:
+        count = objectstore.download(client_factory(env), uri, folder, require_marker=False)
+        out.write(f"{clock()} downloaded {count} files from {uri} to {folder}\n")
+        out.flush()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                              bufsize=1, env={**env, "PYTHONUNBUFFERED": "1"})
 
@@ -48,7 +60,7 @@ def run(command: list[str], uploads: list[tuple[str, str]] = (), *, out: TextIO 
         code = child.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if code != 0 or env.get("RANK", "0") != "0" or not uploads:
+    if code != 0 or node_rank(env) != 0 or not uploads:
         return code
     client = client_factory(env)
     for folder, uri in uploads:
@@ -69,15 +81,28 @@ def _pair(text: str) -> tuple[str, str]:
     return folder, uri
 
 
+def _download(text: str) -> tuple[str, str]:
+    uri, sep, folder = text.partition("=")
+    if not sep or not folder or not uri:
+        raise argparse.ArgumentTypeError(f"expected URI=FOLDER, got {text!r}")
+    try:
+        objectstore.parse_uri(uri)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return uri, folder
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m components.k8s.entrypoint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--download", type=_download, action="append", default=[], metavar="URI=FOLDER",
+                        help="before the command, download URI (s3:// or minio://) into FOLDER")
     parser.add_argument("--upload", type=_pair, action="append", default=[], metavar="FOLDER=URI",
                         help="after success on rank 0, upload FOLDER to URI (s3:// or minio://)")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
-    return run(command, args.upload)
+    return run(command, args.upload, downloads=args.download)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""A Katib Experiment (kubeflow.org/v1beta1, Katib 0.19) whose trials are PyTorchJobs.
+"""A Katib Experiment (kubeflow.org/v1beta1, Katib 0.19) whose trials are TrainJobs or PyTorchJobs.
 
-The trial template is the PyTorchJob of `components.k8s.pytorchjob`, with the search-space
+The trial template is the TrainJob of `components.k8s.trainjob` (Katib 0.19 runs TrainJob
+trials: primaryContainerName `node`, node 0 as the primary pod) or the PyTorchJob of
+`components.k8s.pytorchjob`, as `components.k8s.training_apis` chooses, with the search-space
 values as `${trialParameters.NAME}` placeholders in the `kubevae train` flags. Katib's StdOut
 collector reads the per-epoch `name=value` lines (`epoch=3 ... val_neg_elbo=812.3 ...`),
 timestamped by the container's entry point; the objective is minimized and judged on its
@@ -26,7 +28,8 @@ from kubeflow.katib import (V1beta1AlgorithmSetting, V1beta1AlgorithmSpec,
 from kubernetes.client import V1ObjectMeta
 
 from components.k8s import to_dict
-from components.k8s.pytorchjob import CONTAINER, COMMON_LABELS, TrainingJob, build_pytorchjob
+from components.k8s.pytorchjob import COMMON_LABELS, TrainingJob
+from components.k8s.training_apis import TRAINING_APIS, TrainingApi
 from components.search_space import SearchSpace
 
 API_VERSION = "kubeflow.org/v1beta1"
@@ -35,10 +38,6 @@ GROUP, VERSION, PLURAL = "kubeflow.org", "v1beta1", "experiments"
 TRIAL_PLURAL = "trials"
 ALGORITHMS = ("tpe", "random", "grid", "bayesianoptimization", "hyperband")
 SEEDED_ALGORITHMS = ("tpe", "random", "bayesianoptimization")  # accept a random_state setting
-# Katib's defaults for Training Operator jobs, written out so that the template says what it does.
-SUCCESS_CONDITION = 'status.conditions.#(type=="Succeeded")#|#(status=="True")#'
-FAILURE_CONDITION = 'status.conditions.#(type=="Failed")#|#(status=="True")#'
-PRIMARY_POD_LABELS = {"training.kubeflow.org/job-role": "master"}
 TRIAL_NAME_PARAMETER = "trialName"  # ${trialSpec.Name}: per-trial checkpoints and MLflow run names
 
 
@@ -84,16 +83,18 @@ def trial_placeholders(space: SearchSpace) -> dict[str, str]:
 
 
 def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial: TrainingJob,
-                     tuning: Tuning = Tuning()) -> V1beta1Experiment:
-    """The Experiment. `trial.train_args` holds the fixed flags; the search-space flags are
-    appended as placeholders."""
+                     tuning: Tuning = Tuning(), api: TrainingApi = TRAINING_APIS["trainer"],
+                     labels: dict[str, str] | None = None) -> V1beta1Experiment:
+    """The Experiment. `trial.train_args` holds the fixed `kubevae train` flags; the
+    search-space flags are appended as placeholders. Katib's success and failure conditions
+    and primary pod labels for the kind are written out, so the template says what it does."""
     _check_algorithm(space, tuning)
     template_job = replace(trial, train_args=(
         *_without_resource_flag(trial.train_args, tuning),
         *space.train_args(trial_placeholders(space)),
         "--run-name", f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}"),
         checkpoint_folder=f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}", component="tune-trial")
-    trial_spec = to_dict(build_pytorchjob(template_job))  # no metadata: Katib names the trials
+    trial_spec = to_dict(api.build(template_job))  # no metadata: Katib names the trials
     trial_parameters = [V1beta1TrialParameterSpec(name=n, reference=n, description=f"search-space {n}")
                         for n in space.names]
     trial_parameters.append(V1beta1TrialParameterSpec(
@@ -101,7 +102,8 @@ def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial
     return V1beta1Experiment(
         api_version=API_VERSION, kind=KIND,
         metadata=V1ObjectMeta(name=name, namespace=namespace,
-                              labels={**COMMON_LABELS, "app.kubernetes.io/component": "tune"}),
+                              labels={**COMMON_LABELS, "app.kubernetes.io/component": "tune",
+                                      **(labels or {})}),
         spec=V1beta1ExperimentSpec(
             objective=V1beta1ObjectiveSpec(
                 type=tuning.objective_type, objective_metric_name=tuning.objective_metric,
@@ -114,8 +116,8 @@ def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial
             max_failed_trial_count=tuning.max_failed_trials,
             parameters=space.to_katib(grid_points=tuning.grid_points if tuning.algorithm == "grid" else None),
             trial_template=V1beta1TrialTemplate(
-                primary_container_name=CONTAINER, primary_pod_labels=dict(PRIMARY_POD_LABELS),
-                success_condition=SUCCESS_CONDITION, failure_condition=FAILURE_CONDITION,
+                primary_container_name=api.container, primary_pod_labels=dict(api.primary_pod_labels),
+                success_condition=api.success_condition, failure_condition=api.failure_condition,
                 trial_parameters=trial_parameters, trial_spec=trial_spec)))
 
 

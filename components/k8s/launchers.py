@@ -1,4 +1,4 @@
-"""Submit Katib Experiments, PyTorchJobs and InferenceServices, and wait for them.
+"""Submit Katib Experiments, TrainJobs, PyTorchJobs and InferenceServices, and wait for them.
 
 Reusable for any such resource, not only kubevae's. Every call goes through a `KubeApi`
 (a CustomObjectsApi and a CoreV1Api, or fakes with the same methods): the tests pass a
@@ -6,15 +6,17 @@ recording fake, and the RBAC Role in manifests/ grants exactly the calls made he
 
   experiments.kubeflow.org          create, get, list, watch, delete
   trials.kubeflow.org               list                     (every trial of the study)
+  trainjobs.trainer.kubeflow.org    create, list, watch, delete
   pytorchjobs.kubeflow.org          create, get, list, watch, delete
   inferenceservices.serving.kserve.io  create, get, list, watch, patch, delete
-  pods                              get, list                (the Master pod and its state)
+  pods                              get, list                (node 0's pod and its state)
   pods/log                          get                      (streamed into the step's log)
 
 Waiting lists the object, then watches it from that resourceVersion in chunks of `poll_s`
-seconds (re-listing when the watch expires with 410 Gone); between chunks the PyTorchJob
-Master's new log lines are printed. A timeout deletes the Experiment or PyTorchJob (so that it
-stops holding GPUs) and raises ResourceTimeout; a failure raises ResourceFailed with the
+seconds (re-listing when the watch expires with 410 Gone); between chunks the new log lines of
+the job's node 0 (the PyTorchJob Master, the TrainJob's node-0 pod) are printed. A TrainJob ends
+with its Complete or Failed condition. A timeout deletes the Experiment or job (so that it stops
+holding GPUs) and raises ResourceTimeout; a failure raises ResourceFailed with the
 resource's own reason, message and where to look.
 """
 
@@ -32,6 +34,7 @@ from components.k8s import inferenceservice as isvc_kind
 from components.k8s import katib as katib_kind
 from components.k8s import pytorchjob as job_kind
 from components.k8s import to_dict
+from components.k8s import trainjob as trainjob_kind
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Pod states that never resolve by waiting: fail at once instead of at the timeout.
@@ -94,6 +97,7 @@ class Target:
 
 EXPERIMENT = Target(katib_kind.KIND, katib_kind.GROUP, katib_kind.VERSION, katib_kind.PLURAL)
 PYTORCHJOB = Target(job_kind.KIND, job_kind.GROUP, job_kind.VERSION, job_kind.PLURAL)
+TRAINJOB = Target(trainjob_kind.KIND, trainjob_kind.GROUP, trainjob_kind.VERSION, trainjob_kind.PLURAL)
 INFERENCESERVICE = Target(isvc_kind.KIND, isvc_kind.GROUP, isvc_kind.VERSION, isvc_kind.PLURAL)
 
 
@@ -307,7 +311,11 @@ class PyTorchJobLauncher:
 
     def wait(self, name: str, container: str = job_kind.CONTAINER):
         """Wait for Succeeded, printing the Master's log as it grows; the final job (SDK model)."""
-        logs = _LogFollower(self.api, self.client, self.namespace, name, container, self.log)
+        def master() -> list[str]:
+            return [p.metadata.name for p in self.client.get_job_pods(name, self.namespace, is_master=True)]
+
+        logs = _LogFollower(self.api, self.namespace, f"PyTorchJob {self.namespace}/{name}", master,
+                            container, self.log)
         try:
             wait_for(self.api, PYTORCHJOB, self.namespace, name, condition_state, self.waiting,
                      between=logs.poll)
@@ -330,14 +338,65 @@ class PyTorchJobLauncher:
             self.log(_describe_api_error(f"could not delete PyTorchJob {self.namespace}/{name}", e))
 
 
+class TrainJobLauncher:
+    """Create a TrainJob (Kubeflow Trainer v2), wait for its Complete or Failed condition, and
+    stream node 0's log. No SDK client: the CustomObjectsApi calls are few and plain."""
+
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+                 log: Callable[[str], None] = print):
+        self.api, self.namespace, self.waiting, self.log = api, namespace, waiting, log
+        t = TRAINJOB
+        self._path = (t.group, t.version, namespace, t.plural)
+
+    def create(self, job) -> str:
+        body = to_dict(job)
+        name = body["metadata"]["name"]
+        try:
+            self.api.custom.create_namespaced_custom_object(*self._path, body)
+        except ApiException as e:
+            raise ResourceFailed(_describe_api_error(f"creating TrainJob {self.namespace}/{name}", e)) from e
+        self.log(f"created TrainJob {self.namespace}/{name}")
+        return name
+
+    def wait(self, name: str, container: str = trainjob_kind.NODE) -> dict:
+        """Wait for Complete, printing node 0's log as it grows; the final TrainJob (JSON)."""
+        def node0() -> list[str]:
+            pods = self.api.core.list_namespaced_pod(self.namespace,
+                                                     label_selector=trainjob_kind.node0_selector(name))
+            return sorted(p.metadata.name for p in pods.items)
+
+        where = f"TrainJob {self.namespace}/{name}"
+        logs = _LogFollower(self.api, self.namespace, where, node0, container, self.log)
+        state = lambda obj: condition_state(obj, trainjob_kind.SUCCESS, trainjob_kind.FAILURE)  # noqa: E731
+        try:
+            final = wait_for(self.api, TRAINJOB, self.namespace, name, state, self.waiting, between=logs.poll)
+        except ResourceTimeout:
+            logs.poll()
+            self.delete(name)
+            raise
+        except ResourceFailed as e:
+            logs.poll()
+            raise ResourceFailed(f"{e}. Node 0's log above; all pods: `kubectl -n {self.namespace} get pods "
+                                 f"-l {trainjob_kind.JOBSET_NAME_LABEL}={name}`") from None
+        logs.poll()  # the last lines
+        return final
+
+    def delete(self, name: str) -> None:
+        try:
+            self.api.custom.delete_namespaced_custom_object(*self._path, name)
+            self.log(f"deleted TrainJob {self.namespace}/{name}")
+        except ApiException as e:
+            self.log(_describe_api_error(f"could not delete TrainJob {self.namespace}/{name}", e))
+
+
 class _LogFollower:
-    """Prints the new lines of a job's Master container on every poll. Lines are asked for with
+    """Prints the new lines of a job's node-0 container on every poll. Lines are asked for with
     the kubelet's timestamps, and those at or before the last printed one are skipped, so a
     line is printed once even though the reads overlap."""
 
-    def __init__(self, api: KubeApi, client, namespace: str, job: str, container: str,
-                 log: Callable[[str], None]):
-        self.api, self.client, self.namespace, self.job = api, client, namespace, job
+    def __init__(self, api: KubeApi, namespace: str, where: str, find_pods: Callable[[], list[str]],
+                 container: str, log: Callable[[str], None]):
+        self.api, self.namespace, self.where, self.find_pods = api, namespace, where, find_pods
         self.container, self.log = container, log
         self.pod: str | None = None
         self.last = ""
@@ -362,16 +421,22 @@ class _LogFollower:
 
     def _pod(self) -> str | None:
         if self.pod is None:
-            pods = self.client.get_job_pods(self.job, self.namespace, is_master=True)
+            pods = self.find_pods()
             if not pods:
                 return None
-            self.pod = pods[0].metadata.name
-        pod = self.api.core.read_namespaced_pod(self.pod, self.namespace)
+            self.pod = pods[0]
+        try:
+            pod = self.api.core.read_namespaced_pod(self.pod, self.namespace)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+            self.pod = None  # replaced (a restarted job makes new pods): find it again next time
+            return None
         statuses = (pod.status.init_container_statuses or []) + (pod.status.container_statuses or [])
         for s in statuses:
             waiting = s.state.waiting if s.state else None
             if waiting and waiting.reason in FATAL_WAITING:
-                raise ResourceFailed(f"PyTorchJob {self.namespace}/{self.job}: pod {self.pod} container "
+                raise ResourceFailed(f"{self.where}: pod {self.pod} container "
                                      f"{s.name}: {waiting.reason}: {waiting.message}")
         return self.pod if pod.status.phase != "Pending" else None
 

@@ -42,6 +42,12 @@ OUT_DIR = "/work/model"
 CHECKPOINT_ROOT = "/checkpoints"
 # Keys of the S3 Secret; the same names KServe's storage initializer reads.
 S3_SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+# Keys of the settings ConfigMap (manifests/base/settings.env) a pod reads; a TrainJob has no
+# envFrom, so it names them one by one.
+SETTINGS_KEYS = ("S3_ENDPOINT", "S3_USE_HTTPS", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL",
+                 "MLFLOW_TRACKING_URI")
+# The KFP run that created a resource: the exit handler finds what a failed run left behind.
+RUN_LABEL = "kubevae.io/pipeline-run"
 COMMON_LABELS = {"app.kubernetes.io/name": "kubevae", "app.kubernetes.io/part-of": "kubevae"}
 # Istio sidecars keep a finished pod Running and block the job's completion (Katib's
 # and the Training Operator's docs advise turning injection off for training pods).
@@ -68,6 +74,7 @@ class TrainingJob:
     component: str = "train"  # app.kubernetes.io/component label
     active_deadline_seconds: int | None = None
     backoff_limit: int = 3
+    labels: tuple[tuple[str, str], ...] = ()  # extra labels on the job, e.g. RUN_LABEL
 
     def __post_init__(self) -> None:
         if self.workers < 1:
@@ -99,8 +106,7 @@ def build_pytorchjob(job: TrainingJob, name: str | None = None, namespace: str |
     metadata = None
     if name is not None:
         metadata = V1ObjectMeta(name=name, namespace=namespace,
-                                labels={**COMMON_LABELS, "app.kubernetes.io/component": job.component,
-                                        **(labels or {})})
+                                labels={**job_labels(job), **(labels or {})})
     return KubeflowOrgV1PyTorchJob(
         api_version=API_VERSION, kind=KIND, metadata=metadata,
         spec=KubeflowOrgV1PyTorchJobSpec(
@@ -109,13 +115,19 @@ def build_pytorchjob(job: TrainingJob, name: str | None = None, namespace: str |
                                               active_deadline_seconds=job.active_deadline_seconds)))
 
 
-def train_command(job: TrainingJob) -> list[str]:
+def job_labels(job: TrainingJob) -> dict[str, str]:
+    return {**COMMON_LABELS, "app.kubernetes.io/component": job.component, **dict(job.labels)}
+
+
+def train_command(job: TrainingJob, fetch_data: bool = False) -> list[str]:
     """kubevae train (under torchrun with several processes per pod), behind the entry point
-    that timestamps its lines for Katib and uploads the model folder from the Master."""
+    that timestamps its lines for Katib and uploads the model folder from node 0. With
+    `fetch_data` the entry point also downloads the split first (where no init container can)."""
     train = ["kubevae", "train"] if job.procs_per_pod == 1 else \
         ["torchrun", "--no-python", "kubevae", "train"]  # nnodes, ranks, master from PET_* env
+    download = ["--download", f"{job.data_uri}={DATA_DIR}"] if fetch_data and job.data_uri else []
     upload = ["--upload", f"{OUT_DIR}={job.output_uri}"] if job.output_uri else []
-    return ["python", "-m", "components.k8s.entrypoint", *upload, "--", *train]
+    return ["python", "-m", "components.k8s.entrypoint", *download, *upload, "--", *train]
 
 
 def train_args(job: TrainingJob) -> list[str]:
@@ -131,11 +143,10 @@ def _replica(job: TrainingJob, replicas: int) -> KubeflowOrgV1ReplicaSpec:
         security_context=pod_security_context(),
         init_containers=[_fetch_container(job)] if job.data_uri else None,
         containers=[_train_container(job)],
-        volumes=_volumes(job),
+        volumes=volumes(job),
         tolerations=job.resources.tolerations() or None)
     template = V1PodTemplateSpec(
-        metadata=V1ObjectMeta(labels={**COMMON_LABELS, "app.kubernetes.io/component": job.component},
-                              annotations=dict(POD_ANNOTATIONS)),
+        metadata=V1ObjectMeta(labels=job_labels(job), annotations=dict(POD_ANNOTATIONS)),
         spec=spec)
     return KubeflowOrgV1ReplicaSpec(replicas=replicas, restart_policy="OnFailure", template=template)
 
@@ -150,7 +161,7 @@ def _train_container(job: TrainingJob) -> V1Container:
     return V1Container(
         name=CONTAINER, image=job.image, image_pull_policy="IfNotPresent",
         command=train_command(job), args=train_args(job),
-        env=_env(job, with_s3_credentials=bool(job.output_uri)),
+        env=env_vars(job, with_s3_credentials=bool(job.output_uri)),
         env_from=[V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name=job.settings_config_map))],
         ports=[V1ContainerPort(name=PORT_NAME, container_port=PORT)],
         resources=job.resources.requirements(), security_context=container_security_context(),
@@ -163,14 +174,14 @@ def _fetch_container(job: TrainingJob) -> V1Container:
         # KFP's launcher uploaded the split (no completion marker) before this step started.
         command=["python", "-m", "kubevae.objectstore", "download", "--no-require-marker",
                  job.data_uri, DATA_DIR],
-        env=_env(job, with_s3_credentials=True),
+        env=env_vars(job, with_s3_credentials=True),
         env_from=[V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name=job.settings_config_map))],
         resources=Resources(cpu="500m", memory="1Gi").requirements(),
         security_context=container_security_context(),
         volume_mounts=[scratch_mount(), V1VolumeMount(name="data", mount_path="/data")])
 
 
-def _env(job: TrainingJob, with_s3_credentials: bool) -> list[V1EnvVar]:
+def env_vars(job: TrainingJob, with_s3_credentials: bool) -> list[V1EnvVar]:
     env = [V1EnvVar(name="HOME", value="/tmp"), V1EnvVar(name="PYTHONUNBUFFERED", value="1")]
     env += [V1EnvVar(name=k, value=v) for k, v in job.env]
     if with_s3_credentials:
@@ -179,7 +190,7 @@ def _env(job: TrainingJob, with_s3_credentials: bool) -> list[V1EnvVar]:
     return env
 
 
-def _volumes(job: TrainingJob) -> list[V1Volume]:
+def volumes(job: TrainingJob) -> list[V1Volume]:
     volumes = [scratch_volume(), V1Volume(name="work", empty_dir=V1EmptyDirVolumeSource(size_limit="5Gi"))]
     if job.data_uri:
         volumes.append(V1Volume(name="data", empty_dir=V1EmptyDirVolumeSource(size_limit="50Gi")))

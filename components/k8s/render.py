@@ -2,8 +2,8 @@
 
     python -m components.k8s.render manifests/workloads
 
-The Katib Experiment, the PyTorchJob and the InferenceService are built by the kubernetes
-backend's own methods (KubernetesBackend.tune_experiment / train_job / inference_service) from
+The Katib Experiments (TrainJob trials, and PyTorchJob trials), the TrainJob, the PyTorchJob
+and the InferenceService are built by the kubernetes backend's own methods (KubernetesBackend.tune_experiment / train_job / inference_service) from
 requests with the pipeline's defaults, so the committed YAML is what a pipeline run submits,
 apart from the run's own URIs and names. tests/test_k8s_resources.py fails when the committed
 files differ from what this writes.
@@ -32,8 +32,11 @@ def workloads() -> dict[str, dict]:
     from components.backends.kubernetes import KubernetesBackend
     from components.search_space import default_search_space
 
+    from dataclasses import replace
+
     backend = KubernetesBackend(api=None, env={})  # builds objects only; never connects
-    cluster = ClusterSettings()
+    cluster = ClusterSettings()  # the defaults: training_api "trainer", deployment_mode Knative
+    legacy = replace(cluster, training_api="pytorchjob")
     tune = TuneRequest(name="kubevae-tune", data_dir="", data_uri=DATA_URI,
                        search_space=default_search_space(), work_dir="", parallel_trials=2,
                        cluster=cluster)
@@ -44,7 +47,10 @@ def workloads() -> dict[str, dict]:
                            cluster=cluster)
     return {
         "katib-experiment.yaml": to_dict(backend.tune_experiment(tune, None, "kubevae-tune")),
-        "pytorchjob.yaml": to_dict(backend.train_job(train, None, "kubevae-train")),
+        "katib-experiment-pytorchjob.yaml": to_dict(backend.tune_experiment(
+            replace(tune, cluster=legacy), None, "kubevae-tune")),
+        "trainjob.yaml": to_dict(backend.train_job(train, None, "kubevae-train")),
+        "pytorchjob.yaml": to_dict(backend.train_job(replace(train, cluster=legacy), None, "kubevae-train")),
         "inferenceservice.yaml": to_dict(backend.inference_service(deploy, None)),
     }
 
