@@ -48,9 +48,10 @@ def workloads() -> dict[str, dict]:
     return {
         "katib-experiment.yaml": to_dict(backend.tune_experiment(tune, None, "kubevae-tune")),
         "katib-experiment-pytorchjob.yaml": to_dict(backend.tune_experiment(
-            replace(tune, cluster=legacy), None, "kubevae-tune")),
+            replace(tune, cluster=legacy), None, "kubevae-tune-pytorchjob")),
         "trainjob.yaml": to_dict(backend.train_job(train, None, "kubevae-train")),
-        "pytorchjob.yaml": to_dict(backend.train_job(replace(train, cluster=legacy), None, "kubevae-train")),
+        "pytorchjob.yaml": to_dict(backend.train_job(replace(train, cluster=legacy), None,
+                                                     "kubevae-train-pytorchjob")),
         "inferenceservice.yaml": to_dict(backend.inference_service(deploy, None)),
     }
 
