@@ -249,9 +249,14 @@ CANARY_URL = f"http://latest-kubevae-predictor.{NAMESPACE}.example.com"  # the t
 CANARY_CLUSTER_URL = f"http://latest-kubevae-predictor.{NAMESPACE}.svc.cluster.local"
 
 
-def deploy_request(tmp: Path) -> DeployRequest:
+CANARY_NAME = f"c{SUFFIX[:5]}"
+STANDARD_CANARY_URL = f"http://kubevae-{CANARY_NAME}-predictor.{NAMESPACE}.svc.cluster.local"
+
+
+def deploy_request(tmp: Path, mode: str = "Knative", canary: int = 20) -> DeployRequest:
     return DeployRequest(model_name="kubevae", model_dir=str(tmp / "model"), model_uri=MODEL_URI,
-                         manifest_dir=str(tmp / "isvc"), canary_percent=20, cluster=cluster_settings())
+                         manifest_dir=str(tmp / "isvc"), canary_percent=canary,
+                         cluster=replace(cluster_settings(), deployment_mode=mode))
 
 
 def _ready(tagged: bool = False) -> Callable[[dict], dict]:
@@ -266,10 +271,20 @@ def _ready(tagged: bool = False) -> Callable[[dict], dict]:
     return status
 
 
-def _existing_service(cluster: FakeCluster) -> None:
+def _standard_ready(canary_ready: bool = True) -> Callable[[dict], dict]:
+    """Standard mode: Ready, and the spec.canary[] predictor's own status."""
+    def status(obj: dict) -> dict:
+        canaries = [{"name": c["predictor"]["name"], "ready": canary_ready, "trafficPercent": c["trafficPercent"]}
+                    for c in obj["spec"].get("canary") or []]
+        return {**_ready()(obj), "deploymentMode": "Standard", "canaryStatuses": canaries}
+    return status
+
+
+def _existing_service(cluster: FakeCluster, mode: str = "Knative", **annotations: str) -> None:
     cluster.put("serving.kserve.io", "inferenceservices", NAMESPACE, {
         "apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService",
-        "metadata": {"name": "kubevae", "generation": 1},
+        "metadata": {"name": "kubevae", "generation": 1,
+                     "annotations": {"serving.kserve.io/deploymentMode": mode.split("-")[0], **annotations}},
         "spec": {"predictor": {"containers": [{"name": "kserve-container", "image": IMAGE,
                                                "env": [{"name": "STORAGE_URI", "value": "s3://mlpipeline/old"}]}]}},
         "status": _ready()({"metadata": {"generation": 1}})})
@@ -328,6 +343,84 @@ def deploy_canary_revision_fails(tmp: Path) -> Outcome:
     return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
 
 
+def deploy_standard_canary_promoted(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster, "Standard")
+    cluster.script("inferenceservices", _standard_ready(canary_ready=False), _standard_ready(), _standard_ready())
+    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp, "Standard")))
+
+
+def deploy_standard_canary_rolled_back(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster, "Standard")
+    cluster.script("inferenceservices", _standard_ready(), _standard_ready())
+
+    def broken(url: str, model: str) -> dict:
+        raise RuntimeError("V2 infer returned HTTP 500")
+
+    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(deploy_request(tmp, "Standard")))
+
+
+def deploy_without_canary_support_refuses_a_canary(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster, "Standard-direct")
+    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp, "Standard-direct", canary=20)))
+
+
+def deploy_direct_replaces(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster, "Standard-direct")
+    cluster.script("inferenceservices", _ready())
+    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp, "Standard-direct", canary=0)))
+
+
+def deploy_direct_rolled_back(tmp: Path) -> Outcome:
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    _existing_service(cluster, "Standard-direct")
+    cluster.script("inferenceservices", _ready(), _ready())
+
+    def broken(url: str, model: str) -> dict:
+        raise RuntimeError("V1 predict returned HTTP 503")
+
+    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(
+        deploy_request(tmp, "Standard-direct", canary=0)))
+
+
+# -- the exit handler's cleanup ----------------------------------------------------------------
+RUN = {"kubevae.io/pipeline-run": "run-1"}
+
+
+def _labelled(kind: str, api_version: str, name: str, labels: dict, conditions: list[str]) -> dict:
+    return {"apiVersion": api_version, "kind": kind, "metadata": {"name": name, "labels": labels},
+            "status": status_updates(*conditions)}
+
+
+def cleanup_after_a_failed_run(tmp: Path, mode: str = "Knative") -> Outcome:
+    """A run failed while its Experiment and one TrainJob still ran and its canary was half
+    rolled; a finished TrainJob of the run and another run's TrainJob are left alone."""
+    cluster = FakeCluster()
+    out = Outcome(cluster)
+    cluster.put("kubeflow.org", "experiments", NAMESPACE, _labelled(
+        "Experiment", "kubeflow.org/v1beta1", "kubevae-tune-abc123", RUN, ["Created", "Running"]))
+    for name, labels, conditions in (("train-abc123", RUN, []), ("train-old", RUN, ["Complete"]),
+                                     ("train-other", {"kubevae.io/pipeline-run": "run-2"}, [])):
+        cluster.put("trainer.kubeflow.org", "trainjobs", NAMESPACE, _labelled(
+            "TrainJob", "trainer.kubeflow.org/v1alpha1", name, labels, conditions))
+    _existing_service(cluster, mode, **{"kubevae.io/canary-run": "run-1"})
+    isvc = cluster.objects[("serving.kserve.io", "inferenceservices", NAMESPACE, "kubevae")]
+    if mode == "Knative":
+        isvc["spec"]["predictor"]["canaryTrafficPercent"] = 20
+    else:
+        isvc["spec"]["canary"] = [{"predictor": {"name": "cabc12", "containers": []}, "trafficPercent": 20}]
+    cluster.script("inferenceservices", _standard_ready() if mode == "Standard" else _ready())
+    return _run(out, lambda: _backend(cluster, out).cleanup(cluster_settings(), "kubevae"))
+
+
 SCENARIOS = {
     "tune_succeeds": tune_succeeds, "tune_fails": tune_fails, "tune_times_out": tune_times_out,
     "tune_succeeds_pytorchjob": functools.partial(tune_succeeds, api="pytorchjob"),
@@ -338,6 +431,12 @@ SCENARIOS = {
     "deploy_create_smoke_fails": deploy_create_smoke_fails, "deploy_canary_promoted": deploy_canary_promoted,
     "deploy_canary_rolled_back": deploy_canary_rolled_back,
     "deploy_canary_revision_fails": deploy_canary_revision_fails,
+    "deploy_standard_canary_promoted": deploy_standard_canary_promoted,
+    "deploy_standard_canary_rolled_back": deploy_standard_canary_rolled_back,
+    "deploy_without_canary_support_refuses_a_canary": deploy_without_canary_support_refuses_a_canary,
+    "deploy_direct_replaces": deploy_direct_replaces, "deploy_direct_rolled_back": deploy_direct_rolled_back,
+    "cleanup_after_a_failed_run": cleanup_after_a_failed_run,
+    "cleanup_after_a_failed_run_standard": functools.partial(cleanup_after_a_failed_run, mode="Standard"),
 }
 
 

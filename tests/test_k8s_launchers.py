@@ -23,6 +23,7 @@ from k8s_scenarios import (BUCKET, CANARY_CLUSTER_URL, EXPERIMENT_NAME, IMAGE, J
                            deploy_canary_rolled_back, deploy_create_smoke_fails, deploy_creates, s3,  # noqa: F401
                            train_fails, train_image_missing, train_succeeds, train_times_out, tune_fails,
                            tune_succeeds, tune_times_out)
+import k8s_scenarios as scenarios
 
 APIS = ("trainer", "pytorchjob")
 
@@ -278,7 +279,8 @@ def test_update_goes_through_a_canary_that_is_promoted(tmp_path):
     assert out.error is None, out.error
     patches = [c.body for c in out.cluster.calls if c.verb == "patch"]
     assert patches[0]["spec"]["predictor"]["canaryTrafficPercent"] == 20
-    assert patches[1] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}  # promote: field removed
+    assert patches[1]["spec"] == {"predictor": {"canaryTrafficPercent": None}}  # promote: field removed
+    assert patches[1]["metadata"] == {"annotations": {"kubevae.io/canary-run": None}}  # no canary in flight
     stored = out.cluster.objects[("serving.kserve.io", "inferenceservices", NAMESPACE, "kubevae")]
     assert "canaryTrafficPercent" not in stored["spec"]["predictor"]
     assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/run-1/train/model"} in \
@@ -292,7 +294,7 @@ def test_update_whose_canary_fails_the_smoke_test_is_rolled_back(tmp_path):
     out = deploy_canary_rolled_back(tmp_path)
     assert out.error is None, out.error
     patches = [c.body for c in out.cluster.calls if c.verb == "patch"]
-    assert patches[-1] == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    assert patches[-1]["spec"] == {"predictor": {"canaryTrafficPercent": 0}}
     assert out.result.status == "rolled_back" and "HTTP 503" in out.result.smoke["error"]
 
 
@@ -301,6 +303,124 @@ def test_update_whose_canary_revision_fails_is_rolled_back_without_a_smoke_test(
     assert out.error is None, out.error
     assert out.result.status == "rolled_back" and "ModuleNotFoundError" in out.result.smoke["error"]
     assert out.smoke_urls == []
+
+
+def _patches(out):
+    return [c.body for c in out.cluster.calls if c.verb == "patch"]
+
+
+def _stored(out):
+    return out.cluster.objects[("serving.kserve.io", "inferenceservices", NAMESPACE, "kubevae")]
+
+
+def test_the_deployment_mode_is_explicit(tmp_path):
+    for mode, annotation in (("Knative", "Knative"), ("Standard", "Standard"), ("Standard-direct", "Standard")):
+        from k8s_fake import FakeCluster
+
+        cluster = FakeCluster()
+        cluster.script("inferenceservices", scenarios._ready())
+        out = scenarios.Outcome(cluster)
+        scenarios._run(out, lambda: scenarios._backend(cluster, out).deploy(
+            scenarios.deploy_request(tmp_path / mode, mode)))
+        assert out.error is None, out.error
+        [isvc] = cluster.created("inferenceservices")
+        assert_valid(isvc)
+        annotations = isvc["metadata"]["annotations"]
+        assert annotations["serving.kserve.io/deploymentMode"] == annotation
+        assert ("serving.kserve.io/enable-tag-routing" in annotations) == (mode == "Knative")
+
+
+def test_standard_mode_canary_is_a_spec_canary_entry_that_is_promoted(tmp_path):
+    out = scenarios.deploy_standard_canary_promoted(tmp_path)
+    assert out.error is None, out.error
+    canary, promote = _patches(out)
+    [entry] = canary["spec"]["canary"]
+    assert entry["trafficPercent"] == 20 and entry["predictor"]["name"] == scenarios.CANARY_NAME
+    assert not {"minReplicas", "maxReplicas", "canaryTrafficPercent"} & set(entry["predictor"])  # KServe's rule
+    assert "canaryTrafficPercent" not in canary["spec"].get("predictor", {})  # Knative's field: never in Standard
+    assert canary["metadata"]["annotations"]["kubevae.io/canary-run"] == "run-1"
+    stored = _stored(out)
+    from k8s_checks import schema_errors
+
+    assert schema_errors({**stored, "status": {}}) == []  # the patched service still validates
+    assert out.smoke_urls == [scenarios.STANDARD_CANARY_URL]  # the canary's own Service
+    assert promote["spec"]["canary"] is None and promote["spec"]["predictor"]["name"] == scenarios.CANARY_NAME
+    assert "canary" not in stored["spec"] and stored["spec"]["predictor"]["name"] == scenarios.CANARY_NAME
+    assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/run-1/train/model"} in \
+        stored["spec"]["predictor"]["containers"][0]["env"]
+    assert "kubevae.io/canary-run" not in stored["metadata"]["annotations"]
+    assert (out.result.status, out.result.endpoint) == ("promoted", SERVICE_URL)
+
+
+def test_standard_mode_canary_that_fails_the_smoke_test_is_removed(tmp_path):
+    out = scenarios.deploy_standard_canary_rolled_back(tmp_path)
+    assert out.error is None, out.error
+    assert _patches(out)[-1]["spec"] == {"canary": None}
+    stored = _stored(out)
+    assert "canary" not in stored["spec"]
+    assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/old"} in stored["spec"]["predictor"]["containers"][0]["env"]
+    assert out.result.status == "rolled_back" and "HTTP 500" in out.result.smoke["error"]
+
+
+def test_without_canary_support_a_canary_request_fails_before_any_change(tmp_path):
+    out = scenarios.deploy_without_canary_support_refuses_a_canary(tmp_path)
+    assert isinstance(out.error, ResourceFailed)
+    assert "has no canary" in str(out.error) and "canary_percent=0" in str(out.error)
+    assert _patches(out) == [] and "create" not in verbs(out, "inferenceservices")
+
+
+def test_without_canary_support_canary_percent_0_replaces_directly_and_says_so(tmp_path):
+    out = scenarios.deploy_direct_replaces(tmp_path)
+    assert out.error is None, out.error
+    assert out.result.status == "replaced" and out.smoke_urls == [SERVICE_URL]
+    assert any("replacing the model directly" in line for line in out.log)
+    [patch] = _patches(out)
+    assert "canary" not in patch["spec"]
+
+
+def test_a_direct_replacement_that_fails_the_smoke_test_restores_the_previous_model(tmp_path):
+    out = scenarios.deploy_direct_rolled_back(tmp_path)
+    assert out.error is None, out.error
+    assert out.result.status == "rolled_back" and "HTTP 503" in out.result.smoke["error"]
+    assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/old"} in _stored(out)["spec"]["predictor"]["containers"][0]["env"]
+
+
+def test_a_service_in_another_mode_is_not_switched(tmp_path):
+    from k8s_fake import FakeCluster
+
+    cluster = FakeCluster()
+    scenarios._existing_service(cluster, "Knative")
+    out = scenarios.Outcome(cluster)
+    scenarios._run(out, lambda: scenarios._backend(cluster, out).deploy(scenarios.deploy_request(tmp_path, "Standard")))
+    assert isinstance(out.error, ResourceFailed) and "runs in deployment mode Knative" in str(out.error)
+    assert _patches(out) == []
+
+
+@pytest.mark.parametrize("mode", ["Knative", "Standard"])
+def test_cleanup_deletes_what_the_failed_run_left_running_and_rolls_back_its_canary(tmp_path, mode):
+    out = scenarios.cleanup_after_a_failed_run(tmp_path, mode)
+    assert out.error is None, out.error
+    deleted = sorted((c.resource, c.name) for c in out.cluster.calls if c.verb == "delete")
+    assert deleted == [("experiments", "kubevae-tune-abc123"), ("trainjobs", "train-abc123")]
+    assert ("trainer.kubeflow.org", "trainjobs", NAMESPACE, "train-other") in out.cluster.objects
+    stored = _stored(out)
+    if mode == "Knative":
+        assert stored["spec"]["predictor"]["canaryTrafficPercent"] == 0
+    else:
+        assert "canary" not in stored["spec"]
+    assert "kubevae.io/canary-run" not in stored["metadata"]["annotations"]
+    assert len(out.result) == 3 and any(f"rolled back the {mode} canary" in a for a in out.result)
+
+
+def test_cleanup_without_a_run_id_touches_nothing(tmp_path):
+    from dataclasses import replace
+
+    from k8s_fake import FakeCluster
+
+    cluster = FakeCluster()
+    out = scenarios.Outcome(cluster)
+    actions = scenarios._backend(cluster, out).cleanup(replace(scenarios.cluster_settings(), run_id=""), "kubevae")
+    assert cluster.calls == [] and "nothing was touched" in actions[0]
 
 
 # -- what runs inside the pods -----------------------------------------------------------
@@ -331,6 +451,8 @@ def test_entrypoint_passes_failures_through_and_workers_never_upload(tmp_path, s
                           out=io.StringIO(), env={**s3.env, "RANK": "0"}) == 3
     assert entrypoint.run([sys.executable, "-c", "pass"], [(str(folder), uri)], out=io.StringIO(),
                           env={**s3.env, "RANK": "1"}) == 0
+    assert entrypoint.run([sys.executable, "-c", "pass"], [(str(folder), uri)], out=io.StringIO(),
+                          env={**s3.env, "PET_NODE_RANK": "1"}) == 0  # a TrainJob's node 1
     assert list(s3.client().list_objects(BUCKET, "entrypoint/worker/", recursive=True)) == []
 
 

@@ -101,7 +101,7 @@ class DeployRequest:
 class DeployResult:
     endpoint: str  # a URL, or local+<model folder> for the local backend
     manifest_path: str
-    status: str  # "ready", "promoted", "rolled_back"
+    status: str  # "ready", "promoted", "replaced", "rolled_back"
     smoke: dict[str, Any] = field(default_factory=dict)
 
 

@@ -7,8 +7,12 @@
           OnFailure and resuming from checkpoints; node 0's log is streamed into this step's
           log; node 0 uploads the model to the Model artifact's URI, and it is downloaded into
           the artifact's local folder.
-- deploy: an InferenceService with the kubevae predictor on the model's s3:// URI; an existing
-          one is updated through a canary that is smoke-tested, then promoted or rolled back.
+- deploy: an InferenceService with the kubevae predictor on the model's s3:// URI, in the
+          deployment mode asked for; an existing one is updated through a canary (Knative:
+          canaryTrafficPercent; Standard: spec.canary[]) that is smoke-tested, then promoted
+          or rolled back, or with canary_percent 0 replaced directly.
+- cleanup: what a failed run left behind (its exit handler): Experiments, TrainJobs and
+          PyTorchJobs of the run that still run are deleted, its half-rolled canary rolled back.
 
 Pods read data from and write models to S3-compatible storage (the KFP artifact store); their
 credentials come from the `kubevae-s3` Secret, the endpoint from the `kubevae-settings`
@@ -150,7 +154,8 @@ class KubernetesBackend:
         waiting = self._waiting(request.cluster, min(request.cluster.timeout_seconds, self.options.deploy_timeout_s))
         kserve = launchers.InferenceServiceLauncher(self.api, namespace, waiting, self.log)
         rollout = kserve.deploy(isvc, lambda url, model: self.smoke_test(url, model, request.model_dir),
-                                canary_percent=request.canary_percent)
+                                canary_percent=request.canary_percent, mode=request.cluster.deployment_mode,
+                                run_id=request.cluster.run_id, canary_name=f"c{self._suffix()[:5]}")
         return DeployResult(endpoint=rollout.url, manifest_path=str(manifest), status=rollout.status,
                             smoke=rollout.smoke)
 
@@ -160,7 +165,32 @@ class KubernetesBackend:
         return build_inference_service(request.model_name, namespace, request.cluster.image,
                                        storage_uri_for(request.model_uri),
                                        service_account=request.cluster.storage_service_account,
-                                       resources=self.options.serve_resources)
+                                       resources=self.options.serve_resources,
+                                       deployment_mode=request.cluster.deployment_mode)
+
+    def cleanup(self, cluster, model_name: str) -> list[str]:
+        """Delete the unfinished Experiments and jobs labelled with cluster.run_id and roll back
+        the canary that run left on `model_name`; returns what was done, one line each."""
+        if not cluster.run_id:
+            return ["no run id: nothing can be attributed to this run, nothing was touched"]
+        namespace = self._namespace(cluster.namespace)
+        [(label, value)] = run_labels(cluster)
+        actions: list[str] = []
+        for target, state in ((launchers.EXPERIMENT, launchers.condition_state),
+                              (launchers.TRAINJOB, _trainjob_state),
+                              (launchers.PYTORCHJOB, launchers.condition_state)):
+            actions += launchers.delete_unfinished(self.api, target, namespace, f"{label}={value}", state)
+        kserve = launchers.InferenceServiceLauncher(self.api, namespace, self._waiting(
+            cluster, min(cluster.timeout_seconds, self.options.deploy_timeout_s)), self.log)
+        isvc = kserve.get(model_name) if model_name else None
+        annotations = ((isvc or {}).get("metadata") or {}).get("annotations") or {}
+        mode = launchers.canary_in_flight(isvc) if isvc else None
+        if isvc and mode and annotations.get(launchers.CANARY_RUN) == cluster.run_id:
+            kserve.rollback(model_name, mode)
+            actions.append(f"rolled back the {mode} canary of InferenceService {namespace}/{model_name}")
+        for line in actions:
+            self.log(line)
+        return actions or [f"nothing of run {cluster.run_id} was left running in {namespace}"]
 
     def smoke_test(self, endpoint: str, model_name: str, model_dir: str) -> dict[str, Any]:
         """One V1 and one V2 request against the endpoint."""
@@ -194,6 +224,12 @@ class KubernetesBackend:
 
     def _mlflow_env(self) -> tuple[tuple[str, str], ...]:
         return tuple((k, self._env[k]) for k in MLFLOW_PASSTHROUGH if self._env.get(k))
+
+
+def _trainjob_state(obj: dict):
+    from components.k8s import trainjob
+
+    return launchers.condition_state(obj, trainjob.SUCCESS, trainjob.FAILURE)
 
 
 def job_launcher(api: TrainingApi, kube: launchers.KubeApi, namespace: str, waiting: launchers.Waiting,

@@ -5,8 +5,17 @@ A custom predictor container, `kserve-container`, runs the project image:
 KServe's storage initializer downloads STORAGE_URI (s3://...) into /mnt/models before it
 starts, with the credentials and endpoint of the service account's S3 Secret and annotations
 (manifests/base/storage). Security settings are on the container, not the pod: that is what
-Knative (serverless mode) accepts. Tag routing is on, so that a canary revision can be
-smoke-tested by its own `latest` URL before it takes all the traffic.
+Knative (serverless mode) accepts.
+
+The deployment mode is explicit (the `serving.kserve.io/deploymentMode` annotation), because
+how a canary works depends on it (components.k8s.launchers.InferenceServiceLauncher):
+- Knative:         `canaryTrafficPercent` on the predictor; tag routing is on, so that the
+                   canary revision is smoke-tested by its own `latest` URL.
+- Standard:        `spec.canary[]` (KServe >= 0.20), a second predictor with a `trafficPercent`,
+                   split by Gateway API HTTPRoute weights: needs the Gateway API.
+- Standard-direct: Standard mode without canary support (no Gateway API, or KServe < 0.20,
+                   where canaryTrafficPercent is silently ignored): an update replaces the model
+                   directly, which must be asked for with canary_percent 0.
 """
 
 from __future__ import annotations
@@ -35,6 +44,29 @@ MODEL_DIR = "/mnt/models"
 MAX_NAME = 45
 NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 TAG_ROUTING = "serving.kserve.io/enable-tag-routing"
+DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
+# deployment_mode parameter -> the annotation's value
+DEPLOYMENT_MODES = {"Knative": "Knative", "Standard": "Standard", "Standard-direct": "Standard"}
+CANARY_MODES = ("Knative", "Standard")
+LEGACY_MODES = {"Serverless": "Knative", "RawDeployment": "Standard"}  # KServe < 0.16 names
+# Fields KServe rejects on a spec.canary[] predictor (no autoscaling of its own).
+CANARY_EXCLUDED = ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "scaleMetricType",
+                   "autoScaling", "canaryTrafficPercent", "workerSpec")
+
+
+def check_deployment_mode(mode: str) -> str:
+    if mode not in DEPLOYMENT_MODES:
+        raise ValueError(f"deployment_mode: expected one of {', '.join(DEPLOYMENT_MODES)} (Knative: canary "
+                         f"by canaryTrafficPercent; Standard: spec.canary[] with the Gateway API; "
+                         f"Standard-direct: no canary), got {mode!r}")
+    return mode
+
+
+def canary_entry(predictor: dict, name: str, percent: int) -> dict:
+    """A spec.canary[] entry (Standard mode): the new predictor, named, without autoscaling."""
+    check_name(name)
+    return {"predictor": {**{k: v for k, v in predictor.items() if k not in CANARY_EXCLUDED}, "name": name},
+            "trafficPercent": percent}
 
 
 def check_name(name: str) -> str:
@@ -49,8 +81,10 @@ def build_inference_service(name: str, namespace: str | None, image: str, storag
                             service_account: str | None = "kubevae-kserve-s3",
                             resources: Resources = Resources(cpu="1", memory="2Gi"),
                             canary_percent: int | None = None, min_replicas: int = 1,
-                            max_replicas: int = 3) -> V1beta1InferenceService:
+                            max_replicas: int = 3,
+                            deployment_mode: str = "Knative") -> V1beta1InferenceService:
     check_name(name)
+    check_deployment_mode(deployment_mode)
     if canary_percent is not None and not 0 <= canary_percent <= 100:
         raise ValueError(f"canary_percent: expected 0..100, got {canary_percent}")
     if not 0 <= min_replicas <= max_replicas or max_replicas < 1:
@@ -60,7 +94,8 @@ def build_inference_service(name: str, namespace: str | None, image: str, storag
     return V1beta1InferenceService(
         api_version=API_VERSION, kind=KIND,
         metadata=V1ObjectMeta(name=name, namespace=namespace, labels=labels,
-                              annotations={TAG_ROUTING: "true"}),
+                              annotations={DEPLOYMENT_MODE: DEPLOYMENT_MODES[deployment_mode],
+                                           **({TAG_ROUTING: "true"} if deployment_mode == "Knative" else {})}),
         spec=V1beta1InferenceServiceSpec(predictor=predictor_spec(
             image, storage_uri, model_name, service_account, resources, canary_percent,
             min_replicas, max_replicas)))
@@ -102,7 +137,8 @@ def write_inferenceservice(request: Any, out_dir: str | Path) -> Path:
     cluster = request.cluster
     isvc = build_inference_service(
         request.model_name, cluster.namespace or None, cluster.image,
-        storage_uri_for(request.model_uri), service_account=cluster.storage_service_account)
+        storage_uri_for(request.model_uri), service_account=cluster.storage_service_account,
+        deployment_mode=cluster.deployment_mode)
     path = Path(out_dir) / "inferenceservice.yaml"
     atomic_write_text(path, yaml.safe_dump(to_dict(isvc), sort_keys=False))
     return path

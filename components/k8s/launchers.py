@@ -167,6 +167,31 @@ def condition_state(obj: dict, success: str = "Succeeded", failure: str = "Faile
     return None, latest
 
 
+def delete_unfinished(api: KubeApi, target: Target, namespace: str, label_selector: str,
+                      state: Callable[[dict], tuple[str | None, str]]) -> list[str]:
+    """Delete the objects with these labels that have not finished (finished ones stay, for
+    inspection); one line per deletion. A kind the cluster does not serve is skipped."""
+    try:
+        listing = api.custom.list_namespaced_custom_object(target.group, target.version, namespace,
+                                                           target.plural, label_selector=label_selector)
+    except ApiException as e:
+        if e.status == 404:  # the CRD is not installed (no Training Operator, say)
+            return []
+        raise
+    done = []
+    for obj in listing.get("items") or []:
+        name = obj["metadata"]["name"]
+        verdict, latest = state(obj)
+        if verdict is not None:
+            continue
+        try:
+            api.custom.delete_namespaced_custom_object(target.group, target.version, namespace, target.plural, name)
+            done.append(f"deleted {target.kind} {namespace}/{name} (it was still {latest})")
+        except ApiException as e:
+            done.append(_describe_api_error(f"could not delete {target.kind} {namespace}/{name}", e))
+    return done
+
+
 def _describe_api_error(action: str, error: BaseException) -> str:
     cause = error if isinstance(error, ApiException) else error.__cause__ or error.__context__
     if isinstance(cause, ApiException):
@@ -450,14 +475,28 @@ def _sortable_time(stamp: str) -> str:
 # -- InferenceService ----------------------------------------------------------------------
 @dataclass
 class Rollout:
-    status: str  # "ready" (new service), "promoted" (canary took all traffic), "rolled_back"
+    status: str  # "ready" (new service), "promoted" (canary took all traffic), "replaced"
+    # (canary_percent 0), "rolled_back" (the previous model serves again)
     url: str
     smoke: dict[str, Any]
 
 
+CANARY_RUN = "kubevae.io/canary-run"  # annotation: the KFP run whose canary is in flight
+
+
 class InferenceServiceLauncher:
-    """Create an InferenceService, or update one with a canary: wait Ready, smoke-test the new
-    revision, then promote it (all traffic) or roll back (all traffic to the previous one)."""
+    """Create an InferenceService, or update one: through a canary that is smoke-tested, then
+    promoted (all traffic) or rolled back (all traffic to the previous model), or, with
+    canary_percent 0, directly (smoke-tested, and the previous predictor restored on failure).
+
+    The canary follows the deployment mode (components.k8s.inferenceservice):
+      Knative          predictor.canaryTrafficPercent; promote: remove it; roll back: 0
+      Standard         spec.canary[] = [{predictor: {name: C, ...}, trafficPercent}]; promote:
+                       the stable predictor becomes the canary's (named C), canary removed;
+                       roll back: canary removed
+      Standard-direct  no canary: an update with canary_percent > 0 fails before any change
+    While a canary is in flight the service carries the CANARY_RUN annotation, so that the
+    run's exit handler can roll back a canary that its failed run left half-rolled."""
 
     def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
                  log: Callable[[str], None] = print):
@@ -473,16 +512,86 @@ class InferenceServiceLauncher:
                 return None
             raise ResourceFailed(_describe_api_error(f"reading InferenceService {self.namespace}/{name}", e)) from e
 
-    def deploy(self, isvc, smoke: Callable[[str, str], dict[str, Any]],
-               canary_percent: int = 10) -> Rollout:
+    def deploy(self, isvc, smoke: Callable[[str, str], dict[str, Any]], canary_percent: int = 10,
+               mode: str = "Knative", run_id: str = "", canary_name: str = "canary") -> Rollout:
+        isvc_kind.check_deployment_mode(mode)
         body = to_dict(isvc)
         name = body["metadata"]["name"]
         model = _model_name(body)
-        if self.get(name) is None:
+        if not 0 <= canary_percent < 100:
+            raise ValueError(f"canary_percent: expected 0 (replace directly) or a canary of 1..99 percent, "
+                             f"got {canary_percent}")
+        existing = self.get(name)
+        if existing is None:
             return self._first(name, body, model, smoke)
-        if not 0 < canary_percent < 100:
-            raise ValueError(f"canary_percent: an update goes through a canary of 1..99 percent, got {canary_percent}")
-        return self._canary(name, body, model, smoke, canary_percent)
+        running = _deployment_mode(existing)
+        if running and running != isvc_kind.DEPLOYMENT_MODES[mode]:
+            raise ResourceFailed(f"InferenceService {self.namespace}/{name} runs in deployment mode {running}, "
+                                 f"but deployment_mode={mode}: KServe cannot switch an existing service; "
+                                 f"use deployment_mode={running} or delete the service first")
+        if canary_percent == 0:
+            return self._direct(name, body, existing, model, smoke)
+        if mode not in isvc_kind.CANARY_MODES:
+            raise ResourceFailed(
+                f"deployment_mode={mode} has no canary (spec.canary[] needs KServe >= 0.20 in Standard mode "
+                f"with the Gateway API; canaryTrafficPercent works only in Knative mode), but "
+                f"canary_percent={canary_percent}: nothing was changed. Set canary_percent=0 to replace "
+                f"the served model directly, or deployment_mode=Knative or Standard")
+        meta = {"labels": body["metadata"].get("labels"),
+                "annotations": {**(body["metadata"].get("annotations") or {}), CANARY_RUN: run_id or "unknown"}}
+        if mode == "Knative":
+            predictor = {**body["spec"]["predictor"], "canaryTrafficPercent": canary_percent}
+            patch = {"metadata": meta, "spec": {"predictor": predictor}}
+        else:
+            patch = {"metadata": meta, "spec": {"canary": [isvc_kind.canary_entry(
+                body["spec"]["predictor"], canary_name, canary_percent)]}}
+        patched = self._patch(name, patch)
+        self.log(f"InferenceService {self.namespace}/{name}: {mode} canary with {canary_percent}% of the traffic")
+        try:
+            ready = self._wait_ready(name, patched["metadata"]["generation"],
+                                     canary_name if mode == "Standard" else None)
+            url = canary_url(ready) if mode == "Knative" else standard_canary_url(ready, canary_name)
+            result = smoke(url, model)
+        except Exception as e:  # not ready, failed, timed out, or the smoke test failed
+            self.log(f"InferenceService {self.namespace}/{name}: canary rejected ({e}); rolling back")
+            back = self.rollback(name, mode)
+            return Rollout("rolled_back", service_url(back), {"error": str(e)})
+        if mode == "Knative":
+            promote = {"spec": {"predictor": {"canaryTrafficPercent": None}}}
+        else:
+            promote = {"spec": {"predictor": {**body["spec"]["predictor"], "name": canary_name}, "canary": None}}
+        promote["metadata"] = {"annotations": {CANARY_RUN: None}}
+        promoted = self._patch(name, promote)
+        final = self._wait_ready(name, promoted["metadata"]["generation"])
+        self.log(f"InferenceService {self.namespace}/{name}: canary promoted to all traffic")
+        return Rollout("promoted", service_url(final), result)
+
+    def rollback(self, name: str, mode: str) -> dict:
+        """All traffic back to the previous model; the service once Ready again."""
+        canary = {"canaryTrafficPercent": 0} if mode == "Knative" else None
+        patch = {"metadata": {"annotations": {CANARY_RUN: None}},
+                 "spec": {"predictor": canary} if mode == "Knative" else {"canary": None}}
+        rolled = self._patch(name, patch)
+        return self._wait_ready(name, rolled["metadata"]["generation"])
+
+    def _direct(self, name: str, body: dict, existing: dict, model: str, smoke) -> Rollout:
+        previous = existing["spec"]["predictor"]
+        self.log(f"InferenceService {self.namespace}/{name}: canary_percent=0, replacing the model directly "
+                 f"(no canary: the new model takes all traffic once Ready)")
+        predictor = {**body["spec"]["predictor"], "canaryTrafficPercent": None}
+        patched = self._patch(name, {"metadata": {"labels": body["metadata"].get("labels")},
+                                     "spec": {"predictor": predictor}})
+        try:
+            ready = self._wait_ready(name, patched["metadata"]["generation"])
+            url = service_url(ready)
+            result = smoke(url, model)
+        except Exception as e:
+            self.log(f"InferenceService {self.namespace}/{name}: new model rejected ({e}); restoring the previous one")
+            restore = {k: None for k in predictor if k not in previous}
+            restored = self._patch(name, {"spec": {"predictor": {**restore, **previous}}})
+            back = self._wait_ready(name, restored["metadata"]["generation"])
+            return Rollout("rolled_back", service_url(back), {"error": str(e)})
+        return Rollout("replaced", url, result)
 
     def _first(self, name: str, body: dict, model: str, smoke) -> Rollout:
         try:
@@ -500,26 +609,6 @@ class InferenceServiceLauncher:
                                  f"{e}; it was deleted") from e
         return Rollout("ready", url, result)
 
-    def _canary(self, name: str, body: dict, model: str, smoke, percent: int) -> Rollout:
-        predictor = {**body["spec"]["predictor"], "canaryTrafficPercent": percent}
-        patched = self._patch(name, {"metadata": {"labels": body["metadata"].get("labels"),
-                                                  "annotations": body["metadata"].get("annotations")},
-                                     "spec": {"predictor": predictor}})
-        self.log(f"InferenceService {self.namespace}/{name}: canary with {percent}% of the traffic")
-        try:
-            ready = self._wait_ready(name, patched["metadata"]["generation"])
-            url = canary_url(ready)
-            result = smoke(url, model)
-        except Exception as e:  # not ready, failed, timed out, or the smoke test failed
-            self.log(f"InferenceService {self.namespace}/{name}: canary rejected ({e}); rolling back")
-            rolled = self._patch(name, {"spec": {"predictor": {"canaryTrafficPercent": 0}}})
-            back = self._wait_ready(name, rolled["metadata"]["generation"])
-            return Rollout("rolled_back", service_url(back), {"error": str(e)})
-        promoted = self._patch(name, {"spec": {"predictor": {"canaryTrafficPercent": None}}})
-        final = self._wait_ready(name, promoted["metadata"]["generation"])
-        self.log(f"InferenceService {self.namespace}/{name}: canary promoted to all traffic")
-        return Rollout("promoted", service_url(final), result)
-
     def _patch(self, name: str, patch: dict) -> dict:
         try:
             return self.api.custom.patch_namespaced_custom_object(*self._path, name, patch)
@@ -533,13 +622,37 @@ class InferenceServiceLauncher:
         except ApiException as e:
             self.log(_describe_api_error(f"could not delete InferenceService {self.namespace}/{name}", e))
 
-    def _wait_ready(self, name: str, generation: int) -> dict:
+    def _wait_ready(self, name: str, generation: int, canary: str | None = None) -> dict:
         return wait_for(self.api, INFERENCESERVICE, self.namespace, name,
-                        lambda obj: ready_state(obj, generation), self.waiting)
+                        lambda obj: ready_state(obj, generation, canary), self.waiting)
 
 
-def ready_state(obj: dict, generation: int) -> tuple[str | None, str]:
-    """Ready once KServe has reconciled `generation` (the spec we wrote) and says Ready=True."""
+def _deployment_mode(obj: dict) -> str | None:
+    """Knative or Standard: the annotation, else what KServe reports (legacy names normalized)."""
+    mode = ((obj.get("metadata") or {}).get("annotations") or {}).get(isvc_kind.DEPLOYMENT_MODE) \
+        or (obj.get("status") or {}).get("deploymentMode")
+    return isvc_kind.LEGACY_MODES.get(mode, mode) if mode else None
+
+
+def canary_in_flight(obj: dict) -> str | None:
+    """The deployment mode of a canary this service holds (Knative or Standard), else None."""
+    spec = obj.get("spec") or {}
+    if spec.get("canary"):
+        return "Standard"
+    if (spec.get("predictor") or {}).get("canaryTrafficPercent") not in (None, 100):
+        return "Knative"
+    return None
+
+
+def standard_canary_url(obj: dict, canary: str) -> str:
+    """A spec.canary[] predictor's own Service, in-cluster: KServe names it NAME-CANARY-predictor."""
+    meta = obj.get("metadata") or {}
+    return f"http://{meta['name']}-{canary}-predictor.{meta.get('namespace')}.svc.cluster.local"
+
+
+def ready_state(obj: dict, generation: int, canary: str | None = None) -> tuple[str | None, str]:
+    """Ready once KServe has reconciled `generation` (the spec we wrote) and says Ready=True
+    (and, for a spec.canary[] predictor, its canaryStatuses entry is ready)."""
     status = obj.get("status") or {}
     if status.get("observedGeneration", 0) < generation:  # older conditions say nothing about it
         return None, f"generation {generation} not reconciled yet"
@@ -550,6 +663,10 @@ def ready_state(obj: dict, generation: int) -> tuple[str | None, str]:
             return "failed", f"{kind}: {c.get('reason')}: {c.get('message', '')}"
     ready = conditions.get("Ready") or {}
     if ready.get("status") == "True":
+        if canary is not None:
+            entry = next((c for c in status.get("canaryStatuses") or [] if c.get("name") == canary), None)
+            if not (entry and entry.get("ready")):
+                return None, f"canary {canary} not ready yet"
         return "succeeded", "Ready"
     return None, f"Ready={ready.get('status', 'Unknown')} {ready.get('reason', '')}".strip()
 
