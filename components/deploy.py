@@ -5,7 +5,8 @@ from components.base import component
 
 @component
 def deploy(model: Input[Model], model_name: str, backend: str, namespace: str, image: str,
-           canary_percent: int, inference_service: Output[Artifact], summary: Output[Markdown]) -> str:
+           canary_percent: int, deployment_mode: str, run_id: str, inference_service: Output[Artifact],
+           summary: Output[Markdown]) -> str:
     """Serve the promoted model: a KServe InferenceService (canary for updates), or locally the
     real ModelServer on loopback. Returns the endpoint."""
     from pathlib import Path
@@ -17,7 +18,8 @@ def deploy(model: Input[Model], model_name: str, backend: str, namespace: str, i
     result = get_backend(backend).deploy(DeployRequest(
         model_name=model_name, model_dir=model.path, model_uri=model.uri,
         manifest_dir=inference_service.path, canary_percent=canary_percent,
-        cluster=ClusterSettings(namespace=namespace, image=image)))
+        cluster=ClusterSettings(namespace=namespace, image=image, deployment_mode=deployment_mode,
+                                run_id=run_id)))
     Path(summary.path).write_text(
         f"# Deploy: {model_name}\n\n| | |\n|---|---|\n| status | {result.status} |\n"
         f"| endpoint | `{result.endpoint}` |\n| InferenceService | `{result.manifest_path}` |\n"

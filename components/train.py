@@ -6,8 +6,9 @@ from components.base import component
 @component
 def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, epochs: int,
           batch_size: int, workers: int, gpus_per_worker: int, namespace: str, image: str,
-          seed: int, model: Output[Model], metrics: Output[Metrics]):
-    """Train the final model with the best parameters: a PyTorchJob, or torchrun locally."""
+          seed: int, training_api: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
+    """Train the final model with the best parameters: a TrainJob (or PyTorchJob), or torchrun
+    locally."""
     import json
     from pathlib import Path
 
@@ -19,7 +20,8 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ep
         name="train", data_dir=splits.path, data_uri=splits.uri, params=params,
         out_dir=model.path, out_uri=model.uri, epochs=epochs, batch_size=batch_size,
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
-        cluster=ClusterSettings(namespace=namespace, image=image)))
+        cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,
+                                run_id=run_id)))
     model.metadata.update({k: v for k, v in params.items()})
     model.metadata["framework"] = "pytorch"
     for name, value in result.metrics.items():

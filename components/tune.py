@@ -8,7 +8,7 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
          beta_min: float, beta_max: float, latent_dims: list, tune_lr: bool,
          max_trials: int, parallel_trials: int, max_failed_trials: int, trial_epochs: int,
          batch_size: int, trial_workers: int, gpus_per_worker: int, namespace: str, image: str,
-         seed: int, best_params: Output[Artifact], metrics: Output[Metrics],
+         seed: int, training_api: str, run_id: str, best_params: Output[Artifact], metrics: Output[Metrics],
          study_plot: Output[HTML]):
     """Search beta and latent size: Katib on a cluster, an Optuna study locally."""
     import json
@@ -33,7 +33,8 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
             max_trials=max_trials, parallel_trials=parallel_trials,
             max_failed_trials=max_failed_trials, trial_epochs=trial_epochs, batch_size=batch_size,
             trial_workers=trial_workers, gpus_per_worker=gpus_per_worker, seed=seed,
-            cluster=ClusterSettings(namespace=namespace, image=image)))
+            cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,
+                                    run_id=run_id)))
         summary = {"best_params": result.best_params, "best_value": result.best_value,
                    "objective_metric": objective_metric,
                    "trials": [asdict(t) for t in result.trials]}

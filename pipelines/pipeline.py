@@ -1,18 +1,28 @@
 """The DAG: ingest -> split -> tune -> train -> evaluate -> gate -> (deploy -> smoke test).
 
 Every top-level parameter has a default and a description; the Kubeflow UI's run form shows
-them. `backend` chooses how the cluster-facing steps run: `kubernetes` (Katib, PyTorchJob,
-KServe) on a cluster, `local` (Optuna, torchrun, a loopback ModelServer) on a laptop.
+them. `backend` chooses how the cluster-facing steps run: `kubernetes` (Katib, a TrainJob or
+PyTorchJob, KServe) on a cluster, `local` (Optuna, torchrun, a loopback ModelServer) on a laptop;
+on a cluster `training_api` chooses the training job's API and `deployment_mode` KServe's mode.
+
+Run hygiene (kfp 2.17): steps that are safe to repeat retry with backoff (RETRIED); every step
+has a pod deadline (TIMEOUTS, kfp.kubernetes.set_timeout); the run has an active deadline and
+TTLs (PIPELINE_CONFIG); an exit handler (components/cleanup.py) deletes what a failed run left
+running on the cluster and rolls back its half-rolled canary. kfp.local runs the exit handler
+and the retries, and ignores the Kubernetes-only settings.
 """
 
 
 from kfp import dsl, kubernetes
 
 from components.base import IMAGE
+from components.cleanup import cleanup
 from components.deploy import deploy
 from components.evaluate import evaluate
 from components.gate import gate
 from components.ingest import ingest
+from components.k8s.pytorchjob import S3_SECRET_KEYS as SECRET_KEYS
+from components.k8s.pytorchjob import SETTINGS_KEYS  # the keys the training pods read too
 from components.keep_champion import keep_champion
 from components.smoke_test import smoke_test
 from components.split import split
@@ -24,9 +34,22 @@ PIPELINE_NAME = "kubevae"
 # (manifests/base): credentials never travel as pipeline parameters. kfp.local ignores both.
 S3_SECRET = "kubevae-s3"
 SETTINGS_CONFIG_MAP = "kubevae-settings"
-SECRET_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
-SETTINGS_KEYS = ("S3_ENDPOINT", "S3_USE_HTTPS", "AWS_REGION", "MLFLOW_S3_ENDPOINT_URL",
-                 "MLFLOW_TRACKING_URI")
+
+# -- run hygiene --------------------------------------------------------------------------------
+HOUR = 3600
+# Pod deadline of each step (component name -> seconds). tune and train wait for Katib and the
+# training job up to ClusterSettings.timeout_seconds (6 h) and then delete them: a little more.
+TIMEOUTS = {"ingest": 2 * HOUR, "split": 1 * HOUR, "tune": 7 * HOUR, "train": 7 * HOUR,
+            "evaluate": 2 * HOUR, "gate": HOUR // 2, "deploy": HOUR, "smoke-test": HOUR // 4,
+            "keep-champion": HOUR // 6, "cleanup": HOUR}
+# Steps safe to run again after a failure (no side effects beyond their own outputs):
+# num_retries, first backoff, backoff factor, longest total retry time.
+RETRY = (2, "60s", 2.0, "1800s")
+RETRIED = ("ingest", "split", "evaluate", "smoke-test")
+PIPELINE_CONFIG = dsl.PipelineConfig(
+    ttl_seconds_after_success=24 * HOUR,  # the run's Argo Workflow (pods, logs) kept a day,
+    ttl_seconds_after_failure=7 * 24 * HOUR,  # a week when it failed, for inspection
+    active_deadline_seconds=24 * HOUR)  # no run holds the cluster longer than a day
 
 # name: (default, description). One table feeds the pipeline signature's docstring and the
 # tests that check every parameter is described.
@@ -39,7 +62,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "test_fraction": (0.1, "Fraction of groups in the frozen test split (gate)."),
     "group_column": ("", "Metadata column that groups images (patient, device, session); empty for none."),
     "previous_split": ("", "assignments.csv of an earlier run: pins every existing assignment (scheduled retraining)."),
-    "backend": ("kubernetes", "Where cluster-facing steps run: kubernetes (Katib, PyTorchJob, KServe) or local."),
+    "backend": ("kubernetes", "Where cluster-facing steps run: kubernetes (Katib, a TrainJob or PyTorchJob, KServe) or local."),
+    "training_api": ("trainer", "Training job on the cluster, for training and Katib trials: trainer (a Kubeflow Trainer v2 TrainJob on the torch-distributed runtime) or pytorchjob (Training Operator 1.9)."),
     "algorithm": ("tpe", "Search algorithm: tpe, random, grid, bayesianoptimization or hyperband (the last two on Katib)."),
     "objective_metric": ("val_neg_elbo", "Tuning objective, minimized and independent of beta: val_neg_elbo or val_iwae_nll."),
     "beta_min": (0.5, "Smallest beta of the log-uniform search range."),
@@ -52,15 +76,16 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "trial_epochs": (5, "Epochs per tuning trial."),
     "epochs": (30, "Epochs of the final training run."),
     "batch_size": (256, "Global batch size, split over all training processes."),
-    "workers": (2, "Training processes: PyTorchJob Master + Workers, or torchrun processes locally."),
+    "workers": (2, "Training processes: TrainJob nodes (or PyTorchJob Master + Workers), or torchrun processes locally."),
     "trial_workers": (1, "Processes per tuning trial."),
     "gpus_per_worker": (0, "GPUs per training process (nvidia.com/gpu); 0 trains on CPUs."),
     "iwae_k": (50, "Importance samples for the IWAE bound in evaluation."),
     "metric_protocol": ("disentanglement_lib", "Disentanglement metric settings: disentanglement_lib (its sample counts and classifiers) or fast (smaller samples, a random-forest DCI)."),
     "gate_margin": (0.5, "Nats per image the candidate must beat the champion by to be promoted."),
     "model_name": ("kubevae-sprites", "Registered model name in MLflow and the InferenceService name."),
-    "canary_percent": (10, "Traffic share of the canary when an InferenceService is updated."),
-    "namespace": ("", "Namespace for Katib, PyTorchJob and InferenceService; empty = the run's namespace."),
+    "canary_percent": (10, "Traffic share of the canary when an InferenceService is updated; 0 replaces the model directly."),
+    "deployment_mode": ("Knative", "KServe deployment mode: Knative (canary by canaryTrafficPercent), Standard (canary by spec.canary[], KServe >= 0.20 with the Gateway API) or Standard-direct (no canary support: canary_percent must be 0)."),
+    "namespace": ("", "Namespace for Katib, the training job and the InferenceService; empty = the run's namespace."),
     "image": (IMAGE, "The project image for trials, training pods and the predictor."),
     "seed": (0, "Random seed for the search, training and evaluation."),
 }
@@ -76,6 +101,7 @@ def _pipeline(
     group_column: str = PARAMETERS["group_column"][0],
     previous_split: str = PARAMETERS["previous_split"][0],
     backend: str = PARAMETERS["backend"][0],
+    training_api: str = PARAMETERS["training_api"][0],
     algorithm: str = PARAMETERS["algorithm"][0],
     objective_metric: str = PARAMETERS["objective_metric"][0],
     beta_min: float = PARAMETERS["beta_min"][0],
@@ -96,39 +122,47 @@ def _pipeline(
     gate_margin: float = PARAMETERS["gate_margin"][0],
     model_name: str = PARAMETERS["model_name"][0],
     canary_percent: int = PARAMETERS["canary_percent"][0],
+    deployment_mode: str = PARAMETERS["deployment_mode"][0],
     namespace: str = PARAMETERS["namespace"][0],
     image: str = PARAMETERS["image"][0],
     seed: int = PARAMETERS["seed"][0],
 ):
-    raw = step(ingest(source_uri=source_uri, image_size=image_size,
-                      max_bad_fraction=max_bad_fraction), cache=False)
-    splits = step(split(dataset=raw.outputs["dataset"], train_fraction=train_fraction,
-                        val_fraction=val_fraction, test_fraction=test_fraction,
-                        group_column=group_column, previous_split=previous_split))
-    study = step(tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
-                 objective_metric=objective_metric, beta_min=beta_min, beta_max=beta_max,
-                 latent_dims=latent_dims, tune_lr=tune_lr, max_trials=max_trials,
-                 parallel_trials=parallel_trials, max_failed_trials=max_failed_trials,
-                 trial_epochs=trial_epochs, batch_size=batch_size, trial_workers=trial_workers,
-                 gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed))
-    trained = step(train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
-                    backend=backend, epochs=epochs, batch_size=batch_size, workers=workers,
-                    gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed))
-    step(evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
-             best_params=study.outputs["best_params"], iwae_k=iwae_k,
-             metric_protocol=metric_protocol, seed=seed))
-    decision = step(gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
-                         model_name=model_name, margin=gate_margin, seed=seed), cache=False)
-    # kfp.local resolves a condition only on a task's single "Output": gate returns one string.
-    with dsl.If(decision.outputs["Output"] == "promoted", name="promoted"):
-        served = step(deploy(model=trained.outputs["model"], model_name=model_name,
-                             backend=backend, namespace=namespace, image=image,
-                             canary_percent=canary_percent), cache=False)
-        step(smoke_test(endpoint=served.outputs["Output"], model=trained.outputs["model"],
-                        model_name=model_name, backend=backend), cache=False)
-    with dsl.Else(name="not-promoted"):
-        step(keep_champion(decision_report=decision.outputs["decision_report"],
-                           model_name=model_name), cache=False)
+    run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # labels what the run creates on the cluster
+    exit_task = step(cleanup(backend=backend, namespace=namespace, run_id=run_id,
+                             model_name=model_name), cache=False)
+    with dsl.ExitHandler(exit_task, name="run"):
+        raw = step(ingest(source_uri=source_uri, image_size=image_size,
+                          max_bad_fraction=max_bad_fraction), cache=False)
+        splits = step(split(dataset=raw.outputs["dataset"], train_fraction=train_fraction,
+                            val_fraction=val_fraction, test_fraction=test_fraction,
+                            group_column=group_column, previous_split=previous_split))
+        study = step(tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
+                     objective_metric=objective_metric, beta_min=beta_min, beta_max=beta_max,
+                     latent_dims=latent_dims, tune_lr=tune_lr, max_trials=max_trials,
+                     parallel_trials=parallel_trials, max_failed_trials=max_failed_trials,
+                     trial_epochs=trial_epochs, batch_size=batch_size, trial_workers=trial_workers,
+                     gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
+                     training_api=training_api, run_id=run_id))
+        trained = step(train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
+                        backend=backend, epochs=epochs, batch_size=batch_size, workers=workers,
+                        gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
+                        training_api=training_api, run_id=run_id))
+        step(evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
+                 best_params=study.outputs["best_params"], iwae_k=iwae_k,
+                 metric_protocol=metric_protocol, seed=seed))
+        decision = step(gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
+                             model_name=model_name, margin=gate_margin, seed=seed), cache=False)
+        # kfp.local resolves a condition only on a task's single "Output": gate returns one string.
+        with dsl.If(decision.outputs["Output"] == "promoted", name="promoted"):
+            served = step(deploy(model=trained.outputs["model"], model_name=model_name,
+                                 backend=backend, namespace=namespace, image=image,
+                                 canary_percent=canary_percent, deployment_mode=deployment_mode,
+                                 run_id=run_id), cache=False)
+            step(smoke_test(endpoint=served.outputs["Output"], model=trained.outputs["model"],
+                            model_name=model_name, backend=backend), cache=False)
+        with dsl.Else(name="not-promoted"):
+            step(keep_champion(decision_report=decision.outputs["decision_report"],
+                               model_name=model_name), cache=False)
 
 
 def step(task, *, cache: bool = True):
@@ -137,6 +171,12 @@ def step(task, *, cache: bool = True):
     kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in SECRET_KEYS})
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in SETTINGS_KEYS})
     task.set_caching_options(cache)
+    name = task.component_spec.name.replace("_", "-")
+    kubernetes.set_timeout(task, TIMEOUTS[name])  # KeyError: a new step needs a deadline here
+    if name in RETRIED:
+        num_retries, backoff, factor, longest = RETRY
+        task.set_retry(num_retries, backoff_duration=backoff, backoff_factor=factor,
+                       backoff_max_duration=longest)
     return task
 
 
@@ -145,4 +185,5 @@ _pipeline.__doc__ = "The kubevae pipeline.\n\nArgs:\n" + "\n".join(
     f"    {name}: {description}" for name, (_, description) in PARAMETERS.items())
 kubevae_pipeline = dsl.pipeline(
     name=PIPELINE_NAME, description="Ingest images, split them without leakage, tune and train a "
-    "beta-VAE, gate it against the champion and serve it with KServe.")(_pipeline)
+    "beta-VAE, gate it against the champion and serve it with KServe.",
+    pipeline_config=PIPELINE_CONFIG)(_pipeline)

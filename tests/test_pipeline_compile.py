@@ -23,10 +23,24 @@ def test_every_parameter_has_a_default_and_a_description(spec):
         assert "defaultValue" in definition, name
         assert definition.get("description"), name
     assert inputs["backend"]["defaultValue"] == "kubernetes"
+    assert inputs["training_api"]["defaultValue"] == "trainer"  # a TrainJob: current Kubeflow
+    assert inputs["deployment_mode"]["defaultValue"] == "Knative"
+
+
+def _body(spec):
+    """The exit handler's DAG: every step but the cleanup runs inside it."""
+    return spec["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+
+
+def _all_tasks(spec):
+    tasks = dict(spec["root"]["dag"]["tasks"])
+    for component in spec["components"].values():
+        tasks.update(component.get("dag", {}).get("tasks", {}))
+    return tasks
 
 
 def test_dag_order(spec):
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _body(spec)
     deps = {name: set(task.get("dependentTasks", [])) for name, task in tasks.items()}
     assert deps["ingest"] == set()
     assert deps["split"] == {"ingest"}
@@ -86,9 +100,44 @@ def test_credentials_come_from_a_secret_never_from_parameters(spec):
 
 
 def test_steps_with_side_effects_are_never_cached(spec):
-    tasks = dict(spec["root"]["dag"]["tasks"])
-    for component in spec["components"].values():
-        tasks.update(component.get("dag", {}).get("tasks", {}))
-    for name in ("ingest", "gate", "deploy", "smoke-test", "keep-champion"):
+    tasks = _all_tasks(spec)
+    for name in ("ingest", "gate", "deploy", "smoke-test", "keep-champion", "cleanup"):
         assert tasks[name]["cachingOptions"].get("enableCache", False) is False, name
     assert tasks["train"]["cachingOptions"]["enableCache"] is True
+
+
+# -- run hygiene ---------------------------------------------------------------------------------
+def test_the_exit_handler_cleans_up_after_every_step_with_the_runs_final_status(spec):
+    root = spec["root"]["dag"]["tasks"]
+    assert set(root) == {"exit-handler-1", "cleanup"}
+    cleanup = root["cleanup"]
+    assert cleanup["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"  # also after a failure
+    assert cleanup["dependentTasks"] == ["exit-handler-1"]
+    params = cleanup["inputs"]["parameters"]
+    assert params["status"] == {"taskFinalStatus": {"producerTask": "exit-handler-1"}}
+    assert params["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+    # The same run id labels what tune, train and deploy create, so that cleanup finds it.
+    tasks = _all_tasks(spec)
+    for name in ("tune", "train", "deploy"):
+        assert tasks[name]["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == "{{$.pipeline_job_uuid}}"
+
+
+def test_safe_steps_retry_with_backoff_and_others_do_not(spec):
+    tasks = _all_tasks(spec)
+    for name in ("ingest", "split", "evaluate", "smoke-test"):
+        assert tasks[name]["retryPolicy"] == {"maxRetryCount": 2, "backoffDuration": "60s", "backoffFactor": 2.0,
+                                              "backoffMaxDuration": "1800s"}, name
+    for name in ("tune", "train", "gate", "deploy", "keep-champion", "cleanup"):
+        assert "retryPolicy" not in tasks[name], name  # they create or change cluster state
+
+
+def test_every_step_has_a_timeout_and_the_run_a_deadline_and_ttls(spec):
+    from pipelines.pipeline import TIMEOUTS
+
+    executors = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert len(executors) == len(spec["deploymentSpec"]["executors"]) == len(TIMEOUTS)
+    for name, executor in executors.items():
+        assert int(executor["activeDeadlineSeconds"]) == TIMEOUTS[name.removeprefix("exec-")], name
+    assert int(executors["exec-tune"]["activeDeadlineSeconds"]) > 6 * 3600  # beyond the backend's own wait
+    config = spec["platforms"]["kubernetes"]["pipelineConfig"]
+    assert config == {"activeDeadlineSeconds": 86400, "resourceTtlOnSuccess": 86400, "resourceTtlOnFailure": 604800}

@@ -1,0 +1,25 @@
+from kfp import dsl
+from kfp.dsl import Markdown, Output
+
+from components.base import component
+
+
+@component
+def cleanup(backend: str, namespace: str, run_id: str, model_name: str,
+            status: dsl.PipelineTaskFinalStatus, report: Output[Markdown]) -> str:
+    """The exit handler: runs when the run ends, whether it succeeded or not. On a cluster it
+    deletes this run's Katib Experiments, TrainJobs and PyTorchJobs that still run and rolls
+    back a canary the run left half-rolled; locally nothing outlives a step. Records both."""
+    from pathlib import Path
+
+    if backend == "kubernetes":
+        from components.backends.base import ClusterSettings
+        from components.backends.kubernetes import KubernetesBackend
+
+        actions = KubernetesBackend().cleanup(ClusterSettings(namespace=namespace, run_id=run_id), model_name)
+    else:  # kfp.local and the local backend: every process ended with its step
+        actions = [f"backend={backend}: no cluster resources; nothing to clean up"]
+    lines = "".join(f"- {a}\n" for a in actions)
+    Path(report.path).write_text(f"# Cleanup after the run\n\nRun `{run_id}` ended {status.state}.\n\n{lines}")
+    print(f"cleanup after {status.state}:\n{lines}", end="")
+    return "\n".join(actions)
