@@ -2,12 +2,9 @@
 and with the local backend records that nothing needed cleaning (what it does on a cluster is
 tested against the recorded fake API in tests/test_k8s_launchers.py)."""
 
-from pathlib import Path
-
 from kfp import dsl, local
 
 from components.base import component
-
 from components.cleanup import cleanup
 
 
