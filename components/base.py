@@ -19,4 +19,7 @@ from kubevae import __version__
 # set KUBEVAE_IMAGE when compiling to point the pipeline at your registry.
 IMAGE = os.environ.get("KUBEVAE_IMAGE", f"ghcr.io/kubevae/kubevae:{__version__}")
 
-component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False)
+# A running step (_KFP_RUNTIME=true) imports kfp.dsl without its decorators and needs only IMAGE
+# from here (components.backends.base reads it).
+component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False) \
+    if hasattr(dsl, "component") else None

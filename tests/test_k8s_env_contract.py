@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import subprocess_env
 from safetensors.torch import load_file
 
 from components.backends.local import train_command as local_command
 from components.k8s import to_dict
 from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
 from components.k8s.trainjob import build_trainjob
-from conftest import subprocess_env
 from kubevae.training.distributed import launcher_environment, node_rank
 
 TINY = ("--dataset", "sprites", "--dataset-size", "128", "--batch-size", "32", "--latent-dim", "4",

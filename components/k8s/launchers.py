@@ -341,18 +341,9 @@ class PyTorchJobLauncher:
 
         logs = _LogFollower(self.api, self.namespace, f"PyTorchJob {self.namespace}/{name}", master,
                             container, self.log)
-        try:
-            wait_for(self.api, PYTORCHJOB, self.namespace, name, condition_state, self.waiting,
-                     between=logs.poll)
-        except ResourceTimeout:
-            logs.poll()
-            self.delete(name)
-            raise
-        except ResourceFailed as e:
-            logs.poll()
-            raise ResourceFailed(f"{e}. Master log above; all pods: `kubectl -n {self.namespace} get pods "
-                                 f"-l training.kubeflow.org/job-name={name}`") from None
-        logs.poll()  # the last lines
+        _wait_job(self.api, PYTORCHJOB, self.namespace, name, condition_state, self.waiting, logs, self.delete,
+                  f"Master log above; all pods: `kubectl -n {self.namespace} get pods "
+                  f"-l training.kubeflow.org/job-name={name}`")
         return self.client.get_job(name, self.namespace)
 
     def delete(self, name: str) -> None:
@@ -361,6 +352,23 @@ class PyTorchJobLauncher:
             self.log(f"deleted PyTorchJob {self.namespace}/{name}")
         except Exception as e:
             self.log(_describe_api_error(f"could not delete PyTorchJob {self.namespace}/{name}", e))
+
+
+def _wait_job(api: KubeApi, target: Target, namespace: str, name: str, state, waiting: Waiting,
+              logs: "_LogFollower", delete: Callable[[str], None], hint: str) -> dict:
+    """Wait for a training job, streaming node 0's log; delete it at the timeout (it holds
+    GPUs), and say where to look when it failed."""
+    try:
+        final = wait_for(api, target, namespace, name, state, waiting, between=logs.poll)
+    except ResourceTimeout:
+        logs.poll()
+        delete(name)
+        raise
+    except ResourceFailed as e:
+        logs.poll()
+        raise ResourceFailed(f"{e}. {hint}") from None
+    logs.poll()  # the last lines
+    return final
 
 
 class TrainJobLauncher:
@@ -393,18 +401,9 @@ class TrainJobLauncher:
         where = f"TrainJob {self.namespace}/{name}"
         logs = _LogFollower(self.api, self.namespace, where, node0, container, self.log)
         state = lambda obj: condition_state(obj, trainjob_kind.SUCCESS, trainjob_kind.FAILURE)  # noqa: E731
-        try:
-            final = wait_for(self.api, TRAINJOB, self.namespace, name, state, self.waiting, between=logs.poll)
-        except ResourceTimeout:
-            logs.poll()
-            self.delete(name)
-            raise
-        except ResourceFailed as e:
-            logs.poll()
-            raise ResourceFailed(f"{e}. Node 0's log above; all pods: `kubectl -n {self.namespace} get pods "
-                                 f"-l {trainjob_kind.JOBSET_NAME_LABEL}={name}`") from None
-        logs.poll()  # the last lines
-        return final
+        return _wait_job(self.api, TRAINJOB, self.namespace, name, state, self.waiting, logs, self.delete,
+                         f"Node 0's log above; all pods: `kubectl -n {self.namespace} get pods "
+                         f"-l {trainjob_kind.JOBSET_NAME_LABEL}={name}`")
 
     def delete(self, name: str) -> None:
         try:

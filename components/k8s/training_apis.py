@@ -11,8 +11,9 @@ which pod is its node 0 (Katib's primary pod: it carries the metrics collector).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from components.k8s import pytorchjob, trainjob
 

@@ -26,27 +26,44 @@ from __future__ import annotations
 
 from typing import Any
 
-from kubeflow_trainer_api.models import (IoK8sApiCoreV1EnvVar, IoK8sApiCoreV1PodSecurityContext,
-                                         IoK8sApiCoreV1ResourceRequirements,
-                                         IoK8sApiCoreV1SecurityContext, IoK8sApiCoreV1Toleration,
-                                         IoK8sApiCoreV1Volume, IoK8sApiCoreV1VolumeMount,
-                                         IoK8sApimachineryPkgApisMetaV1ObjectMeta,
-                                         TrainerV1alpha1ContainerPatch,
-                                         TrainerV1alpha1JobSetSpecPatch,
-                                         TrainerV1alpha1JobSetTemplatePatch,
-                                         TrainerV1alpha1JobSpecPatch,
-                                         TrainerV1alpha1JobTemplatePatch,
-                                         TrainerV1alpha1PodSpecPatch,
-                                         TrainerV1alpha1PodTemplatePatch,
-                                         TrainerV1alpha1ReplicatedJobPatch,
-                                         TrainerV1alpha1RuntimePatch, TrainerV1alpha1RuntimeRef,
-                                         TrainerV1alpha1Trainer, TrainerV1alpha1TrainingRuntimeSpecPatch,
-                                         TrainerV1alpha1TrainJob, TrainerV1alpha1TrainJobSpec)
-from kubernetes.client import (V1ConfigMapKeySelector, V1EnvVar, V1EnvVarSource, V1VolumeMount)
+from kubeflow_trainer_api.models import (
+    IoK8sApiCoreV1EnvVar,
+    IoK8sApiCoreV1PodSecurityContext,
+    IoK8sApiCoreV1ResourceRequirements,
+    IoK8sApiCoreV1SecurityContext,
+    IoK8sApiCoreV1Toleration,
+    IoK8sApiCoreV1Volume,
+    IoK8sApiCoreV1VolumeMount,
+    IoK8sApimachineryPkgApisMetaV1ObjectMeta,
+    TrainerV1alpha1ContainerPatch,
+    TrainerV1alpha1JobSetSpecPatch,
+    TrainerV1alpha1JobSetTemplatePatch,
+    TrainerV1alpha1JobSpecPatch,
+    TrainerV1alpha1JobTemplatePatch,
+    TrainerV1alpha1PodSpecPatch,
+    TrainerV1alpha1PodTemplatePatch,
+    TrainerV1alpha1ReplicatedJobPatch,
+    TrainerV1alpha1RuntimePatch,
+    TrainerV1alpha1RuntimeRef,
+    TrainerV1alpha1Trainer,
+    TrainerV1alpha1TrainingRuntimeSpecPatch,
+    TrainerV1alpha1TrainJob,
+    TrainerV1alpha1TrainJobSpec,
+)
+from kubernetes.client import V1ConfigMapKeySelector, V1EnvVar, V1EnvVarSource, V1VolumeMount
 
 from components.k8s import to_dict
-from components.k8s.pytorchjob import (CHECKPOINT_ROOT, POD_ANNOTATIONS, SETTINGS_KEYS, TrainingJob,
-                                       env_vars, job_labels, train_args, train_command, volumes)
+from components.k8s.pytorchjob import (
+    CHECKPOINT_ROOT,
+    POD_ANNOTATIONS,
+    SETTINGS_KEYS,
+    TrainingJob,
+    env_vars,
+    job_labels,
+    train_args,
+    train_command,
+    volumes,
+)
 from components.k8s.security import container_security_context, pod_security_context, scratch_mount
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
