@@ -31,7 +31,8 @@ from kubevae.training.distributed import launcher_environment, node_rank
 
 TINY = ("--dataset", "sprites", "--dataset-size", "128", "--batch-size", "32", "--latent-dim", "4",
         "--deterministic", "--no-mlflow-model", "--no-tracking", "--seed", "3", "--iwae-k", "0")
-BIN = str(Path(sys.executable).parent)  # `python` and `kubevae` of this venv, as in the image
+BIN = str(Path(sys.executable).parent)
+pytestmark = pytest.mark.slow  # eight short DDP runs: about 2 CPU-minutes  # `python` and `kubevae` of this venv, as in the image
 
 
 def _free_port() -> int:
