@@ -442,6 +442,21 @@ def test_entrypoint_timestamps_lines_as_katib_reads_them_and_uploads_on_rank_0(t
         ["entrypoint/rank0/.kubevae-complete.json", "entrypoint/rank0/metrics.json"]
 
 
+def test_entrypoint_downloads_the_split_before_the_command(tmp_path, s3):
+    """A TrainJob node fetches the KFP split artifact itself (uploaded by KFP without a
+    completion marker) before `kubevae train` starts."""
+    client = s3.client()
+    client.put_object(BUCKET, "kfp/split/splits/stats.json", io.BytesIO(b'{"n": 3}'), 8)
+    data = tmp_path / "data" / "splits"
+    script = f"import pathlib; print(pathlib.Path({str(data / 'stats.json')!r}).read_text())"
+    out = io.StringIO()
+    code = entrypoint.run([sys.executable, "-c", script], [], out=out, env={**s3.env, "PET_NODE_RANK": "1"},
+                          downloads=[(f"minio://{BUCKET}/kfp/split/splits", str(data))])
+    assert code == 0
+    lines = out.getvalue().splitlines()
+    assert "downloaded 1 files" in lines[0] and lines[1].endswith('{"n": 3}')
+
+
 def test_entrypoint_passes_failures_through_and_workers_never_upload(tmp_path, s3):
     folder = tmp_path / "out"
     folder.mkdir()
