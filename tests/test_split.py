@@ -27,10 +27,12 @@ def frame(n, *, start=0, seed=0, groups=None, times=None):
         "timestamp": times if times is not None else [None] * n})
 
 
-def write(path, manifest, seed=0, card=None):
-    rng = np.random.default_rng(seed)
-    images = rng.integers(0, 256, (len(manifest), 4, 4, 1), dtype=np.uint8)
-    write_dataset(path, images, manifest, card=card, image_shape=(4, 4, 1))
+def write(path, manifest, seed=0, card=None, images=None):
+    """Random 16x16 noise images (distinct: their correlation stays far below any threshold)."""
+    if images is None:
+        rng = np.random.default_rng(seed + int(manifest["item_id"].str[-5:].astype(int).iloc[0]))
+        images = rng.integers(0, 256, (len(manifest), 16, 16, 1), dtype=np.uint8)
+    write_dataset(path, images, manifest, card=card, image_shape=images.shape[1:])
     return path
 
 
@@ -198,24 +200,43 @@ def test_time_mode_val_and_test_are_strictly_newer(tmp_path):
         split(tmp_path / "raw", tmp_path / "x", time_cutoffs=["2024-06-01"])
 
 
-def test_duplicate_chains_larger_than_a_split_are_refused_with_advice(tmp_path):
-    manifest = frame(100)
-    base = int(manifest.phash[0], 16)
-    # A chain: each hash two bits away from the previous one, so all 100 merge at threshold 4.
-    manifest["phash"] = [f"{base ^ ((1 << (i % 60)) | (1 << ((i + 1) % 60))):016x}" if i else f"{base:016x}"
-                         for i in range(100)]
-    write(tmp_path / "raw", manifest)
-    with pytest.raises(ValueError, match="lower --near-dup-threshold"):
-        split(tmp_path / "raw", tmp_path / "s", near_dup_threshold=4)
-    report = split(tmp_path / "raw", tmp_path / "s", near_dup_threshold=0)
-    assert report.passed and report.threshold_source == "given"
+def chain_images(n, side=16, seed=0):
+    """n crops of one random field, each one pixel right of the previous: consecutive crops are
+    1-pixel-shifted copies, so near-duplicate evidence chains all of them together."""
+    from scipy.ndimage import gaussian_filter
+
+    noise = np.random.default_rng(seed).normal(0, 1, (side, side + n))
+    field = gaussian_filter(noise, 2.0)
+    field = np.clip(128 + field / field.std() * 50, 0, 255).astype(np.uint8)  # smooth, textured
+    return np.stack([field[:, i:i + side] for i in range(n)])[..., None]
 
 
-def test_threshold_comes_from_the_dataset_card_hint_else_the_default(tmp_path):
-    write(tmp_path / "a", frame(30), card={"split_hints": {"near_dup_threshold": 2, "reason": "tiny"}})
+def test_duplicate_chains_larger_than_a_split_are_refused_naming_the_cause(tmp_path):
+    images = np.concatenate([chain_images(40), np.random.default_rng(5).integers(
+        0, 256, (60, 16, 16, 1), dtype=np.uint8)])
+    manifest = frame(100, groups=[f"g{i}" for i in range(100)])
+    write(tmp_path / "raw", manifest, images=images)
+    with pytest.raises(ValueError, match=r"one group holds 40 of 100 items.*duplicate chaining: "
+                                         r"\d+ verified near-duplicate pairs.*--near-dup-threshold"):
+        split(tmp_path / "raw", tmp_path / "s", group_column="group_id")
+    # The same size made by one metadata group is named as that, not as chaining.
+    grouped = frame(100, groups=["big"] * 40 + [f"g{i}" for i in range(60)])
+    write(tmp_path / "meta", grouped, seed=9)
+    with pytest.raises(ValueError, match=r"a metadata group is that large: group_id='big' holds 40"):
+        split(tmp_path / "meta", tmp_path / "s", group_column="group_id")
+    report = split(tmp_path / "raw", tmp_path / "s", max_group_fraction=0.5)
+    assert report.passed and report.report["cross_split"]["near_duplicates"] == 0
+
+
+def test_threshold_comes_from_the_dataset_card_hint_else_calibration(tmp_path):
+    write(tmp_path / "a", frame(30), card={"split_hints": {"near_dup_ncc": 0.97, "reason": "tiny"}})
     write(tmp_path / "b", frame(30))
-    assert split(tmp_path / "a", tmp_path / "sa").near_dup_threshold == 2
-    assert split(tmp_path / "b", tmp_path / "sb").near_dup_threshold == 10
-    assert split(tmp_path / "a", tmp_path / "sc", near_dup_threshold=6).near_dup_threshold == 6
-    with pytest.raises(ValueError, match="--near-dup-threshold: expected 0..64"):
-        split(tmp_path / "b", tmp_path / "sd", near_dup_threshold=65)
+    hinted = split(tmp_path / "a", tmp_path / "sa")
+    assert hinted.near_dup_threshold == 0.97 and hinted.threshold_source.startswith("dataset card")
+    calibrated = split(tmp_path / "b", tmp_path / "sb")
+    assert calibrated.threshold_source == "calibrated on this data set"
+    assert 0.9 <= calibrated.near_dup_threshold <= 0.995
+    given = split(tmp_path / "a", tmp_path / "sc", near_dup_threshold=0.99)
+    assert given.near_dup_threshold == 0.99 and given.threshold_source == "given"
+    with pytest.raises(ValueError, match=r"--near-dup-threshold: expected a correlation in \(0, 1\]"):
+        split(tmp_path / "b", tmp_path / "sd", near_dup_threshold=10)

@@ -1,7 +1,8 @@
 """Properties of the split on generated datasets (hypothesis).
 
 Every check here is computed independently of the implementation: groups and exact duplicates
-by grouping the assignments table, near duplicates by brute force over all pairs of hashes.
+by grouping the assignments table, near duplicates from the list of planted copies (each a
+shifted, brightened or contrast-changed copy of an earlier image: it must share its split).
 """
 
 from __future__ import annotations
@@ -17,39 +18,54 @@ from scipy.stats import binom
 
 from kubevae.data.dataset import write_dataset
 from kubevae.split import split
-from kubevae.split.grouping import brute_force_pairs, near_duplicate_pairs
 
 SETTINGS = settings(max_examples=12, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
-def manifest(seed: int, n: int, n_groups: int, dup_rate: float, near_rate: float, threshold: int,
+SIDE = 16
+
+
+def smooth_image(rng: np.random.Generator) -> np.ndarray:
+    """8x8 random levels upsampled to 16x16: distinct draws never correlate near a threshold."""
+    coarse = rng.integers(0, 256, (SIDE // 2, SIDE // 2)).astype(np.float32)
+    return np.clip(np.kron(coarse, np.ones((2, 2))), 0, 255).astype(np.uint8)[..., None]
+
+
+def near_copy(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    dy, dx = (int(v) for v in rng.choice([-2, 0, 2], 2))
+    moved = np.pad(image, ((2, 2), (2, 2), (0, 0)), mode="edge")[2 - dy:2 - dy + SIDE, 2 - dx:2 - dx + SIDE]
+    gain, offset = rng.uniform(0.8, 1.1), rng.uniform(-20, 20)
+    return np.clip(moved * gain + offset, 0, 255).astype(np.uint8)
+
+
+def manifest(seed: int, n: int, n_groups: int, dup_rate: float, near_rate: float,
              start: int = 0, base: pd.DataFrame | None = None) -> pd.DataFrame:
     """n items: groups from a pool (some items ungrouped), planted exact duplicates (a copied
-    sha256, also under another group) and near duplicates (a hash with <= threshold bits flipped).
-    With `base`, duplicates may also copy items of an existing dataset (appended data)."""
+    sha256, also under another group) and near duplicates (a near copy of an earlier image,
+    `near_of` names it). With `base`, duplicates may also copy items of an existing dataset."""
     rng = np.random.default_rng(seed)
     rows = []
     pool = [] if base is None else base.to_dict("records")
     for i in range(n):
         item = {"item_id": f"item-{start + i:05d}", "source_uri": f"mem://{start + i}",
-                "sha256": f"sha-{start + i:05d}",
-                "phash": f"{int(rng.integers(0, 2**63)) ^ (int(rng.integers(0, 2)) << 63):016x}",
-                "group_id": f"g{rng.integers(n_groups)}" if rng.random() < 0.7 else None}
+                "sha256": f"sha-{start + i:05d}", "phash": "0" * 16,
+                "group_id": f"g{rng.integers(n_groups)}" if rng.random() < 0.7 else None,
+                "image": smooth_image(rng), "near_of": None}
         if pool and rng.random() < dup_rate:
-            item["sha256"] = pool[rng.integers(len(pool))]["sha256"]
-        if pool and rng.random() < near_rate:
-            other = int(pool[rng.integers(len(pool))]["phash"], 16)
-            bits = rng.choice(64, size=int(rng.integers(0, threshold + 1)), replace=False)
-            item["phash"] = f"{other ^ sum(1 << int(b) for b in bits):016x}"
+            other = pool[rng.integers(len(pool))]
+            item["sha256"], item["image"] = other["sha256"], other["image"]
+        elif pool and rng.random() < near_rate:
+            other = pool[rng.integers(len(pool))]
+            item["image"], item["near_of"] = near_copy(other["image"], rng), other["item_id"]
         rows.append(item)
         pool.append(item)
     return pd.DataFrame(rows)
 
 
 def write(path: Path, frame: pd.DataFrame) -> Path:
-    images = np.random.default_rng(0).integers(0, 256, (len(frame), 2, 2, 1), dtype=np.uint8)
-    write_dataset(path, images, frame, image_shape=(2, 2, 1))
+    images = np.stack(frame["image"].to_list())
+    write_dataset(path, images, frame.drop(columns=["image", "near_of"]), image_shape=images.shape[1:])
     return path
 
 
@@ -57,28 +73,29 @@ def table(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "assignments.csv", dtype=str, keep_default_na=False)
 
 
-def assert_no_leakage(frame: pd.DataFrame, assigned: pd.DataFrame, threshold: int) -> None:
+def assert_no_leakage(frame: pd.DataFrame, assigned: pd.DataFrame) -> None:
     joined = assigned.merge(frame[["item_id", "group_id"]].rename(columns={"group_id": "meta"}),
                             on="item_id")
     grouped = joined[joined.meta.notna()]
     assert (grouped.groupby("meta")["split"].nunique() <= 1).all(), "a group spans two splits"
     assert (joined.groupby("sha256")["split"].nunique() <= 1).all(), "a duplicate spans two splits"
-    hashes = np.array([int(h, 16) for h in joined.phash], dtype=np.uint64)
-    i, j = brute_force_pairs(hashes, threshold).T
-    splits = joined.split.to_numpy()
-    assert (splits[i] == splits[j]).all(), "near duplicates span two splits"
+    where = assigned.set_index("item_id")["split"]
+    copies = frame[frame.near_of.notna()]
+    for item, original in zip(copies.item_id, copies.near_of):
+        if item in where.index and original in where.index:
+            assert where[item] == where[original], f"near copy {item} of {original} in another split"
 
 
 datasets = st.fixed_dictionaries({
     "seed": st.integers(0, 2**31 - 1), "n": st.integers(20, 160), "n_groups": st.integers(1, 60),
     "dup_rate": st.floats(0, 0.3), "near_rate": st.floats(0, 0.3),
-    "threshold": st.sampled_from([0, 2, 4, 6, 8, 10]), "salt": st.text(max_size=6)})
+    "threshold": st.sampled_from([None, 0.9, 0.95, 0.99]), "salt": st.text(max_size=6)})
 
 
 @SETTINGS
 @given(params=datasets)
 def test_no_group_exact_or_near_duplicate_spans_two_splits(params):
-    salt, threshold = params.pop("salt"), params["threshold"]
+    salt, threshold = params.pop("salt"), params.pop("threshold")
     frame = manifest(**params)
     with tempfile.TemporaryDirectory() as tmp:
         data = write(Path(tmp) / "raw", frame)
@@ -95,13 +112,13 @@ def test_no_group_exact_or_near_duplicate_spans_two_splits(params):
         assigned = table(Path(tmp) / "s")
     assert report.passed
     assert len(assigned) + report.excluded == len(frame)
-    assert_no_leakage(frame, assigned, threshold)
+    assert_no_leakage(frame, assigned)
 
 
 @SETTINGS
 @given(params=datasets)
 def test_appending_20_percent_moves_no_existing_item(params):
-    salt, threshold = params.pop("salt"), params["threshold"]
+    salt, threshold = params.pop("salt"), params.pop("threshold")
     old = manifest(**params)
     extra = max(1, round(0.2 * len(old)))
     new = manifest(**{**params, "seed": params["seed"] + 1, "n": extra}, start=len(old), base=old)
@@ -129,18 +146,18 @@ def test_appending_20_percent_moves_no_existing_item(params):
     assert (second.loc[first.index] == first).all()
     assert (third.loc[first.index] == first).all()
     assert report.passed
-    assert_no_leakage(both, assigned, threshold)
+    assert_no_leakage(both, assigned)
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), n_groups=st.integers(2000, 6000),
+@given(seed=st.integers(0, 2**31 - 1), n_groups=st.integers(600, 1500),
        train=st.floats(0.5, 0.6), val=st.floats(0.05, 0.2), test=st.floats(0.05, 0.2),
        salt=st.text(max_size=6))
 def test_split_sizes_stay_close_to_the_fractions_when_groups_are_small(seed, n_groups, train, val,
                                                                        test, salt):
     rng = np.random.default_rng(seed)
     sizes = rng.integers(1, 4, n_groups)  # groups of 1 to 3 items
-    frame = manifest(seed, int(sizes.sum()), 1, 0, 0, 0)
+    frame = manifest(seed, int(sizes.sum()), 1, 0, 0)
     frame["group_id"] = np.repeat([f"g{i}" for i in range(n_groups)], sizes)
     fractions = (train, val, test)
     with tempfile.TemporaryDirectory() as tmp:
@@ -157,19 +174,3 @@ def test_split_sizes_stay_close_to_the_fractions_when_groups_are_small(seed, n_g
         items_tolerance = 3 * tolerance  # items: the same draw, weighted by group sizes 1..3
         assert abs(report.items[name] / len(frame) - fraction) <= items_tolerance, (name, report.items)
     assert abs(report.excluded / len(frame) - (1 - total)) <= 3 * (5 * np.sqrt(0.25 / n_groups) + 1 / n_groups)
-
-
-@settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), n=st.integers(2, 400), threshold=st.integers(0, 20),
-       spread=st.integers(0, 12))
-def test_multi_index_hashing_finds_exactly_the_brute_force_pairs(seed, n, threshold, spread):
-    rng = np.random.default_rng(seed)
-    centres = rng.integers(0, 2**63, max(1, n // 4), dtype=np.int64).astype(np.uint64)
-    hashes = centres[rng.integers(len(centres), size=n)]
-    for _ in range(spread):  # flip up to `spread` random bits per hash: clusters of near copies
-        flip = rng.random(n) < 0.5
-        hashes = hashes ^ (flip.astype(np.uint64) << rng.integers(0, 64, n).astype(np.uint64))
-    hashes = np.unique(hashes)
-    pairs, plan = near_duplicate_pairs(hashes, threshold)
-    np.testing.assert_array_equal(pairs, brute_force_pairs(hashes, threshold))
-    assert plan.pairs == len(pairs)

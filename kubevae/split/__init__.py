@@ -6,7 +6,8 @@
 Output folder:
     assignments.csv        one row per assigned item: item_id, source_uri, group_id (the key of
                            its leakage group: metadata group + exact + near duplicates), sha256,
-                           split (train | val | test), phash, how (hash | time | pinned |
+                           split (train | val | test), phash (kept for reference; grouping
+                           verifies pixels, kubevae.split.neardup), how (hash | time | pinned |
                            inherited), metadata_group (with --group-column)
     excluded.csv           items in no split, with the reason (only when there are any)
     train/ val/ test/      dataset folders (kubevae.data.dataset), manifest rows and factors kept
@@ -33,11 +34,11 @@ from kubevae.data.dataset import Dataset, write_dataset
 from kubevae.split import report as leakage
 from kubevae.split.assign import (ASSIGNMENTS_FILE, EXCLUDED, SPLITS, assign, check_fractions,
                                   group_keys, member_keys, read_previous)
-from kubevae.split.grouping import DEFAULT_NEAR_DUP_THRESHOLD, HASH_BITS, group_items
+from kubevae.split.grouping import group_items
 from kubevae.split.stats import STATS_FILE, channel_stats
 from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text
 
-__all__ = ["DEFAULT_NEAR_DUP_THRESHOLD", "DEFAULT_SALT", "LeakageError", "SplitReport", "split"]
+__all__ = ["DEFAULT_SALT", "LeakageError", "SplitReport", "split"]
 
 DEFAULT_SALT = "kubevae"
 EXCLUDED_FILE = "excluded.csv"
@@ -60,7 +61,7 @@ class SplitReport:
     excluded: int
     cross_split: dict[str, int]
     passed: bool
-    near_dup_threshold: int
+    near_dup_threshold: float
     threshold_source: str
     seconds: float
     report: dict[str, Any] = field(repr=False, default_factory=dict)
@@ -82,14 +83,14 @@ class SplitReport:
         return "\n".join([f"split -> {self.out_dir}: {'PASSED' if self.passed else 'FAILED'}",
                           f"items: {per}; excluded={self.excluded}",
                           f"across splits (all must be 0): {cross}",
-                          f"near-duplicate threshold: {self.near_dup_threshold} bits "
+                          f"near-duplicate threshold: max NCC >= {self.near_dup_threshold:.4f} "
                           f"({self.threshold_source}); {self.seconds:.1f}s"])
 
 
 def split(data_dir: str | Path, out_dir: str | Path, *,
           fractions: Sequence[float] = (0.8, 0.1, 0.1), group_column: str | None = None,
           time_column: str | None = None, time_cutoffs: Sequence[Any] | None = None,
-          previous_split: str | Path | None = None, near_dup_threshold: int | None = None,
+          previous_split: str | Path | None = None, near_dup_threshold: float | None = None,
           salt: str = DEFAULT_SALT, max_group_fraction: float | None = None) -> SplitReport:
     start = time.monotonic()
     fractions = check_fractions(fractions)
@@ -102,12 +103,15 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
     times, cutoffs = _time_mode(manifest, time_column, time_cutoffs, data_dir)
     threshold, source = _threshold(near_dup_threshold, dataset)
 
-    grouping = group_items(manifest, group_column=group_column, threshold=threshold)
+    grouping = group_items(manifest, dataset.images, group_column=group_column, threshold=threshold,
+                           threshold_source=source)
+    threshold, source = grouping.near.threshold, grouping.near.threshold_source
     pinned = read_previous(previous_split, manifest["item_id"]) if previous_split else None
     if times is None:
         pinned_rows = np.flatnonzero(manifest["item_id"].isin(pinned.index)) if pinned is not None \
             else np.zeros(0, np.int64)
-        _check_group_sizes(grouping, fractions, max_group_fraction, threshold, source, pinned_rows)
+        _check_group_sizes(grouping, fractions, max_group_fraction, manifest, group_column,
+                           pinned_rows)
     keys = member_keys(manifest, group_column)
     result = assign(grouping.labels, keys, fractions=fractions, salt=salt, pinned=pinned,
                     item_ids=manifest["item_id"], times=times, cutoffs=cutoffs)
@@ -127,7 +131,7 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
     ctx = leakage.Context(manifest=manifest, split=result.split, how=result.how,
                           group_key=result.group_key, grouping=grouping, group_column=group_column,
                           time_column=time_column, cutoffs=cutoffs, fractions=fractions,
-                          threshold_source=source, stats=stats,
+                          threshold_source=source, stats=stats, images=dataset.images,
                           previous_split=str(previous_split) if previous_split else None, salt=salt)
     report = leakage.build(ctx)
     report["data"] = str(data_dir)
@@ -193,26 +197,30 @@ def _parse_cutoff(value: Any, times: pd.Series):
         raise ValueError(f"--time-cutoff {value!r}: expected {kind} like the time column") from None
 
 
-def _threshold(explicit: int | None, dataset: Dataset) -> tuple[int, str]:
+def _threshold(explicit: float | None, dataset: Dataset) -> tuple[float | None, str]:
+    """The verification threshold (a correlation in (0, 1]): given, the dataset card's hint
+    `near_dup_ncc`, else None (calibrated on the data). The card key `near_dup_threshold` held
+    phash bits in older versions and is ignored."""
     if explicit is not None:
-        value, source = int(explicit), "given"
+        value, source = float(explicit), "given"
     else:
         hint = (dataset.info.get("card") or {}).get("split_hints") or {}
-        if hint.get("near_dup_threshold") is not None:
-            value = int(hint["near_dup_threshold"])
-            source = "dataset card hint" + (f" ({hint['reason']})" if hint.get("reason") else "")
-        else:
-            value, source = DEFAULT_NEAR_DUP_THRESHOLD, "default"
-    if not 0 <= value <= HASH_BITS:
-        raise ValueError(f"--near-dup-threshold: expected 0..{HASH_BITS} bits, got {value}")
+        if hint.get("near_dup_ncc") is None:
+            return None, "calibrated"
+        value = float(hint["near_dup_ncc"])
+        source = "dataset card hint" + (f" ({hint['reason']})" if hint.get("reason") else "")
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1] (the max "
+                         f"normalised cross-correlation a near copy reaches), got {value:g}")
     return value, source
 
 
-def _check_group_sizes(grouping, fractions, limit, threshold, source, pinned_rows) -> None:
-    """A group bigger than the smallest split cannot be placed without wrecking the fractions:
-    almost always near duplicates chaining distinct images together. Groups holding pinned items
-    are placed by their pins and not checked; nor are data sets so small that the smallest split
-    expects fewer than 10 items (unless a limit is given)."""
+def _check_group_sizes(grouping, fractions, limit, manifest, group_column, pinned_rows) -> None:
+    """A group bigger than the smallest split cannot be placed without wrecking the fractions.
+    The message says what made it: near duplicates chaining distinct images together, exact
+    copies, or one metadata group. Groups holding pinned items are placed by their pins and not
+    checked; nor are data sets so small that the smallest split expects fewer than 10 items
+    (unless a limit is given)."""
     n = len(grouping.labels)
     if limit is None and n * min(fractions) < 10:
         return
@@ -222,14 +230,28 @@ def _check_group_sizes(grouping, fractions, limit, threshold, source, pinned_row
     if not free.any():
         return
     sizes = np.bincount(grouping.labels[free])
-    largest = int(sizes.max())
+    largest_label = int(sizes.argmax())
+    largest = int(sizes[largest_label])
     if largest / n <= limit or largest < 2:
         return
-    dup_largest = int(np.bincount(grouping.duplicate_labels[free]).max())
-    why = (f"duplicate chaining made one group of {dup_largest} items at near-duplicate threshold "
-           f"{threshold} ({source}); lower --near-dup-threshold (0 merges only equal hashes)"
-           if dup_largest / n > limit else "a metadata group is that large; raise --max-group-fraction "
-           "if that is expected")
+    members = np.flatnonzero(grouping.labels == largest_label)
+    # Without near-duplicate edges, how big would the largest part of this group be?
+    without_near = int(np.bincount(grouping.exact_labels[members]).max())
+    near = grouping.near
+    if without_near / n <= limit:
+        inside = np.isin(near.pairs[:, 0], members).sum() if len(near.pairs) else 0
+        why = (f"duplicate chaining: {int(inside)} verified near-duplicate pairs (max normalised "
+               f"cross-correlation over +-2 px >= {near.threshold:.4f}, {near.threshold_source}) "
+               f"link {largest} items into one chain, while no metadata group or exact copy holds "
+               f"more than {without_near}; raise --near-dup-threshold towards 1 (only closer "
+               "copies merge)")
+    elif group_column and manifest[group_column].iloc[members].notna().any():
+        values = manifest[group_column].iloc[members].value_counts()
+        why = (f"a metadata group is that large: {group_column}={values.index[0]!r} holds "
+               f"{int(values.iloc[0])} items; raise --max-group-fraction if that is expected")
+    else:
+        why = (f"exact copies: {without_near} items share the same pixels; remove the copies "
+               "or raise --max-group-fraction")
     raise ValueError(f"one group holds {largest} of {n} items ({largest / n:.1%}), more than "
                      f"max_group_fraction {limit:.3f}: {why}")
 

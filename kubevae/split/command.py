@@ -7,7 +7,8 @@ Examples:
   kubevae split --data runs/raw --out runs/split2 --previous-split runs/split/assignments.csv
 
 Groups: the metadata --group-column, exact duplicates (same pixels) and near duplicates
-(perceptual hashes within --near-dup-threshold bits) are merged by union-find; each group goes
+(nearest-neighbour candidates verified by max normalised cross-correlation over +-2 px shifts,
+at a threshold calibrated on the data or set with --near-dup-threshold) are merged by union-find; each group goes
 to one split by a salted sha256 of its key (stable when data is appended). --previous-split pins
 every earlier assignment; new items joining a pinned group inherit its split. Time mode puts
 items older than the first cutoff in train and newer ones in val/test.
@@ -23,7 +24,7 @@ import sys
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from kubevae.split import DEFAULT_NEAR_DUP_THRESHOLD, DEFAULT_SALT
+    from kubevae.split import DEFAULT_SALT
 
     p.add_argument("--data", required=True, help="a dataset folder (kubevae ingest)")
     p.add_argument("--out", required=True, help="the split folder to write")
@@ -38,9 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--previous-split", default=None,
                    help="an earlier assignments.csv (or its split folder; a path or an s3:// "
                         "URI): pins every item it names")
-    p.add_argument("--near-dup-threshold", type=int, default=None,
-                   help=f"phash Hamming distance (bits of 64) for near duplicates (unset: the "
-                        f"dataset card's hint, else {DEFAULT_NEAR_DUP_THRESHOLD})")
+    p.add_argument("--near-dup-threshold", type=float, default=None,
+                   help="verification threshold in (0, 1]: the max normalised cross-correlation "
+                        "(over +-2 px shifts) at which two images are near duplicates; closer to 1 "
+                        "merges fewer (unset: the dataset card's hint, else calibrated on copies of "
+                        "the data set's own images; the report says how)")
     p.add_argument("--max-group-fraction", type=float, default=None,
                    help="fail when one group holds more than this fraction of the items "
                         "(unset: the smallest split fraction)")

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 STATS_FILE = "stats.json"
-MIN_STD = 1e-3  # as kubevae.training.data.channel_stats: a constant channel must not divide by 0
+MIN_STD = 1e-3  # a constant channel must not divide by 0
 
 
 def channel_stats(images: np.ndarray, indices: np.ndarray | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from kubevae.data import load_splits, sprites
+from kubevae.split.stats import channel_stats
 from kubevae.storage import read_json
 
 BUILTIN_DATASETS = ("sprites",)
@@ -55,7 +56,7 @@ def _from_folder(path: Path) -> TrainingData:
         stats = read_json(stats_path)
         mean, std = stats["mean"], stats["std"]
     else:
-        mean, std = channel_stats(images)
+        mean, std = _stats(images)
     return TrainingData(images, torch.from_numpy(np.array(val.images)) if val else None,
                         mean, std, {"data": str(path), "content_sha256": train.info.get("content_sha256")})
 
@@ -68,17 +69,15 @@ def _builtin(name: str, size: int, seed: int) -> TrainingData:
     # `kubevae split`, which also groups duplicates so that none straddles the split.
     is_val = np.array([_bucket(i) < VAL_FRACTION for i in manifest["item_id"]])
     train, val = torch.from_numpy(images[~is_val]), torch.from_numpy(images[is_val])
-    mean, std = channel_stats(train)
+    mean, std = _stats(train)
     return TrainingData(train, val if len(val) else None, mean, std,
                         {"dataset": name, "dataset_size": size, "seed": seed})
 
 
-def channel_stats(images: torch.Tensor, max_images: int = 50_000) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std in [0, 1] units (on at most max_images evenly spaced images)."""
-    step = max(1, len(images) // max_images)
-    x = images[::step].double() / 255.0
-    dims = tuple(range(x.ndim - 1))
-    return x.mean(dim=dims).tolist(), x.std(dim=dims).clamp_min(1e-3).tolist()
+def _stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std in [0, 1] units: the split step's estimator (one in the code base)."""
+    stats = channel_stats(images.numpy())
+    return stats["mean"], stats["std"]
 
 
 def _bucket(key: str) -> float:
