@@ -79,7 +79,7 @@ def _write_textures(task) -> None:
 
     root, start, stop, size = task
     images = textures(stop - start, size=size, seed=start)
-    for i, image in zip(range(start, stop), images):
+    for i, image in zip(range(start, stop), images, strict=False):
         path = root / _texture_name(i)
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(image).save(path, compress_level=1)
@@ -94,7 +94,7 @@ def _write_planted(task) -> list[dict]:
     folder = root / "planted"
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
-    for source, number in zip(sources, numbers):
+    for source, number in zip(sources, numbers, strict=False):
         image = np.asarray(Image.open(root / _texture_name(int(source))))
         kind = VARIANTS[int(number) % len(VARIANTS)]
         name = f"planted/p-{int(number):06d}-{kind}" + (".jpg" if kind == "jpeg" else ".png")
@@ -243,7 +243,7 @@ def compare_search(n: int) -> dict:
     base = neardup.descriptors(neardup.working_images(images))
     k = neardup.NEIGHBOURS + 1
     start = time.monotonic()
-    sims, exact = np.empty((n, k), np.float32), np.empty((n, k), np.int64)
+    exact = np.empty((n, k), np.int64)
     for q0 in range(0, n, 2048):
         block = base[q0:q0 + 2048] @ base.T
         top = np.argpartition(-block, k, axis=1)[:, :k]
@@ -265,7 +265,7 @@ def compare_search(n: int) -> dict:
     flat.add(base)
     _, flat_ids = flat.search(base, k)
     flat_s = time.monotonic() - start
-    recall = np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact)])
+    recall = np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact, strict=False)])
     return {"n": n, "numpy_exact_s": round(numpy_s, 2), "faiss_ivf_s": round(faiss_s, 2),
             "faiss_flat_exact_s": round(flat_s, 2), "faiss_ivf_recall_at_9": round(float(recall), 4),
             "speedup_ivf_vs_numpy": round(numpy_s / faiss_s, 1),

@@ -16,8 +16,7 @@ import pandas as pd
 from PIL import Image
 
 from kubevae.data import sprites
-from kubevae.ingest import ingest
-from kubevae.ingest import synthetic
+from kubevae.ingest import ingest, synthetic
 from kubevae.split import split
 
 VARIANTS = {

@@ -81,7 +81,7 @@ def assert_no_leakage(frame: pd.DataFrame, assigned: pd.DataFrame) -> None:
     assert (joined.groupby("sha256")["split"].nunique() <= 1).all(), "a duplicate spans two splits"
     where = assigned.set_index("item_id")["split"]
     copies = frame[frame.near_of.notna()]
-    for item, original in zip(copies.item_id, copies.near_of):
+    for item, original in zip(copies.item_id, copies.near_of, strict=False):
         if item in where.index and original in where.index:
             assert where[item] == where[original], f"near copy {item} of {original} in another split"
 
@@ -164,7 +164,7 @@ def test_split_sizes_stay_close_to_the_fractions_when_groups_are_small(seed, n_g
         report = split(write(Path(tmp) / "raw", frame), Path(tmp) / "s", fractions=fractions,
                        group_column="group_id", salt=salt)
     total = sum(fractions)
-    for name, fraction in zip(("train", "val", "test"), fractions):
+    for name, fraction in zip(("train", "val", "test"), fractions, strict=False):
         # Each group lands in a split with probability `fraction` (a uniform hash): the count is
         # binomial. The bounds hold with probability 1 - 1e-9 each, so the test is not flaky
         # (hypothesis once drew a salt giving a 5.2-sigma count: p = 9e-7, at 5 sigma it failed).

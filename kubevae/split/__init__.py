@@ -23,17 +23,26 @@ splits or val/test are not strictly newer than train in time mode.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from kubevae.data.dataset import Dataset, write_dataset
 from kubevae.split import report as leakage
-from kubevae.split.assign import (ASSIGNMENTS_FILE, EXCLUDED, SPLITS, assign, check_fractions,
-                                  group_keys, member_keys, read_previous)
+from kubevae.split.assign import (
+    ASSIGNMENTS_FILE,
+    EXCLUDED,
+    SPLITS,
+    assign,
+    check_fractions,
+    group_keys,
+    member_keys,
+    read_previous,
+)
 from kubevae.split.grouping import group_items
 from kubevae.split.stats import STATS_FILE, channel_stats
 from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text
@@ -122,7 +131,7 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
         labels = grouping.labels_among(kept)
         relabeled = group_keys(labels, keys)
         result.group_key = [relabeled[label] if keep else key
-                            for label, keep, key in zip(labels.tolist(), kept, result.group_key)]
+                            for label, keep, key in zip(labels.tolist(), kept, result.group_key, strict=False)]
     train_rows = np.flatnonzero(result.split == 0)
     if not len(train_rows):
         raise ValueError(f"--data {data_dir}: no item landed in train ({len(dataset)} items); "

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -41,7 +41,7 @@ class Assignment:
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:
     if len(fractions) != 3:
         raise ValueError(f"fractions: expected 3 values (train, val, test), got {list(fractions)}")
-    for name, f in zip(SPLITS, fractions):
+    for name, f in zip(SPLITS, fractions, strict=False):
         if not 0.0 < float(f) < 1.0:
             raise ValueError(f"fractions: the {name} fraction is {f}; expected a value in (0, 1)")
     if sum(fractions) > 1.0 + 1e-9:
@@ -66,12 +66,12 @@ def member_keys(manifest: pd.DataFrame, group_column: str | None) -> list[str]:
     if not group_column:
         return [f"item:{s}" for s in sha]
     groups = manifest[group_column]
-    return [f"item:{s}" if pd.isna(g) else f"group:{g}" for s, g in zip(sha, groups)]
+    return [f"item:{s}" if pd.isna(g) else f"group:{g}" for s, g in zip(sha, groups, strict=False)]
 
 
 def group_keys(labels: np.ndarray, keys: list[str]) -> dict[int, str]:
     out: dict[int, str] = {}
-    for label, key in zip(labels.tolist(), keys):
+    for label, key in zip(labels.tolist(), keys, strict=False):
         if label not in out or key < out[label]:
             out[label] = key
     return out
@@ -155,7 +155,7 @@ def _pinned(pinned: pd.Series | None, item_ids: pd.Series) -> np.ndarray:
 
 def _group_pins(labels: np.ndarray, pinned_split: np.ndarray) -> dict[int, set[int]]:
     out: dict[int, set[int]] = {}
-    for label, s in zip(labels.tolist(), pinned_split.tolist()):
+    for label, s in zip(labels.tolist(), pinned_split.tolist(), strict=False):
         if s != EXCLUDED:
             out.setdefault(label, set()).add(s)
     return out
@@ -174,7 +174,7 @@ def _time_groups(labels, times: pd.Series, cutoffs, fractions, salt, by_group):
     out = {}
     for label, (low, high) in parts.iterrows():
         if low != high:
-            out[label] = (EXCLUDED, f"excluded: its group has items on both sides of a time cutoff")
+            out[label] = (EXCLUDED, "excluded: its group has items on both sides of a time cutoff")
         elif low == 1 and len(cutoffs) == 1:
             out[label] = (1 if bucket(by_group[label], salt) < val_share else 2, "time")
         else:

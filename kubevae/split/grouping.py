@@ -16,8 +16,8 @@ which says whether duplicate chaining or a metadata group made it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import pandas as pd

@@ -115,7 +115,7 @@ def descriptors(work: np.ndarray, shift: tuple[int, int] = (0, 0)) -> np.ndarray
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0
         theta[:, 0, 2] = dx * 2 / w
         theta[:, 1, 2] = dy * 2 / h
-        grid = F.affine_grid(theta, (len(x), 1, h, w), align_corners=False)
+        grid = F.affine_grid(theta, [len(x), 1, h, w], align_corners=False)
         moved = F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="border",
                               align_corners=False)
         pooled = F.adaptive_avg_pool2d(moved, DESCRIPTOR_SIDE).flatten(1)
@@ -140,7 +140,7 @@ def candidate_pairs(work: np.ndarray, neighbours: int = NEIGHBOURS,
     base = descriptors(work)
     k = min(neighbours + 1, n)
     if n <= EXACT_SEARCH_MAX:
-        index = faiss.IndexFlatIP(base.shape[1])
+        index: Any = faiss.IndexFlatIP(base.shape[1])
         kind = "faiss IndexFlatIP (exact)"
     else:
         nlist = int(4 * math.sqrt(n))
@@ -173,21 +173,23 @@ def max_ncc(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndar
     """Max over shifts |dy|, |dx| <= max_shift of the Pearson correlation between the centre of
     each a (cropped by max_shift) and the window of b at that shift. a, b: P x h x w."""
     p, h, w = a.shape
-    r = min(max_shift, (h - 1) // 2, (w - 1) // 2)
+    r = min(max_shift, (h - 3) // 2, (w - 3) // 2)
     x = torch.from_numpy(np.asarray(a, np.float32))
     y = torch.from_numpy(np.asarray(b, np.float32))
-    centre = x[:, r:h - r, r:w - r]
+    # One pixel more than the shifts: no window touches b's border, where the smoothing saw
+    # padding instead of the neighbours the same content has inside a.
+    m = r + 1
+    centre = x[:, m:h - m, m:w - m]
     count = centre.shape[1] * centre.shape[2]
     centre = centre - centre.mean(dim=(1, 2), keepdim=True)
     centre_norm = centre.flatten(1).norm(dim=1)
     # Cross-correlation of each pair at every shift: a grouped convolution, one group per pair.
-    dots = F.conv2d(y[None], centre[:, None], groups=p)[0]            # P x (2r+1) x (2r+1)
+    dots = F.conv2d(y[None], centre[:, None], groups=p)[0][:, 1:-1, 1:-1]   # P x (2r+1)^2
     window = centre.shape[1:]
-    mean_y = F.avg_pool2d(y[:, None], window, stride=1)[:, 0]
-    mean_y2 = F.avg_pool2d(y[:, None] ** 2, window, stride=1)[:, 0]
+    mean_y = F.avg_pool2d(y[:, None], window, stride=1)[:, 0, 1:-1, 1:-1]
+    mean_y2 = F.avg_pool2d(y[:, None] ** 2, window, stride=1)[:, 0, 1:-1, 1:-1]
     std_y = (mean_y2 - mean_y ** 2).clamp_min(0).sqrt() * math.sqrt(count)
     ncc = dots / (centre_norm[:, None, None] * std_y).clamp_min(1e-3)
-    # Symmetric: a shift of b against a is the opposite shift of a against b; take both ways.
     return ncc.flatten(1).max(dim=1).values.clamp(-1, 1).numpy()
 
 
@@ -246,7 +248,7 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
     per_kind: dict[str, dict[str, float]] = {}
     pooled = []
     for kind in planted.KINDS:
-        copies = np.stack([planted.make_copy(im, kind, seed=int(r)) for im, r in zip(originals, rows)])
+        copies = np.stack([planted.make_copy(im, kind, seed=int(r)) for im, r in zip(originals, rows, strict=False)])
         both = working_images(np.concatenate([originals, copies]))
         m, s = _statistics(both)
         pairs = np.stack([np.arange(len(rows)), np.arange(len(rows)) + len(rows)], axis=1)
@@ -279,7 +281,8 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1], got {threshold}")
     if n < 2:
-        pairs, search = np.zeros((0, 2), np.int64), {"candidates": 0}
+        pairs = np.zeros((0, 2), np.int64)
+        search: dict[str, Any] = {"candidates": 0}
     else:
         pairs, search = candidate_pairs(work)
     verify_start = time.monotonic()

@@ -7,7 +7,7 @@ brightness and contrast edits, mild sensor noise and a resample round trip (28 -
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

@@ -14,11 +14,10 @@ reproducibility crisis in machine-learning-based science", Patterns 4(9), 2023.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import base64
 import io
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -66,9 +65,9 @@ def build(ctx: Context) -> dict[str, Any]:
     }
     temporal = _temporal(ctx) if ctx.time_column else None
     total = int(assigned.sum())
-    report = {
+    report: dict[str, Any] = {
         "items": items, "groups": groups, "items_total": len(ctx.split), "assigned": total,
-        "requested_fractions": dict(zip(SPLITS, ctx.fractions)),
+        "requested_fractions": dict(zip(SPLITS, ctx.fractions, strict=False)),
         "achieved_fractions": {k: round(v / total, 4) if total else 0.0 for k, v in items.items()},
         "how_assigned": _how(ctx.how),
         "excluded": _excluded(ctx),
