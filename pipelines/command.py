@@ -2,19 +2,26 @@
 
   kubevae pipeline compile --out kubevae_pipeline.yaml        # upload in the Kubeflow UI
   kubevae pipeline run --local --profile quick                 # the whole DAG on this machine
+  kubevae pipeline upload --host URL --name kubevae            # a pipeline (version) for the UI
   kubevae pipeline submit --host URL [--param name=value ...]  # a run on a cluster
   kubevae pipeline schedule --host URL --cron "0 3 * * 1"      # recurring retraining
+  kubevae pipeline schedules --host URL list|disable ID|enable ID|delete ID
 
-KFP's cron has 6 fields (seconds first); a usual 5-field expression is accepted and converted
-by prefixing "0" seconds. Scheduled runs are one at a time (max_concurrency 1), without
-catch-up. Authentication to KFP comes from the environment (KF_PIPELINES_SA_TOKEN_PATH,
-KFP_EXISTING_TOKEN or KFP_COOKIES), never from parameters.
+`upload` creates the pipeline the first time and then adds a version named after the package
+version and the git commit. `submit` and `schedule` run the package compiled now, or an
+uploaded version with --pipeline NAME [--version NAME]. KFP's cron has 6 fields (seconds
+first); a usual 5-field expression is accepted and converted by prefixing "0" seconds.
+Scheduled runs are one at a time (max_concurrency 1), without catch-up, with
+previous_split=champion unless --param sets it. Authentication to KFP comes from the
+environment (KF_PIPELINES_SA_TOKEN_PATH, KFP_EXISTING_TOKEN or KFP_COOKIES), never from
+parameters. An error the KFP API answers is printed as `kubevae pipeline: error: ...` (exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from pipelines.profiles import PROFILES, profile
 
@@ -33,12 +40,28 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             help="a parameter profile (quick: laptop; full: GPU cluster)")
         action.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                             help="override one pipeline parameter (JSON values allowed)")
-    for action in (s, k):
+    u = sub.add_parser("upload", help="upload the pipeline (first time) or a new version of it")
+    ls = sub.add_parser("schedules", help="list, disable, enable or delete recurring runs")
+    for action in (s, k, u, ls):
         action.add_argument("--host", required=True, help="the KFP API endpoint")
+    for action in (s, k, ls):
         action.add_argument("--namespace", default="kubeflow", help="the Kubeflow profile namespace")
+    for action in (s, k):
         action.add_argument("--experiment", default="kubevae")
+        action.add_argument("--pipeline", default=None,
+                            help="run this uploaded pipeline instead of the package compiled now")
+        action.add_argument("--version", default=None,
+                            help="the uploaded version to run (default: the newest)")
     k.add_argument("--cron", required=True, help='cron expression, 5 fields ("0 3 * * 1") or 6')
     k.add_argument("--name", default="kubevae-retrain")
+    u.add_argument("--name", default="kubevae", help="the pipeline's name in the Kubeflow UI")
+    u.add_argument("--version", default=None,
+                   help="the new version's name (default: package version + git commit)")
+    u.add_argument("--namespace", default=None,
+                   help="upload a namespaced pipeline (default: shared by all profiles)")
+    ls.add_argument("change", nargs="?", choices=("list", "disable", "enable", "delete"),
+                    default="list")
+    ls.add_argument("recurring_run_id", nargs="?", help="the recurring run (from `list`)")
 
 
 def arguments_from(a: argparse.Namespace) -> dict:
@@ -48,7 +71,7 @@ def arguments_from(a: argparse.Namespace) -> dict:
     for item in a.param:
         name, sep, raw = item.partition("=")
         if not sep or name not in PARAMETERS:
-            raise SystemExit(f"--param {item!r}: expected NAME=VALUE with NAME one of "
+            raise ValueError(f"--param {item!r}: expected NAME=VALUE with NAME one of "
                              f"{', '.join(PARAMETERS)}")
         try:
             values[name] = json.loads(raw)
@@ -58,21 +81,45 @@ def arguments_from(a: argparse.Namespace) -> dict:
 
 
 def run(a: argparse.Namespace) -> int:
-    if a.action == "compile":
-        from pipelines.submit import compile_pipeline
+    from pipelines.submit import KfpError
 
-        print(f"wrote {compile_pipeline(a.out)}")
+    try:
+        return _run(a)
+    except (KfpError, ValueError) as e:
+        print(f"kubevae pipeline: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
+    from pipelines import submit
+
+    if a.action == "compile":
+        print(f"wrote {submit.compile_pipeline(a.out)}")
     elif a.action == "run":
         from pipelines.local_run import print_summary, run_local
 
         arguments = {"backend": "local", **arguments_from(a)}
         print_summary(run_local(arguments, a.run_dir))
+    elif a.action == "upload":
+        done = submit.upload(a.host, a.name, namespace=a.namespace, version=a.version)
+        what = "created pipeline" if done.created_pipeline else "added version to pipeline"
+        print(f"{what} {a.name!r} ({done.pipeline_id}): version {done.version_name!r} "
+              f"({done.version_id})")
     elif a.action == "submit":
-        from pipelines.submit import submit
-
-        print(f"run id: {submit(a.host, arguments_from(a), namespace=a.namespace, experiment=a.experiment)}")
+        run_id = submit.submit(a.host, arguments_from(a), namespace=a.namespace,
+                               experiment=a.experiment, pipeline=a.pipeline, version=a.version)
+        print(f"run id: {run_id}")
+    elif a.action == "schedule":
+        recurring = submit.schedule(a.host, a.cron, arguments_from(a), namespace=a.namespace,
+                                    experiment=a.experiment, name=a.name, pipeline=a.pipeline,
+                                    version=a.version)
+        print(f"recurring run id: {recurring}")
+    elif a.change == "list":
+        for r in submit.list_schedules(a.host, namespace=a.namespace):
+            print(f"{r['id']}  {r['name']}  {r['status']}  cron={r['cron']!r}  version={r['version']}")
     else:
-        from pipelines.submit import schedule
-
-        print(f"recurring run id: {schedule(a.host, a.cron, arguments_from(a), namespace=a.namespace, experiment=a.experiment, name=a.name)}")
+        if not a.recurring_run_id:
+            raise ValueError(f"schedules {a.change}: expected a recurring run id (see `schedules list`)")
+        submit.change_schedule(a.host, a.change, a.recurring_run_id, namespace=a.namespace)
+        print(f"{a.change}d recurring run {a.recurring_run_id}")
     return 0
