@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 
 from pipelines.profiles import PROFILES, profile
 
@@ -81,16 +80,6 @@ def arguments_from(a: argparse.Namespace) -> dict:
 
 
 def run(a: argparse.Namespace) -> int:
-    from pipelines.submit import KfpError
-
-    try:
-        return _run(a)
-    except (KfpError, ValueError) as e:
-        print(f"kubevae pipeline: error: {e}", file=sys.stderr)
-        return 2
-
-
-def _run(a: argparse.Namespace) -> int:
     from pipelines import submit
 
     if a.action == "compile":

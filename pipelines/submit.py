@@ -26,8 +26,9 @@ DESCRIPTION = ("Ingest images, split them without leakage, tune and train a beta
                "against the champion and serve it with KServe.")
 
 
-class KfpError(RuntimeError):
-    """An answer of the KFP API (or no answer), worded for the person who ran the command."""
+class KfpError(OSError):
+    """An answer of the KFP API (or no answer), worded for the person who ran the command. An
+    I/O error, so that the CLI's one error policy prints it (`kubevae pipeline: error: ...`)."""
 
 
 def compile_pipeline(out: str | Path) -> Path:
