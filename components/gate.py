@@ -5,21 +5,38 @@ from components.base import component
 
 @component
 def gate(model: Input[Model], splits: Input[Dataset], model_name: str, margin: float, seed: int,
-         metrics: Output[Metrics], decision_report: Output[Markdown]) -> str:
+         schedule_time: str, metrics: Output[Metrics], decision_report: Output[Markdown]) -> str:
     """Register the model; promote it to `champion` only if it beats the champion by `margin`.
+    The registered version is tagged with the URI of its split's assignments.csv (the next
+    scheduled run pins it) and the recurring run's schedule time.
 
     Returns "promoted" or "challenger" (one string output: the pipeline branches on it)."""
     from pathlib import Path
 
+    import pandas as pd
+
     from kubevae import tracking
     from kubevae.registry import gate as run_gate
+    from kubevae.registry import record_split
 
+    when = tracking.schedule_time(schedule_time)
+    assignments = splits.uri.rstrip("/") + "/assignments.csv"
+    rows = pd.read_csv(Path(splits.path) / "assignments.csv", dtype=str)
+    test = rows[rows["split"] == "test"]
+    # Items pinned by previous_split: the test items the champion was itself tested on.
+    counts = {"kubevae.test_items": len(test), "kubevae.test_items_frozen": int((test["how"] == "pinned").sum())}
     with tracking.start_run("gate", require=True, tags={"kubevae.step": "gate"}) as tracker:
         decision = run_gate(model.path, splits.path, model_name=model_name, margin=margin,
                             tracker=tracker, seed=seed)
+        record_split(model_name, decision.version, assignments, schedule_time=when, tags=counts)
+        tracker.set_tags({"kubevae.split_assignments": assignments, "kubevae.schedule_time": when,
+                          **counts})
     metrics.log_metric("candidate_test_neg_elbo", decision.candidate)
     if decision.champion is not None:
         metrics.log_metric("champion_test_neg_elbo", decision.champion)
     metrics.log_metric("promoted", float(decision.promoted))
-    Path(decision_report.path).write_text(decision.markdown())
+    Path(decision_report.path).write_text(
+        decision.markdown() + f"\nCandidate and champion were scored on the same "
+        f"{counts['kubevae.test_items']} test items, {counts['kubevae.test_items_frozen']} of them "
+        f"frozen from the previous split. Split: `{assignments}`.\n")
     return decision.decision

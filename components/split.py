@@ -5,22 +5,54 @@ from components.base import component
 
 @component
 def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
-          test_fraction: float, group_column: str, previous_split: str,
+          test_fraction: float, group_column: str, previous_split: str, model_name: str,
           splits: Output[Dataset], leakage_report: Output[Markdown]):
-    """Leakage-safe split: groups, exact and near duplicates, stable under appended data."""
+    """Leakage-safe split: groups, exact and near duplicates, stable under appended data.
+
+    previous_split: empty (a fresh split), the URI of an earlier assignments.csv, or `champion`:
+    the split recorded on the registered model `model_name`@champion (none yet: split fresh).
+    The leakage report says which it was."""
+    import json
     import shutil
     from pathlib import Path
 
     from kubevae import tracking
+    from kubevae.registry import champion_split
     from kubevae.split import split as run_split
+    from kubevae.storage import atomic_write_json, atomic_write_text
 
-    with tracking.start_run("split", tags={"kubevae.step": "split"}) as tracker:
+    wants_champion = previous_split.strip().lower() == "champion"
+    # Resolving the champion needs the registry: no silent fresh split when MLflow is down.
+    with tracking.start_run("split", require=wants_champion,
+                            tags={"kubevae.step": "split"}) as tracker:
+        pinned, how = previous_split or None, "given" if previous_split else "none"
+        if wants_champion:
+            found = champion_split(model_name)
+            pinned = found[0] if found else None
+            how = f"champion version {found[1]}" if found else "no champion"
         report = run_split(dataset.path, splits.path,
                            fractions=(train_fraction, val_fraction, test_fraction),
-                           group_column=group_column or None,
-                           previous_split=previous_split or None)
+                           group_column=group_column or None, previous_split=pinned)
+        note = {"requested": previous_split or "", "resolved": pinned or "", "source": how,
+                "pinned_items": int(report.report.get("how_assigned", {}).get("pinned", 0))}
+        if how == "no champion":
+            note["text"] = (f"`previous_split=champion`, but `models:/{model_name}@champion` does "
+                            "not exist yet: this run splits fresh (nothing pinned).")
+        elif pinned:
+            note["text"] = (f"Pinned to `{pinned}` ({how}): {note['pinned_items']} existing items "
+                            "keep their split; new items are placed by hash.")
+        else:
+            note["text"] = "A fresh split (no previous_split)."
+        out = Path(splits.path)
+        full = json.loads((out / "leakage_report.json").read_text())
+        atomic_write_json(out / "leakage_report.json", {**full, "previous_split_resolution": note})
+        text = (out / "leakage_report.md").read_text()
+        atomic_write_text(out / "leakage_report.md", text.rstrip() + "\n\n## Previous split\n\n"
+                          + note["text"] + "\n")
         tracker.log_metrics(report.counts())
+        tracker.set_tags({"kubevae.previous_split": pinned or "",
+                          "kubevae.previous_split_source": how})
         for name in ("leakage_report.md", "leakage_report.json", "assignments.csv", "stats.json"):
-            tracker.log_artifact(Path(splits.path) / name)
+            tracker.log_artifact(out / name)
     splits.metadata.update(report.counts())
     shutil.copyfile(Path(splits.path) / "leakage_report.md", leakage_report.path)

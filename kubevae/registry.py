@@ -114,3 +114,40 @@ def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin
                          **({"gate_champion": champion} if champion is not None else {})})
     tracker.log_dict(decision.as_dict(), "gate.json")
     return decision
+
+
+# ---- which split a registered version was trained and tested on (scheduled retraining) -------
+
+SPLIT_TAG = "kubevae.split_assignments"      # URI of the assignments.csv of the model's split
+SCHEDULE_TIME_TAG = "kubevae.schedule_time"  # the recurring run's schedule time (UTC), if any
+NOT_FOUND = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE")  # no model / no such alias
+
+
+def record_split(model_name: str, version: str, assignments_uri: str, *,
+                 schedule_time: str = "", tags: dict[str, Any] | None = None,
+                 client: MlflowClient | None = None) -> None:
+    """Tag a registered version with the split it was trained and tested on, so that the next
+    scheduled run (previous_split=champion) pins every item to the same split."""
+    client = client or MlflowClient()
+    client.set_model_version_tag(model_name, version, SPLIT_TAG, assignments_uri)
+    for key, value in (tags or {}).items():
+        client.set_model_version_tag(model_name, version, key, str(value))
+    if schedule_time:
+        client.set_model_version_tag(model_name, version, SCHEDULE_TIME_TAG, schedule_time)
+
+
+def champion_split(model_name: str, client: MlflowClient | None = None) -> tuple[str, str] | None:
+    """(assignments URI, version) recorded on `models:/NAME@champion`; None with no champion."""
+    client = client or MlflowClient()
+    try:
+        version = client.get_model_version_by_alias(model_name, CHAMPION)
+    except MlflowException as e:
+        if e.error_code in NOT_FOUND:
+            return None
+        raise
+    uri = version.tags.get(SPLIT_TAG)
+    if not uri:
+        raise ValueError(f"previous_split=champion: models:/{model_name}@{CHAMPION} (version "
+                         f"{version.version}) has no {SPLIT_TAG} tag, so its split is unknown; "
+                         "pass previous_split=<URI of the assignments.csv it was trained on>")
+    return uri, str(version.version)

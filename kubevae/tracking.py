@@ -189,3 +189,10 @@ def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def schedule_time(value: str | None) -> str:
+    """A recurring run's schedule time as KFP resolved it (`{{$.pipeline_job_schedule_time_utc}}`),
+    or "" where nothing resolved it (kfp.local passes the placeholder through unchanged)."""
+    value = (value or "").strip()
+    return "" if value.startswith("{{") else value

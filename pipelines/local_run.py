@@ -7,19 +7,23 @@ A parent MLflow run is opened here; every step logs into a nested run under it
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
-from kfp import local
+from kfp import dsl, local
+from kfp.local import placeholder_utils
 
 from kubevae import tracking
 from pipelines.pipeline import kubevae_pipeline
 
 
-def run_local(arguments: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
+def run_local(arguments: dict[str, Any], run_dir: str | Path, *,
+              schedule_time: str = "") -> dict[str, Any]:
+    """`schedule_time` stands in for a recurring run's schedule time (empty: a one-off run)."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = {k: os.environ.get(k) for k in ("KUBEVAE_RUNS_DIR", "MLFLOW_PARENT_RUN_ID",
@@ -29,13 +33,32 @@ def run_local(arguments: dict[str, Any], run_dir: str | Path) -> dict[str, Any]:
     os.environ["KUBEVAE_RUNS_DIR"] = str(run_dir)
     os.environ["MLFLOW_TRACKING_URI"] = tracking.tracking_uri()
     try:
-        return _run(arguments, run_dir)
+        with _schedule_time_resolved(schedule_time):
+            return _run(arguments, run_dir)
     finally:
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _schedule_time_resolved(value: str) -> Iterator[None]:
+    """kfp.local 2.17 cannot resolve KFP's schedule-time placeholder (it fails with an
+    IndexError); the KFP backend does. Resolve it here as the backend would."""
+    original = placeholder_utils.resolve_individual_placeholder
+
+    def resolve(element: str, *args: Any, **kwargs: Any) -> str:
+        if element == dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER:
+            return value
+        return original(element, *args, **kwargs)
+
+    placeholder_utils.resolve_individual_placeholder = resolve
+    try:
+        yield
+    finally:
+        placeholder_utils.resolve_individual_placeholder = original
 
 
 def _run(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:

@@ -61,7 +61,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "val_fraction": (0.1, "Fraction of groups in the validation split (tuning objective)."),
     "test_fraction": (0.1, "Fraction of groups in the frozen test split (gate)."),
     "group_column": ("", "Metadata column that groups images (patient, device, session); empty for none."),
-    "previous_split": ("", "assignments.csv of an earlier run: pins every existing assignment (scheduled retraining)."),
+    "previous_split": ("", "Pins every existing item to an earlier split: `champion` (the split recorded on the registered champion; none yet: a fresh split; the default of `kubevae pipeline schedule`), the URI of an earlier assignments.csv, or empty for a fresh split."),
     "backend": ("kubernetes", "Where cluster-facing steps run: kubernetes (Katib, a TrainJob or PyTorchJob, KServe) or local."),
     "training_api": ("trainer", "Training job on the cluster, for training and Katib trials: trainer (a Kubeflow Trainer v2 TrainJob on the torch-distributed runtime) or pytorchjob (Training Operator 1.9)."),
     "algorithm": ("tpe", "Search algorithm: tpe, random, grid, bayesianoptimization or hyperband (the last two on Katib)."),
@@ -131,11 +131,15 @@ def _pipeline(
     exit_task = step(cleanup(backend=backend, namespace=namespace, run_id=run_id,
                              model_name=model_name), cache=False)
     with dsl.ExitHandler(exit_task, name="run"):
+        # KFP resolves the placeholder to a recurring run's schedule time.
         raw = step(ingest(source_uri=source_uri, image_size=image_size,
-                          max_bad_fraction=max_bad_fraction), cache=False)
+                          max_bad_fraction=max_bad_fraction,
+                          schedule_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER), cache=False)
+        # Not cached: previous_split=champion resolves anew on every run.
         splits = step(split(dataset=raw.outputs["dataset"], train_fraction=train_fraction,
                             val_fraction=val_fraction, test_fraction=test_fraction,
-                            group_column=group_column, previous_split=previous_split))
+                            group_column=group_column, previous_split=previous_split,
+                            model_name=model_name), cache=False)
         study = step(tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
                      objective_metric=objective_metric, beta_min=beta_min, beta_max=beta_max,
                      latent_dims=latent_dims, tune_lr=tune_lr, max_trials=max_trials,
@@ -151,7 +155,9 @@ def _pipeline(
                  best_params=study.outputs["best_params"], iwae_k=iwae_k,
                  metric_protocol=metric_protocol, seed=seed))
         decision = step(gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
-                             model_name=model_name, margin=gate_margin, seed=seed), cache=False)
+                             model_name=model_name, margin=gate_margin, seed=seed,
+                             schedule_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER),
+                        cache=False)
         # kfp.local resolves a condition only on a task's single "Output": gate returns one string.
         with dsl.If(decision.outputs["Output"] == "promoted", name="promoted"):
             served = step(deploy(model=trained.outputs["model"], model_name=model_name,

@@ -128,7 +128,8 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
            path_column: str = "path", image_size: int | None = None, channels: int | None = None,
            max_bad_fraction: float = 0.01, workers: int = 2, executor: str = "auto",
            batch_size: int = 256, license: str | None = None, name: str | None = None,
-           max_metadata_bytes: int = MAX_METADATA_BYTES) -> IngestReport:
+           max_metadata_bytes: int = MAX_METADATA_BYTES,
+           schedule_time: str | None = None) -> IngestReport:
     """Read, validate and hash every image of `source_uri` into the dataset folder `out_dir`."""
     start = time.monotonic()
     if not 0.0 <= max_bad_fraction <= 1.0:
@@ -179,6 +180,8 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
         _check_bad_fraction(report, quarantine, out_dir)
         manifest, factor_names, factor_sizes = _manifest(accepted, builtin, meta)
         card = _card(report, source, builtin, license, name, target, factor_names)
+        if schedule_time:  # a recurring run's schedule time: tells the Monday runs apart
+            card["schedule_time"] = schedule_time
         with atomic_dir(out_dir) as tmp:
             write_dataset(tmp, _read_chunks(images, report.accepted, target.shape), manifest, factor_names=factor_names,
                           factor_sizes=factor_sizes, card=card, image_shape=target.shape)
