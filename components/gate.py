@@ -35,8 +35,10 @@ def gate(model: Input[Model], splits: Input[Dataset], model_name: str, margin: f
     if decision.champion is not None:
         metrics.log_metric("champion_test_neg_elbo", decision.champion)
     metrics.log_metric("promoted", float(decision.promoted))
+    scored = ("Candidate and champion were scored on the same" if decision.champion is not None
+              else "No champion yet: the candidate was scored on")
     Path(decision_report.path).write_text(
-        decision.markdown() + f"\nCandidate and champion were scored on the same "
-        f"{counts['kubevae.test_items']} test items, {counts['kubevae.test_items_frozen']} of them "
-        f"frozen from the previous split. Split: `{assignments}`.\n")
+        decision.markdown() + f"\n{scored} {counts['kubevae.test_items']} test items, "
+        f"{counts['kubevae.test_items_frozen']} of them frozen from the previous split. "
+        f"Split: `{assignments}`.\n")
     return decision.decision

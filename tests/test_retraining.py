@@ -22,7 +22,7 @@ from pipelines.local_run import run_local
 from test_s3_ingest import encoded, images, moto_endpoint, new_bucket, s3_env, upload, use_env  # noqa: F401
 
 MODEL = "kubevae-retrain-sim"
-FIRST, ADDED = 120, 24  # 20% more before the second run
+FIRST, ADDED = 100, 20  # 20% more before the second run
 MONDAYS = ("2026-12-07T03:00:00Z", "2026-12-14T03:00:00Z")  # what KFP's placeholder resolves to
 BUDGET = {"backend": "local", "previous_split": "champion", "latent_dims": [2], "max_trials": 1,
           "parallel_trials": 1, "trial_epochs": 1, "epochs": 1, "batch_size": 32, "workers": 1,
@@ -70,6 +70,7 @@ def test_the_first_run_has_no_champion_and_splits_fresh(runs):
     rows = assignments(first)
     assert len(rows) == FIRST and set(rows["how"]) == {"hash"}
     assert first["gate"] == "promoted" and first["branch"] == "promoted"
+    assert "No champion yet: the candidate was scored on" in first["gate_report"]
 
 
 def test_the_second_run_pins_the_champions_split_and_no_old_item_moves(runs):
@@ -93,7 +94,8 @@ def test_the_gate_compares_on_the_frozen_test_items(runs):
     scored = Path(second["run_root"]) / "split" / "splits" / "test" / "manifest.parquet"
     assert old_test and old_test <= set(pd.read_parquet(scored)["item_id"])
     n_test = int((assignments(second)["split"] == "test").sum())
-    assert f"on the same {n_test} test items, {len(old_test)} of them frozen" in second["gate_report"]
+    assert (f"Candidate and champion were scored on the same {n_test} test items, "
+            f"{len(old_test)} of them frozen") in second["gate_report"]
 
 
 def test_the_registry_ends_as_the_gate_decided(runs):
