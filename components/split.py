@@ -33,22 +33,22 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
         report = run_split(dataset.path, splits.path,
                            fractions=(train_fraction, val_fraction, test_fraction),
                            group_column=group_column or None, previous_split=pinned)
-        note = {"requested": previous_split or "", "resolved": pinned or "", "source": how,
-                "pinned_items": int(report.report.get("how_assigned", {}).get("pinned", 0))}
+        pinned_items = int(report.report.get("how_assigned", {}).get("pinned", 0))
         if how == "no champion":
-            note["text"] = (f"`previous_split=champion`, but `models:/{model_name}@champion` does "
-                            "not exist yet: this run splits fresh (nothing pinned).")
+            text = (f"`previous_split=champion`, but `models:/{model_name}@champion` does not "
+                    "exist yet: this run splits fresh (nothing pinned).")
         elif pinned:
-            note["text"] = (f"Pinned to `{pinned}` ({how}): {note['pinned_items']} existing items "
-                            "keep their split; new items are placed by hash.")
+            text = (f"Pinned to `{pinned}` ({how}): {pinned_items} existing items keep their "
+                    "split; new items join their group's split or are placed by hash.")
         else:
-            note["text"] = "A fresh split (no previous_split)."
+            text = "A fresh split (no previous_split)."
+        note = {"requested": previous_split or "", "resolved": pinned or "", "source": how,
+                "pinned_items": pinned_items, "text": text}
         out = Path(splits.path)
         full = json.loads((out / "leakage_report.json").read_text())
         atomic_write_json(out / "leakage_report.json", {**full, "previous_split_resolution": note})
-        text = (out / "leakage_report.md").read_text()
-        atomic_write_text(out / "leakage_report.md", text.rstrip() + "\n\n## Previous split\n\n"
-                          + note["text"] + "\n")
+        markdown = (out / "leakage_report.md").read_text().rstrip()
+        atomic_write_text(out / "leakage_report.md", f"{markdown}\n\n## Previous split\n\n{text}\n")
         tracker.log_metrics(report.counts())
         tracker.set_tags({"kubevae.previous_split": pinned or "",
                           "kubevae.previous_split_source": how})

@@ -55,7 +55,7 @@ def version_name() -> str:
     from kubevae import __version__
 
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True,  # noqa: S607
                               check=True, timeout=30).stdout.strip()
 
     try:
@@ -108,10 +108,11 @@ def describe_api_error(error: Exception, host: str, namespace: str) -> str:
     if body:
         try:
             parsed = json.loads(body)
-            message = parsed.get("message") or parsed.get("error") or "" if isinstance(parsed, dict) else ""
+            if isinstance(parsed, dict):
+                message = str(parsed.get("message") or parsed.get("error") or "")
         except json.JSONDecodeError:
             message = body.strip().splitlines()[0][:300] if body.strip() else ""
-    hint = HINTS.get(status, "").format(namespace=namespace)
+    hint = HINTS.get(status, "").format(namespace=namespace) if isinstance(status, int) else ""
     text = f"HTTP {status} {reason} from the KFP API at {host}"
     if message:
         text += f": {message}"
@@ -258,7 +259,8 @@ def schedule(host: str, cron: str, arguments: dict[str, Any], *, namespace: str 
 
 
 def _recurring_runs(kfp_client, experiment_ref: str | None, namespace: str | None = None) -> list:
-    found, token = [], ""
+    found: list[Any] = []
+    token = ""
     while True:
         page = kfp_client.list_recurring_runs(page_token=token, page_size=PAGE_SIZE,
                                               experiment_id=experiment_ref, namespace=namespace)

@@ -28,7 +28,7 @@ import json
 import re
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -96,7 +96,7 @@ class Spec:
             found = op.pattern.match(path)
             if op.method == method and found:
                 names = re.findall(r"\{([^}]+)\}", op.template)
-                return op, dict(zip(names, found.groups()))
+                return op, dict(zip(names, found.groups(), strict=True))
         return None
 
     def validate(self, schema: dict[str, Any], value: Any, where: str) -> list[str]:
@@ -107,7 +107,7 @@ class Spec:
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass
@@ -122,8 +122,8 @@ class Store:
 class KfpApiServer:
     """Start with `with KfpApiServer() as server:`; `server.url` is the host for kfp.Client."""
 
-    def __init__(self, *, token: str = "valid-token", namespaces=("kubeflow", "team-a"),
-                 forbidden_namespaces=("other-team",)):
+    def __init__(self, *, token: str = "valid-token",  # noqa: S107 (a test token)
+                 namespaces=("kubeflow", "team-a"), forbidden_namespaces=("other-team",)):
         self.spec = Spec()
         self.token = token
         self.namespaces = set(namespaces)
@@ -140,7 +140,7 @@ class KfpApiServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._http.server_address[1]}"
 
-    def __enter__(self) -> "KfpApiServer":
+    def __enter__(self) -> KfpApiServer:
         self._thread.start()
         return self
 

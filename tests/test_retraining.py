@@ -17,9 +17,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from test_s3_ingest import encoded, images, moto_endpoint, new_bucket, s3_env, upload, use_env  # noqa: F401
 
 from pipelines.local_run import run_local
-from test_s3_ingest import encoded, images, moto_endpoint, new_bucket, s3_env, upload, use_env  # noqa: F401
 
 MODEL = "kubevae-retrain-sim"
 FIRST, ADDED = 100, 20  # 20% more before the second run
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.slow
 
 def objects(start: int, stop: int) -> dict[str, bytes]:
     pixels = images(stop, seed=11)[start:stop]
-    return {f"incoming/img-{i:04d}.png": encoded(p, "x.png") for i, p in zip(range(start, stop), pixels)}
+    return {f"incoming/img-{i:04d}.png": encoded(p, "x.png") for i, p in zip(range(start, stop), pixels, strict=True)}
 
 
 def assignments(summary: dict) -> pd.DataFrame:
