@@ -6,6 +6,16 @@ when it frees, the oldest request's queue is run as one batch of at most `max_im
 When the thread is idle, a batch may wait up to `max_delay_s` for company (0 = never wait:
 batches then form only from requests that arrived while the model was busy, which costs a
 lone request no latency at all).
+
+Cheap requests are not stuck behind expensive ones:
+- a merged batch holds at most `max_work` decodes (serving.ops.OpRequest.work), the same bound
+  as one request, so whatever runs when a request arrives ends within one bounded batch;
+- the next batch is the queue whose head has the earliest `arrived + work x seconds per
+  decode` (measured): shortest job first, with ageing, so an encode of one image overtakes
+  queued score requests of 64 images x k, and a heavy request waits at most about its own
+  run time for the cheap ones that arrive after it;
+- at most `max_pending` requests are in the batcher at once (the next gets Overloaded: 429),
+  and each has `timeout_s` (DeadlineExceeded: 504; one that has not started is never run).
 """
 
 from __future__ import annotations
@@ -18,13 +28,17 @@ from dataclasses import dataclass, field
 from typing import Callable, Hashable
 
 import numpy as np
-from prometheus_client import Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
+from serving.errors import DeadlineExceeded, Overloaded
 from serving.ops import OpRequest
 
 # Served at /metrics beside KServe's own request_*_seconds histograms.
 BATCH_IMAGES = Histogram("kubevae_batch_images", "images per model call (dynamic batching)",
                          ["model_name", "op"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
+PENDING = Gauge("kubevae_pending_requests", "requests queued or running in the batcher", ["model_name"])
+REFUSED = Counter("kubevae_refused_requests", "requests refused: overloaded (429) or past their "
+                  "deadline (504)", ["model_name", "reason"])
 
 RunBatch = Callable[[list[OpRequest]], list[dict[str, np.ndarray]]]
 
@@ -38,11 +52,18 @@ class _Job:
 
 class DynamicBatcher:
     def __init__(self, run_batch: RunBatch, *, max_images: int, max_delay_s: float,
-                 model_name: str = "model"):
+                 model_name: str = "model", max_work: int | None = None, max_pending: int = 2**31,
+                 timeout_s: float | None = None):
         self._run_batch = run_batch
         self.model_name = model_name
         self.max_images = max_images
         self.max_delay_s = max_delay_s
+        self.max_work = max_work
+        self.max_pending = max_pending
+        self.timeout_s = timeout_s
+        self.pending = 0
+        # Seconds of model time per decode, measured on every batch (an exponential average).
+        self.seconds_per_work = 1e-3
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubevae-model")
         self._queues: dict[Hashable, collections.deque[_Job]] = {}
         self._wakeup: asyncio.Event | None = None
@@ -51,15 +72,39 @@ class DynamicBatcher:
 
     def run_now(self, requests: list[OpRequest]) -> list[dict[str, np.ndarray]]:
         """Run on the model thread and wait (for warm-up, before the event loop exists)."""
-        return self._executor.submit(self._run_batch, requests).result()
+        return self._executor.submit(self._timed, requests).result()
+
+    def _timed(self, requests: list[OpRequest]) -> list[dict[str, np.ndarray]]:
+        started = time.perf_counter()
+        results = self._run_batch(requests)
+        work = sum(r.work for r in requests)
+        self.seconds_per_work += 0.2 * ((time.perf_counter() - started) / max(1, work)
+                                        - self.seconds_per_work)
+        return results
 
     async def submit(self, request: OpRequest) -> dict[str, np.ndarray]:
+        if self.pending >= self.max_pending:
+            REFUSED.labels(self.model_name, "overloaded").inc()
+            raise Overloaded(f"the server has {self.pending} requests queued or running, its limit "
+                             f"(--max-pending-requests); retry later")
         self._ensure_consumer()
         job = _Job(request, asyncio.get_running_loop().create_future())
         key = request.batch_key if request.batch_key is not None else object()
         self._queues.setdefault(key, collections.deque()).append(job)
         self._wakeup.set()
-        return await job.future
+        self.pending += 1
+        PENDING.labels(self.model_name).set(self.pending)
+        try:
+            # shield: on timeout the job is cancelled below, so that an unstarted one is skipped
+            return await asyncio.wait_for(asyncio.shield(job.future), self.timeout_s)
+        except TimeoutError:
+            job.future.cancel()
+            REFUSED.labels(self.model_name, "deadline").inc()
+            raise DeadlineExceeded(f"not answered within {self.timeout_s:g} s "
+                                   f"(--request-timeout-s); the server is busy, retry later") from None
+        finally:
+            self.pending -= 1
+            PENDING.labels(self.model_name).set(self.pending)
 
     def _ensure_consumer(self) -> None:
         if self._consumer is None or self._consumer.done():
@@ -73,7 +118,7 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            key = min(self._queues, key=lambda k: self._queues[k][0].arrived)
+            key = min(self._queues, key=self._priority)
             await self._wait_for_company(key)
             jobs = self._take(key)
             if not jobs:
@@ -83,7 +128,7 @@ class DynamicBatcher:
             BATCH_IMAGES.labels(self.model_name, jobs[0].request.op).observe(images)
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self._run_batch, [j.request for j in jobs])
+                    self._executor, self._timed, [j.request for j in jobs])
             except Exception as error:  # a model failure fails this batch, not the server
                 for job in jobs:
                     if not job.future.done():
@@ -92,6 +137,11 @@ class DynamicBatcher:
             for job, result in zip(jobs, results):
                 if not job.future.done():  # the client may have gone away
                     job.future.set_result(result)
+
+    def _priority(self, key: Hashable) -> float:
+        """When the head of this queue would finish if it ran alone from its arrival."""
+        head = self._queues[key][0]
+        return head.arrived + head.request.work * self.seconds_per_work
 
     async def _wait_for_company(self, key: Hashable) -> None:
         queue = self._queues[key]
@@ -107,13 +157,15 @@ class DynamicBatcher:
 
     def _take(self, key: Hashable) -> list[_Job]:
         queue = self._queues[key]
-        jobs, images = [], 0
-        while queue and (not jobs or images + queue[0].request.size <= self.max_images):
+        jobs, images, work = [], 0, 0
+        while queue and (not jobs or (images + queue[0].request.size <= self.max_images and (
+                self.max_work is None or work + queue[0].request.work <= self.max_work))):
             job = queue.popleft()
-            if job.future.done():  # cancelled while waiting
+            if job.future.done():  # cancelled while waiting, or past its deadline
                 continue
             jobs.append(job)
             images += job.request.size
+            work += job.request.work
         if not queue:
             del self._queues[key]
         return jobs

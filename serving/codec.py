@@ -24,6 +24,7 @@ import base64
 import binascii
 import io
 import math
+import re
 import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -51,6 +52,12 @@ OP_PARAMS = {
 IMAGE_FORMATS = ("array", "png")
 MAX_SEED = 2**63 - 1
 V1_KEYS = {"instances", "parameters", "id"}
+# Dimensions of an input tensor: ours have 2 (latents) or 4 (images); numpy stops at 64.
+MAX_DIMS = 8
+# Parameters sent as strings (gRPC clients often do): ASCII only, since int() and float() also
+# read other scripts' digits ("٣" is 3) and a limit on length keeps int() cheap.
+_INTEGER_TEXT = re.compile(r"^\s*[+-]?[0-9]{1,20}\s*$")
+_NUMBER_TEXT = re.compile(r"^\s*[+-]?([0-9]{1,20}(\.[0-9]{0,20})?|\.[0-9]{1,20})([eE][+-]?[0-9]{1,3})?\s*$")
 
 
 @dataclass(frozen=True)
@@ -120,11 +127,8 @@ def parse_params(raw: Any, limits: Limits, spec: ModelSpec) -> tuple[str, dict[s
 
 def _integer(raw: Mapping, name: str, default: Any, low: int, high: int) -> int:
     value = raw.get(name, default)
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())  # gRPC clients often send every parameter as a string
-        except ValueError:  # ("²".isdigit() is True, int("²") is not a number: try, don't test)
-            pass
+    if isinstance(value, str) and _INTEGER_TEXT.match(value):
+        value = int(value)  # gRPC clients often send every parameter as a string
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidInput(f"parameters.{name}: expected an integer {low}..{high}, got {_short(value)}")
     return value
@@ -132,13 +136,12 @@ def _integer(raw: Mapping, name: str, default: Any, low: int, high: int) -> int:
 
 def _number(raw: Mapping, name: str, default: float, low: float, high: float) -> float:
     value = raw.get(name, default)
-    if isinstance(value, str):
-        try:
-            value = float(value)  # gRPC InferParameter has no float field
-        except ValueError:
-            pass
+    if isinstance(value, str) and _NUMBER_TEXT.match(value):
+        value = float(value)  # gRPC InferParameter has no float field
+    # Compared as they are: Python compares an int of any size with a float exactly, while
+    # math.isfinite(10**400) or float(10**400) raise OverflowError.
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not math.isfinite(value) or not low < value <= high:
+            or (isinstance(value, float) and not math.isfinite(value)) or not low < value <= high:
         raise InvalidInput(f"parameters.{name}: expected a number in ({low}, {high}], "
                            f"got {_short(value)}")
     return float(value)
@@ -146,12 +149,30 @@ def _number(raw: Mapping, name: str, default: float, low: float, high: float) ->
 
 def _short(value: Any, limit: int = 40) -> str:
     """A value for an error message: never a payload, at most `limit` characters."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**limit:
+        return f"an integer of {value.bit_length()} bits"  # repr() refuses over 4,300 digits
     text = repr(value)
     return text if len(text) <= limit else f"{text[:limit]}... ({type(value).__name__})"
 
 
+def check_work(request: OpRequest, limits: Limits) -> OpRequest:
+    """Refuse a request whose work (decoded latents: images x k, images x steps) is over the
+    limit, though each factor is within its own."""
+    if request.work > limits.max_request_work:
+        factors = {"score": f"{request.size} images x k = {request.params.get('k')}",
+                   "traverse": f"{request.size} inputs x steps = {request.params.get('steps')}"}
+        raise InvalidInput(f"{request.op}: {factors.get(request.op, f'{request.size} items')} is "
+                           f"{request.work} decodes, over the limit of {limits.max_request_work} "
+                           f"per request (--max-request-work); send fewer images per request")
+    return request
+
+
 # -- V1 ---------------------------------------------------------------------------------------
 def parse_v1(body: Any, spec: ModelSpec, limits: Limits) -> OpRequest:
+    return check_work(_parse_v1(body, spec, limits), limits)
+
+
+def _parse_v1(body: Any, spec: ModelSpec, limits: Limits) -> OpRequest:
     if isinstance(body, (bytes, str)):
         # kserve hands over the raw body when Content-Type is not JSON (curl -d sends
         # application/x-www-form-urlencoded): accept it if it is JSON all the same.
@@ -259,6 +280,10 @@ def encode_png(image: np.ndarray) -> dict[str, str]:
 
 # -- V2 (REST and gRPC) -----------------------------------------------------------------------
 def parse_v2(request: InferRequest, spec: ModelSpec, limits: Limits) -> OpRequest:
+    return check_work(_parse_v2(request, spec, limits), limits)
+
+
+def _parse_v2(request: InferRequest, spec: ModelSpec, limits: Limits) -> OpRequest:
     op, params = parse_params(plain_parameters(request.parameters), limits, spec)
     inputs = request.inputs or []
     if op == "generate" and "n" in params:
@@ -287,6 +312,9 @@ def v2_array(tensor: Any, datatypes: tuple[str, ...], limits: Limits) -> np.ndar
     if tensor.datatype not in datatypes:
         raise InvalidInput(f"{name}: expected datatype {' or '.join(datatypes)}, got {_short(tensor.datatype)}")
     shape = list(tensor.shape)
+    if len(shape) > MAX_DIMS:
+        raise InvalidInput(f"{name}: expected a shape of at most {MAX_DIMS} dimensions "
+                           f"([N, H, W, C] or [N, D]), got {len(shape)}")
     if not shape or any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in shape):
         raise InvalidInput(f"{name}: expected shape as a list of non-negative integers, got {_short(shape)}")
     _check_count(shape[0], limits, f"{name} (shape[0])")

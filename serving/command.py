@@ -6,6 +6,10 @@ Endpoints (NAME = --model-name):
                                   "shape": [N, H, W, C], "data": [...]}], "parameters": {"op": ...}}
   GET  /v2/models/NAME (metadata), /v2/models/NAME/ready, /v2/health/live, /v2/health/ready,
   GET  /metrics (Prometheus, KServe's own); gRPC GRPCInferenceService on --grpc-port.
+  The V2 repository extension (/v2/repository/..., gRPC RepositoryModelLoad/Unload) answers
+  403 / PERMISSION_DENIED unless --enable-model-repository is given.
+Overload: a request over --max-request-work is a 400; past --max-pending-requests a 429; not
+answered within --request-timeout-s a 504 (gRPC: RESOURCE_EXHAUSTED, DEADLINE_EXCEEDED).
 The request parameter "op" selects the operation: encode (default), reconstruct, generate,
 score, traverse. See serving/codec.py for every parameter, input and output.
 """
@@ -32,6 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest HTTP request body or gRPC message accepted")
     parser.add_argument("--max-iwae-k", type=int, default=limits.max_iwae_k,
                         help="most importance samples a score request may ask for")
+    parser.add_argument("--max-request-work", type=int, default=limits.max_request_work,
+                        help="most decodes one request may cost: images x k (score), "
+                             "images x steps (traverse), images otherwise")
+    parser.add_argument("--max-pending-requests", type=int, default=d.max_pending_requests,
+                        help="most requests queued or running at once; more get HTTP 429 "
+                             "(set the InferenceService's containerConcurrency to match)")
+    parser.add_argument("--request-timeout-s", type=float, default=d.request_timeout_s,
+                        help="a request not answered within this gets HTTP 504 / DEADLINE_EXCEEDED")
+    parser.add_argument("--enable-model-repository", action="store_true",
+                        help="allow the V2 model-repository extension (load, unload, index); "
+                             "off: anyone who reaches the server could unload the model")
     parser.add_argument("--batch-max-images", type=int, default=d.batch_max_images,
                         help="dynamic batching: most images merged into one model call")
     parser.add_argument("--batch-delay-ms", type=float, default=d.batch_delay_ms,
@@ -49,8 +64,11 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         model_dir=args.model, model_name=args.model_name, http_port=args.http_port,
         grpc_port=args.grpc_port,
         limits=Limits(max_batch_size=args.max_batch_size, max_iwae_k=args.max_iwae_k,
-                      default_iwae_k=min(Limits().default_iwae_k, args.max_iwae_k)),
+                      default_iwae_k=min(Limits().default_iwae_k, args.max_iwae_k),
+                      max_request_work=args.max_request_work),
         max_payload_bytes=args.max_payload_bytes, batch_max_images=args.batch_max_images,
+        max_pending_requests=args.max_pending_requests, request_timeout_s=args.request_timeout_s,
+        enable_model_repository=args.enable_model_repository,
         batch_delay_ms=args.batch_delay_ms, device=args.device, threads=args.threads,
         log_level=args.log_level)
 

@@ -32,10 +32,13 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from serving.codec import new_request_id
+from serving.codec import MAX_DIMS, new_request_id
+from serving.errors import install_handlers
 
 V2_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# A byte count in a header: ASCII digits only ("²".isdigit() is True, and int("٣") is 3).
+_BYTE_COUNT = re.compile(r"^[0-9]{1,15}$")
 # The per-request log entry; the model adds op and items to it.
 REQUEST_LOG: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
     "kubevae_request_log", default=None)
@@ -75,7 +78,8 @@ class RequestContextMiddleware:
 
         try:
             declared = _header(headers, b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > self.max_body_bytes:
+            declared_bytes = byte_count(declared)
+            if declared_bytes is not None and declared_bytes > self.max_body_bytes:
                 await too_large(self.max_body_bytes)(scope, receive, send_with_id)
                 return
             if scope.get("method") == "POST" and V2_INFER_PATH.match(scope.get("path", "")):
@@ -114,6 +118,11 @@ class RequestContextMiddleware:
         if error is not None:
             return scope, receive, JSONResponse(status_code=400, content={"error": error})
         return scope, _replay(body, receive), None
+
+
+def byte_count(value: str | None) -> int | None:
+    """A header's non-negative integer, or None when it is absent or not plain ASCII digits."""
+    return int(value) if value is not None and _BYTE_COUNT.match(value) else None
 
 
 def _header(headers: list, name: bytes) -> str | None:
@@ -161,10 +170,10 @@ BINARY_ITEMSIZE = {"UINT8": 1, "FP32": 4}
 def binary_request_error(body: bytes, header: str) -> str | None:
     """What is wrong with a request in the binary tensor extension of the V2 protocol (JSON
     header of `header` bytes, then each input's raw row-major bytes), or None."""
-    if not header.isdigit() or int(header) > len(body):
+    length = byte_count(header)
+    if length is None or length > len(body):
         return (f"inference-header-content-length: expected the byte length of the JSON part "
-                f"(0..{len(body)}), got {header[:20]!r}")
-    length = int(header)
+                f"(0..{len(body)}, ASCII digits), got {header[:20]!r}")
     try:
         head = orjson.loads(body[:length])
     except orjson.JSONDecodeError as error:
@@ -181,8 +190,10 @@ def binary_request_error(body: bytes, header: str) -> str | None:
     for i, tensor in enumerate(head["inputs"]):
         if not (isinstance(tensor, dict) and isinstance(tensor.get("name"), str)
                 and isinstance(tensor.get("datatype"), str) and isinstance(tensor.get("shape"), list)
+                and len(tensor["shape"]) <= MAX_DIMS
                 and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in tensor["shape"])):
-            return f"inputs[{i}]: expected name (string), datatype (string) and shape (non-negative integers)"
+            return (f"inputs[{i}]: expected name (string), datatype (string) and shape (at most "
+                    f"{MAX_DIMS} non-negative integers)")
         if tensor.get("data") is not None:
             continue  # JSON data: checked with the rest of the request
         size = (tensor.get("parameters") or {}).get("binary_data_size") \
@@ -221,6 +232,7 @@ def install(app: FastAPI, max_payload_bytes: int) -> None:
 
     app.add_exception_handler(RequestValidationError, validation_error)
     app.add_exception_handler(StarletteHTTPException, http_error)
+    install_handlers(app)  # 403 repository disabled, 429 overloaded, 504 deadline
 
 
 def too_large(limit: int) -> JSONResponse:

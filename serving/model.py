@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from grpc_interceptor.exceptions import GrpcException
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
@@ -55,7 +56,10 @@ class VAEModel(Model):
         self.batcher = DynamicBatcher(functools.partial(run_batch, self.vae),
                                       max_images=self.config.batch_max_images,
                                       max_delay_s=self.config.batch_delay_ms / 1000,
-                                      model_name=self.name)
+                                      model_name=self.name,
+                                      max_work=self.config.limits.max_request_work,
+                                      max_pending=self.config.max_pending_requests,
+                                      timeout_s=self.config.request_timeout_s)
         self.warm_up()
         self.ready = True
         log.info("model ready", extra={"fields": {
@@ -115,14 +119,14 @@ class VAEModel(Model):
         request_id = sane_request_id(headers.get("x-request-id"))
         fields.update(request_id=request_id, protocol=protocol_name(payload), op=None)
         try:
-            request = parse_v2(payload, self.spec, self.config.limits) if is_v2 \
-                else parse_v1(payload, self.spec, self.config.limits)
-            fields.update(op=request.op, items=request.size)
+            request = self.parse(payload, is_v2)
+            fields.update(op=request.op, items=request.size, work=request.work)
             result = await self.batcher.submit(request)
-        except InvalidInput as error:
+        except (InvalidInput, GrpcException) as error:
             fields["error"] = str(error)
             if not http:
-                log.warning("grpc request", extra={"fields": {**fields, "status": "INVALID_ARGUMENT"}})
+                status = "INVALID_ARGUMENT" if isinstance(error, InvalidInput) else error.status_string
+                log.warning("grpc request", extra={"fields": {**fields, "status": status}})
             raise
         if not http:
             log.info("grpc request", extra={"fields": {
@@ -131,6 +135,22 @@ class VAEModel(Model):
             return v2_response(result, request.op, request.params, self.name, payload,
                                payload.id or request_id)
         return v1_response(result, request.params, request_id)
+
+
+    def parse(self, payload: Any, is_v2: bool):
+        """The validated request. Whatever goes wrong while parsing is the request's fault (400 /
+        INVALID_ARGUMENT), never the server's: an error that serving.codec did not foresee is
+        logged with its traceback and still answered as bad input."""
+        try:
+            return parse_v2(payload, self.spec, self.config.limits) if is_v2 \
+                else parse_v1(payload, self.spec, self.config.limits)
+        except InvalidInput:
+            raise
+        except Exception as error:
+            log.warning("unforeseen error while parsing a request", exc_info=True)
+            raise InvalidInput(f"the request could not be parsed ({type(error).__name__}); expected "
+                               f"an inference request as described in the model's metadata "
+                               f"(GET /v2/models/{self.name})") from None
 
 
 def protocol_name(payload: Any) -> str:

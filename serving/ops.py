@@ -45,6 +45,13 @@ class OpRequest:
         return 0 if array is None else len(array)
 
     @property
+    def work(self) -> int:
+        """Latents this request decodes (images x k, images x steps, or the image count): the
+        unit of the per-request limit and of the batcher's scheduling."""
+        factor = {"score": self.params.get("k", 1), "traverse": self.params.get("steps", 1)}
+        return self.size * factor.get(self.op, 1)
+
+    @property
     def batch_key(self) -> Hashable | None:
         """Requests with equal keys may share one model call; None means run alone."""
         if self.op in ("encode", "reconstruct", "generate"):

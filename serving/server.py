@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gc
 
+from kserve.protocol.model_repository_extension import ModelRepositoryExtension
+
 from serving.config import ServeConfig
+from serving.errors import RepositoryDisabled
 from serving.http import configure_logging, install
 from serving.model import VAEModel
 
@@ -37,7 +40,28 @@ def build(config: ServeConfig):
         enable_docs_url=False,
         enable_latency_logging=False,  # the JSON access log carries the latency
     )
+    if not config.enable_model_repository:
+        # Both the REST routes (/v2/repository/models/NAME/load|unload) and the gRPC methods
+        # (RepositoryModelLoad|Unload) call this one object: replacing it closes both.
+        server.model_repository_extension = DisabledRepository()
     return model, server
+
+
+class DisabledRepository(ModelRepositoryExtension):
+    """The V2 model-repository extension, refused: an unloaded model stays gone (the REST
+    load route cannot reload a custom model), so only an explicit setting may enable it."""
+
+    def __init__(self) -> None:
+        pass
+
+    async def index(self, filter_ready: bool | None = False) -> list[dict[str, str]]:
+        raise RepositoryDisabled()
+
+    async def load(self, model_name: str) -> None:
+        raise RepositoryDisabled()
+
+    async def unload(self, model_name: str) -> None:
+        raise RepositoryDisabled()
 
 
 def serve(config: ServeConfig) -> None:

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.rest.v2_datamodels import InferenceResponse, ModelMetadataResponse
 from PIL import Image
 
@@ -269,6 +270,10 @@ BAD_V1 = [
     ({"instances": [[[0]]], "parameters": {"op": "encode", "k": 3}}, "unknown parameter"),
     ({"instances": [[[0]]], "extra": 1}, "unknown field"),
     ([1, 2, 3], "JSON object"),
+    # Each factor within its limit, their product (the work) not: 16 images x k = 128
+    ({"instances": np.zeros((MAX_BATCH, SIZE, SIZE, 1), int).tolist(), "parameters": {"op": "score", "k": 128}},
+     "2048 decodes, over the limit of 1024"),
+    ({"instances": [[[0]]], "parameters": {"op": "score", "k": "\u0663"}}, "parameters.k"),  # Arabic-Indic 3
 ]
 
 
@@ -303,6 +308,13 @@ BAD_V2 = [
     ({"inputs": []}, "exactly one input tensor"),
     ({"inputs": [{"name": "images"}]}, "expected an Open Inference Protocol request"),
     ({"instances": [[[0]]]}, "expected an Open Inference Protocol request"),
+    ({"inputs": [v2_tensor(shape=(1,) * 65)]}, "at most 8 dimensions"),
+    ({"inputs": [v2_tensor("latents", "FP32", (1, LATENT))],
+      "parameters": {"op": "traverse", "dim": 0, "span": 10**400}}, "parameters.span: expected a number"),
+    ({"inputs": [v2_tensor("latents", "FP32", (1, LATENT))],
+      "parameters": {"op": "traverse", "dim": 0, "steps": "\u00b2"}}, "parameters.steps"),
+    ({"inputs": [v2_tensor(shape=(MAX_BATCH, SIZE, SIZE, 1))], "parameters": {"op": "score", "k": 128}},
+     "over the limit of 1024"),
 ]
 
 
@@ -311,6 +323,47 @@ def test_bad_v2_requests_get_400_with_a_clear_message(server, body, expected):
     response = httpx.post(f"{server.url}/v2/models/kubevae/infer", json=body)
     assert response.status_code == 400, response.text
     assert expected in response.json()["error"]
+
+
+@pytest.mark.parametrize("header", [b"\xb2", b"\xb2\xb3", b"1\xb9", "\u0663".encode(), b"9" * 400, b"-1", b"+12"])
+def test_malformed_binary_length_headers_get_400(server, header):
+    """inference-header-content-length with a non-JSON Content-Type: only ASCII digits are a
+    length ("²".isdigit() is True in Python, and int() then raised a 500)."""
+    response = httpx.post(f"{server.url}/v2/models/kubevae/infer", content=b'{"inputs": []}',
+                          headers={"inference-header-content-length": header,
+                                   "content-type": "application/octet-stream"})
+    assert response.status_code == 400, response.text
+    assert "inference-header-content-length" in response.json()["error"]
+
+
+def test_grpc_shapes_of_more_than_64_dimensions_are_invalid_argument(server):
+    request = pb.ModelInferRequest(model_name="kubevae")
+    request.parameters["op"].string_param = "encode"
+    request.inputs.add(name="images", datatype="UINT8", shape=[1] * 65)
+    request.raw_input_contents.append(b"\0")
+    with GrpcClient(server.grpc_target) as client, pytest.raises(grpc.RpcError) as error:
+        client.infer_raw(request, timeout=30)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "at most 8 dimensions" in error.value.details()
+
+
+def test_the_model_repository_extension_is_refused_by_default(server, images):
+    """Anyone who reached the server could unload the model (and nothing brought it back):
+    load, unload and index answer 403 / PERMISSION_DENIED unless --enable-model-repository."""
+    http = httpx.Client(base_url=server.url)
+    for action in ("unload", "load"):
+        response = http.post(f"/v2/repository/models/kubevae/{action}")
+        assert response.status_code == 403, response.text
+        assert "--enable-model-repository" in response.json()["error"]
+    with GrpcClient(server.grpc_target) as client:
+        for method, message in [("RepositoryModelUnload", pb.RepositoryModelUnloadRequest(model_name="kubevae")),
+                                ("RepositoryModelLoad", pb.RepositoryModelLoadRequest(model_name="kubevae"))]:
+            with pytest.raises(grpc.RpcError) as error:
+                getattr(client.stub, method)(message, timeout=30)
+            assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert http.get("/v2/models/kubevae/ready").json()["ready"] is True
+    assert http.post("/v2/models/kubevae/infer", json=v2_payload("encode", images)).status_code == 200
+    http.close()
 
 
 @pytest.mark.parametrize("path", ["/v1/models/kubevae:predict", "/v2/models/kubevae/infer"])
