@@ -10,10 +10,10 @@ lone request no latency at all).
 Cheap requests are not stuck behind expensive ones:
 - a merged batch holds at most `max_work` decodes (serving.ops.OpRequest.work), the same bound
   as one request, so whatever runs when a request arrives ends within one bounded batch;
-- the next batch is the queue whose head has the earliest `arrived + work x seconds per
-  decode` (measured): shortest job first, with ageing, so an encode of one image overtakes
-  queued score requests of 64 images x k, and a heavy request waits at most about its own
-  run time for the cheap ones that arrive after it;
+- the next batch is the queue whose head asks for the least work (shortest job first), so an
+  encode of one image overtakes queued score requests of 64 images x k; a head that has waited
+  `starve_s` (half the deadline) goes first whatever its work, so heavy requests still run
+  under a stream of cheap ones;
 - at most `max_pending` requests are in the batcher at once (the next gets Overloaded: 429),
   and each has `timeout_s` (DeadlineExceeded: 504; one that has not started is never run).
 """
@@ -62,8 +62,7 @@ class DynamicBatcher:
         self.max_pending = max_pending
         self.timeout_s = timeout_s
         self.pending = 0
-        # Seconds of model time per decode, measured on every batch (an exponential average).
-        self.seconds_per_work = 1e-3
+        self.starve_s = timeout_s / 2 if timeout_s else 10.0
         self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="kubevae-model")
         self._queues: dict[Hashable, collections.deque[_Job]] = {}
         self._wakeup: asyncio.Event | None = None
@@ -72,15 +71,7 @@ class DynamicBatcher:
 
     def run_now(self, requests: list[OpRequest]) -> list[dict[str, np.ndarray]]:
         """Run on the model thread and wait (for warm-up, before the event loop exists)."""
-        return self._executor.submit(self._timed, requests).result()
-
-    def _timed(self, requests: list[OpRequest]) -> list[dict[str, np.ndarray]]:
-        started = time.perf_counter()
-        results = self._run_batch(requests)
-        work = sum(r.work for r in requests)
-        self.seconds_per_work += 0.2 * ((time.perf_counter() - started) / max(1, work)
-                                        - self.seconds_per_work)
-        return results
+        return self._executor.submit(self._run_batch, requests).result()
 
     async def submit(self, request: OpRequest) -> dict[str, np.ndarray]:
         if self.pending >= self.max_pending:
@@ -118,7 +109,8 @@ class DynamicBatcher:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            key = min(self._queues, key=self._priority)
+            now = time.monotonic()
+            key = min(self._queues, key=lambda k: self._priority(k, now))
             await self._wait_for_company(key)
             jobs = self._take(key)
             if not jobs:
@@ -128,7 +120,7 @@ class DynamicBatcher:
             BATCH_IMAGES.labels(self.model_name, jobs[0].request.op).observe(images)
             try:
                 results = await loop.run_in_executor(
-                    self._executor, self._timed, [j.request for j in jobs])
+                    self._executor, self._run_batch, [j.request for j in jobs])
             except Exception as error:  # a model failure fails this batch, not the server
                 for job in jobs:
                     if not job.future.done():
@@ -138,10 +130,12 @@ class DynamicBatcher:
                 if not job.future.done():  # the client may have gone away
                     job.future.set_result(result)
 
-    def _priority(self, key: Hashable) -> float:
-        """When the head of this queue would finish if it ran alone from its arrival."""
+    def _priority(self, key: Hashable, now: float) -> tuple:
+        """Heads that waited `starve_s` first (oldest first), then the least work (oldest first)."""
         head = self._queues[key][0]
-        return head.arrived + head.request.work * self.seconds_per_work
+        if now - head.arrived >= self.starve_s:
+            return (0, head.arrived)
+        return (1, head.request.work, head.arrived)
 
     async def _wait_for_company(self, key: Hashable) -> None:
         queue = self._queues[key]

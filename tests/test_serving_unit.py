@@ -259,3 +259,118 @@ def test_binary_request_checker():
     assert "malformed JSON" in binary_request_error(head, "3")
     fp16 = head.replace(b"UINT8", b"FP16")
     assert "expected UINT8 or FP32" in binary_request_error(fp16 + b"\0" * 4, str(len(fp16)))
+
+
+class WorkModel(RecordingModel):
+    """Takes `seconds` per unit of work (OpRequest.work), like a decoder."""
+
+    def __call__(self, requests):
+        self.batches.append([r.params["tag"] for r in requests])
+        time.sleep(self.seconds * sum(r.work for r in requests))
+        return [{"tag": np.full(r.size, r.params["tag"])} for r in requests]
+
+
+def test_a_cheap_request_overtakes_queued_expensive_ones_and_merged_batches_keep_the_work_bound():
+    """Two score requests of 4 images x k = 16 are queued behind a running one; an encode of one
+    image arriving after them runs next, not third. A merged batch never exceeds max_work."""
+    model = WorkModel(seconds=0.002)  # 64 decodes: 0.13 s
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_images=32, max_delay_s=0.0, max_work=64)
+        try:
+            heavy = [asyncio.create_task(batcher.submit(tagged("score", i, size=4, k=16))) for i in range(3)]
+            await asyncio.sleep(0.03)  # the first is running, two are queued
+            started = time.perf_counter()
+            await batcher.submit(tagged("encode", 9))
+            light = time.perf_counter() - started
+            await asyncio.gather(*heavy)
+            return light
+        finally:
+            batcher.close()
+
+    light = asyncio.run(scenario())
+    assert model.batches[1] == [9], model.batches  # ran right after the one already running
+    assert all(len(b) == 1 for b in model.batches)  # 2 x 64 decodes would be over max_work
+    assert light < 0.2  # one heavy batch (0.13 s) at most, not three (0.39 s)
+
+
+def test_an_expensive_request_is_not_starved_by_a_stream_of_cheap_ones():
+    model = WorkModel(seconds=0.002)
+
+    async def scenario():
+        # a head that waited timeout_s / 2 = 0.2 s goes first
+        batcher = DynamicBatcher(model, max_images=1, max_delay_s=0.0, max_work=64, timeout_s=0.4)
+        try:
+            cheap = [asyncio.create_task(batcher.submit(tagged("encode", 1)))]
+            await asyncio.sleep(0)
+            heavy = asyncio.create_task(batcher.submit(tagged("score", 0, size=4, k=16)))
+            started = time.perf_counter()
+            while time.perf_counter() - started < 0.5:  # a cheap request every 1 ms, 2 ms of work each
+                cheap.append(asyncio.create_task(batcher.submit(tagged("encode", len(cheap) + 1))))
+                await asyncio.sleep(0.001)
+            await asyncio.gather(heavy, *cheap, return_exceptions=True)
+            return heavy.result()
+        finally:
+            batcher.close()
+
+    assert int(asyncio.run(scenario())["tag"][0]) == 0  # answered, within its deadline
+    order = [b[0] for b in model.batches]
+    assert 0 < order.index(0) < len(order) - 1  # cheap ones went first, then it, before the rest
+
+
+def test_past_the_pending_limit_requests_are_refused_and_late_ones_are_dropped_unrun():
+    from serving.errors import DeadlineExceeded, Overloaded
+
+    model = WorkModel(seconds=0.1)  # each request 0.1 s: the 1st ends in time, the 2nd late,
+    # and the 3rd would start at 0.2 s, past its deadline of 0.15 s
+
+    async def scenario():
+        batcher = DynamicBatcher(model, max_images=1, max_delay_s=0.0, max_pending=3, timeout_s=0.15)
+        try:
+            calls = [asyncio.create_task(batcher.submit(tagged("encode", i))) for i in range(5)]
+            return await asyncio.gather(*calls, return_exceptions=True)
+        finally:
+            await asyncio.sleep(0.3)
+            batcher.close()
+
+    results = asyncio.run(scenario())
+    assert [type(r).__name__ for r in results[3:]] == ["Overloaded", "Overloaded"]
+    assert isinstance(results[3], Overloaded) and "--max-pending-requests" in results[3].details
+    assert int(results[0]["tag"][0]) == 0
+    assert isinstance(results[1], DeadlineExceeded) and isinstance(results[2], DeadlineExceeded)
+    assert "--request-timeout-s" in results[2].details
+    assert [b[0] for b in model.batches] == [0, 1]  # the 3rd never started: never run
+
+
+def test_refusals_get_their_http_status_and_grpc_code():
+    import grpc
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from serving.errors import DeadlineExceeded, Overloaded, RepositoryDisabled, install_handlers
+
+    app = FastAPI()
+    install_handlers(app)
+    for path, error in [("/repo", RepositoryDisabled()), ("/busy", Overloaded("busy")),
+                        ("/late", DeadlineExceeded("late"))]:
+        app.add_api_route(path, lambda error=error: (_ for _ in ()).throw(error))
+    client = TestClient(app)
+    assert client.get("/repo").status_code == 403
+    busy = client.get("/busy")
+    assert busy.status_code == 429 and busy.headers["retry-after"] == "1" and busy.json() == {"error": "busy"}
+    assert client.get("/late").status_code == 504
+    assert (RepositoryDisabled.status_code, Overloaded.status_code, DeadlineExceeded.status_code) == (
+        grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def test_the_work_of_a_request_is_bounded_not_only_its_factors():
+    from serving.codec import check_work
+
+    limits = Limits(max_batch_size=64, max_iwae_k=256, max_request_work=1024)
+    for op, size, params, work in [("score", 64, {"k": 16}, 1024), ("traverse", 32, {"steps": 32}, 1024),
+                                   ("encode", 64, {}, 64)]:
+        assert check_work(tagged(op, 0, size=size, **params), limits).work == work
+    with pytest.raises(InvalidInput, match=r"64 images x k = 256 is 16384 decodes, over the limit of 1024"):
+        check_work(tagged("score", 0, size=64, k=256), limits)
+    with pytest.raises(InvalidInput, match="--max-request-work"):
+        check_work(tagged("traverse", 0, size=33, steps=32), limits)

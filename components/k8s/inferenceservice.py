@@ -32,6 +32,7 @@ from components.k8s import to_dict
 from kubevae.objectstore import is_object_uri, s3_uri
 from components.k8s.pytorchjob import COMMON_LABELS
 from components.k8s.security import Resources, container_security_context, scratch_mount, scratch_volume
+from serving.config import ServeConfig
 
 API_VERSION = "serving.kserve.io/v1beta1"
 KIND = "InferenceService"
@@ -67,6 +68,10 @@ def canary_entry(predictor: dict, name: str, percent: int) -> dict:
     check_name(name)
     return {"predictor": {**{k: v for k, v in predictor.items() if k not in CANARY_EXCLUDED}, "name": name},
             "trafficPercent": percent}
+# The server admits this many requests at once (queued or running) and answers 429 past it;
+# Knative's containerConcurrency is the same number, so that its queue-proxy holds the rest (or
+# the autoscaler adds replicas) instead of forwarding requests the server would refuse.
+MAX_PENDING_REQUESTS = ServeConfig(model_dir=MODEL_DIR).max_pending_requests
 
 
 def check_name(name: str) -> str:
@@ -107,16 +112,26 @@ def predictor_spec(image: str, storage_uri: str, model_name: str, service_accoun
     container = V1Container(
         name=CONTAINER, image=image, image_pull_policy="IfNotPresent",
         command=["kubevae", "serve"],
-        args=["--model", MODEL_DIR, "--http-port", str(HTTP_PORT), "--model-name", model_name],
+        args=["--model", MODEL_DIR, "--http-port", str(HTTP_PORT), "--model-name", model_name,
+              "--max-pending-requests", str(MAX_PENDING_REQUESTS)],
         env=[V1EnvVar(name="STORAGE_URI", value=storage_uri), V1EnvVar(name="HOME", value="/tmp")],
         ports=[V1ContainerPort(name="http1", container_port=HTTP_PORT, protocol="TCP")],
         readiness_probe=V1Probe(
             http_get=V1HTTPGetAction(path=f"/v2/models/{model_name}/ready", port=HTTP_PORT),
             initial_delay_seconds=5, period_seconds=10, timeout_seconds=5, failure_threshold=3),
+        # kserve's /v2/health/live answers "live" even with no model loaded: probe the model.
+        # It answers 404 once the model is unloaded, so the kubelet restarts the container. The
+        # server listens only after loading and warming up the model: 30 s + 3 x 10 s to do so.
+        liveness_probe=V1Probe(
+            http_get=V1HTTPGetAction(path=f"/v2/models/{model_name}/ready", port=HTTP_PORT),
+            initial_delay_seconds=30, period_seconds=10, timeout_seconds=5, failure_threshold=3),
         resources=resources.requirements(), security_context=container_security_context(),
         volume_mounts=[scratch_mount()])
     return V1beta1PredictorSpec(
         service_account_name=service_account, containers=[container], volumes=[scratch_volume()],
+        # The server never calls the Kubernetes API (KServe's storage initializer reads the S3
+        # Secret through the service account's secrets, not through its token).
+        automount_service_account_token=False, container_concurrency=MAX_PENDING_REQUESTS,
         tolerations=resources.tolerations() or None, canary_traffic_percent=canary_percent,
         min_replicas=min_replicas, max_replicas=max_replicas)
 
