@@ -23,6 +23,7 @@ from components.gate import gate
 from components.ingest import ingest
 from components.k8s.pytorchjob import S3_SECRET_KEYS as SECRET_KEYS
 from components.k8s.pytorchjob import SETTINGS_KEYS  # the keys the training pods read too
+from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS
 from components.keep_champion import keep_champion
 from components.smoke_test import smoke_test
 from components.split import split
@@ -34,6 +35,10 @@ PIPELINE_NAME = "kubevae"
 # (manifests/base): credentials never travel as pipeline parameters. kfp.local ignores both.
 S3_SECRET = "kubevae-s3"
 SETTINGS_CONFIG_MAP = "kubevae-settings"
+# MLflow requires authentication (manifests/base/mlflow.yaml): every step reads its user and
+# password from the MLFLOW_CREDENTIALS Secret; the label lets the steps' pods through MLflow's
+# NetworkPolicy (manifests/base/networkpolicy.yaml).
+MLFLOW_CLIENT_LABEL = ("kubevae.io/mlflow-client", "true")
 
 # -- run hygiene --------------------------------------------------------------------------------
 HOUR = 3600
@@ -153,28 +158,33 @@ def _pipeline(
                         training_api=training_api, run_id=run_id))
         step(evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
                  best_params=study.outputs["best_params"], iwae_k=iwae_k,
-                 metric_protocol=metric_protocol, seed=seed))
+                 metric_protocol=metric_protocol, seed=seed), s3=False)
         decision = step(gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
                              model_name=model_name, margin=gate_margin, seed=seed,
                              schedule_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER),
-                        cache=False)
+                        cache=False, s3=False)
         # kfp.local resolves a condition only on a task's single "Output": gate returns one string.
         with dsl.If(decision.outputs["Output"] == "promoted", name="promoted"):
             served = step(deploy(model=trained.outputs["model"], model_name=model_name,
                                  backend=backend, namespace=namespace, image=image,
                                  canary_percent=canary_percent, deployment_mode=deployment_mode,
-                                 run_id=run_id), cache=False)
+                                 run_id=run_id), cache=False, s3=False)
             step(smoke_test(endpoint=served.outputs["Output"], model=trained.outputs["model"],
-                            model_name=model_name, backend=backend), cache=False)
+                            model_name=model_name, backend=backend), cache=False, s3=False)
         with dsl.Else(name="not-promoted"):
             step(keep_champion(decision_report=decision.outputs["decision_report"],
-                               model_name=model_name), cache=False)
+                               model_name=model_name), cache=False, s3=False)
 
 
-def step(task, *, cache: bool = True):
-    """Wire a task to the cluster's storage settings; `cache=False` for steps with side effects
-    or changing inputs (a re-ingest must see new objects under the same source URI)."""
-    kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in SECRET_KEYS})
+def step(task, *, cache: bool = True, s3: bool = True):
+    """Wire a task to the cluster's storage and MLflow settings; `cache=False` for steps with
+    side effects or changing inputs (a re-ingest must see new objects under the same source
+    URI); `s3=False` for steps that never touch object storage themselves (KFP's launcher moves
+    their artifacts with its own credentials; MLflow proxies its artifacts): no S3 keys."""
+    if s3:
+        kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in SECRET_KEYS})
+    kubernetes.use_secret_as_env(task, MLFLOW_CREDENTIALS, {k: k for k in MLFLOW_SECRET_KEYS})
+    kubernetes.add_pod_label(task, *MLFLOW_CLIENT_LABEL)
     kubernetes.use_config_map_as_env(task, SETTINGS_CONFIG_MAP, {k: k for k in SETTINGS_KEYS})
     task.set_caching_options(cache)
     name = task.component_spec.name.replace("_", "-")

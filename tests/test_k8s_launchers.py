@@ -74,9 +74,12 @@ def test_tune_submits_a_valid_experiment_and_reads_back_the_optimal_trial(tmp_pa
     args = container["args"]
     assert args[args.index("--beta") + 1] == "${trialParameters.beta}"
     assert args[args.index("--epochs") + 1] == "4"
-    env = {e["name"]: e.get("value") for e in container["env"]}
-    assert env["MLFLOW_PARENT_RUN_ID"] == "parent123"
-    assert "MLFLOW_TRACKING_PASSWORD" not in env  # credentials never go into a spec
+    env = {e["name"]: e for e in container["env"]}
+    assert env["MLFLOW_PARENT_RUN_ID"]["value"] == "parent123"
+    # credentials never go into a spec: the trial reads them from the MLflow Secret
+    assert "value" not in env["MLFLOW_TRACKING_PASSWORD"]
+    assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "kubevae-mlflow-auth", "key": "MLFLOW_TRACKING_PASSWORD"}
     if api == "trainer":  # every node downloads the split itself: no init containers in a TrainJob
         assert f"{DATA_URI_EXPECTED}=/data/splits" in container["command"]
         assert spec["trialTemplate"]["primaryContainerName"] == "node"
@@ -194,7 +197,9 @@ def test_train_submits_a_valid_job_streams_node0s_log_and_downloads_the_model(tm
     assert args[args.index("--beta") + 1] == "3.2" and args[args.index("--latent-dim") + 1] == "10"
     secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
                    if "secretKeyRef" in e.get("valueFrom", {})}
-    assert secret_refs == {k: {"name": "kubevae-s3", "key": k} for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    assert secret_refs == {**{k: {"name": "kubevae-s3", "key": k} for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},
+                           **{k: {"name": "kubevae-mlflow-auth", "key": k}
+                              for k in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}}
     # Each line of node 0 once, in order, although the log reads overlap; no other pod's lines.
     assert [line for line in out.log if line.startswith("epoch=")] == [
         "epoch=1 step=10 val_neg_elbo=900.1", "epoch=2 step=20 val_neg_elbo=850.2",
@@ -259,10 +264,16 @@ def test_deploy_creates_a_valid_service_and_smoke_tests_it(tmp_path):
     assert_valid(isvc)
     container = isvc["spec"]["predictor"]["containers"][0]
     assert container["command"] == ["kubevae", "serve"]
-    assert container["args"] == ["--model", "/mnt/models", "--http-port", "8080", "--model-name", "kubevae"]
+    assert container["args"] == ["--model", "/mnt/models", "--http-port", "8080", "--model-name", "kubevae",
+                                 "--max-pending-requests", "16"]
     assert {"name": "STORAGE_URI", "value": "s3://mlpipeline/v2/artifacts/run-1/train/model"} in container["env"]
     assert isvc["spec"]["predictor"]["serviceAccountName"] == "kubevae-kserve-s3"
     assert container["readinessProbe"]["httpGet"]["path"] == "/v2/models/kubevae/ready"
+    # kserve's /v2/health/live stays "live" after an unload: the liveness probe asks the model
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/models/kubevae/ready"
+    predictor = isvc["spec"]["predictor"]
+    assert predictor["automountServiceAccountToken"] is False
+    assert predictor["containerConcurrency"] == 16  # = the server's --max-pending-requests
     assert (out.result.status, out.result.endpoint) == ("ready", SERVICE_URL)
     assert out.smoke_urls == [SERVICE_URL]
     assert yaml.safe_load(open(out.result.manifest_path)) == isvc

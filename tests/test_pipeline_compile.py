@@ -93,10 +93,17 @@ def test_credentials_come_from_a_secret_never_from_parameters(spec):
         assert not any(word in name for word in ("secret", "password", "token", "access_key")), name
     platform = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
     assert set(platform) == set(spec["deploymentSpec"]["executors"])
+    with_s3 = set()
     for name, executor in platform.items():
-        secret_env = {e["secretKey"] for s in executor["secretAsEnv"] for e in s["keyToEnv"]}
-        assert secret_env == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}, name
-        assert executor["secretAsEnv"][0]["secretName"] == "kubevae-s3"
+        secrets = {s["secretName"]: {e["secretKey"] for e in s["keyToEnv"]} for s in executor["secretAsEnv"]}
+        # MLflow requires authentication: every step reads its credentials from the Secret
+        assert secrets.pop("kubevae-mlflow-auth") == {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"}, name
+        assert executor["podMetadata"]["labels"] == {"kubevae.io/mlflow-client": "true"}, name
+        if secrets:
+            assert secrets == {"kubevae-s3": {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}}, name
+            with_s3.add(name)
+    # S3 keys only for the steps that read or write object storage themselves
+    assert with_s3 == {"exec-ingest", "exec-split", "exec-tune", "exec-train"}, with_s3
 
 
 def test_steps_with_side_effects_are_never_cached(spec):

@@ -29,7 +29,7 @@ from kubernetes.client import (V1ConfigMapEnvSource, V1Container, V1ContainerPor
                                V1VolumeMount)
 
 from components.k8s.security import (Resources, container_security_context, pod_security_context,
-                                     scratch_mount, scratch_volume)
+                                     mlflow_credentials_env, scratch_mount, scratch_volume)
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -161,7 +161,7 @@ def _train_container(job: TrainingJob) -> V1Container:
     return V1Container(
         name=CONTAINER, image=job.image, image_pull_policy="IfNotPresent",
         command=train_command(job), args=train_args(job),
-        env=env_vars(job, with_s3_credentials=bool(job.output_uri)),
+        env=env_vars(job, with_s3_credentials=bool(job.output_uri)) + mlflow_credentials_env(),
         env_from=[V1EnvFromSource(config_map_ref=V1ConfigMapEnvSource(name=job.settings_config_map))],
         ports=[V1ContainerPort(name=PORT_NAME, container_port=PORT)],
         resources=job.resources.requirements(), security_context=container_security_context(),

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client import (V1Capabilities, V1EmptyDirVolumeSource, V1PodSecurityContext,
+from kubernetes.client import (V1Capabilities, V1EmptyDirVolumeSource, V1EnvVar, V1EnvVarSource,
+                               V1SecretKeySelector, V1PodSecurityContext,
                                V1ResourceRequirements, V1SeccompProfile, V1SecurityContext,
                                V1Toleration, V1Volume, V1VolumeMount)
 
@@ -46,6 +47,18 @@ def container_security_context() -> V1SecurityContext:
 def scratch_volume(size_limit: str = "2Gi") -> V1Volume:
     return V1Volume(name=SCRATCH_VOLUME,
                     empty_dir=V1EmptyDirVolumeSource(size_limit=size_limit))
+
+
+# MLflow requires authentication (manifests/base/mlflow.yaml); its clients read the user and
+# password from this Secret, never from a parameter or a spec.
+MLFLOW_CREDENTIALS = "kubevae-mlflow-auth"
+MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+def mlflow_credentials_env(secret: str = MLFLOW_CREDENTIALS) -> list[V1EnvVar]:
+    """MLFLOW_TRACKING_USERNAME / PASSWORD as secretKeyRefs, for the pods that log to MLflow."""
+    return [V1EnvVar(name=key, value_from=V1EnvVarSource(secret_key_ref=V1SecretKeySelector(
+        name=secret, key=key))) for key in MLFLOW_SECRET_KEYS]
 
 
 def scratch_mount() -> V1VolumeMount:

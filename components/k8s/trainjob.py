@@ -64,7 +64,8 @@ from components.k8s.pytorchjob import (
     train_command,
     volumes,
 )
-from components.k8s.security import container_security_context, pod_security_context, scratch_mount
+from components.k8s.security import (container_security_context, mlflow_credentials_env, pod_security_context,
+                                     scratch_mount)
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 KIND = "TrainJob"
@@ -105,7 +106,7 @@ def trainer_env(job: TrainingJob) -> list[V1EnvVar]:
     """The node container's variables: every node downloads the split, node 0 uploads."""
     settings = [V1EnvVar(name=key, value_from=V1EnvVarSource(config_map_key_ref=V1ConfigMapKeySelector(
         name=job.settings_config_map, key=key, optional=True))) for key in SETTINGS_KEYS]
-    return [*env_vars(job, with_s3_credentials=True), *settings]
+    return [*env_vars(job, with_s3_credentials=True), *mlflow_credentials_env(), *settings]
 
 
 def _runtime_patch(job: TrainingJob) -> TrainerV1alpha1RuntimePatch:
