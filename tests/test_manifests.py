@@ -56,6 +56,9 @@ def test_each_kustomization_renders_and_every_object_validates(name):
         group = doc["apiVersion"].rpartition("/")[0]
         if (group, doc["kind"]) in CRD_FILES:
             assert custom_resource_errors(doc) == [], f"{doc['kind']} {doc['metadata']['name']}"
+        elif group == "security.istio.io":  # no Istio CRD in ../shared/crds: checked below
+            assert doc["kind"] == "AuthorizationPolicy" and doc["apiVersion"] == "security.istio.io/v1"
+            assert set(doc["spec"]) <= {"selector", "action", "rules"}, doc["spec"]
         else:
             for version in KUBERNETES_VERSIONS:  # raises ValidationError with the reason
                 kubernetes_validate.validate(doc, version, strict=True)
@@ -241,3 +244,164 @@ def test_the_shared_checkpoints_component_adds_a_valid_rwx_claim(tmp_path):
     claim = one([d for d in yaml.safe_load_all(done.stdout) if d], "PersistentVolumeClaim", "kubevae-checkpoints")
     kubernetes_validate.validate(claim, KUBERNETES_VERSIONS[-1], strict=True)
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["metadata"]["namespace"] == "kubevae"
+
+
+# -- who may reach what (issue 14: MLflow and the predictor were open to anyone) ---------------
+def matches(selector: dict, labels: dict) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions In/NotIn/Exists) on labels."""
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for e in selector.get("matchExpressions") or []:
+        present, value = e["key"] in labels, labels.get(e["key"])
+        ok = {"In": present and value in e.get("values", []), "NotIn": not present or value not in e["values"],
+              "Exists": present, "DoesNotExist": not present}[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def workload_pod_labels() -> dict[str, dict]:
+    """The pod labels of the generated workloads: training, trial and predictor pods."""
+    docs = {d["kind"]: d for d in rendered("workloads")}
+    job = docs["PyTorchJob"]["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["metadata"]["labels"]
+    trial = docs["Experiment"]["spec"]["trialTemplate"]["trialSpec"]["spec"]["pytorchReplicaSpecs"]
+    isvc = docs["InferenceService"]
+    # KServe adds component=predictor to the labels the predictor spec asks for
+    predictor = {**isvc["spec"]["predictor"]["labels"], "component": "predictor"}
+    return {"train": job, "trial": trial["Master"]["template"]["metadata"]["labels"], "predictor": predictor}
+
+
+def admits(policy: dict, labels: dict, namespace_labels: dict | None = None) -> bool:
+    """Whether a pod with `labels` (in the policy's namespace, or in one with `namespace_labels`)
+    may connect to the pods the NetworkPolicy selects."""
+    for rule in policy["spec"]["ingress"]:
+        for peer in rule["from"]:
+            in_namespace = "namespaceSelector" not in peer
+            if namespace_labels is None and not in_namespace:
+                continue
+            if namespace_labels is not None and (in_namespace or not matches(peer["namespaceSelector"], namespace_labels)):
+                continue
+            if "podSelector" not in peer or matches(peer["podSelector"], labels):
+                return True
+    return False
+
+
+@needs_kubectl
+def test_only_the_pipeline_trial_and_training_pods_reach_mlflow():
+    from pipelines.pipeline import MLFLOW_CLIENT_LABEL
+
+    docs = rendered("standalone")
+    policy = one(docs, "NetworkPolicy", "kubevae-mlflow")
+    mlflow_pod = one(docs, "Deployment", "kubevae-mlflow")["spec"]["template"]["metadata"]["labels"]
+    assert matches(policy["spec"]["podSelector"], mlflow_pod) and policy["spec"]["policyTypes"] == ["Ingress"]
+    pods = workload_pod_labels()
+    step = dict([MLFLOW_CLIENT_LABEL])  # what every pipeline step's pod carries
+    assert admits(policy, step) and admits(policy, pods["train"]) and admits(policy, pods["trial"])
+    assert not admits(policy, pods["predictor"]), "the predictor never calls MLflow"
+    assert not admits(policy, {"app": "other"})
+    assert not admits(policy, step, {"kubernetes.io/metadata.name": "elsewhere"}), "no other namespace"
+    assert [p["port"] for r in policy["spec"]["ingress"] for p in r["ports"]] == [5000]
+
+
+@needs_kubectl
+def test_only_the_gateways_and_knative_reach_the_predictor():
+    policy = one(rendered("standalone"), "NetworkPolicy", "kubevae-predictor")
+    pods = workload_pod_labels()
+    assert matches(policy["spec"]["podSelector"], pods["predictor"])
+    assert not matches(policy["spec"]["podSelector"], pods["train"])
+    istio = {"kubernetes.io/metadata.name": "istio-system"}
+    assert admits(policy, {"istio": "ingressgateway"}, istio)
+    assert admits(policy, {"istio": "cluster-local-gateway"}, istio)
+    assert admits(policy, {"app": "activator"}, {"kubernetes.io/metadata.name": "knative-serving"})
+    assert not admits(policy, {"app": "istiod"}, istio)
+    for labels in (pods["train"], pods["trial"], {"kubevae.io/mlflow-client": "true"}, {}):
+        assert not admits(policy, labels), labels  # nothing in the namespace calls it directly
+
+
+@needs_kubectl
+def test_the_kubeflow_overlay_allows_the_predictor_only_from_the_gateways_and_knative():
+    docs = rendered("kubeflow")
+    policy = one(docs, "AuthorizationPolicy", "kubevae-predictor")
+    assert matches(policy["spec"]["selector"], workload_pod_labels()["predictor"])
+    assert policy["spec"]["action"] == "ALLOW"
+    sources = [f["source"] for rule in policy["spec"]["rules"] for f in rule["from"]]
+    assert sorted(p for s in sources for p in s.get("principals", [])) == [
+        "cluster.local/ns/istio-system/sa/cluster-local-gateway-service-account",
+        "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"]
+    assert [n for s in sources for n in s.get("namespaces", [])] == ["knative-serving"]
+    assert all("to" not in rule and "when" not in rule for rule in policy["spec"]["rules"])
+    assert not by_kind(rendered("standalone"), "AuthorizationPolicy"), "Istio only in Kubeflow"
+
+
+@needs_kubectl
+def test_the_standalone_namespace_enforces_the_restricted_pod_security_standard():
+    labels = one(rendered("standalone"), "Namespace", "kubevae")["metadata"]["labels"]
+    for mode in ("enforce", "warn", "audit"):
+        assert labels[f"pod-security.kubernetes.io/{mode}"] == "restricted", mode
+
+
+@needs_kubectl
+def test_mlflow_requires_authentication_with_credentials_from_a_secret():
+    from mlflow.server.auth.config import read_auth_config
+
+    from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS
+    from pipelines.pipeline import MLFLOW_CREDENTIALS as PIPELINE_CREDENTIALS, MLFLOW_SECRET_KEYS as PIPELINE_KEYS
+
+    docs = rendered("standalone")
+    pod = one(docs, "Deployment", "kubevae-mlflow")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert "--app-name=basic-auth" in container["args"]
+    env = {e["name"]: e for e in container["env"]}
+    refs = {name: env[name]["valueFrom"]["secretKeyRef"] for name in
+            ("MLFLOW_AUTH_ADMIN_USERNAME", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")}
+    # the admin user MLflow creates is the one the pipeline's pods log in as
+    assert (PIPELINE_CREDENTIALS, PIPELINE_KEYS) == (MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS)
+    assert [refs["MLFLOW_AUTH_ADMIN_USERNAME"], refs["MLFLOW_AUTH_ADMIN_PASSWORD"]] == [
+        {"name": MLFLOW_CREDENTIALS, "key": key} for key in MLFLOW_SECRET_KEYS]
+    assert refs["MLFLOW_FLASK_SERVER_SECRET_KEY"]["name"] == MLFLOW_CREDENTIALS
+    # the auth settings file: mounted where MLFLOW_AUTH_CONFIG_PATH points, users on the PVC
+    config_path = Path(env["MLFLOW_AUTH_CONFIG_PATH"]["value"])
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == str(config_path.parent)]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config_map = one(docs, "ConfigMap", volume["configMap"]["name"])
+    ini = config_map["data"][config_path.name]
+    import os
+    from unittest import mock
+    with mock.patch.dict(os.environ, {"MLFLOW_AUTH_CONFIG_PATH": str(MANIFESTS / "base" / "mlflow-auth.ini")}):
+        os.environ.pop("MLFLOW_AUTH_ADMIN_PASSWORD", None)
+        config = read_auth_config()
+    assert ini == (MANIFESTS / "base" / "mlflow-auth.ini").read_text()
+    assert config.database_uri == "sqlite:////mlflow/basic_auth.db"  # on the PVC, kept across restarts
+    assert config.admin_password is None, "the password comes from the Secret, never the file"
+    assert config.default_permission in ("READ", "NO_PERMISSIONS")
+
+
+def test_mlflow_s3_keys_reach_only_its_own_prefix():
+    import json
+
+    container = _mlflow_container()
+    env = {e["name"]: e for e in container["env"]}
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        assert env[key]["valueFrom"]["secretKeyRef"] == {"name": "kubevae-mlflow-s3", "key": key}
+    settings = dict(line.split("=", 1) for line in (MANIFESTS / "base" / "settings.env").read_text().splitlines()
+                    if line and not line.startswith("#"))
+    bucket, _, prefix = settings["MLFLOW_ARTIFACTS_DESTINATION"].removeprefix("s3://").partition("/")
+    policy = json.loads((MANIFESTS / "base" / "mlflow-s3-policy.json").read_text())
+    resources = {r for statement in policy["Statement"] for r in statement["Resource"]}
+    assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/{prefix}/*"}
+    listing = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])
+    assert all(p.startswith(prefix) for p in listing["Condition"]["StringLike"]["s3:prefix"])
+    assert all(s["Effect"] == "Allow" for s in policy["Statement"])
+
+
+@pytest.mark.parametrize("template,keys", [
+    ("mlflow-auth-secret.template.yaml", {"MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+                                          "MLFLOW_FLASK_SERVER_SECRET_KEY"}),
+    ("mlflow-s3-secret.template.yaml", {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"})])
+def test_the_mlflow_secret_templates_hold_placeholders_only(template, keys):
+    secret = yaml.safe_load((MANIFESTS / "base" / template).read_text())
+    kubernetes_validate.validate(secret, KUBERNETES_VERSIONS[-1], strict=True)
+    assert set(secret["stringData"]) == keys and "data" not in secret
+    assert all(v.startswith("REPLACE_WITH_") for v in secret["stringData"].values())
+    assert template not in (MANIFESTS / "base" / "kustomization.yaml").read_text()

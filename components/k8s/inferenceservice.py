@@ -103,12 +103,12 @@ def build_inference_service(name: str, namespace: str | None, image: str, storag
                                            **({TAG_ROUTING: "true"} if deployment_mode == "Knative" else {})}),
         spec=V1beta1InferenceServiceSpec(predictor=predictor_spec(
             image, storage_uri, model_name, service_account, resources, canary_percent,
-            min_replicas, max_replicas)))
+            min_replicas, max_replicas, labels)))
 
 
 def predictor_spec(image: str, storage_uri: str, model_name: str, service_account: str | None,
                    resources: Resources, canary_percent: int | None, min_replicas: int,
-                   max_replicas: int) -> V1beta1PredictorSpec:
+                   max_replicas: int, labels: dict[str, str] | None = None) -> V1beta1PredictorSpec:
     container = V1Container(
         name=CONTAINER, image=image, image_pull_policy="IfNotPresent",
         command=["kubevae", "serve"],
@@ -132,6 +132,7 @@ def predictor_spec(image: str, storage_uri: str, model_name: str, service_accoun
         # The server never calls the Kubernetes API (KServe's storage initializer reads the S3
         # Secret through the service account's secrets, not through its token).
         automount_service_account_token=False, container_concurrency=MAX_PENDING_REQUESTS,
+        labels=labels,  # on the pod: what the NetworkPolicy and AuthorizationPolicy select
         tolerations=resources.tolerations() or None, canary_traffic_percent=canary_percent,
         min_replicas=min_replicas, max_replicas=max_replicas)
 
