@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from kubevae import images as pixels
 from kubevae.config import (ModelConfig, ObjectiveConfig, model_config_from_dict,
                             objective_config_from_dict, to_dict)
 from kubevae.storage import FILE_MODE, atomic_dir, atomic_write_json, read_json
@@ -157,9 +158,8 @@ class VAE(nn.Module):
 
     @staticmethod
     def to_unit(images_uint8: torch.Tensor) -> torch.Tensor:
-        """uint8 N x H x W x C -> float N x C x H x W in [0, 1] (a channels_last view: no copy
-        until the division, which runs wherever the tensor already is)."""
-        return images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
+        """uint8 N x H x W x C -> float N x C x H x W in [0, 1] (kubevae.images.to_unit)."""
+        return pixels.to_unit(images_uint8)
 
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -36,6 +36,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from PIL import Image
 
+from kubevae.client import encode_png  # {"b64": PNG}; the pixels: kubevae.images
 from serving.config import DEFAULT_OP, OPS, Limits
 from serving.ops import OpRequest
 
@@ -268,14 +269,6 @@ def decode_png(instance: dict, where: str, spec: ModelSpec) -> np.ndarray:
     except Exception:  # PIL raises many types for corrupt files
         raise InvalidInput(f"{where}: b64 does not decode to a valid PNG image") from None
     return pixels.reshape(spec.image_shape)
-
-
-def encode_png(image: np.ndarray) -> dict[str, str]:
-    """uint8 H x W x C -> {"b64": base64 PNG}."""
-    pil = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-    buffer = io.BytesIO()
-    pil.save(buffer, format="PNG")
-    return {"b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
 
 
 # -- V2 (REST and gRPC) -----------------------------------------------------------------------

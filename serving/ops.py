@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from kubevae.evaluation.bounds import elbo_terms, iwae_nll
+from kubevae.images import to_uint8_hwc, unit_float
 from kubevae.model import VAE
 
 # Latents decoded per decoder call (traverse, the IWAE samples of score): bounds peak memory
@@ -70,7 +71,7 @@ def run_batch(vae: VAE, requests: list[OpRequest]) -> list[dict[str, np.ndarray]
             return [traverse(vae, r, device) for r in requests]
         if op == "generate":
             z = torch.from_numpy(np.concatenate([r.latents for r in requests])).to(device)
-            outputs = {"image": to_uint8_nhwc(vae.mean_image(vae.decode(z))), "latent": z}
+            outputs = {"image": to_uint8_hwc(vae.mean_image(vae.decode(z))), "latent": z}
         else:
             x = images_to_unit(np.concatenate([unit_float(r.images) for r in requests]), device)
             if op == "encode":
@@ -78,7 +79,7 @@ def run_batch(vae: VAE, requests: list[OpRequest]) -> list[dict[str, np.ndarray]
                 outputs = {"mu": mu, "logvar": logvar}
             elif op == "reconstruct":
                 mu, _ = vae.encode(x)
-                outputs = {"image": to_uint8_nhwc(vae.mean_image(vae.decode(mu)))}
+                outputs = {"image": to_uint8_hwc(vae.mean_image(vae.decode(mu)))}
             elif op == "score":
                 outputs = score(vae, x, requests)
             else:
@@ -117,28 +118,16 @@ def traverse(vae: VAE, request: OpRequest, device: torch.device) -> dict[str, np
     z[:, :, dim] = torch.linspace(-span, span, steps, device=device)
     n, d = z0.shape
     flat = z.reshape(n * steps, d)
-    images = np.concatenate([to_uint8_nhwc(vae.mean_image(vae.decode(chunk)))
+    images = np.concatenate([to_uint8_hwc(vae.mean_image(vae.decode(chunk)))
                              for chunk in flat.split(MAX_DECODED)])
     return {"image": images.reshape(n, steps, *images.shape[1:]),
             "latent": z.cpu().numpy().astype(np.float32)}
 
 
-# -- conversions ------------------------------------------------------------------------------
-def unit_float(images: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] or float32 [0, 1] N x H x W x C -> float32 [0, 1]."""
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / np.float32(255.0)
-    return images.astype(np.float32, copy=False)
-
-
+# -- conversions (pixels: kubevae.images) ----------------------------------------------------
 def images_to_unit(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """float32 N x H x W x C -> N x C x H x W tensor on the model's device."""
+    """float32 [0, 1] N x H x W x C -> N x C x H x W tensor on the model's device."""
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
-
-
-def to_uint8_nhwc(images: torch.Tensor) -> np.ndarray:
-    return (images.float().clamp(0, 1).mul(255).round().to(torch.uint8)
-            .permute(0, 2, 3, 1).contiguous().cpu().numpy())
 
 
 def split(outputs: dict[str, Any], sizes: list[int]) -> list[dict[str, np.ndarray]]:

@@ -15,19 +15,20 @@ Behind the Kubeflow gateway, give the gateway's URL and the InferenceService's h
            headers={"Cookie": "authservice_session=..."})
 
 The operation travels as the request parameter "op" on both protocols (see serving/codec.py).
-This module uses httpx and numpy only: the core library never imports kserve.
+This module uses httpx, numpy and kubevae.images (no torch): the core library never imports kserve.
 """
 
 from __future__ import annotations
 
 import base64
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
 import httpx
 import numpy as np
+
+from kubevae.images import from_png, png_bytes, to_uint8
 
 PROTOCOLS = ("v1", "v2")
 IMAGE_OUTPUTS = ("image",)
@@ -68,7 +69,7 @@ def v1_payload(op: str, images: np.ndarray | None = None, latents: np.ndarray | 
     integers, or as {"b64": PNG} when png=True."""
     body: dict[str, Any] = {"parameters": request_params(op, params)}
     if images is not None:
-        images = as_uint8(images)
+        images = to_uint8(images)
         body["instances"] = [encode_png(i) for i in images] if png else images.tolist()
     elif latents is not None:
         body["instances"] = np.asarray(latents, np.float32).tolist()
@@ -126,26 +127,14 @@ def decode_png_tree(value: Any) -> Any:
     return value
 
 
-# -- images -----------------------------------------------------------------------------------
-def as_uint8(images: np.ndarray) -> np.ndarray:
-    images = np.asarray(images)
-    if images.dtype == np.uint8:
-        return images
-    return np.clip(np.round(images.astype(np.float64) * 255), 0, 255).astype(np.uint8)
-
-
+# -- images (the conversions themselves: kubevae.images) -------------------------------------
 def encode_png(image: np.ndarray) -> dict[str, str]:
-    from PIL import Image
-    buffer = io.BytesIO()
-    Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image).save(buffer, format="PNG")
-    return {"b64": base64.b64encode(buffer.getvalue()).decode("ascii")}
+    """uint8 H x W x C -> {"b64": base64 PNG}, as V1 carries images."""
+    return {"b64": base64.b64encode(png_bytes(image)).decode("ascii")}
 
 
 def decode_png(b64: str) -> np.ndarray:
-    from PIL import Image
-    with Image.open(io.BytesIO(base64.b64decode(b64))) as image:
-        array = np.asarray(image)
-    return array[:, :, None] if array.ndim == 2 else array
+    return from_png(base64.b64decode(b64))
 
 
 def load_images(paths: Iterable[str | Path], channels: int | None = None) -> np.ndarray:
@@ -167,7 +156,7 @@ def load_images(paths: Iterable[str | Path], channels: int | None = None) -> np.
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
     from kubevae.storage import atomic_write_bytes
-    atomic_write_bytes(path, base64.b64decode(encode_png(image)["b64"]))
+    atomic_write_bytes(path, png_bytes(image))
 
 
 # -- the client -------------------------------------------------------------------------------
