@@ -1,11 +1,13 @@
 """Fuzzing the real server: well over 1,000 generated malformed requests (hypothesis) on V1,
 V2 REST (JSON and the binary tensor extension) and gRPC. Every one must get a 4xx (gRPC:
 INVALID_ARGUMENT or another client-error code), never a 5xx, and the server must still be
-healthy at the end."""
+healthy at the end. The strategies draw huge integers (hundreds of digits), long shapes (past
+numpy's 64 dimensions) and non-ASCII digits ("²", "٣") in headers and parameters."""
 
 import base64
 import json
 import math
+import re
 
 import grpc
 import httpx
@@ -48,14 +50,16 @@ def http(server):
 
 # -- strategies -------------------------------------------------------------------------------
 def as_int(text: str) -> int:
-    try:
-        return int(text.strip())
-    except ValueError:
-        return -1
+    """What the server reads from a numeric string: ASCII digits only."""
+    return int(text) if re.fullmatch(r"\s*[+-]?[0-9]{1,20}\s*", text) else -1
 
 
-scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True)
-           | st.text(max_size=12))
+huge_integers = st.integers(10**20, 10**400) | st.integers(-10**400, -10**20)
+# Unicode decimal digits and superscripts: Python's isdigit() / int() / float() take many of them
+unicode_digits = st.text(st.sampled_from("²³¹٣۴߀०১๒０"), min_size=1, max_size=4) \
+    | st.text(st.characters(categories=["Nd", "No"]), min_size=1, max_size=4)
+scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | huge_integers
+           | st.floats(allow_nan=True) | st.text(max_size=12) | unicode_digits)
 json_values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                            | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=24)
 ops = st.sampled_from(["encode", "reconstruct", "generate", "score", "traverse"])
@@ -63,8 +67,14 @@ bad_op = st.text(max_size=10).filter(lambda s: s not in {"encode", "reconstruct"
 bad_params = st.one_of(
     st.fixed_dictionaries({"op": bad_op}),
     st.fixed_dictionaries({"op": st.just("score"), "k": st.integers(9, 10**9) | st.integers(-5, 0)
+                           | huge_integers
                            # numeric strings are accepted (gRPC clients send them): only bad ones
-                           | st.text(max_size=4).filter(lambda t: not 1 <= as_int(t) <= 8)}),
+                           | (st.text(max_size=4) | unicode_digits).filter(lambda t: not 1 <= as_int(t) <= 8)}),
+    st.fixed_dictionaries({"op": st.just("traverse"), "dim": st.just(0),
+                           "steps": huge_integers | unicode_digits.filter(lambda t: as_int(t) < 0)}),
+    st.fixed_dictionaries({"op": st.just("traverse"), "dim": st.just(0), "span": huge_integers}),
+    st.fixed_dictionaries({"op": st.just("generate"), "n": huge_integers | unicode_digits.filter(lambda t: as_int(t) < 0),
+                           "seed": st.just(0)}),
     st.fixed_dictionaries({"op": st.just("traverse"), "dim": st.integers(LATENT, 10**6) | st.integers(-9, -1)}),
     st.fixed_dictionaries({"op": st.just("traverse")}),  # dim missing
     st.fixed_dictionaries({"op": st.just("generate"), "n": st.integers(MAX_BATCH + 1, 10**6) | st.integers(-3, 0)}),
@@ -113,7 +123,9 @@ def malformed_v2(draw):
     elif fault == "datatype":
         tensor["datatype"] = draw(st.text(max_size=8).filter(lambda s: s.upper() not in ("UINT8", "FP32")))
     elif fault == "shape":
-        tensor["shape"] = draw(st.lists(st.integers(-3, 64), max_size=6).filter(lambda s: s != shape))
+        tensor["shape"] = draw(st.lists(st.integers(-3, 64), max_size=6).filter(lambda s: s != shape)
+                               | st.lists(st.integers(0, 2), min_size=9, max_size=80)  # long shapes
+                               | st.lists(st.integers(0, 10**30) | huge_integers, min_size=1, max_size=5))
     elif fault == "data":
         tensor["data"] = draw(st.lists(st.integers(0, 255), max_size=50) | st.lists(json_values, max_size=5))
     elif fault == "values":
@@ -138,8 +150,12 @@ def malformed_v2(draw):
 
 
 # Header values as HTTP allows them (visible ASCII): httpx refuses others before sending.
+# Or raw bytes: Latin-1 and UTF-8 encodings of non-ASCII digits ("²" is 0xB2 in Latin-1).
 random_binary_requests = st.tuples(
-    st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8) | st.integers(-10, 10**6).map(str),
+    st.text(st.characters(min_codepoint=33, max_codepoint=126), max_size=8) | st.integers(-10, 10**6).map(str)
+    | st.integers(10**20, 10**400).map(str)
+    | st.text(st.sampled_from("0123456789²³¹"), min_size=1, max_size=6).map(lambda t: t.encode("latin-1"))
+    | unicode_digits.map(lambda t: t.encode("utf-8")),
     st.binary(max_size=280) | json_values.map(lambda v: json.dumps(v).encode()))
 
 
@@ -237,12 +253,16 @@ def test_fuzz_grpc(server):
 
     @settings(FUZZ, max_examples=200)
     @given(op=ops | bad_op, datatype=st.sampled_from(["UINT8", "FP32", "FP64", "BYTES", "INT8", ""]) | st.text(max_size=5),
-           shape=st.lists(st.integers(-2, 40), max_size=5), raw=st.binary(max_size=4096),
-           name=st.sampled_from(["images", "latents", "x"]), k=st.none() | st.integers(-2, 10**4))
+           shape=st.lists(st.integers(-2, 40), max_size=5) | st.lists(st.integers(0, 2), min_size=9, max_size=80)
+           | st.lists(st.integers(0, 2**63 - 1), min_size=1, max_size=5),
+           raw=st.binary(max_size=4096), name=st.sampled_from(["images", "latents", "x"]),
+           k=st.none() | st.integers(-2, 10**4) | st.integers(2**40, 2**63 - 1) | unicode_digits)
     def run(op, datatype, shape, raw, name, k):
         request = pb.ModelInferRequest(model_name="kubevae")
         request.parameters["op"].string_param = op
-        if k is not None:
+        if isinstance(k, str):
+            request.parameters["k"].string_param = k
+        elif k is not None:
             request.parameters["k"].int64_param = k
         request.inputs.add(name=name, datatype=datatype, shape=shape)
         request.raw_input_contents.append(raw)
