@@ -24,8 +24,8 @@ import asyncio
 import collections
 import concurrent.futures
 import time
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Callable, Hashable
 
 import numpy as np
 from prometheus_client import Counter, Gauge, Histogram
@@ -126,7 +126,7 @@ class DynamicBatcher:
                     if not job.future.done():
                         job.future.set_exception(error)
                 continue
-            for job, result in zip(jobs, results):
+            for job, result in zip(jobs, results, strict=True):
                 if not job.future.done():  # the client may have gone away
                     job.future.set_result(result)
 

@@ -67,7 +67,7 @@ class GrpcClient:
         self.channel = grpc.insecure_channel(target, options=options)
         self.stub = GRPCInferenceServiceStub(self.channel)
 
-    def __enter__(self) -> "GrpcClient":
+    def __enter__(self) -> GrpcClient:
         return self
 
     def __exit__(self, *exc: Any) -> None:

@@ -62,7 +62,7 @@ class LocalServer:
             cmd += ["--grpc-port", str(self.grpc_port)]
         return cmd + self.args
 
-    def start(self) -> "LocalServer":
+    def start(self) -> LocalServer:
         self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log, env=self.env,
                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
@@ -97,7 +97,7 @@ class LocalServer:
             self._log.close()
         return None if self.process is None else self.process.returncode
 
-    def __enter__(self) -> "LocalServer":
+    def __enter__(self) -> LocalServer:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

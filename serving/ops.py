@@ -15,8 +15,9 @@ Outputs, per operation (the same names on V1, V2 REST and gRPC):
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
-from typing import Any, Hashable
+from typing import Any
 
 import numpy as np
 import torch
@@ -97,11 +98,11 @@ def score(vae: VAE, x: torch.Tensor, requests: list[OpRequest]) -> dict[str, tor
     """
     generators = [torch.Generator().manual_seed(r.params["seed"]) for r in requests]
     eps = torch.cat([torch.randn(r.size, vae.config.latent_dim, generator=g)
-                     for r, g in zip(requests, generators)]).to(x.device)
+                     for r, g in zip(requests, generators, strict=True)]).to(x.device)
     recon, kl = elbo_terms(vae, x, eps)
     starts = np.cumsum([0] + [r.size for r in requests])
     iwae = torch.cat([iwae_nll(vae, x[a:b], r.params["k"], g, max_decoded=MAX_DECODED)
-                      for r, g, a, b in zip(requests, generators, starts[:-1], starts[1:])])
+                      for r, g, a, b in zip(requests, generators, starts[:-1], starts[1:], strict=True)])
     return {"neg_elbo": recon + kl, "iwae_nll": iwae, "recon_nll": recon, "kl": kl}
 
 

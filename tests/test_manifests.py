@@ -15,10 +15,10 @@ from pathlib import Path
 import kubernetes_validate
 import pytest
 import yaml
-
-from components.k8s.security import pod_security_violations
 from k8s_checks import CRD_FILES, custom_resource_errors, pod_templates
 from k8s_scenarios import run_all, s3  # noqa: F401  (the fixture)
+
+from components.k8s.security import pod_security_violations
 
 REPO = Path(__file__).resolve().parents[1]
 MANIFESTS = REPO / "manifests"
@@ -346,7 +346,8 @@ def test_mlflow_requires_authentication_with_credentials_from_a_secret():
     from mlflow.server.auth.config import read_auth_config
 
     from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS
-    from pipelines.pipeline import MLFLOW_CREDENTIALS as PIPELINE_CREDENTIALS, MLFLOW_SECRET_KEYS as PIPELINE_KEYS
+    from pipelines.pipeline import MLFLOW_CREDENTIALS as PIPELINE_CREDENTIALS
+    from pipelines.pipeline import MLFLOW_SECRET_KEYS as PIPELINE_KEYS
 
     docs = rendered("standalone")
     pod = one(docs, "Deployment", "kubevae-mlflow")["spec"]["template"]["spec"]

@@ -24,14 +24,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from kserve import (V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec)
-from kubernetes.client import (V1Container, V1ContainerPort, V1EnvVar, V1HTTPGetAction,
-                               V1ObjectMeta, V1Probe)
+from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec
+from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1HTTPGetAction, V1ObjectMeta, V1Probe
 
 from components.k8s import to_dict
-from kubevae.objectstore import is_object_uri, s3_uri
 from components.k8s.pytorchjob import COMMON_LABELS
 from components.k8s.security import Resources, container_security_context, scratch_mount, scratch_volume
+from kubevae.objectstore import is_object_uri, s3_uri
 from serving.config import ServeConfig
 
 API_VERSION = "serving.kserve.io/v1beta1"

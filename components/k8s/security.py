@@ -12,10 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client import (V1Capabilities, V1EmptyDirVolumeSource, V1EnvVar, V1EnvVarSource,
-                               V1SecretKeySelector, V1PodSecurityContext,
-                               V1ResourceRequirements, V1SeccompProfile, V1SecurityContext,
-                               V1Toleration, V1Volume, V1VolumeMount)
+from kubernetes.client import (
+    V1Capabilities,
+    V1EmptyDirVolumeSource,
+    V1EnvVar,
+    V1EnvVarSource,
+    V1PodSecurityContext,
+    V1ResourceRequirements,
+    V1SeccompProfile,
+    V1SecretKeySelector,
+    V1SecurityContext,
+    V1Toleration,
+    V1Volume,
+    V1VolumeMount,
+)
 
 # The non-root user of the project image (see Dockerfile). Numeric, so that the kubelet can
 # verify runAsNonRoot without reading /etc/passwd in the image.

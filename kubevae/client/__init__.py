@@ -21,9 +21,10 @@ This module uses httpx, numpy and kubevae.images (no torch): the core library ne
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -177,7 +178,7 @@ class Client:
         self.http = httpx.Client(base_url=url.rstrip("/"), headers=all_headers, timeout=timeout,
                                  transport=transport)
 
-    def __enter__(self) -> "Client":
+    def __enter__(self) -> Client:
         return self
 
     def __exit__(self, *exc: Any) -> None:
