@@ -37,7 +37,8 @@ class DeadlineExceeded(GrpcException):
 
 def install_handlers(app: FastAPI) -> None:
     async def refused(_request: Any, error: Exception) -> JSONResponse:
-        assert isinstance(error, GrpcException)  # registered for GrpcException subclasses only  # noqa: S101
+        if not isinstance(error, GrpcException):  # registered for its subclasses only
+            raise error
         headers = {"retry-after": str(error.retry_after_s)} if isinstance(error, Overloaded) else None
         return JSONResponse(status_code=HTTP_STATUS.get(error.status_code, 500),
                             content={"error": error.details}, headers=headers)
