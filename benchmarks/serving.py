@@ -184,7 +184,9 @@ def main() -> int:
         raw = RawModel(model_dir, images, args.k, args.threads)
         server_args = ["--threads", str(args.threads), "--batch-delay-ms", str(args.batch_delay_ms),
                        "--batch-max-images", str(args.batch_max_images), "--log-level", "WARNING",
-                       "--max-iwae-k", str(max(args.k, 16))]
+                       "--max-iwae-k", str(max(args.k, 16)),
+                       # throughput, not admission, is measured here: admit every client
+                       "--max-pending-requests", str(max(CONCURRENCY))]
         rows = []
         print(f"protocol {args.api}, {args.images_per_request} image(s) of "
               f"{list(images.shape[1:])} per request, torch threads {args.threads}, "
