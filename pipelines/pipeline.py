@@ -134,7 +134,7 @@ def _pipeline(
 ):
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER  # labels what the run creates on the cluster
     exit_task = step(cleanup(backend=backend, namespace=namespace, run_id=run_id,
-                             model_name=model_name), cache=False)
+                             model_name=model_name), cache=False, s3=False)
     with dsl.ExitHandler(exit_task, name="run"):
         # KFP resolves the placeholder to a recurring run's schedule time.
         raw = step(ingest(source_uri=source_uri, image_size=image_size,
