@@ -13,10 +13,9 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
     import shutil
     from pathlib import Path
 
-    import torch
-
     from kubevae import tracking
     from kubevae.evaluation.full import evaluate_model
+    from kubevae.hardware import pick_device
 
     study = json.loads(Path(best_params.path).read_text())
     out = Path(evaluation.path)
@@ -24,7 +23,7 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
         results = evaluate_model(model.path, splits.path, out, split="test", iwae_k=iwae_k,
                                  seed=seed, tuning_results=study.get("trials"), tracker=tracker,
                                  protocol=metric_protocol,
-                                 device="cuda" if torch.cuda.is_available() else "cpu")
+                                 device=str(pick_device("auto")))
     for name, value in results.items():
         if isinstance(value, (int, float)):
             metrics.log_metric(f"test_{name}", float(value))

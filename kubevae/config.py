@@ -112,6 +112,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     device: str = "auto"
+    precision: str = "auto"  # auto, fp32 or bf16: see kubevae.hardware.choose_precision
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     iwae_k: int = 0
@@ -126,6 +127,8 @@ class TrainConfig:
         _require(self.epochs >= 1, "epochs", "a positive integer", self.epochs)
         _require(self.batch_size >= 1, "batch_size", "a positive integer", self.batch_size)
         _require(self.lr > 0, "lr", "a positive number", self.lr)
+        _require(self.precision in ("auto", "fp32", "bf16"), "precision", "auto, fp32 or bf16",
+                 self.precision)
         _require(self.checkpoint_every >= 1, "checkpoint_every", "a positive integer",
                  self.checkpoint_every)
         _require(self.resume in (None, "auto", "never") or bool(self.resume), "resume",

@@ -24,6 +24,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
+from kubevae.hardware import pick_device
 from kubevae.model import CONFIG_FILE, WEIGHTS_FILE, load_model
 from serving.batcher import DynamicBatcher
 from serving.codec import ModelSpec, parse_v1, parse_v2, v1_response, v2_response
@@ -50,7 +51,7 @@ class VAEModel(Model):
                 raise FileNotFoundError(f"{model_dir / name}: not found; expected a kubevae model "
                                         f"folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
         torch.set_num_threads(self.config.threads)
-        self.vae = load_model(model_dir, device=resolve_device(self.config.device)).eval()
+        self.vae = load_model(model_dir, device=pick_device(self.config.device)).eval()
         cfg = self.vae.config
         self.spec = ModelSpec(cfg.image_size, cfg.channels, cfg.latent_dim)
         self.batcher = DynamicBatcher(functools.partial(run_batch, self.vae),
@@ -157,11 +158,3 @@ def protocol_name(payload: Any) -> str:
     if isinstance(payload, InferRequest):
         return "v2-grpc" if payload.from_grpc else "v2-rest"
     return "v1"
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine")
-    return torch.device(device)

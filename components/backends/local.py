@@ -21,6 +21,7 @@ import optuna
 
 from components.backends.base import (DeployRequest, DeployResult, TrainRequest, TrainResult,
                                       TrialRecord, TuneRequest, TuneResult)
+from kubevae.hardware import thread_env
 from kubevae.storage import read_json
 from kubevae.training.loop import parse_metrics
 
@@ -83,7 +84,8 @@ class LocalBackend:
         if request.objective_metric == "val_iwae_nll":
             args += ["--iwae-k", "16"]
         value = None
-        with _Process(self.command(args, request.trial_workers), out / "train.log") as proc:
+        with _Process(self.command(args, request.trial_workers), out / "train.log",
+                      processes=request.parallel_trials * request.trial_workers) as proc:
             for line in proc.lines():
                 metrics = parse_metrics(line) if line.startswith("epoch=") else {}
                 if request.objective_metric in metrics:
@@ -107,7 +109,8 @@ class LocalBackend:
                 "--checkpoint-dir", str(Path(request.out_dir).parent / f"{Path(request.out_dir).name}.ckpt"),
                 *request.extra_args, *_flags(request.params)]
         log = Path(request.out_dir).parent / f"{request.name}.log"
-        with _Process(self.command(args, request.workers), log, echo=True) as proc:
+        with _Process(self.command(args, request.workers), log, echo=True,
+                      processes=request.workers) as proc:
             for _ in proc.lines():
                 pass
         if proc.returncode != 0:
@@ -150,14 +153,15 @@ def _flags(params: dict[str, Any]) -> list[str]:
 class _Process:
     """A child process whose output goes to a log file, read line by line as it comes."""
 
-    def __init__(self, command: list[str], log_path: Path, echo: bool = False):
+    def __init__(self, command: list[str], log_path: Path, echo: bool = False, processes: int = 1):
         self.command, self.log_path, self.echo = command, Path(log_path), echo
+        self.processes = processes  # how many such processes share the cores: threads each
         self._tail: list[str] = []
 
     def __enter__(self) -> "_Process":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w", buffering=1)  # line-buffered: tail -f works
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **thread_env(self.processes)}
         self.proc = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      text=True, env=env)
         return self

@@ -31,7 +31,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from kubevae.evaluation.full import evaluate_model
-    from kubevae.training.distributed import pick_device
+    from kubevae.hardware import pick_device
 
     metrics = evaluate_model(a.model, a.data, a.out, split=a.split, iwae_k=a.iwae_k, seed=a.seed,
                              protocol=a.metric_protocol, device=str(pick_device(a.device)))

@@ -53,6 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     opt.add_argument("--seed", type=int, default=d.seed)
     opt.add_argument("--deterministic", action="store_true", help="use deterministic algorithms only")
     opt.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
+    opt.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
+                     help="auto: bf16 autocast where the CPU (avx512_bf16, AMX) or GPU has it, "
+                          "else fp32; fp32 under --deterministic")
     ev = p.add_argument_group("validation and tracking")
     ev.add_argument("--iwae-k", type=int, default=d.iwae_k, help="importance samples for val IWAE (0 = off)")
     ev.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
@@ -69,7 +72,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every,
         keep_checkpoints=a.keep_checkpoints, resume=a.resume, epochs=a.epochs,
         max_steps=a.max_steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-        seed=a.seed, deterministic=a.deterministic, device=a.device, iwae_k=a.iwae_k,
+        seed=a.seed, deterministic=a.deterministic, device=a.device, precision=a.precision, iwae_k=a.iwae_k,
         tracking=not a.no_tracking, require_tracking=a.require_tracking, experiment=a.experiment,
         log_mlflow_model=not a.no_mlflow_model,
         model=ModelConfig(latent_dim=a.latent_dim, likelihood=a.likelihood,

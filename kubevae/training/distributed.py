@@ -19,6 +19,8 @@ from typing import Mapping
 import torch
 import torch.distributed as dist
 
+from kubevae.hardware import pick_device
+
 
 @dataclass
 class Distributed:
@@ -42,18 +44,6 @@ class Distributed:
     def close(self) -> None:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
-
-
-def pick_device(requested: str = "auto", local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        requested = "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device cuda: CUDA is not available on this machine")
-        return torch.device("cuda", local_rank)
-    if requested == "cpu":
-        return torch.device("cpu")
-    raise ValueError(f"--device: expected auto, cpu or cuda, got {requested!r}")
 
 
 TORCHRUN_KEYS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

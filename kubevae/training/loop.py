@@ -22,7 +22,7 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data.distributed import DistributedSampler
 
-from kubevae import tracking
+from kubevae import hardware, tracking
 from kubevae.config import TrainConfig, to_dict
 from kubevae.evaluation.bounds import evaluate_images
 from kubevae.model import VAE, kl_divergence, save_model
@@ -30,6 +30,7 @@ from kubevae.objectives import Objective
 from kubevae.progress import progress
 from kubevae.training import checkpoint, distributed
 from kubevae.training.data import TrainingData, load
+from kubevae.training.throughput import Meter, train_step_flops_per_image
 
 MAX_VAL_IMAGES = 10_000
 
@@ -44,14 +45,14 @@ def train(cfg: TrainConfig, run_name: str = "train") -> dict[str, Any]:
 
 
 def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> dict[str, Any]:
+    threads = hardware.configure_threads()
     torch.manual_seed(cfg.seed)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True)
     data = load(cfg.data, cfg.dataset, cfg.dataset_size, cfg.seed)
-    vae = VAE(model_config_for(cfg, data)).to(dist.device)
+    precision = hardware.choose_precision(cfg.precision, dist.device, cfg.deterministic)
+    vae = VAE(model_config_for(cfg, data)).to(dist.device, memory_format=precision.memory_format)
     on_cuda = dist.device.type == "cuda"
-    if on_cuda:
-        vae = vae.to(memory_format=torch.channels_last)
     plan = StepPlan.make(cfg, len(data.train), dist.world_size)
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_lr_steps, plan.total_steps))
@@ -64,13 +65,15 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
     images = data.train.to(dist.device) if on_cuda else data.train
     sampler = DistributedSampler(range(len(images)), num_replicas=dist.world_size, rank=dist.rank,
                                  shuffle=True, seed=cfg.seed, drop_last=True)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_cuda else contextlib.nullcontext()
+    autocast = precision.autocast()
+    meter = make_meter(vae, images, precision, threads, dist)
     track = tracking.start_run(run_name, experiment=cfg.experiment, require=cfg.require_tracking,
                                enabled=cfg.tracking, tags={"kubevae.step": "train"}) if dist.is_main \
         else contextlib.nullcontext(tracking.DISABLED)
 
     with track as tracker:
-        tracker.log_params({**flat_params(cfg), "world_size": dist.world_size, **data.source})
+        tracker.log_params({**flat_params(cfg), "world_size": dist.world_size, **data.source,
+                            **hardware_params(precision, meter, threads)})
         val_metrics: dict[str, Any] = {}
         for epoch in range(step // plan.steps_per_epoch, cfg.epochs):
             if step >= plan.total_steps:
@@ -80,9 +83,10 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             sums = torch.zeros(3, dtype=torch.float64)
             first = step - epoch * plan.steps_per_epoch
             batches = range(first, min(plan.steps_per_epoch, first + plan.total_steps - step))
+            meter.start()
             for b in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
                 idx = order[b * plan.local_batch:(b + 1) * plan.local_batch]
-                x = gather_batch(images, idx, dist.device)
+                x = gather_batch(images, idx, dist.device, precision.memory_format)
                 eps = step_noise(cfg.seed, step, cfg.batch_size, vae.config.latent_dim)
                 eps = eps[dist.rank::dist.world_size].to(dist.device)
                 terms = train_step(model, vae, objective, optimizer, x, eps, step, autocast)
@@ -92,7 +96,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                                      dtype=torch.float64)
                 if step % cfg.checkpoint_every == 0:
                     save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist)
-            train_metrics = reduce_means(sums, len(batches), dist)
+            train_metrics = {**reduce_means(sums, len(batches), dist),
+                             **meter.rates(len(batches) * cfg.batch_size)}
             val_metrics = validate(cfg, vae, data, dist) if dist.is_main else {}
             record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                       **train_metrics, **val_metrics}
@@ -108,11 +113,36 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
     return final
 
 
-def gather_batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """uint8 images by index -> float [0, 1] on the device (channels_last on CUDA)."""
+def gather_batch(images: torch.Tensor, idx: torch.Tensor, device: torch.device,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """uint8 images by index -> float [0, 1] on the device, in the model's memory format."""
     x = VAE.to_unit(images[idx].to(device, non_blocking=True))
-    return x.contiguous(memory_format=torch.channels_last if device.type == "cuda"
-                        else torch.contiguous_format)
+    return x.contiguous(memory_format=memory_format)
+
+
+def make_meter(vae: VAE, images: torch.Tensor, precision: hardware.Precision, threads: int,
+               dist: distributed.Distributed) -> Meter:
+    """Count the step's FLOPs once, on two real images, and find the peak to measure MFU by."""
+    x = gather_batch(images, torch.arange(min(2, len(images))), dist.device, precision.memory_format)
+    eps = torch.zeros(len(x), vae.config.latent_dim, device=dist.device)
+    flops = train_step_flops_per_image(vae, x, eps)
+    peak = hardware.peak_flops(dist.device, precision.name, threads)
+    if dist.is_main:
+        print(f"precision: {precision.describe()}; {threads} threads per process; "
+              f"{flops / 1e6:.1f} MFLOP per image per step; peak {fmt_flops(peak.flops)} per "
+              f"process ({peak.source})", file=sys.stderr, flush=True)
+    return Meter(flops, peak, dist.world_size, dist.device)
+
+
+def fmt_flops(flops: float | None) -> str:
+    return "unknown" if flops is None else f"{flops / 1e9:.1f} GFLOP/s"
+
+
+def hardware_params(precision: hardware.Precision, meter: Meter, threads: int) -> dict[str, Any]:
+    return {"precision": precision.name, "channels_last": precision.channels_last,
+            "precision_reason": precision.reason, "threads_per_process": threads,
+            "flops_per_image": meter.flops_per_image, "peak_flops": meter.peak.flops,
+            "peak_source": meter.peak.source, "peak_device": meter.peak.device}
 
 
 def train_step(model, vae: VAE, objective: Objective, optimizer, x: torch.Tensor,
