@@ -120,10 +120,12 @@ def thread_env(processes: int) -> dict[str, str]:
 
 
 def configure_threads() -> int:
-    """Set torch's threads from the cores this process has, shared with the other processes of
-    its node (LOCAL_WORLD_SIZE under torchrun), unless OMP_NUM_THREADS says otherwise."""
+    """Cap torch's threads at the cores this process has, shared with the other processes of its
+    node (LOCAL_WORLD_SIZE under torchrun): torch's default is every core of the machine, even
+    in a pod whose CPU limit is a few of them. OMP_NUM_THREADS, or a lower setting, wins."""
     if "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+        share = threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        torch.set_num_threads(min(torch.get_num_threads(), share))
     return torch.get_num_threads()
 
 
