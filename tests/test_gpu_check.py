@@ -19,7 +19,7 @@ def _summary(results):
 def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     results = tmp_path / "results"
     done = subprocess.run(["bash", str(SCRIPT), "--cpu", str(results)], capture_output=True, text=True,
-                          timeout=600, env=subprocess_env(KUBEVAE_PYTHON=sys.executable))
+                          timeout=1500, env=subprocess_env(KUBEVAE_PYTHON=sys.executable))
     summary = _summary(results)
     assert done.returncode == 0, (summary, done.stdout[-3000:], done.stderr[-2000:])
     for name in ("train", "resume", "throughput", "serve", "serving-bench"):
