@@ -60,7 +60,7 @@ else
   FIRST=(--epochs 2 --max-steps 8)
   MORE=(--epochs 2 --max-steps 12)
   BENCH=(--device cpu --batch-size 16 --steps 1 --rounds 1 --only "fp32 channels_last,reference")
-  SERVE_BENCH=(--requests 16 --endurance 16)
+  SERVE_BENCH=(--requests 16 --endurance 16 --k 4)
 fi
 COMMON=("${TRAIN[@]}" --device "$DEVICE" --no-mlflow-model --iwae-k 0)
 [ "$MODE" = cpu ] && COMMON+=(--no-tracking)  # MLflow is tested in the suite; here it is slow
