@@ -8,7 +8,21 @@ def deploy(model: Input[Model], model_name: str, backend: str, namespace: str, i
            canary_percent: int, deployment_mode: str, run_id: str, inference_service: Output[Artifact],
            summary: Output[Markdown]) -> str:
     """Serve the promoted model: a KServe InferenceService (canary for updates), or locally the
-    real ModelServer on loopback. Returns the endpoint."""
+    real ModelServer on loopback.
+
+    Args:
+        model: The promoted model folder.
+        model_name: The InferenceService (and served model) name.
+        backend: kubernetes (a KServe InferenceService) or local (a loopback ModelServer).
+        namespace: Namespace of the InferenceService; empty = the run's namespace.
+        image: The predictor image.
+        canary_percent: Traffic share of the new model when an InferenceService is updated.
+
+    Returns:
+        inference_service: The InferenceService YAML that was (or would be) applied.
+        summary: Status, endpoint and smoke-test result.
+        Output: The endpoint URL.
+    """
     from pathlib import Path
 
     from components.backends import get_backend

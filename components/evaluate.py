@@ -8,7 +8,23 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
              iwae_k: int, metric_protocol: str, seed: int, metrics: Output[Metrics],
              report: Output[HTML],
              evaluation: Output[Artifact]):
-    """Evaluate on the frozen test split: bounds, quality, disentanglement, pictures, report."""
+    """Evaluate on the frozen test split: bounds, quality, disentanglement, pictures, report.
+
+    Args:
+        model: The trained model folder.
+        splits: The split folder; evaluation reads test/ only.
+        best_params: The tuning study's JSON (its trials feed the report's tuning plot).
+        iwae_k: Importance samples for the IWAE bound.
+        metric_protocol: Disentanglement metric settings: disentanglement_lib or fast.
+        seed: Seed of every sampled quantity.
+
+    Returns:
+        metrics: Every scalar test metric as test_<name> (test_neg_elbo, test_iwae_nll,
+            test_mig, ...): the same names in every run, so runs compare side by side.
+        report: The evaluation report: the metrics table, reconstructions, samples, latent
+            traversals, training curves and the tuning plot.
+        evaluation: The evaluation folder: metrics.json, the pictures and report.html.
+    """
     import json
     import shutil
     from pathlib import Path
@@ -16,6 +32,7 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
     from kubevae import tracking
     from kubevae.evaluation.full import evaluate_model
     from kubevae.hardware import pick_device
+    from kubevae.evaluation.report import scalar_metrics
 
     study = json.loads(Path(best_params.path).read_text())
     out = Path(evaluation.path)
@@ -24,7 +41,9 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
                                  seed=seed, tuning_results=study.get("trials"), tracker=tracker,
                                  protocol=metric_protocol,
                                  device=str(pick_device("auto")))
-    for name, value in results.items():
-        if isinstance(value, (int, float)):
-            metrics.log_metric(f"test_{name}", float(value))
+        tracker.log_data_inputs(splits.path, ("test",), uri=splits.uri)
+        if "neg_elbo" in results:
+            tracker.rename(f"evaluate · test neg ELBO {results['neg_elbo']:.1f}")
+    for name, value in scalar_metrics(results).items():  # finite numbers, no booleans
+        metrics.log_metric(f"test_{name}", value)
     shutil.copyfile(out / "report.html", report.path)

@@ -6,7 +6,16 @@ from components.base import component
 @component
 def keep_champion(decision_report: Input[Markdown], model_name: str,
                   summary: Output[Markdown]) -> str:
-    """The branch taken when the gate does not promote: nothing is deployed."""
+    """The branch taken when the gate does not promote: nothing is deployed.
+
+    Args:
+        decision_report: The gate's decision report.
+        model_name: The registered model whose champion keeps serving.
+
+    Returns:
+        summary: Why nothing was deployed, with the gate's decision.
+        Output: "kept".
+    """
     from pathlib import Path
 
     decision = Path(decision_report.path).read_text()

@@ -6,7 +6,18 @@ from components.base import component
 @component
 def smoke_test(endpoint: str, model: Input[Model], model_name: str, backend: str,
                result: Output[Markdown]) -> str:
-    """One V1 and one V2 request against the deployed endpoint; fails the run if either fails."""
+    """One V1 and one V2 request against the deployed endpoint; fails the run if either fails.
+
+    Args:
+        endpoint: The endpoint the deploy step returned.
+        model: The deployed model folder (the requests use its image shape).
+        model_name: The served model name.
+        backend: kubernetes or local, as in deploy.
+
+    Returns:
+        result: Each request and its result.
+        Output: "passed" (the step fails otherwise).
+    """
     from pathlib import Path
 
     from components.backends import get_backend

@@ -9,14 +9,29 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
           splits: Output[Dataset], leakage_report: Output[Markdown]):
     """Leakage-safe split: groups, exact and near duplicates, stable under appended data.
 
-    previous_split: empty (a fresh split), the URI of an earlier assignments.csv, or `champion`:
-    the split recorded on the registered model `model_name`@champion (none yet: split fresh).
-    The leakage report says which it was."""
+    Args:
+        dataset: The ingested dataset folder.
+        train_fraction: Fraction of groups in the training split.
+        val_fraction: Fraction of groups in the validation split (the tuning objective).
+        test_fraction: Fraction of groups in the frozen test split (the gate).
+        group_column: Metadata column that groups images (patient, device, session); empty for
+            none.
+        previous_split: Empty (a fresh split), the URI of an earlier assignments.csv, or
+            `champion`: the split recorded on the registered model `model_name`@champion (none
+            yet: split fresh). The leakage report says which it was.
+        model_name: The registered model whose champion's split `champion` pins.
+
+    Returns:
+        splits: The split folder: train/, val/ and test/ dataset folders, assignments.csv,
+            stats.json (normalization fit on train only) and the leakage report.
+        leakage_report: The leakage report: items and groups per split, duplicate clusters,
+            and what is shared across splits (all zero, or the step fails).
+    """
     import json
     import shutil
     from pathlib import Path
 
-    from kubevae import tracking
+    from kubevae import mlflow_datasets, tracking
     from kubevae.registry import champion_split
     from kubevae.split import split as run_split
     from kubevae.storage import atomic_write_json, atomic_write_text
@@ -54,5 +69,9 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
                           "kubevae.previous_split_source": how})
         for name in ("leakage_report.md", "leakage_report.json", "assignments.csv", "stats.json"):
             tracker.log_artifact(out / name)
+        mlflow_datasets.log_split_outputs(tracker, splits.path, parent_dir=dataset.path,
+                                          split_uri=splits.uri)
+        tracker.rename("split · " + " / ".join(f"{k} {v}" for k, v in report.items.items())
+                       + f" · leakage {'PASSED' if report.passed else 'FAILED'}")
     splits.metadata.update(report.counts())
     shutil.copyfile(Path(splits.path) / "leakage_report.md", leakage_report.path)

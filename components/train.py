@@ -8,7 +8,27 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ep
           batch_size: int, workers: int, gpus_per_worker: int, namespace: str, image: str,
           seed: int, training_api: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
     """Train the final model with the best parameters: a TrainJob (or PyTorchJob), or torchrun
-    locally."""
+    locally.
+
+    Args:
+        splits: The split folder; training reads train/ and validates on val/.
+        best_params: The tuning study's JSON; its best_params set beta, latent size, ...
+        backend: kubernetes (a TrainJob or PyTorchJob) or local (torchrun).
+        epochs: Epochs of the final training run.
+        batch_size: Global batch size, split over all training processes.
+        workers: Training processes: the job's nodes, or torchrun processes locally.
+        gpus_per_worker: GPUs per training process; 0 trains on CPUs.
+        namespace: Namespace of the training job; empty = the run's namespace.
+        image: The image the training pods run.
+        seed: Seed of the training run.
+        training_api: On a cluster: trainer (a Kubeflow Trainer v2 TrainJob) or pytorchjob.
+        run_id: The KFP run; labels what the step creates so that the exit handler finds it.
+
+    Returns:
+        model: The model folder: model.safetensors, config.json (model, objective, training
+            settings) and metrics.json (the training history).
+        metrics: The last epoch's training and validation metrics (val_neg_elbo, ...).
+    """
     import json
     from pathlib import Path
 
@@ -16,7 +36,8 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ep
     from components.backends.base import ClusterSettings, TrainRequest
 
     params = json.loads(Path(best_params.path).read_text())["best_params"]
-    result = get_backend(backend).train(TrainRequest(
+    launcher = get_backend(backend)
+    result = launcher.train(TrainRequest(
         name="train", data_dir=splits.path, data_uri=splits.uri, params=params,
         out_dir=model.path, out_uri=model.uri, epochs=epochs, batch_size=batch_size,
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
@@ -24,6 +45,7 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ep
                                 run_id=run_id)))
     model.metadata.update({k: v for k, v in params.items()})
     model.metadata["framework"] = "pytorch"
+    model.metadata["training_api"] = "torchrun" if backend == "local" else training_api
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)):
             metrics.log_metric(name, float(value))

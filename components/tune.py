@@ -10,7 +10,34 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
          batch_size: int, trial_workers: int, gpus_per_worker: int, namespace: str, image: str,
          seed: int, training_api: str, run_id: str, best_params: Output[Artifact], metrics: Output[Metrics],
          study_plot: Output[HTML]):
-    """Search beta and latent size: Katib on a cluster, an Optuna study locally."""
+    """Search beta and latent size: Katib on a cluster, an Optuna study locally.
+
+    Args:
+        splits: The split folder; trials train on train/ and are judged on val/.
+        backend: kubernetes (a Katib Experiment) or local (an Optuna study).
+        algorithm: Search algorithm: tpe, random, grid, bayesianoptimization or hyperband.
+        objective_metric: The validation metric every trial is judged by, minimized.
+        beta_min: Smallest beta of the log-uniform search range.
+        beta_max: Largest beta of the log-uniform search range.
+        latent_dims: Latent sizes to search (categorical).
+        tune_lr: Also search the learning rate.
+        max_trials: Trials in all.
+        parallel_trials: Trials at the same time.
+        max_failed_trials: The search stops after this many failed trials.
+        trial_epochs: Epochs per trial.
+        batch_size: Global batch size of each trial.
+        trial_workers: Training processes per trial.
+        gpus_per_worker: GPUs per training process; 0 trains on CPUs.
+        namespace: Namespace of the Katib Experiment; empty = the run's namespace.
+        image: The image the trials run.
+        seed: Seed of the search and of every trial.
+
+    Returns:
+        best_params: JSON: the best parameters, the objective's best value and every trial.
+        metrics: The best objective value (best_<objective>) and the best parameters
+            (best_beta, best_latent_dim, ...).
+        study_plot: The study as a page: the objective over beta x latent size, every trial.
+    """
     import json
     import os
     from dataclasses import asdict
@@ -44,6 +71,9 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         tracker.log_dict(summary, "study.json")
         html = study_report(summary)
         tracker.log_text(html, "study.html")
+        tracker.rename(f"tune · {len(result.trials)} trials · best "
+                       + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                  for k, v in result.best_params.items()))
     Path(best_params.path).write_text(json.dumps(summary, indent=2))
     Path(study_plot.path).write_text(html)
     metrics.log_metric("best_" + objective_metric, result.best_value)

@@ -6,6 +6,11 @@
 - MLFLOW_PARENT_RUN_ID set (the local pipeline sets it): open a nested run under that parent.
 - An unreachable server gives a warning and the work goes on untracked, unless `require=True`
   (`--require-tracking`), which fails fast instead.
+- What the UI groups and shows by: the experiment is created with `mlflow.experimentKind` =
+  `custom_model_development` (MLflow 3's UI then opens its training-runs view, not the GenAI
+  one); every run carries `mlflow.source.name` ("kubevae <step>"), `mlflow.source.type` (JOB
+  inside a pipeline, LOCAL by hand) and the checkout's `mlflow.source.git.commit`; nested runs
+  carry `mlflow.parentRunId` (MLflow sets it from the parent).
 """
 
 from __future__ import annotations
@@ -19,6 +24,10 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+
+
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -114,6 +123,22 @@ class Tracker:
         """Run any other MLflow call with the same warn-and-continue policy."""
         return self._call(what, fn, *args, **kwargs)
 
+    def log_data_inputs(self, data_dir: str | Path | None, splits: tuple[str, ...],
+                        uri: str | None = None) -> None:
+        """Log the splits of `data_dir` this run read as MLflow dataset inputs
+        (kubevae.mlflow_datasets; a plain dataset folder is logged as one input)."""
+        if self.enabled and data_dir:
+            from kubevae import mlflow_datasets
+
+            self._call("log_inputs", mlflow_datasets.log_split_inputs, self, data_dir, splits,
+                       split_uri=uri)
+
+    def rename(self, name: str) -> None:
+        """Give the run a name that says what came out of it ("gate · promoted v3"). A run that
+        KFP's MLflow integration created (MLFLOW_RUN_ID) keeps the name KFP gave it."""
+        if self.run_id and not os.environ.get("MLFLOW_RUN_ID"):
+            self._call("rename", lambda: self._mlflow.MlflowClient().update_run(self.run_id, name=name))
+
 
 DISABLED = Tracker(None, None)
 
@@ -166,18 +191,61 @@ def _open_run(mlflow: Any, run_name: str, experiment: str, tags: dict[str, Any])
     parent = os.environ.get("MLFLOW_PARENT_RUN_ID")
     return mlflow.start_run(run_name=run_name, experiment_id=experiment_id,
                             parent_run_id=parent or None, nested=bool(parent),
-                            tags={k: str(v) for k, v in tags.items()})
+                            tags={**source_tags(tags.get("kubevae.step", run_name), bool(parent)),
+                                  **{k: str(v) for k, v in tags.items()}})
+
+
+def source_tags(step: str, in_pipeline: bool) -> dict[str, str]:
+    """The mlflow.source.* tags: which kubevae entry point ran, how, and from which commit.
+    (MLflow's own guess names the KFP executor or __main__.py, and finds no commit in an image.)"""
+    from mlflow.utils.mlflow_tags import (MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME,
+                                          MLFLOW_SOURCE_TYPE)
+
+    tags = {MLFLOW_SOURCE_NAME: f"kubevae {step}",
+            MLFLOW_SOURCE_TYPE: "JOB" if in_pipeline or os.environ.get("KFP_POD_NAME") else "LOCAL"}
+    commit, branch = _git_checkout()
+    if commit:
+        tags[MLFLOW_GIT_COMMIT] = commit
+        if branch:
+            tags[MLFLOW_GIT_BRANCH] = branch
+    return tags
+
+
+def _git_checkout() -> tuple[str | None, str | None]:
+    """The commit (and branch) of the kubevae checkout, or KUBEVAE_GIT_COMMIT in an image."""
+    if os.environ.get("KUBEVAE_GIT_COMMIT"):
+        return os.environ["KUBEVAE_GIT_COMMIT"], None
+    try:
+        from mlflow.utils.git_utils import get_git_branch, get_git_commit
+
+        here = str(Path(__file__).resolve().parent)
+        return get_git_commit(here), get_git_branch(here)
+    except Exception:  # no git, or not a checkout
+        return None, None
 
 
 def ensure_experiment(mlflow: Any, name: str) -> str:
+    """The experiment's id; created (or, made by an older kubevae, tagged) as a training-runs
+    experiment so that MLflow 3's UI opens its training view."""
     existing = mlflow.get_experiment_by_name(name)
     if existing is not None:
+        if EXPERIMENT_KIND_TAG not in existing.tags:
+            mlflow.MlflowClient().set_experiment_tag(existing.experiment_id, EXPERIMENT_KIND_TAG,
+                                                     EXPERIMENT_KIND)
         return existing.experiment_id
     artifact_location = None
     if tracking_uri().startswith("sqlite:"):
         # A local store keeps artifacts beside the database, not in the current folder.
         artifact_location = (runs_dir() / "mlartifacts").as_uri()
-    return mlflow.create_experiment(name, artifact_location=artifact_location)
+    try:
+        return mlflow.create_experiment(name, artifact_location=artifact_location,
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    except Exception:
+        # Another step created it at the same moment (parallel trials): use that one.
+        existing = mlflow.get_experiment_by_name(name)
+        if existing is None:
+            raise
+        return existing.experiment_id
 
 
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -196,3 +264,8 @@ def schedule_time(value: str | None) -> str:
     or "" where nothing resolved it (kfp.local passes the placeholder through unchanged)."""
     value = (value or "").strip()
     return "" if value.startswith("{{") else value
+
+
+def training_run_name(name: str, beta: float, latent_dim: int) -> str:
+    """'trial-3' -> 'trial 3 · β=2.1 · z=8': the runs table tells trials apart at a glance."""
+    return f"{name.replace('-', ' ')} · β={beta:.3g} · z={latent_dim}"

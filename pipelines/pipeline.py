@@ -176,11 +176,22 @@ def _pipeline(
                                model_name=model_name), cache=False, s3=False)
 
 
+# What the Kubeflow UI's run graph calls each step (the task names stay the component names).
+STEP_NAMES = {
+    "ingest": "Ingest images", "split": "Split without leakage",
+    "tune": "Tune beta and latent size", "train": "Train final model",
+    "evaluate": "Evaluate on test split", "gate": "Gate against champion",
+    "deploy": "Deploy to KServe", "smoke-test": "Smoke-test endpoint",
+    "keep-champion": "Keep champion",
+}
+
+
 def step(task, *, cache: bool = True, s3: bool = True):
     """Wire a task to the cluster's storage and MLflow settings; `cache=False` for steps with
     side effects or changing inputs (a re-ingest must see new objects under the same source
     URI); `s3=False` for steps that never touch object storage themselves (KFP's launcher moves
     their artifacts with its own credentials; MLflow proxies its artifacts): no S3 keys."""
+    task.set_display_name(STEP_NAMES.get(task.component_spec.name, task.component_spec.name))
     if s3:
         kubernetes.use_secret_as_env(task, S3_SECRET, {k: k for k in SECRET_KEYS})
     kubernetes.use_secret_as_env(task, MLFLOW_CREDENTIALS, {k: k for k in MLFLOW_SECRET_KEYS})

@@ -67,13 +67,15 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                                  shuffle=True, seed=cfg.seed, drop_last=True)
     autocast = precision.autocast()
     meter = make_meter(vae, images, precision, threads, dist)
-    track = tracking.start_run(run_name, experiment=cfg.experiment, require=cfg.require_tracking,
+    track = tracking.start_run(tracking.training_run_name(run_name, cfg.objective.beta, cfg.model.latent_dim),
+                               experiment=cfg.experiment, require=cfg.require_tracking,
                                enabled=cfg.tracking, tags={"kubevae.step": "train"}) if dist.is_main \
         else contextlib.nullcontext(tracking.DISABLED)
 
     with track as tracker:
         tracker.log_params({**flat_params(cfg), "world_size": dist.world_size, **data.source,
                             **hardware_params(precision, meter, threads)})
+        tracker.log_data_inputs(cfg.data, ("train", "val"))
         val_metrics: dict[str, Any] = {}
         for epoch in range(step // plan.steps_per_epoch, cfg.epochs):
             if step >= plan.total_steps:
