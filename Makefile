@@ -10,7 +10,7 @@ IMAGE ?= ghcr.io/kubevae/kubevae:$(VERSION)
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
 
-.PHONY: install lint run test bench compile manifests image image-cuda push clean
+.PHONY: install browser lint run test bench compile manifests image image-cuda push clean
 
 install: $(STAMP)
 
@@ -34,8 +34,22 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest -q
+
+# Headless Chromium and its driver for the browser tests (tests/test_browser.py), from Debian's
+# packages. Only `make test` needs them; nothing happens when both are installed already. CI runs
+# as root; elsewhere sudo is used. Where neither works the browser tests are skipped (in CI,
+# where CI is set, they fail instead).
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+	  echo "browser tests: $$(chromium --version 2>/dev/null), $$(chromedriver --version | cut -d' ' -f1-2)"; \
+	else \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	      --no-install-recommends chromium chromium-driver; } || \
+	  { [ -z "$$CI" ] && echo "could not install chromium: the browser tests will be skipped"; }; \
+	fi
 
 bench: install
 	$(BIN)/python benchmarks/train_throughput.py
