@@ -63,14 +63,14 @@ class KubevaeDatasetSource(DatasetSource):
         return isinstance(raw_source, str) and raw_source.startswith(("builtin://", "minio://"))
 
     @classmethod
-    def _resolve(cls, raw_source: Any) -> "KubevaeDatasetSource":
+    def _resolve(cls, raw_source: Any) -> KubevaeDatasetSource:
         return cls(str(raw_source))
 
     def to_dict(self) -> dict[str, Any]:
         return {"uri": self._uri}
 
     @classmethod
-    def from_dict(cls, source_dict: dict[str, Any]) -> "KubevaeDatasetSource":
+    def from_dict(cls, source_dict: dict[str, Any]) -> KubevaeDatasetSource:
         return cls(source_dict["uri"])
 
 
@@ -133,7 +133,7 @@ def from_folder(path: str | Path, *, source_uri: str | None = None,
         "num_items": info.get("num_items"), "image_shape": info.get("image_shape"),
         "content_sha256": sha, **_card_profile(card, full_card), **(extra_profile or {})}
     if info.get("factor_names"):
-        profile["factors"] = dict(zip(info["factor_names"], info.get("factor_sizes") or []))
+        profile["factors"] = dict(zip(info["factor_names"], info.get("factor_sizes") or [], strict=False))
     source = source_uri or (card.get("source") if "split" not in card else None) or str(path.resolve())
     return ImageFolderDataset(source_for(source), name=str(card.get("name") or path.name),
                               digest=sha[:DIGEST_CHARS], schema=_schema(info), profile=profile)

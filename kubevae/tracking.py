@@ -20,11 +20,11 @@ import os
 import sys
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
-
 
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
@@ -47,12 +47,18 @@ def tracking_uri() -> str:
     return f"sqlite:///{path}"
 
 
+# MLflow 3.17's UI opens every experiment in the view its GenAI / Model training switch is on
+# (GenAI in a fresh browser) unless the link says which: the training view is this query.
+TRAINING_VIEW_QUERY = "?workflowType=machine_learning"
+
+
 def ui_command() -> str:
     uri = tracking_uri()
     if uri.startswith("sqlite:"):
         mlflow_bin = Path(sys.executable).parent / "mlflow"  # the venv's, not one on PATH
-        return f"{mlflow_bin} ui --backend-store-uri {uri}"
-    return f"open {uri}"
+        return (f"{mlflow_bin} ui --backend-store-uri {uri}, then open "
+                f"http://127.0.0.1:5000/#/experiments{TRAINING_VIEW_QUERY}")
+    return f"open {uri.rstrip('/')}/#/experiments{TRAINING_VIEW_QUERY}"
 
 
 def check_reachable(uri: str, timeout: float = 3.0) -> None:
@@ -198,8 +204,12 @@ def _open_run(mlflow: Any, run_name: str, experiment: str, tags: dict[str, Any])
 def source_tags(step: str, in_pipeline: bool) -> dict[str, str]:
     """The mlflow.source.* tags: which kubevae entry point ran, how, and from which commit.
     (MLflow's own guess names the KFP executor or __main__.py, and finds no commit in an image.)"""
-    from mlflow.utils.mlflow_tags import (MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME,
-                                          MLFLOW_SOURCE_TYPE)
+    from mlflow.utils.mlflow_tags import (
+        MLFLOW_GIT_BRANCH,
+        MLFLOW_GIT_COMMIT,
+        MLFLOW_SOURCE_NAME,
+        MLFLOW_SOURCE_TYPE,
+    )
 
     tags = {MLFLOW_SOURCE_NAME: f"kubevae {step}",
             MLFLOW_SOURCE_TYPE: "JOB" if in_pipeline or os.environ.get("KFP_POD_NAME") else "LOCAL"}

@@ -77,6 +77,8 @@ def _run(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:
         if not new:
             raise RuntimeError(f"{root}: kfp.local wrote no run folder")
         summary = summarize(new[-1], start)
+        # The runs table shows the pipeline row collapsed: its Dataset column names the splits.
+        parent.log_data_inputs(new[-1] / "split" / "splits", ("train", "val", "test"))
         parent.log_dict(summary, "summary.json")
     summary["mlflow_ui"] = tracking.ui_command()
     summary["mlflow_store"] = tracking.tracking_uri()

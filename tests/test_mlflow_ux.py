@@ -16,7 +16,7 @@ from kubevae.config import ModelConfig, ObjectiveConfig
 from kubevae.data.dataset import write_dataset
 from kubevae.ingest import ingest
 from kubevae.model import VAE, save_model
-from kubevae.registry import CHAMPION, CHALLENGER, gate
+from kubevae.registry import CHALLENGER, CHAMPION, gate
 from kubevae.split import split
 from kubevae.storage import read_json
 from kubevae.version_notes import describe_version
