@@ -9,7 +9,19 @@ def cleanup(backend: str, namespace: str, run_id: str, model_name: str,
             status: dsl.PipelineTaskFinalStatus, report: Output[Markdown]) -> str:
     """The exit handler: runs when the run ends, whether it succeeded or not. On a cluster it
     deletes this run's Katib Experiments, TrainJobs and PyTorchJobs that still run and rolls
-    back a canary the run left half-rolled; locally nothing outlives a step. Records both."""
+    back a canary the run left half-rolled; locally nothing outlives a step. Records both.
+
+    Args:
+        backend: kubernetes or local; only a cluster has anything to clean up.
+        namespace: Namespace the run created its resources in; empty = the run's namespace.
+        run_id: The KFP run whose resources (labelled with it) are cleaned up.
+        model_name: The InferenceService whose half-rolled canary is rolled back.
+        status: How the run ended (KFP fills it in).
+
+    Returns:
+        report: What was deleted or rolled back, and how the run ended.
+        Output: The same actions, one per line.
+    """
     from pathlib import Path
 
     if backend == "kubernetes":

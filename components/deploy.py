@@ -17,6 +17,8 @@ def deploy(model: Input[Model], model_name: str, backend: str, namespace: str, i
         namespace: Namespace of the InferenceService; empty = the run's namespace.
         image: The predictor image.
         canary_percent: Traffic share of the new model when an InferenceService is updated.
+        deployment_mode: KServe deployment mode: Knative, Standard or Standard-direct.
+        run_id: The KFP run; labels what the step creates so that the exit handler finds it.
 
     Returns:
         inference_service: The InferenceService YAML that was (or would be) applied.

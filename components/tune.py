@@ -31,6 +31,8 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         namespace: Namespace of the Katib Experiment; empty = the run's namespace.
         image: The image the trials run.
         seed: Seed of the search and of every trial.
+        training_api: On a cluster: trainer (TrainJob trials) or pytorchjob.
+        run_id: The KFP run; labels what the step creates so that the exit handler finds it.
 
     Returns:
         best_params: JSON: the best parameters, the objective's best value and every trial.

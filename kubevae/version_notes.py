@@ -27,6 +27,11 @@ def describe_version(decision, model_dir: str | Path, data_dir: str | Path, trac
     Warns and goes on (like all tracking) if the registry refuses."""
     if not tracker.enabled:
         return None
+    return tracker.call("describe model version", _describe, decision, model_dir, data_dir,
+                        tracker, training_api)
+
+
+def _describe(decision, model_dir, data_dir, tracker, training_api: str | None) -> str:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()

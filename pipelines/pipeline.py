@@ -182,7 +182,7 @@ STEP_NAMES = {
     "tune": "Tune beta and latent size", "train": "Train final model",
     "evaluate": "Evaluate on test split", "gate": "Gate against champion",
     "deploy": "Deploy to KServe", "smoke-test": "Smoke-test endpoint",
-    "keep-champion": "Keep champion",
+    "keep-champion": "Keep champion", "cleanup": "Clean up after the run",
 }
 
 
