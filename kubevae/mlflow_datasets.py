@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,7 @@ class KubevaeDatasetSource(DatasetSource):
         return cls(source_dict["uri"])
 
 
-register_dataset_source(KubevaeDatasetSource)
+register_dataset_source(KubevaeDatasetSource)  # type: ignore[arg-type]  # MLflow registers classes
 
 
 class ImageFolderDataset(MlflowDataset):
@@ -163,7 +164,7 @@ def leakage_verdict(split_dir: str | Path) -> dict[str, Any]:
             "cross_split": report.get("cross_split", {})}
 
 
-def log_datasets(tracker, datasets: dict[str, tuple[MlflowDataset, str]]) -> None:
+def log_datasets(tracker, datasets: Mapping[str, tuple[MlflowDataset, str]]) -> None:
     """Log {key: (dataset, context)} as inputs of the tracker's run (no-op when tracking is off)."""
     if not tracker.enabled or not datasets:
         return
@@ -225,5 +226,7 @@ def _schema(info: dict[str, Any]) -> TensorDatasetSchema | None:
         return None
     features = Schema([TensorSpec(np.dtype(np.uint8), (-1, *shape), "image")])
     factors = info.get("factor_names") or []
-    targets = Schema([TensorSpec(np.dtype(np.int64), (-1, len(factors)), "factors")]) if factors else None
-    return TensorDatasetSchema(features=features, targets=targets)
+    if not factors:
+        return TensorDatasetSchema(features=features)
+    return TensorDatasetSchema(features=features, targets=Schema(
+        [TensorSpec(np.dtype(np.int64), (-1, len(factors)), "factors")]))
