@@ -13,7 +13,7 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
     Args:
         model: The trained model folder.
         splits: The split folder; evaluation reads test/ only.
-        best_params: The tuning study's JSON (its trials feed the report's tuning plot).
+        best_params: The tuning study (TuneResult JSON; its trials feed the report's tuning plots).
         iwae_k: Importance samples for the IWAE bound.
         metric_protocol: Disentanglement metric settings: disentanglement_lib or fast.
         seed: Seed of every sampled quantity.
@@ -25,20 +25,20 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
             traversals, training curves and the tuning plot.
         evaluation: The evaluation folder: metrics.json, the pictures and report.html.
     """
-    import json
     import shutil
     from pathlib import Path
 
+    from components.backends.base import TuneResult
     from kubevae import tracking
     from kubevae.evaluation.full import evaluate_model
     from kubevae.hardware import pick_device
     from kubevae.evaluation.report import scalar_metrics
 
-    study = json.loads(Path(best_params.path).read_text())
+    study = TuneResult.read(best_params.path)
     out = Path(evaluation.path)
     with tracking.start_run("evaluate", tags={"kubevae.step": "evaluate"}) as tracker:
         results = evaluate_model(model.path, splits.path, out, split="test", iwae_k=iwae_k,
-                                 seed=seed, tuning_results=study.get("trials"), tracker=tracker,
+                                 seed=seed, tuning_results=study.to_dict(), tracker=tracker,
                                  protocol=metric_protocol,
                                  device=str(pick_device("auto")))
         tracker.log_data_inputs(splits.path, ("test",), uri=splits.uri)

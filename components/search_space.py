@@ -1,11 +1,13 @@
 """One search space for both tuners: Katib on a cluster, an Optuna study locally.
 
 A `SearchSpace` is a list of `Parameter`s. It turns into Katib ParameterSpecs (`to_katib`),
-into Optuna suggestions (`suggest`), and its values into `kubevae train` flags (`train_args`),
-so the two backends search the same space and launch trials the same way.
+into Optuna suggestions (`suggest`), and its values into `kubevae train` flags (`train_args`,
+through the trainer's own builder kubevae.training.command.train_argv), so the two backends
+search the same space and launch trials the same way.
 
-beta is searched log-uniformly: its effect on the posterior is multiplicative, so the range
-0.5..16 should get as many trials below 4 as above it.
+beta is searched log-uniformly over [1, 16] by default, the range of disentanglement_lib's
+beta-VAE grid {1, 2, 4, 6, 8, 16} (Locatello et al. 2019) with summed losses: its effect on the
+posterior is multiplicative, so the range should get as many trials below 4 as above it.
 """
 
 from __future__ import annotations
@@ -16,15 +18,9 @@ from typing import Any, Iterable, Mapping
 
 KINDS = ("double", "int", "categorical")
 
-# Search-space names -> `kubevae train` flags. One table, used by both backends.
-TRAIN_FLAGS = {
-    "beta": "--beta",
-    "latent_dim": "--latent-dim",
-    "lr": "--lr",
-    "capacity_max": "--capacity-max",
-    "gamma": "--gamma",
-    "epochs": "--epochs",  # the resource Katib's hyperband varies
-}
+# The `kubevae train` options a search may vary (their dest names; train_argv spells the flags).
+# `steps` is the resource Katib's hyperband varies.
+SEARCHABLE = ("beta", "latent_dim", "lr", "capacity_max", "gamma", "steps")
 
 
 @dataclass(frozen=True)
@@ -38,9 +34,9 @@ class Parameter:
 
     def __post_init__(self) -> None:
         where = f"search space parameter {self.name!r}"
-        if self.name not in TRAIN_FLAGS:
-            raise ValueError(f"{where}: name must be one of {sorted(TRAIN_FLAGS)} "
-                             f"(the `kubevae train` flags it can set)")
+        if self.name not in SEARCHABLE:
+            raise ValueError(f"{where}: name must be one of {sorted(SEARCHABLE)} "
+                             f"(the `kubevae train` options it can set)")
         if self.kind not in KINDS:
             raise ValueError(f"{where}: kind must be one of {KINDS}, got {self.kind!r}")
         if self.kind == "categorical":
@@ -163,39 +159,33 @@ class SearchSpace:
 
 def train_args(values: Mapping[str, Any]) -> list[str]:
     """`kubevae train` flags for {search-space name: value}; unknown names are an error."""
-    unknown = [n for n in values if n not in TRAIN_FLAGS]
+    from kubevae.training.command import train_argv
+
+    unknown = [n for n in values if n not in SEARCHABLE]
     if unknown:
-        raise ValueError(f"train args: unknown parameter(s) {unknown}; known: {sorted(TRAIN_FLAGS)}")
-    args: list[str] = []
-    for name, value in values.items():
-        args += [TRAIN_FLAGS[name], _flag_value(value)]
-    return args
+        raise ValueError(f"train args: unknown parameter(s) {unknown}; known: {sorted(SEARCHABLE)}")
+    if any(isinstance(v, bool) for v in values.values()):
+        raise ValueError(f"train args: boolean values have no flag form, got {dict(values)}")
+    return train_argv(dict(values))
 
 
-def default_search_space(beta_min: float = 0.5, beta_max: float = 16.0,
+def default_search_space(beta_min: float = 1.0, beta_max: float = 16.0,
                          latent_dims: Iterable[int] = (4, 6, 10), tune_lr: bool = False,
                          tune_capacity: bool = False) -> SearchSpace:
-    """beta log-uniform, latent size categorical; optionally the learning rate (log-uniform)
-    and the capacity objective's C_max and gamma."""
+    """beta log-uniform, latent size categorical; optionally the learning rate (log-uniform over
+    Adam's literature range 1e-4..5e-4: disentanglement_lib to 1Konny / YannDubs) and the
+    capacity objective's C_max (5..30 nats, the public configs' range) and gamma."""
     dims = tuple(int(d) for d in latent_dims)
     if not dims or any(d < 1 for d in dims):
         raise ValueError(f"latent_dims: expected positive sizes, got {list(latent_dims)}")
     params = [Parameter("beta", "double", beta_min, beta_max, log=True),
               Parameter("latent_dim", "categorical", values=tuple(sorted(set(dims))))]
     if tune_lr:
-        params.append(Parameter("lr", "double", 1e-4, 3e-3, log=True))
+        params.append(Parameter("lr", "double", 1e-4, 5e-4, log=True))
     if tune_capacity:
-        params += [Parameter("capacity_max", "double", 5.0, 50.0),
+        params += [Parameter("capacity_max", "double", 5.0, 30.0),
                    Parameter("gamma", "double", 100.0, 1000.0, log=True)]
     return SearchSpace(tuple(params))
-
-
-def _flag_value(value: Any) -> str:
-    if isinstance(value, bool):
-        raise ValueError(f"train args: boolean values have no flag form, got {value!r}")
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 def _typed(p: Parameter, text: str) -> Any:

@@ -4,7 +4,7 @@ from components.base import component
 
 
 @component
-def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, epochs: int,
+def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, train_steps: int,
           batch_size: int, workers: int, gpus_per_worker: int, namespace: str, image: str,
           seed: int, training_api: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
     """Train the final model with the best parameters: a TrainJob (or PyTorchJob), or torchrun
@@ -12,9 +12,9 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ep
 
     Args:
         splits: The split folder; training reads train/ and validates on val/.
-        best_params: The tuning study's JSON; its best_params set beta, latent size, ...
+        best_params: The tuning study (TuneResult JSON); its best_params set beta, latent size, ...
         backend: kubernetes (a TrainJob or PyTorchJob) or local (torchrun).
-        epochs: Epochs of the final training run.
+        train_steps: Optimizer steps of the final training run.
         batch_size: Global batch size, split over all training processes.
         workers: Training processes: the job's nodes, or torchrun processes locally.
         gpus_per_worker: GPUs per training process; 0 trains on CPUs.
@@ -29,22 +29,19 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ep
             settings) and metrics.json (the training history).
         metrics: The last epoch's training and validation metrics (val_neg_elbo, ...).
     """
-    import json
-    from pathlib import Path
-
     from components.backends import get_backend
-    from components.backends.base import ClusterSettings, TrainRequest
+    from components.backends.base import ClusterSettings, TrainRequest, TuneResult
 
-    params = json.loads(Path(best_params.path).read_text())["best_params"]
-    launcher = get_backend(backend)
-    result = launcher.train(TrainRequest(
-        name="train", data_dir=splits.path, data_uri=splits.uri, params=params,
-        out_dir=model.path, out_uri=model.uri, epochs=epochs, batch_size=batch_size,
+    study = TuneResult.read(best_params.path)
+    result = get_backend(backend).train(TrainRequest(
+        name="train", data_dir=splits.path, data_uri=splits.uri, params=study.best_params,
+        out_dir=model.path, out_uri=model.uri, steps=train_steps, batch_size=batch_size,
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
         cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,
                                 run_id=run_id)))
-    model.metadata.update({k: v for k, v in params.items()})
+    model.metadata.update(dict(study.best_params))
     model.metadata["framework"] = "pytorch"
+    model.metadata["objective_metric"] = study.objective_metric
     model.metadata["training_api"] = "torchrun" if backend == "local" else training_api
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)):

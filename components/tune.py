@@ -6,17 +6,18 @@ from components.base import component
 @component
 def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric: str,
          beta_min: float, beta_max: float, latent_dims: list, tune_lr: bool,
-         max_trials: int, parallel_trials: int, max_failed_trials: int, trial_epochs: int,
-         batch_size: int, trial_workers: int, gpus_per_worker: int, namespace: str, image: str,
-         seed: int, training_api: str, run_id: str, best_params: Output[Artifact], metrics: Output[Metrics],
-         study_plot: Output[HTML]):
+         max_trials: int, parallel_trials: int, max_failed_trials: int, trial_steps: int,
+         udr_seeds: int, batch_size: int, trial_workers: int, gpus_per_worker: int,
+         namespace: str, image: str, seed: int, training_api: str, run_id: str,
+         best_params: Output[Artifact], metrics: Output[Metrics], study_plot: Output[HTML]):
     """Search beta and latent size: Katib on a cluster, an Optuna study locally.
 
     Args:
         splits: The split folder; trials train on train/ and are judged on val/.
         backend: kubernetes (a Katib Experiment) or local (an Optuna study).
         algorithm: Search algorithm: tpe, random, grid, bayesianoptimization or hyperband.
-        objective_metric: The validation metric every trial is judged by, minimized.
+        objective_metric: The validation objective, with its own direction (auto: val_mig
+            when the data has factor columns, else udr).
         beta_min: Smallest beta of the log-uniform search range.
         beta_max: Largest beta of the log-uniform search range.
         latent_dims: Latent sizes to search (categorical).
@@ -24,7 +25,8 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         max_trials: Trials in all.
         parallel_trials: Trials at the same time.
         max_failed_trials: The search stops after this many failed trials.
-        trial_epochs: Epochs per trial.
+        trial_steps: Optimizer steps per trial (hyperband's resource).
+        udr_seeds: Seeds per trial when the objective is udr.
         batch_size: Global batch size of each trial.
         trial_workers: Training processes per trial.
         gpus_per_worker: GPUs per training process; 0 trains on CPUs.
@@ -35,22 +37,23 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         run_id: The KFP run; labels what the step creates so that the exit handler finds it.
 
     Returns:
-        best_params: JSON: the best parameters, the objective's best value and every trial.
+        best_params: The study (components.backends.base.TuneResult as JSON): the objective
+            and its direction, the chosen trial, the best parameters and every trial.
         metrics: The best objective value (best_<objective>) and the best parameters
             (best_beta, best_latent_dim, ...).
-        study_plot: The study as a page: the objective over beta x latent size, every trial.
+        study_plot: The study as a page: the objective over beta x latent size, the objective
+            against the negative ELBO, every trial.
     """
-    import json
     import os
-    from dataclasses import asdict
     from pathlib import Path
 
     from components.backends import get_backend
     from components.backends.base import ClusterSettings, TuneRequest
     from components.search_space import default_search_space
-    from components.study import study_report
+    from components.study import resolve_objective, study_report
     from kubevae import tracking
 
+    objective_metric = resolve_objective(objective_metric, splits.path)
     space = default_search_space(beta_min, beta_max, [int(d) for d in latent_dims], tune_lr=tune_lr)
     work = Path(best_params.path).parent / "trials"
     with tracking.start_run("tune", tags={"kubevae.step": "tune"}) as tracker:
@@ -60,23 +63,20 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
             name="kubevae-tune", data_dir=splits.path, data_uri=splits.uri, search_space=space,
             work_dir=str(work), algorithm=algorithm, objective_metric=objective_metric,
             max_trials=max_trials, parallel_trials=parallel_trials,
-            max_failed_trials=max_failed_trials, trial_epochs=trial_epochs, batch_size=batch_size,
-            trial_workers=trial_workers, gpus_per_worker=gpus_per_worker, seed=seed,
-            cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,
-                                    run_id=run_id)))
-        summary = {"best_params": result.best_params, "best_value": result.best_value,
-                   "objective_metric": objective_metric,
-                   "trials": [asdict(t) for t in result.trials]}
+            max_failed_trials=max_failed_trials, trial_steps=trial_steps, udr_seeds=udr_seeds,
+            batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
+            seed=seed, cluster=ClusterSettings(namespace=namespace, image=image,
+                                               training_api=training_api, run_id=run_id)))
         tracker.log_params({f"best.{k}": v for k, v in result.best_params.items()})
         tracker.log_metrics({"best_" + objective_metric: result.best_value,
                              "trials": len(result.trials)})
-        tracker.log_dict(summary, "study.json")
-        html = study_report(summary)
+        tracker.log_dict(result.to_dict(), "study.json")
+        html = study_report(result)
         tracker.log_text(html, "study.html")
         tracker.rename(f"tune · {len(result.trials)} trials · best "
                        + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in result.best_params.items()))
-    Path(best_params.path).write_text(json.dumps(summary, indent=2))
+    result.write(best_params.path)
     Path(study_plot.path).write_text(html)
     metrics.log_metric("best_" + objective_metric, result.best_value)
     for name, value in result.best_params.items():

@@ -70,14 +70,25 @@ class ModelConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """The training objective; see kubevae.objectives for the formulas."""
+    """The training objective; see kubevae.objectives for the formulas.
+
+    Defaults and their sources (losses SUMMED over pixels and latents, as all of these):
+    - beta = 4: Higgins et al. 2017 and YannDubs/disentangling-vae `hyperparam.ini` ("beta as
+      in paper"); the pipeline searches beta log-uniformly over [1, 16], the range of
+      disentanglement_lib's beta-VAE grid {1, 2, 4, 6, 8, 16} (Locatello et al. 2019).
+    - capacity (Burgess et al. 2018, AnnealedVAE in disentanglement_lib `vae.py`):
+      gamma = 1000 and C_max = 25 nats (disentanglement_lib; Burgess / YannDubs use 25, public
+      configs 5-30); C reaches C_max after `capacity_steps`. disentanglement_lib reaches it at
+      step 100,000 of 300,000, so the default (None) is a third of the run's steps: a short run
+      still completes the schedule instead of stopping halfway up it.
+    """
 
     kind: ObjectiveKind = "beta"
     beta: float = 4.0
     # Capacity control (Burgess et al. 2018): gamma * |KL - C(t)|, C rising linearly to capacity_max.
     gamma: float = 1000.0
     capacity_max: float = 25.0
-    capacity_steps: int = 100_000
+    capacity_steps: int | None = None  # None: a third of the run (kubevae.training.loop)
     # Linear KL warm-up over this many steps (0 = off); applies to both objectives.
     warmup_steps: int = 0
 
@@ -86,14 +97,21 @@ class ObjectiveConfig:
         _require(self.beta >= 0, "beta", "a number >= 0", self.beta)
         _require(self.gamma >= 0, "gamma", "a number >= 0", self.gamma)
         _require(self.capacity_max >= 0, "capacity_max", "a number >= 0", self.capacity_max)
-        _require(self.capacity_steps >= 1, "capacity_steps", "a positive integer", self.capacity_steps)
+        _require(self.capacity_steps is None or self.capacity_steps >= 1, "capacity_steps",
+                 "a positive integer (or None: a third of the run)", self.capacity_steps)
         _require(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0", self.warmup_steps)
 
 
 @dataclass
 class TrainConfig:
     """One training run. `batch_size` is the global batch, split evenly over the processes,
-    so that a run gives the same result on one process or on several."""
+    so that a run gives the same result on one process or on several.
+
+    Budget: `steps` optimizer steps when set (it wins over `epochs`, which then only says how
+    often validation runs: once per pass over the data); otherwise `epochs` full passes.
+    lr = 5e-4: Adam as in 1Konny/Beta-VAE and YannDubs/disentangling-vae (disentanglement_lib
+    uses 1e-4 over 300,000 steps; the short budgets here need the larger end of 1e-4..5e-4).
+    """
 
     data: str | None = None
     dataset: str | None = None
@@ -104,9 +122,9 @@ class TrainConfig:
     keep_checkpoints: int = 3
     resume: str | None = None
     epochs: int = 10
-    max_steps: int | None = None
+    steps: int | None = None
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 5e-4
     weight_decay: float = 0.0
     warmup_lr_steps: int = 100
     seed: int = 0
@@ -116,6 +134,10 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     iwae_k: int = 0
+    # The search objective computed on the validation split every epoch (None: bounds only),
+    # and the seeds a `udr` trial trains (kubevae.training.selection).
+    objective_metric: str | None = None
+    udr_seeds: int = 3
     eval_batches: int | None = None
     tracking: bool = True
     require_tracking: bool = False
@@ -125,6 +147,9 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "a positive integer", self.epochs)
+        _require(self.steps is None or self.steps >= 1, "steps", "a positive integer", self.steps)
+        _require(self.udr_seeds >= 2, "udr_seeds", "at least 2 seeds (UDR compares pairs)",
+                 self.udr_seeds)
         _require(self.batch_size >= 1, "batch_size", "a positive integer", self.batch_size)
         _require(self.lr > 0, "lr", "a positive number", self.lr)
         _require(self.precision in ("auto", "fp32", "bf16"), "precision", "auto, fp32 or bf16",

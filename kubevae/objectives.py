@@ -10,11 +10,13 @@ as multiplying beta by that factor.
 - beta-VAE (Higgins et al. 2017):      recon + w(t) * beta * KL
 - capacity (Burgess et al. 2018):      recon + w(t) * gamma * |KL - C(t)|,
                                        C(t) = C_max * min(1, t / capacity_steps)
+  capacity_steps defaults to a third of the run (`with_schedule`), see ObjectiveConfig.
 - w(t) = min(1, t / warmup_steps) is an optional linear KL warm-up (w = 1 when off).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -39,8 +41,18 @@ class LossTerms:
                 "kl_weight": self.kl_weight, "capacity": self.capacity}
 
 
+def with_schedule(config: ObjectiveConfig, total_steps: int) -> ObjectiveConfig:
+    """The config with its capacity schedule resolved for a run of total_steps: C reaches C_max
+    a third of the way through unless capacity_steps says otherwise."""
+    if config.capacity_steps is not None:
+        return config
+    return dataclasses.replace(config, capacity_steps=max(1, total_steps // 3))
+
+
 class Objective:
     def __init__(self, config: ObjectiveConfig):
+        if config.kind == "capacity" and config.capacity_steps is None:
+            raise ValueError("capacity_steps: unresolved; use with_schedule(config, total_steps)")
         self.config = config
 
     def warmup(self, step: int) -> float:

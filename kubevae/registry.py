@@ -1,19 +1,39 @@
 """The champion/challenger gate over the MLflow Model Registry.
 
-Protocol: the candidate and the current champion (registered model alias `champion`) are
-scored the same way on the same frozen test split: mean negative ELBO at beta = 1 in nats per
-image (lower is better), with the same seed. The candidate is registered as a new version. It
-becomes `champion` when there is no champion, or when it beats the champion by at least
-`margin` nats per image; otherwise it is marked `challenger` and the champion stays.
+The gate judges what the search optimized. Its criterion is the test-split counterpart of the
+tuning objective (kubevae.training.selection.OBJECTIVES[...].test_metric):
+
+    val_mig -> test MIG          val_factor_vae -> test FactorVAE score
+    val_dci -> test DCI disentanglement (higher is better for all three)
+    val_neg_elbo -> test negative ELBO,  val_iwae_nll -> test negative ELBO (lower is better;
+                    the IWAE bound is too costly to recompute for both models at every gate)
+    udr -> the validation UDR of the tuning study. UDR scores a setting from several seeds, so a
+           single model has no test counterpart; each version records its study's UDR as a tag
+           (kubevae.gate.udr) and the candidate's is compared with the champion's. A champion
+           without that tag (tuned another way) cannot be compared: the candidate stays a
+           challenger until a person moves the alias.
+
+Guard: the negative ELBO at beta = 1 on the test split, in nats per image, against regressions in
+reconstruction: the candidate may be worse than the champion by at most `elbo_tolerance` (a
+fraction of the champion's value; 0.05 = 5 %). Choosing beta for disentanglement costs some
+likelihood, so the guard is a tolerance, not a requirement to win.
+
+Protocol: candidate and champion (registered model alias `champion`) are scored the same way on
+the same frozen test split with the same seed and metric protocol. The candidate is registered as
+a new version; it becomes `champion` when there is no champion, or when its criterion beats the
+champion's by at least `margin` (in the criterion's units) AND the guard holds; otherwise it is
+marked `challenger` and the champion stays. The decision report records the criterion, both
+scores, the guard and the reason.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -23,7 +43,30 @@ from kubevae.evaluation.bounds import evaluate_images
 from kubevae.model import load_model
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-METRIC = "test_neg_elbo"
+GUARD_METRIC = "neg_elbo"
+TAG_PREFIX = "kubevae.gate."
+LOWER_IS_BETTER = ("neg_elbo", "iwae_nll")
+DEFAULT_ELBO_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Criterion:
+    """What the gate compares: a test metric (or the study's udr) and its direction."""
+
+    objective_metric: str  # the search objective it stands for
+    metric: str  # mig, factor_vae, dci_disentanglement, neg_elbo, udr
+    direction: str  # maximize | minimize
+    source: str  # "test split" or "tuning study (validation)"
+
+    @classmethod
+    def for_objective(cls, objective_metric: str) -> "Criterion":
+        from kubevae.training.selection import objective
+
+        spec = objective(objective_metric)
+        if spec.name == "udr":
+            return cls(spec.name, "udr", "maximize", "tuning study (validation)")
+        metric = "neg_elbo" if spec.test_metric in LOWER_IS_BETTER else spec.test_metric
+        return cls(spec.name, metric, spec.direction, "test split")
 
 
 @dataclass
@@ -31,11 +74,18 @@ class GateDecision:
     decision: str  # "promoted" or "challenger"
     model_name: str
     version: str
-    candidate: float
+    candidate: float | None  # the criterion's score
     champion: float | None
     champion_version: str | None
     margin: float
-    metric: str = METRIC
+    metric: str = GUARD_METRIC
+    direction: str = "minimize"
+    objective_metric: str = "val_neg_elbo"
+    criterion_source: str = "test split"
+    candidate_neg_elbo: float | None = None
+    champion_neg_elbo: float | None = None
+    elbo_tolerance: float = DEFAULT_ELBO_TOLERANCE
+    reason: str = ""
 
     @property
     def promoted(self) -> bool:
@@ -45,32 +95,107 @@ class GateDecision:
         return asdict(self)
 
     def markdown(self) -> str:
-        champion = "none" if self.champion is None else \
-            f"{self.champion:.3f} (version {self.champion_version})"
+        def fmt(v: float | None) -> str:
+            return "none" if v is None else f"{v:.4f}"
+
         verdict = ("**promoted**: the candidate is the new `champion`" if self.promoted else
                    "**not promoted**: the candidate is marked `challenger`; the champion stays")
+        better = "higher" if self.direction == "maximize" else "lower"
+        champion = "none" if self.champion_version is None else f"version {self.champion_version}"
         return "\n".join([
-            f"# Gate: {self.model_name}", "", verdict, "",
-            "| | value |", "|---|---|",
-            f"| metric (lower is better) | {self.metric}, nats per image |",
-            f"| candidate (version {self.version}) | {self.candidate:.3f} |",
-            f"| champion | {champion} |",
-            f"| required improvement (margin) | {self.margin:.3f} |", ""])
+            f"# Gate: {self.model_name}", "", verdict, "", f"Reason: {self.reason}", "",
+            "| | candidate (version " + self.version + ") | champion (" + champion + ") |",
+            "|---|---|---|",
+            f"| criterion: {self.metric} ({better} is better; {self.criterion_source}; "
+            f"search objective {self.objective_metric}) | {fmt(self.candidate)} | {fmt(self.champion)} |",
+            f"| guard: test neg. ELBO at beta = 1, nats per image (lower is better) | "
+            f"{fmt(self.candidate_neg_elbo)} | {fmt(self.champion_neg_elbo)} |", "",
+            f"Rule: promote when there is no champion, or when the criterion beats the champion's "
+            f"by at least {self.margin:g} and the candidate's negative ELBO is at most "
+            f"{100 * self.elbo_tolerance:g} % above the champion's.", ""])
 
 
-def score(model_dir: str | Path, test_images, seed: int = 0) -> float:
-    return float(evaluate_images(load_model(model_dir), test_images, seed=seed)["neg_elbo"])
-
-
-def test_images(data_dir: str | Path):
+# -- scores ------------------------------------------------------------------------------------
+def test_split(data_dir: str | Path):
     splits = load_splits(data_dir)
     test = splits.get("test")
     if test is None or len(test) == 0:
         raise ValueError(f"{data_dir}: the gate needs a non-empty test split (test/)")
-    return test.images
+    return test
 
 
-def champion_model_dir(client: MlflowClient, model_name: str) -> tuple[Path, str] | None:
+def test_images(data_dir: str | Path):
+    return test_split(data_dir).images
+
+
+def score(model_dir: str | Path, test_images, seed: int = 0) -> float:
+    """The guard: mean negative ELBO at beta = 1 (nats per image)."""
+    return float(evaluate_images(load_model(model_dir), test_images, seed=seed)["neg_elbo"])
+
+
+def criterion_score(metric: str, model_dir: str | Path, dataset, seed: int = 0,
+                    protocol: str = "disentanglement_lib") -> float:
+    """One model's criterion on the test split, drawn as the evaluate step draws it (the same
+    seed and protocol give the same MIG as kubevae.evaluation.full)."""
+    if metric == "neg_elbo":
+        return score(model_dir, dataset.images, seed)
+    from kubevae.evaluation.full import mean_representation
+    from kubevae.metrics import (CachedRepresentation, GroundTruthData, MetricProtocol, dci,
+                                 factor_vae_score, mig)
+
+    if not dataset.factor_names:
+        raise ValueError(f"gate: criterion {metric} needs factor columns in the test split "
+                         f"({dataset.path})")
+    p = MetricProtocol.named(protocol)
+    data = GroundTruthData.from_dataset(dataset)
+    represent = CachedRepresentation(data, mean_representation(load_model(model_dir)))
+    rng = np.random.default_rng(seed)
+    if metric == "mig":
+        idx, _ = data.sample_disjoint(p.mig_num_train, 0, rng)
+        return mig(represent(idx), data.factors[idx], p.mig_num_bins)
+    if metric == "dci_disentanglement":
+        train, test = data.sample_disjoint(p.dci_num_train, p.dci_num_test, rng)
+        return dci(represent(train), data.factors[train], represent(test), data.factors[test],
+                   importance_model=p.dci_importance, random_state=seed)["disentanglement"]
+    if metric == "factor_vae":
+        return factor_vae_score(data, represent, rng, batch_size=p.factor_vae_batch_size,
+                                num_train=p.factor_vae_num_train, num_eval=p.factor_vae_num_eval,
+                                num_variance_estimate=p.factor_vae_num_variance_estimate,
+                                prune_threshold=p.factor_vae_prune_threshold)["eval_accuracy"]
+    raise ValueError(f"gate: unknown criterion metric {metric!r}")
+
+
+Scorer = Callable[[str, Path, Any], float]  # (metric, model_dir, test dataset) -> score
+
+
+def decide(criterion: Criterion, candidate: float | None, champion: float | None,
+           candidate_elbo: float, champion_elbo: float | None, *, margin: float,
+           elbo_tolerance: float, has_champion: bool) -> tuple[bool, str]:
+    """(promoted, reason) from the scores alone (see the module docstring)."""
+    if not has_champion:
+        return True, "no champion yet"
+    if candidate is None:
+        return False, f"the candidate has no {criterion.metric} score"
+    if champion is None:
+        return False, (f"the champion has no {criterion.metric} score to compare with (it was "
+                       f"tuned for another objective); move the alias by hand to override")
+    if criterion.direction == "maximize":
+        wins, gain = candidate >= champion + margin, candidate - champion
+    else:
+        wins, gain = candidate <= champion - margin, champion - candidate
+    if not wins:
+        return False, f"{criterion.metric} improves by {gain:.4g}, less than the margin {margin:g}"
+    if criterion.metric != GUARD_METRIC and champion_elbo is not None:
+        limit = champion_elbo * (1 + elbo_tolerance)
+        if candidate_elbo > limit:
+            return False, (f"{criterion.metric} improves by {gain:.4g}, but the negative ELBO "
+                           f"{candidate_elbo:.2f} exceeds the champion's {champion_elbo:.2f} by more "
+                           f"than {100 * elbo_tolerance:g} % (limit {limit:.2f})")
+    return True, f"{criterion.metric} improves by {gain:.4g} (margin {margin:g}); guard holds"
+
+
+# -- the registry ------------------------------------------------------------------------------
+def champion_model_dir(client: MlflowClient, model_name: str) -> tuple[Path, Any] | None:
     try:
         version = client.get_model_version_by_alias(model_name, CHAMPION)
     except MlflowException:
@@ -81,37 +206,79 @@ def champion_model_dir(client: MlflowClient, model_name: str) -> tuple[Path, str
     if len(folders) != 1:
         raise FileNotFoundError(f"models:/{model_name}@{CHAMPION}: expected one model folder "
                                 f"among its artifacts, found {len(folders)}")
-    return folders[0], version.version
+    return folders[0], version
 
 
-def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin: float,
-         tracker: tracking.Tracker, seed: int = 0) -> GateDecision:
-    """Register the candidate and decide whether it replaces the champion (see module doc)."""
-    if not tracker.enabled:
-        raise tracking.TrackingUnavailable("the gate needs the MLflow Model Registry, but "
-                                           "tracking is off or unreachable")
-    if margin < 0:
-        raise ValueError(f"margin: expected a number of nats >= 0, got {margin}")
+def register(model_dir: str | Path, model_name: str) -> str:
+    """Log the model folder as a pyfunc and register it: returns the new version."""
     from kubevae import mlflow_model
     from kubevae.model import read_model_config
-
-    client = MlflowClient()
-    images = test_images(data_dir)
-    candidate = score(model_dir, images, seed)
-    found = champion_model_dir(client, model_name)
-    champion = score(found[0], images, seed) if found else None
 
     config, _, _ = read_model_config(model_dir)
     info = mlflow_model.log_pyfunc(model_dir, (config.image_size, config.image_size, config.channels),
                                    config.latent_dim)
-    version = mlflow.register_model(info.model_uri, model_name).version
-    promoted = champion is None or candidate <= champion - margin
+    return str(mlflow.register_model(info.model_uri, model_name).version)
+
+
+def tag_version(client: MlflowClient, model_name: str, version: str, tags: dict[str, Any]) -> None:
+    for key, value in tags.items():
+        if value is not None:
+            client.set_model_version_tag(model_name, version, key, str(value))
+
+
+def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin: float,
+         tracker: tracking.Tracker, seed: int = 0, objective_metric: str = "val_neg_elbo",
+         study_score: float | None = None, elbo_tolerance: float = DEFAULT_ELBO_TOLERANCE,
+         protocol: str = "disentanglement_lib", scorer: Scorer | None = None) -> GateDecision:
+    """Register the candidate and decide whether it replaces the champion (see module doc).
+
+    `study_score` is the tuning study's best value (the candidate's criterion for udr).
+    `scorer(metric, model_dir, test_dataset)` replaces criterion_score (tests)."""
+    if not tracker.enabled:
+        raise tracking.TrackingUnavailable("the gate needs the MLflow Model Registry, but "
+                                           "tracking is off or unreachable")
+    if margin < 0:
+        raise ValueError(f"margin: expected a number >= 0, got {margin}")
+    if not 0 <= elbo_tolerance:
+        raise ValueError(f"elbo_tolerance: expected a fraction >= 0, got {elbo_tolerance}")
+    criterion = Criterion.for_objective(objective_metric)
+    scorer = scorer or (lambda metric, path, data: criterion_score(metric, path, data, seed, protocol))
+    client = MlflowClient()
+    dataset = test_split(data_dir)
+
+    candidate_elbo = scorer(GUARD_METRIC, Path(model_dir), dataset)
+    candidate = study_score if criterion.metric == "udr" else (
+        candidate_elbo if criterion.metric == GUARD_METRIC else scorer(criterion.metric, Path(model_dir), dataset))
+    found = champion_model_dir(client, model_name)
+    champion = champion_elbo = None
+    if found:
+        champion_elbo = scorer(GUARD_METRIC, found[0], dataset)
+        if criterion.metric == "udr":
+            recorded = found[1].tags.get(TAG_PREFIX + "udr")
+            champion = float(recorded) if recorded is not None else None
+        elif criterion.metric == GUARD_METRIC:
+            champion = champion_elbo
+        else:
+            champion = scorer(criterion.metric, found[0], dataset)
+
+    promoted, reason = decide(criterion, candidate, champion, candidate_elbo, champion_elbo,
+                              margin=margin, elbo_tolerance=elbo_tolerance, has_champion=bool(found))
+    version = register(model_dir, model_name)
     client.set_registered_model_alias(model_name, CHAMPION if promoted else CHALLENGER, version)
-    client.set_model_version_tag(model_name, version, METRIC, f"{candidate:.6f}")
-    decision = GateDecision("promoted" if promoted else "challenger", model_name, str(version),
-                            candidate, champion, str(found[1]) if found else None, margin)
-    tracker.log_metrics({"gate_candidate": candidate, "gate_promoted": float(promoted),
-                         **({"gate_champion": champion} if champion is not None else {})})
+    tag_version(client, model_name, version, {
+        "test_neg_elbo": f"{candidate_elbo:.6f}", TAG_PREFIX + "criterion": criterion.metric,
+        TAG_PREFIX + "objective_metric": objective_metric,
+        TAG_PREFIX + criterion.metric: None if candidate is None else f"{candidate:.6f}"})
+    decision = GateDecision(
+        "promoted" if promoted else "challenger", model_name, version, candidate, champion,
+        str(found[1].version) if found else None, margin, metric=criterion.metric,
+        direction=criterion.direction, objective_metric=objective_metric,
+        criterion_source=criterion.source, candidate_neg_elbo=candidate_elbo,
+        champion_neg_elbo=champion_elbo, elbo_tolerance=elbo_tolerance, reason=reason)
+    tracker.log_metrics({k: v for k, v in {
+        "gate_candidate": candidate, "gate_champion": champion, "gate_promoted": float(promoted),
+        "gate_candidate_neg_elbo": candidate_elbo, "gate_champion_neg_elbo": champion_elbo}.items()
+        if v is not None})
     tracker.log_dict(decision.as_dict(), "gate.json")
     return decision
 

@@ -70,12 +70,20 @@ def version_facts(decision, model_dir: str | Path, data_dir: str | Path, *,
 
 def render(facts: dict[str, Any]) -> str:
     d = facts["decision"]
+    maximize = d.direction == "maximize"
     lines = [_headline(d), "", "| | |", "|---|---|",
-             f"| {d.metric} (test split, β = 1, nats per image, lower is better) | {d.candidate:.3f} |"]
-    if d.champion is not None:
-        lines += [f"| champion (version {d.champion_version}) on the same split | {d.champion:.3f} |",
-                  f"| improvement over the champion | {d.champion - d.candidate:+.3f} |"]
-    lines.append(f"| required improvement (gate margin) | {d.margin:.3f} |")
+             f"| criterion {d.metric} ({d.criterion_source}, {'higher' if maximize else 'lower'} "
+             f"is better; search objective {d.objective_metric}) | {_num(d.candidate)} |"]
+    if d.champion is not None and d.candidate is not None:
+        gain = d.candidate - d.champion if maximize else d.champion - d.candidate
+        lines += [f"| champion (version {d.champion_version}) on the same split | {d.champion:.4g} |",
+                  f"| improvement over the champion | {gain:+.4g} |"]
+    lines.append(f"| required improvement (gate margin) | {d.margin:.4g} |")
+    lines.append(f"| guard: test negative ELBO at β = 1 (nats per image), candidate / champion | "
+                 f"{_num(d.candidate_neg_elbo)} / {_num(d.champion_neg_elbo)} "
+                 f"(at most {100 * d.elbo_tolerance:g} % worse) |")
+    if d.reason:
+        lines.append(f"| reason | {d.reason} |")
     for key, value in facts["val_metrics"].items():
         lines.append(f"| {key} (validation, at the end of training) | {_num(value)} |")
     obj = facts["objective"]
@@ -111,16 +119,14 @@ def render(facts: dict[str, Any]) -> str:
 
 
 def _headline(d) -> str:
-    if d.promoted and d.champion is None:
+    if d.promoted and d.champion_version is None:
         return (f"**Promoted to `champion`**: the first version judged on this test split "
-                f"({d.metric} = {d.candidate:.3f}).")
+                f"({d.metric} = {_num(d.candidate)}).")
     if d.promoted:
-        return (f"**Promoted to `champion`**: {d.metric} {d.candidate:.3f} beats champion "
-                f"version {d.champion_version} ({d.champion:.3f}) by {d.champion - d.candidate:.3f} "
-                f"≥ margin {d.margin:.3f}.")
-    return (f"**Kept as `challenger`**: {d.metric} {d.candidate:.3f} against champion version "
-            f"{d.champion_version} ({d.champion:.3f}); promotion needs ≤ "
-            f"{d.champion - d.margin:.3f} (margin {d.margin:.3f}).")
+        return (f"**Promoted to `champion`** over version {d.champion_version}: {d.metric} "
+                f"{_num(d.candidate)} against {_num(d.champion)}; {d.reason}.")
+    return (f"**Kept as `challenger`**: {d.metric} {_num(d.candidate)} against champion version "
+            f"{d.champion_version} ({_num(d.champion)}); {d.reason}.")
 
 
 def _pipeline_run(client, run_id: str | None) -> dict[str, str] | None:

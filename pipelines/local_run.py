@@ -87,13 +87,20 @@ def _run(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 def summarize(run_root: Path, start: float) -> dict[str, Any]:
     """Read what each step wrote: best parameters, test metrics, the gate, the smoke test."""
+    from components.backends.base import TuneResult
+
     tasks = {p.name: p for p in run_root.iterdir() if p.is_dir()}
-    study = json.loads((tasks["tune"] / "best_params").read_text())
+    study = TuneResult.read(tasks["tune"] / "best_params")
     evaluation = json.loads((tasks["evaluate"] / "evaluation" / "metrics.json").read_text())
     summary: dict[str, Any] = {
         "run_root": str(run_root),
-        "best_params": study["best_params"],
-        "objective": {study["objective_metric"]: study["best_value"]},
+        "best_params": study.best_params,
+        "objective": {study.objective_metric: study.best_value},
+        "direction": study.direction,
+        "chosen_trial": study.best_trial,
+        "trials": [{"number": t.number, "state": t.state, "value": t.value, **t.params,
+                    "val_neg_elbo": t.metrics.get("val_neg_elbo")} for t in study.trials],
+        "report": str(tasks["evaluate"] / "report"),
         "test_metrics": {k: v for k, v in evaluation.items() if isinstance(v, (int, float))},
         "gate": _output(tasks["gate"]),
         "gate_report": (tasks["gate"] / "decision_report").read_text(),
@@ -125,10 +132,29 @@ def _output(task_dir: Path) -> Any:
     return output.get("parameterValues", {}).get("Output")
 
 
+def _trial_line(t: dict[str, Any], name: str, chosen: Any) -> str:
+    value = "-" if t["value"] is None else f"{t['value']:.4f}"
+    elbo = "" if t.get("val_neg_elbo") is None else f"  val_neg_elbo={t['val_neg_elbo']:.1f}"
+    beta = f"{t['beta']:.3g}" if isinstance(t.get("beta"), float) else t.get("beta")
+    mark = "  <- chosen" if t["number"] == chosen else ""
+    return (f"  trial {t['number']}: beta={beta} latent_dim={t.get('latent_dim')}  "
+            f"{name}={value} ({t['state'].lower()}){elbo}{mark}")
+
+
 def print_summary(summary: dict[str, Any]) -> None:
+    name = next(iter(summary["objective"]))
+    params = summary["best_params"]
+    test = summary["test_metrics"]
     lines = ["", "=" * 72, "kubevae pipeline: summary", "=" * 72,
-             f"best parameters : {summary['best_params']}",
-             f"objective       : {summary['objective']}",
+             f"search          : {name} ({summary.get('direction', '')}), "
+             f"{len(summary.get('trials', []))} trials",
+             *[_trial_line(t, name, summary.get("chosen_trial")) for t in summary.get("trials", [])],
+             f"chosen          : beta={params.get('beta')} latent_dim={params.get('latent_dim')} "
+             f"({name}={summary['objective'][name]:.4f})",
+             f"final model     : test MIG={test.get('mig', float('nan')):.4f} "
+             f"FactorVAE={test.get('factor_vae', float('nan')):.4f} "
+             f"PSNR={test.get('psnr', float('nan')):.2f} dB",
+             f"report          : {summary.get('report', '')}",
              "test metrics    : " + ", ".join(f"{k}={v:.4g}" for k, v in summary["test_metrics"].items()
                                               if k in ("neg_elbo", "iwae_nll", "recon", "kl", "psnr",
                                                        "active_units", "mig", "factor_vae")),

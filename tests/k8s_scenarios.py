@@ -96,7 +96,8 @@ def tune_request(tmp: Path, algorithm: str = "tpe", parallel: int = 2, api: str 
     return TuneRequest(name="kubevae-tune", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                        search_space=default_search_space(latent_dims=(4, 10)), work_dir=str(tmp / "trials"),
                        algorithm=algorithm, max_trials=3, parallel_trials=parallel, max_failed_trials=1,
-                       trial_epochs=4, cluster=replace(cluster_settings(), training_api=api))
+                       trial_steps=4, objective_metric="val_neg_elbo",
+                       cluster=replace(cluster_settings(), training_api=api))
 
 
 EXPERIMENT_NAME = f"kubevae-tune-{SUFFIX}"
@@ -163,7 +164,7 @@ SUCCEEDED = {"trainer": "Complete", "pytorchjob": "Succeeded"}
 def train_request(tmp: Path, out_uri: str = MODEL_URI, api: str = "trainer") -> TrainRequest:
     return TrainRequest(name="train", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                         params={"beta": 3.2, "latent_dim": 10}, out_dir=str(tmp / "model"),
-                        out_uri=out_uri, epochs=3, batch_size=128, workers=2, gpus_per_worker=1,
+                        out_uri=out_uri, steps=3, batch_size=128, workers=2, gpus_per_worker=1,
                         cluster=replace(cluster_settings(), training_api=api))
 
 

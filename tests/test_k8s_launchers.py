@@ -73,7 +73,9 @@ def test_tune_submits_a_valid_experiment_and_reads_back_the_optimal_trial(tmp_pa
     container = node0_container(trial)
     args = container["args"]
     assert args[args.index("--beta") + 1] == "${trialParameters.beta}"
-    assert args[args.index("--epochs") + 1] == "4"
+    assert args[args.index("--steps") + 1] == "4"
+    assert args[args.index("--objective-metric") + 1] == "val_neg_elbo"
+    assert set(spec["objective"]["additionalMetricNames"]) >= {"val_recon", "val_kl", "val_active_units"}
     env = {e["name"]: e for e in container["env"]}
     assert env["MLFLOW_PARENT_RUN_ID"]["value"] == "parent123"
     # credentials never go into a spec: the trial reads them from the MLflow Secret
@@ -139,9 +141,9 @@ def test_every_algorithm_builds_a_valid_experiment(tmp_path, algorithm, parallel
     assert experiment["spec"]["algorithm"]["algorithmName"] == algorithm
     if algorithm == "hyperband":
         names = [p["name"] for p in experiment["spec"]["parameters"]]
-        assert "epochs" in names
+        assert "steps" in names
         args = node0_container(experiment["spec"]["trialTemplate"]["trialSpec"])["args"]
-        assert args.count("--epochs") == 1 and args[args.index("--epochs") + 1] == "${trialParameters.epochs}"
+        assert args.count("--steps") == 1 and args[args.index("--steps") + 1] == "${trialParameters.steps}"
     if algorithm == "grid":
         beta = next(p for p in experiment["spec"]["parameters"] if p["name"] == "beta")
         assert beta["parameterType"] == "categorical" and len(beta["feasibleSpace"]["list"]) == 5

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from components.k8s import render
+from components.k8s import render, to_dict
 from components.k8s.katib import Tuning, build_experiment
 from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
 from components.k8s.security import Resources, pod_security_violations
@@ -255,3 +255,38 @@ def test_the_local_backend_writes_the_inferenceservice_a_cluster_would_get(tmp_p
     with pytest.raises(ValueError, match="InferenceService name"):
         write_inferenceservice(DeployRequest(model_name="Bad_Name", model_dir="", model_uri="s3://b/m",
                                              manifest_dir=""), tmp_path)
+
+
+@pytest.mark.parametrize("objective_metric", ["val_mig", "val_factor_vae", "val_dci", "udr",
+                                              "val_neg_elbo", "val_iwae_nll"])
+def test_every_objective_builds_a_valid_experiment_with_its_direction(objective_metric):
+    from components.backends.base import TuneRequest
+    from components.backends.kubernetes import KubernetesBackend
+    from kubevae.training.selection import OBJECTIVES
+
+    request = TuneRequest(name="t", data_dir="", data_uri="s3://b/splits", work_dir="",
+                          search_space=default_search_space(), objective_metric=objective_metric,
+                          parallel_trials=2, trial_steps=500)
+    experiment = to_dict(KubernetesBackend(api=None, env={}).tune_experiment(request, "ns", "t-1"))
+    assert custom_resource_errors(experiment) == [] and katib_violations(experiment) == []
+    objective = experiment["spec"]["objective"]
+    assert objective["objectiveMetricName"] == objective_metric
+    assert objective["type"] == OBJECTIVES[objective_metric].direction
+    assert {"val_neg_elbo", "val_recon", "val_kl", "val_active_units"} - {objective_metric} <= \
+        set(objective["additionalMetricNames"])
+    from k8s_checks import node0_container
+
+    args = node0_container(experiment["spec"]["trialTemplate"]["trialSpec"])["args"]
+    assert args[args.index("--objective-metric") + 1] == objective_metric
+    assert args[args.index("--steps") + 1] == "500"
+    assert ("--udr-seeds" in args) == (objective_metric == "udr")
+    # What the trial runs is exactly what the trainer's parser accepts.
+    from kubevae.training.command import parser
+
+    parsed = parser().parse_args(["1" if a.startswith("${") else a for a in args])
+    assert parsed.objective_metric == objective_metric and parsed.steps == 500
+
+
+def test_hyperband_with_udr_is_refused_before_anything_is_built():
+    with pytest.raises(ValueError, match="hyperband .* udr"):
+        Tuning.for_objective("udr", algorithm="hyperband")

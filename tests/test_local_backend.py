@@ -20,7 +20,8 @@ def synthetic(args, workers):
 def _request(tmp_path, **overrides):
     values = dict(name="t", data_dir=str(tmp_path), data_uri=str(tmp_path),
                   search_space=default_search_space(0.25, 16.0, [2, 4, 6, 8, 10]),
-                  work_dir=str(tmp_path / "trials"), max_trials=25, trial_epochs=2)
+                  work_dir=str(tmp_path / "trials"), max_trials=25, trial_steps=20,
+                  objective_metric="val_neg_elbo")
     values.update(overrides)
     return TuneRequest(**values)
 
@@ -47,7 +48,52 @@ def test_failing_trials_stop_the_study_with_a_clear_error(tmp_path):
 
 def test_unknown_algorithm_names_the_parameter(tmp_path):
     with pytest.raises(ValueError, match="algorithm: the local backend supports"):
-        LocalBackend().tune(_request(tmp_path, algorithm="hyperband"))
+        LocalBackend().tune(_request(tmp_path, algorithm="annealing"))
+
+
+def test_an_algorithm_the_objective_cannot_use_fails_before_any_trial(tmp_path):
+    with pytest.raises(ValueError, match="hyperband .* udr"):
+        LocalBackend(command=synthetic).tune(_request(tmp_path, algorithm="hyperband",
+                                                      objective_metric="udr"))
+    assert not (tmp_path / "trials").exists()
+
+
+def test_maximized_objective_is_maximized(tmp_path):
+    result = LocalBackend(command=synthetic).tune(_request(tmp_path, objective_metric="val_mig"))
+    assert result.direction == "maximize"
+    assert result.best_params["latent_dim"] == 6 and 1.2 < result.best_params["beta"] < 3.3
+    values = [t.value for t in result.trials if t.state == "COMPLETE"]
+    assert result.best_value == max(values)
+    chosen = result.chosen
+    assert chosen is not None and chosen.value == result.best_value
+    # Every trial keeps its last metric line: the bounds beside the objective.
+    assert {"val_neg_elbo", "val_recon", "val_kl", "val_active_units", "val_mig"} <= set(chosen.metrics)
+
+
+@pytest.mark.parametrize("algorithm", ["grid", "hyperband", "random", "bayesianoptimization"])
+def test_every_algorithm_runs_locally(tmp_path, algorithm):
+    space = default_search_space(1.0, 16.0, [4, 6])
+    result = LocalBackend(command=synthetic).tune(_request(
+        tmp_path, algorithm=algorithm, search_space=space, max_trials=10, trial_steps=60,
+        objective_metric="val_mig"))
+    assert result.algorithm == algorithm and result.best_params["latent_dim"] == 6
+    if algorithm == "grid":  # the grid's own values: 5 betas x 2 sizes, each tried once
+        tried = {(t.params["beta"], t.params["latent_dim"]) for t in result.trials}
+        assert len(tried) == len(result.trials) == 10
+        assert {b for b, _ in tried} == set(space.parameters[0].grid(5))
+    if algorithm == "hyperband":  # trials are stopped on their reported steps
+        assert "PRUNED" in {t.state for t in result.trials}
+
+
+def test_study_result_round_trips(tmp_path):
+    from components.backends.base import TuneResult
+
+    result = LocalBackend(command=synthetic).tune(_request(tmp_path, max_trials=3))
+    result.write(tmp_path / "study.json")
+    again = TuneResult.read(tmp_path / "study.json")
+    assert again == result
+    with pytest.raises(ValueError, match="expected a kubevae-study/1 study"):
+        TuneResult.from_dict({"best_params": {}}, source="x.json")
 
 
 def test_backend_is_chosen_in_one_place():
@@ -57,13 +103,12 @@ def test_backend_is_chosen_in_one_place():
 
 
 def test_study_report_shows_every_trial_and_the_objective_plot(tmp_path):
-    from dataclasses import asdict
-
     from components.study import study_report
 
-    result = LocalBackend(command=synthetic).tune(_request(tmp_path, max_trials=4))
-    summary = {"best_params": result.best_params, "best_value": result.best_value,
-               "objective_metric": "val_neg_elbo", "trials": [asdict(t) for t in result.trials]}
-    html = study_report(summary)
-    assert html.count("<tr>") == 1 + 4
-    assert "data:image/png;base64," in html
+    result = LocalBackend(command=synthetic).tune(_request(tmp_path, max_trials=4,
+                                                           objective_metric="val_mig"))
+    html = study_report(result)
+    assert html.count("<tr") == 1 + 4
+    # Both pictures: objective over beta x latent size, and objective against negative ELBO.
+    assert html.count("data:image/png;base64,") == 2
+    assert f"Chosen (trial {result.best_trial}" in html

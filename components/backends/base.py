@@ -7,7 +7,10 @@ components only ever see these dataclasses and `components.backends.get_backend(
 
 from __future__ import annotations
 
+import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from components.base import IMAGE
@@ -37,11 +40,14 @@ class TuneRequest:
     search_space: SearchSpace
     work_dir: str  # scratch for trial outputs
     algorithm: str = "tpe"
-    objective_metric: str = "val_neg_elbo"  # minimized; never the beta-weighted loss
+    # One of kubevae.training.selection.OBJECTIVES, each with its direction; never the
+    # beta-weighted training loss.
+    objective_metric: str = "val_mig"
     max_trials: int = 8
     parallel_trials: int = 1
     max_failed_trials: int = 2
-    trial_epochs: int = 2
+    trial_steps: int = 300  # optimizer steps per trial (hyperband's resource)
+    udr_seeds: int = 3  # seeds per trial when objective_metric is udr
     batch_size: int = 64
     trial_workers: int = 1
     gpus_per_worker: int = 0
@@ -55,13 +61,54 @@ class TrialRecord:
     params: dict[str, Any]
     value: float | None
     state: str  # COMPLETE, PRUNED, FAIL
+    # The trial's last metric line: val_neg_elbo, val_recon, val_kl, val_active_units, step, ...
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+STUDY_FORMAT = "kubevae-study/1"
 
 
 @dataclass
 class TuneResult:
+    """The study: what the tune step writes and the train and evaluate steps (and the local
+    run's summary) read back. One typed definition; `write` / `read` round-trip it as JSON."""
+
     best_params: dict[str, Any]
     best_value: float
     trials: list[TrialRecord]
+    objective_metric: str = "val_mig"
+    direction: str = "maximize"
+    best_trial: int | None = None  # the chosen trial's number
+    algorithm: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": STUDY_FORMAT, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], *, source: str = "study") -> "TuneResult":
+        if not isinstance(d, dict) or d.get("format") != STUDY_FORMAT:
+            raise ValueError(f"{source}: expected a {STUDY_FORMAT} study (written by the tune step), "
+                             f"got format {d.get('format') if isinstance(d, dict) else type(d).__name__!r}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted({"best_params", "best_value", "trials", "objective_metric"} - set(d))
+        if missing:
+            raise ValueError(f"{source}: missing field(s) {missing}")
+        values = {k: v for k, v in d.items() if k in known}
+        values["trials"] = [TrialRecord(**t) for t in d["trials"]]
+        return cls(**values)
+
+    def write(self, path: str | Path) -> None:
+        from kubevae.storage import atomic_write_text
+
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def read(cls, path: str | Path) -> "TuneResult":
+        return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
+
+    @property
+    def chosen(self) -> TrialRecord | None:
+        return next((t for t in self.trials if t.number == self.best_trial), None)
 
 
 @dataclass
@@ -72,13 +119,30 @@ class TrainRequest:
     params: dict[str, Any]  # search-space values, e.g. {"beta": 4.0, "latent_dim": 10}
     out_dir: str  # the model folder to write (the Model artifact's local path)
     out_uri: str  # the same as a URI a pod can write
-    epochs: int = 10
+    steps: int = 3000  # optimizer steps of the run
     batch_size: int = 64
     workers: int = 1
     gpus_per_worker: int = 0
     seed: int = 0
-    extra_args: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)  # more `kubevae train` options (dest: value)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
+
+
+def trial_options(request: TuneRequest) -> dict[str, Any]:
+    """The `kubevae train` options every trial of a study shares, on either backend (the
+    search-space values, data, output and run name come on top)."""
+    options: dict[str, Any] = {"steps": request.trial_steps, "batch_size": request.batch_size,
+                               "seed": request.seed, "objective_metric": request.objective_metric,
+                               "no_mlflow_model": True}
+    if request.objective_metric == "udr":
+        options["udr_seeds"] = request.udr_seeds
+    return options
+
+
+def train_options(request: TrainRequest) -> dict[str, Any]:
+    """The `kubevae train` options of the final training run, on either backend."""
+    return {"steps": request.steps, "batch_size": request.batch_size, "seed": request.seed,
+            "run_name": request.name, **request.options, **request.params}
 
 
 @dataclass

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from components.backends.base import (DeployRequest, DeployResult, TrainRequest, TrainResult,
-                                      TrialRecord, TuneRequest, TuneResult)
+                                      TrialRecord, TuneRequest, TuneResult, train_options,
+                                      trial_options)
 from components.k8s import launchers, to_dict
 from components.k8s.inferenceservice import build_inference_service, storage_uri_for
 from components.k8s.katib import Tuning, build_experiment
@@ -39,6 +40,8 @@ from components.k8s.training_apis import TrainingApi, training_api
 from components.k8s.security import Resources
 from components.search_space import Parameter
 from kubevae import objectstore
+from kubevae.training.command import train_argv
+from kubevae.training.selection import objective as search_objective
 
 # MLflow settings a step's pod may have (from KFP's MLflow integration or the ConfigMap) that
 # the training pods should share. Credentials are never copied into a resource's spec.
@@ -80,28 +83,33 @@ class KubernetesBackend:
         name = katib.create(experiment)
         katib.wait(name)
         study = katib.results(name, request.objective_metric)
-        best = request.search_space.parse(study.best_params)  # its own names: not hyperband's epochs
+        best = request.search_space.parse(study.best_params)  # its own names: not hyperband's steps
         records = [TrialRecord(number=i, params=_parse_known(request.search_space, t.params),
-                               value=t.value, state=t.state) for i, t in enumerate(study.trials)]
+                               value=t.value, state=t.state, metrics=dict(t.metrics))
+                   for i, t in enumerate(study.trials)]
         self.log(f"best trial {study.best_trial}: {best} {request.objective_metric}={study.best_value:.6g}")
-        return TuneResult(best_params=best, best_value=study.best_value, trials=records)
+        chosen = next((r.number for r, t in zip(records, study.trials) if t.name == study.best_trial), None)
+        return TuneResult(best_params=best, best_value=study.best_value, trials=records,
+                          objective_metric=request.objective_metric,
+                          direction=search_objective(request.objective_metric).direction,
+                          best_trial=chosen, algorithm=request.algorithm)
 
     def tune_experiment(self, request: TuneRequest, namespace: str | None, name: str):
         """The Katib Experiment that `tune` submits."""
         _require_object_uri("tune: data_uri", request.data_uri)
         space = request.search_space
-        tuning = Tuning(algorithm=request.algorithm, objective_metric=request.objective_metric,
-                        max_trials=request.max_trials, parallel_trials=request.parallel_trials,
-                        max_failed_trials=request.max_failed_trials, seed=request.seed)
-        fixed = ["--epochs", str(request.trial_epochs), "--batch-size", str(request.batch_size),
-                 "--seed", str(request.seed), "--no-mlflow-model"]
-        if request.objective_metric == "val_iwae_nll":
-            fixed += ["--iwae-k", "16"]
-        if tuning.algorithm == "hyperband":  # hyperband decides each trial's epochs
-            space = space.with_parameter(Parameter(tuning.hyperband_resource, "int", 1, max(2, request.trial_epochs)))
+        tuning = Tuning.for_objective(request.objective_metric, algorithm=request.algorithm,
+                                      max_trials=request.max_trials,
+                                      parallel_trials=request.parallel_trials,
+                                      max_failed_trials=request.max_failed_trials, seed=request.seed)
+        fixed = trial_options(request)
+        if tuning.algorithm == "hyperband":  # hyperband decides each trial's steps
+            fixed.pop(tuning.hyperband_resource)
+            space = space.with_parameter(Parameter(tuning.hyperband_resource, "int", 1,
+                                                   max(2, request.trial_steps)))
         api = training_api(request.cluster.training_api)
         trial = TrainingJob(
-            image=request.cluster.image, train_args=tuple(fixed), data_uri=request.data_uri,
+            image=request.cluster.image, train_args=tuple(train_argv(fixed)), data_uri=request.data_uri,
             workers=request.trial_workers, procs_per_pod=max(1, request.gpus_per_worker),
             resources=_with_gpus(self.options.trial_resources, request.gpus_per_worker),
             checkpoint_claim=self.options.checkpoint_claim, s3_secret=request.cluster.s3_secret,
@@ -124,13 +132,9 @@ class KubernetesBackend:
 
     def train_job(self, request: TrainRequest, namespace: str | None, name: str):
         """The TrainJob or PyTorchJob (request.cluster.training_api) that `train` submits."""
-        from components.search_space import train_args
-
         _require_object_uri("train: data_uri", request.data_uri)
         _require_object_uri("train: out_uri", request.out_uri)
-        args = ("--epochs", str(request.epochs), "--batch-size", str(request.batch_size),
-                "--seed", str(request.seed), "--run-name", request.name,
-                *request.extra_args, *train_args(request.params))
+        args = tuple(train_argv(train_options(request)))
         job = TrainingJob(
             image=request.cluster.image, train_args=args, data_uri=request.data_uri,
             output_uri=request.out_uri, workers=request.workers,

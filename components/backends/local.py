@@ -1,8 +1,16 @@
 """The local backend: the same `kubevae` commands the cluster runs, on this machine.
 
-- tune:   an Optuna study (TPE sampler, as Katib's default `tpe`; a median pruner that mirrors
-          Katib's `medianstop`). Each trial runs `kubevae train` as a subprocess (under torchrun
-          when trial_workers > 1) and is judged from the same stdout metric lines Katib reads.
+- tune:   an Optuna study in the objective's direction (kubevae.training.selection). The
+          algorithms map to Optuna's own pieces, as Katib's do to its suggestion services:
+              tpe                   TPESampler                      (Katib tpe)
+              random                RandomSampler                   (Katib random)
+              bayesianoptimization  GPSampler                       (Katib bayesianoptimization)
+              grid                  GridSampler over the grid        (Katib grid, same values)
+              hyperband             TPESampler + HyperbandPruner     (Katib hyperband)
+                                    over optimizer steps
+          Every algorithm but hyperband prunes with a median pruner over steps, as Katib's
+          `medianstop`. Each trial runs `kubevae train` as a subprocess (under torchrun when
+          trial_workers > 1) and is judged from the same stdout metric lines Katib reads.
 - train:  `torchrun --nproc_per_node=N -m kubevae train` (one plain process when N = 1).
 - deploy: the real KServe ModelServer (`kubevae serve`) on a free loopback port, smoke-tested
           with one V1 and one V2 request and stopped; the InferenceService YAML that would be
@@ -20,20 +28,51 @@ from typing import Any, Iterator
 import optuna
 
 from components.backends.base import (DeployRequest, DeployResult, TrainRequest, TrainResult,
-                                      TrialRecord, TuneRequest, TuneResult)
+                                      TrialRecord, TuneRequest, TuneResult, train_options,
+                                      trial_options)
+from components.search_space import SearchSpace
 from kubevae.hardware import thread_env
 from kubevae.storage import read_json
+from kubevae.training.command import train_argv
 from kubevae.training.loop import parse_metrics
+from kubevae.training.selection import objective as search_objective
 
-SAMPLERS = {
-    "tpe": lambda seed: optuna.samplers.TPESampler(seed=seed),
-    "random": lambda seed: optuna.samplers.RandomSampler(seed=seed),
-    "bayesianoptimization": lambda seed: optuna.samplers.GPSampler(seed=seed),
-}
+ALGORITHMS = ("tpe", "random", "bayesianoptimization", "grid", "hyperband")
+GRID_POINTS = 5  # values per double range in a grid search (Katib's grid gets the same)
+HYPERBAND_ETA = 3
 
 
 class TrialFailed(RuntimeError):
     pass
+
+
+def check_algorithm(algorithm: str, objective_metric: str) -> None:
+    """Refuse, before any trial, what this backend cannot run."""
+    if algorithm not in ALGORITHMS:
+        raise ValueError(f"algorithm: the local backend supports {list(ALGORITHMS)}, got {algorithm!r}")
+    if algorithm == "hyperband" and objective_metric == "udr":
+        raise ValueError("algorithm: hyperband stops trials on their per-epoch objective, but udr "
+                         "is scored once, after all seeds of a trial; use tpe, random, "
+                         "bayesianoptimization or grid with udr")
+
+
+def sampler(algorithm: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+    if algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if algorithm == "bayesianoptimization":
+        return optuna.samplers.GPSampler(seed=seed)
+    if algorithm == "grid":
+        return optuna.samplers.GridSampler({p.name: p.grid(GRID_POINTS) for p in space.parameters},
+                                           seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def pruner(algorithm: str, trial_steps: int) -> optuna.pruners.BasePruner:
+    if algorithm == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, trial_steps // 9),
+                                              max_resource=trial_steps,
+                                              reduction_factor=HYPERBAND_ETA)
+    return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
 
 class LocalBackend:
@@ -46,18 +85,18 @@ class LocalBackend:
 
     # -- tune -----------------------------------------------------------------------------
     def tune(self, request: TuneRequest) -> TuneResult:
-        if request.algorithm not in SAMPLERS:
-            raise ValueError(f"algorithm: the local backend supports {sorted(SAMPLERS)}, "
-                             f"got {request.algorithm!r} (grid and hyperband run on Katib only)")
+        check_algorithm(request.algorithm, request.objective_metric)
+        direction = search_objective(request.objective_metric).direction
         study = optuna.create_study(
-            direction="minimize", sampler=SAMPLERS[request.algorithm](request.seed),
-            pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1))
+            direction=direction, sampler=sampler(request.algorithm, request.search_space, request.seed),
+            pruner=pruner(request.algorithm, request.trial_steps))
         failures: list[str] = []
+        last_lines: dict[int, dict[str, float]] = {}
 
         def objective(trial: optuna.Trial) -> float:
             params = request.search_space.suggest(trial)
             try:
-                return self._run_trial(request, trial, params)
+                return self._run_trial(request, trial, params, last_lines)
             except TrialFailed as e:
                 failures.append(str(e))
                 if len(failures) > request.max_failed_trials:
@@ -70,27 +109,27 @@ class LocalBackend:
         if not complete:
             raise RuntimeError(f"tune: no trial completed ({len(failures)} failed): "
                                f"{failures[-1] if failures else 'no trials ran'}")
-        records = [TrialRecord(t.number, dict(t.params), t.value, t.state.name) for t in study.trials]
+        records = [TrialRecord(t.number, dict(t.params), t.value, t.state.name,
+                               last_lines.get(t.number, {})) for t in study.trials]
         best = study.best_trial
-        return TuneResult(best_params=dict(best.params),
-                          best_value=float(best.value), trials=records)
+        return TuneResult(best_params=dict(best.params), best_value=float(best.value),
+                          trials=records, objective_metric=request.objective_metric,
+                          direction=direction, best_trial=best.number, algorithm=request.algorithm)
 
-    def _run_trial(self, request: TuneRequest, trial: optuna.Trial, params: dict[str, Any]) -> float:
+    def _run_trial(self, request: TuneRequest, trial: optuna.Trial, params: dict[str, Any],
+                   last_lines: dict[int, dict[str, float]]) -> float:
         out = Path(request.work_dir) / f"trial-{trial.number:03d}"
-        args = ["--data", request.data_dir, "--out", str(out / "model"),
-                "--epochs", str(request.trial_epochs), "--batch-size", str(request.batch_size),
-                "--seed", str(request.seed), "--run-name", f"trial-{trial.number}",
-                "--no-mlflow-model", *request.search_space.train_args(params)]
-        if request.objective_metric == "val_iwae_nll":
-            args += ["--iwae-k", "16"]
+        args = train_argv(trial_options(request), data=request.data_dir, out=str(out / "model"),
+                          run_name=f"trial-{trial.number}", **params)
         value = None
         with _Process(self.command(args, request.trial_workers), out / "train.log",
                       processes=request.parallel_trials * request.trial_workers) as proc:
             for line in proc.lines():
                 metrics = parse_metrics(line) if line.startswith("epoch=") else {}
                 if request.objective_metric in metrics:
+                    last_lines[trial.number] = metrics
                     value = metrics[request.objective_metric]
-                    trial.report(value, step=int(metrics["epoch"]))
+                    trial.report(value, step=int(metrics.get("step", metrics["epoch"])))
                     if trial.should_prune():
                         proc.stop()
                         raise optuna.TrialPruned()
@@ -103,12 +142,10 @@ class LocalBackend:
 
     # -- train ----------------------------------------------------------------------------
     def train(self, request: TrainRequest) -> TrainResult:
-        args = ["--data", request.data_dir, "--out", request.out_dir,
-                "--epochs", str(request.epochs), "--batch-size", str(request.batch_size),
-                "--seed", str(request.seed), "--run-name", request.name, "--resume", "auto",
-                "--checkpoint-dir", str(Path(request.out_dir).parent / f"{Path(request.out_dir).name}.ckpt"),
-                *request.extra_args, *_flags(request.params)]
-        log = Path(request.out_dir).parent / f"{request.name}.log"
+        out = Path(request.out_dir)
+        args = train_argv(train_options(request), data=request.data_dir, out=request.out_dir,
+                          resume="auto", checkpoint_dir=str(out.parent / f"{out.name}.ckpt"))
+        log = out.parent / f"{request.name}.log"
         with _Process(self.command(args, request.workers), log, echo=True,
                       processes=request.workers) as proc:
             for _ in proc.lines():
@@ -116,7 +153,7 @@ class LocalBackend:
         if proc.returncode != 0:
             raise RuntimeError(f"train: `kubevae train` exited with {proc.returncode}; see {log}: "
                                f"{proc.tail()}")
-        return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"))
+        return TrainResult(request.out_dir, read_json(out / "metrics.json"))
 
     # -- deploy ---------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> DeployResult:
@@ -142,12 +179,6 @@ def train_command(args: list[str], workers: int) -> list[str]:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone",
                 f"--nproc_per_node={workers}", "-m", "kubevae", "train", *args]
     return [sys.executable, "-m", "kubevae", "train", *args]
-
-
-def _flags(params: dict[str, Any]) -> list[str]:
-    from components.search_space import train_args
-
-    return train_args(params)
 
 
 class _Process:

@@ -4,13 +4,17 @@ The trial template is the TrainJob of `components.k8s.trainjob` (Katib 0.19 runs
 trials: primaryContainerName `node`, node 0 as the primary pod) or the PyTorchJob of
 `components.k8s.pytorchjob`, as `components.k8s.training_apis` chooses, with the search-space
 values as `${trialParameters.NAME}` placeholders in the `kubevae train` flags. Katib's StdOut
-collector reads the per-epoch `name=value` lines (`epoch=3 ... val_neg_elbo=812.3 ...`),
-timestamped by the container's entry point; the objective is minimized and judged on its
-latest value, as the local Optuna backend does.
+collector reads the per-epoch `name=value` lines (`epoch=3 ... val_mig=0.21 ...`),
+timestamped by the container's entry point. The objective's direction (`objective.type`) comes
+from kubevae.training.selection.OBJECTIVES, the same table the local Optuna study reads, and it
+is judged on its latest value; the negative ELBO, its reconstruction and KL terms, the active
+units and the collapse flag are `additionalMetricNames`. `medianstop` reads the objective per
+epoch, as the local median pruner does.
 
-Algorithms: tpe (default), random, grid, bayesianoptimization, hyperband. Grid needs finite
-sets, so double ranges become `grid_points` values (geometric for log ranges). Hyperband varies
-a resource parameter (`epochs` by default) that must be in the search space.
+Algorithms: tpe (default), random, grid, bayesianoptimization, hyperband (the local backend runs
+each with its Optuna counterpart). Grid needs finite sets, so double ranges become
+`grid_points` values (geometric for log ranges). Hyperband varies a resource parameter
+(`steps`, optimizer steps, by default) that must be in the search space.
 """
 
 from __future__ import annotations
@@ -46,9 +50,10 @@ class Tuning:
     """How Katib searches."""
 
     algorithm: str = "tpe"
-    objective_metric: str = "val_neg_elbo"
-    objective_type: str = "minimize"
-    additional_metrics: tuple[str, ...] = ("val_recon", "val_kl", "val_psnr", "val_active_units")
+    objective_metric: str = "val_mig"
+    objective_type: str = "maximize"  # Tuning.for_objective takes it from the objective
+    additional_metrics: tuple[str, ...] = ("val_neg_elbo", "val_recon", "val_kl", "val_psnr",
+                                           "val_active_units", "collapsed", "step")
     max_trials: int = 8
     parallel_trials: int = 2
     max_failed_trials: int = 2
@@ -56,7 +61,7 @@ class Tuning:
     median_min_trials: int = 3
     median_start_step: int = 2
     grid_points: int = 5
-    hyperband_resource: str = "epochs"
+    hyperband_resource: str = "steps"
     hyperband_eta: int = 3
     seed: int | None = None
 
@@ -76,6 +81,18 @@ class Tuning:
         if self.objective_metric in self.additional_metrics:
             object.__setattr__(self, "additional_metrics",
                                tuple(m for m in self.additional_metrics if m != self.objective_metric))
+        if self.algorithm == "hyperband" and self.objective_metric == "udr":
+            raise ValueError("algorithm: hyperband stops trials on their per-epoch objective, but "
+                             "udr is scored once, after all seeds of a trial; use tpe, random, "
+                             "bayesianoptimization or grid with udr")
+
+    @classmethod
+    def for_objective(cls, objective_metric: str, **kwargs: Any) -> "Tuning":
+        """Tuning whose objective.type is the objective's own direction."""
+        from kubevae.training.selection import objective
+
+        return cls(objective_metric=objective_metric,
+                   objective_type=objective(objective_metric).direction, **kwargs)
 
 
 def trial_placeholders(space: SearchSpace) -> dict[str, str]:
@@ -162,12 +179,12 @@ def _early_stopping(tuning: Tuning) -> V1beta1EarlyStoppingSpec | None:
 
 
 def _without_resource_flag(args: tuple[str, ...], tuning: Tuning) -> tuple[str, ...]:
-    """Hyperband sets --epochs per trial; a fixed --epochs would contradict it."""
+    """Hyperband sets --steps per trial; a fixed --steps would contradict it."""
     if tuning.algorithm != "hyperband":
         return args
-    from components.search_space import TRAIN_FLAGS
+    from kubevae.training.command import flag as train_flag
 
-    flag = TRAIN_FLAGS[tuning.hyperband_resource]
+    flag = train_flag(tuning.hyperband_resource)
     out, skip = [], False
     for a in args:
         if skip:

@@ -213,6 +213,7 @@ class TrialSummary:
     value: float | None
     state: str  # COMPLETE, PRUNED, FAIL, RUNNING
     created: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)  # every observed metric's latest value
 
 
 @dataclass
@@ -299,7 +300,14 @@ class KatibLauncher:
         return TrialSummary(name=trial.metadata.name,
                             params={a.name: a.value for a in trial.spec.parameter_assignments or []},
                             value=_metric(status.observation if status else None, objective_metric),
-                            state=state, created=str(created or ""))
+                            state=state, created=str(created or ""),
+                            metrics=_metrics(status.observation if status else None))
+
+
+def _metrics(observation) -> dict[str, float]:
+    names = [m.name for m in (observation.metrics if observation else None) or []]
+    values = {name: _metric(observation, name) for name in names}
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _metric(observation, name: str) -> float | None:

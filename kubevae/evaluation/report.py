@@ -9,6 +9,8 @@ Pictures (PNG, matplotlib with the Agg backend, so no display is needed):
     kl_per_dim.png         mean KL(q(z_u|x) || N(0, 1)) per dimension, sorted, active units marked
     training_curves.png    every numeric series of the training history, against the step
     tuning_objective.png   the tuning objective over beta x latent size (only when tuning ran)
+    tuning_tradeoff.png    the objective against the validation negative ELBO for every trial,
+                           the chosen one marked: what the chosen beta costs in reconstruction
 
 report.html embeds every picture as a base64 data URI and lists every metric with its settings,
 so the one file works anywhere, including as a KFP HTML visualization (which shows a single
@@ -41,6 +43,7 @@ PICTURE_TITLES = {
     "kl_per_dim": "KL per latent dimension",
     "training_curves": "Training curves",
     "tuning_objective": "Tuning objective over beta x latent size",
+    "tuning_tradeoff": "Tuning objective against the negative ELBO, every trial (chosen one starred)",
 }
 
 
@@ -178,18 +181,28 @@ def tuning_points(tuning_results: Any) -> tuple[list[tuple[float, int, float]], 
     return points, name
 
 
+def tuning_direction(tuning_results: Any, name: str) -> str:
+    """"maximize" or "minimize": the study's own, else the named objective's, else minimize."""
+    if isinstance(tuning_results, dict) and tuning_results.get("direction") in ("maximize", "minimize"):
+        return tuning_results["direction"]
+    from kubevae.training.selection import OBJECTIVES
+
+    return OBJECTIVES[name].direction if name in OBJECTIVES else "minimize"
+
+
 def tuning_objective_png(tuning_results: Any) -> bytes | None:
     """Scatter of the objective over beta (log axis) x latent size; the best trial starred.
     None when no trial completed."""
     points, name = tuning_points(tuning_results)
     if not points:
         return None
+    maximize = tuning_direction(tuning_results, name) == "maximize"
     plt = _pyplot()
     beta, latent, value = (np.array(c) for c in zip(*points))
     fig, ax = plt.subplots(figsize=(6, 4))
-    scatter = ax.scatter(beta, latent, c=value, cmap="viridis_r", s=80)
-    fig.colorbar(scatter, label=f"{name} (lower is better)")
-    best = int(np.argmin(value))
+    scatter = ax.scatter(beta, latent, c=value, cmap="viridis" if maximize else "viridis_r", s=80)
+    fig.colorbar(scatter, label=f"{name} ({'higher' if maximize else 'lower'} is better)")
+    best = int(np.argmax(value) if maximize else np.argmin(value))
     ax.scatter([beta[best]], [latent[best]], marker="*", s=300, c="red", label=f"best: {value[best]:.4g}")
     if (beta > 0).all():
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
@@ -202,6 +215,39 @@ def tuning_objective_png(tuning_results: Any) -> bytes | None:
     ax.set_xlabel("beta")
     ax.set_ylabel("latent size")
     ax.set_title(f"{name} over beta x latent size ({len(points)} trials)")
+    ax.legend(loc="best", fontsize=8)
+    return figure_png(fig)
+
+
+def objective_vs_elbo_png(study: Any) -> bytes | None:
+    """Every trial that reported both: its objective against its validation negative ELBO
+    (beta = 1), the chosen trial starred. None when no trial has both."""
+    if not isinstance(study, dict):
+        return None
+    name = study.get("objective_metric", "objective")
+    rows = []
+    for t in study.get("trials", []):
+        elbo = (t.get("metrics") or {}).get("val_neg_elbo")
+        value = t.get("value")
+        if value is None:  # a pruned trial: its last reported objective
+            value = (t.get("metrics") or {}).get(name)
+        if elbo is not None and value is not None and math.isfinite(float(value)):
+            rows.append((float(elbo), float(value), t.get("number") == study.get("best_trial"),
+                         t.get("state", "COMPLETE")))
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+        pts = [(e, v) for e, v, _, s in rows if s == state]
+        if pts:
+            ax.scatter(*zip(*pts), marker=marker, s=60, label=state.lower())
+    chosen = [(e, v) for e, v, c, _ in rows if c]
+    if chosen:
+        ax.scatter(*zip(*chosen), marker="*", s=300, c="red", label="chosen")
+    ax.set_xlabel("validation negative ELBO at beta = 1 (nats per image, lower is better)")
+    ax.set_ylabel(f"{name} ({tuning_direction(study, name)})")
+    ax.set_title(f"{name} against negative ELBO ({len(rows)} trials)")
     ax.legend(loc="best", fontsize=8)
     return figure_png(fig)
 
@@ -221,6 +267,7 @@ def write_pictures(out_dir: str | Path, vae, images_uint8: np.ndarray, kl_per_di
         "kl_per_dim": kl_per_dim_png(kl_per_dim, active),
         "training_curves": training_curves_png(history) if history else None,
         "tuning_objective": tuning_objective_png(tuning_results) if tuning_results else None,
+        "tuning_tradeoff": objective_vs_elbo_png(tuning_results) if tuning_results else None,
     }
     vae.train(was_training)
     written = {}

@@ -29,6 +29,9 @@ class TrainingData:
     mean: list[float]
     std: list[float]
     source: dict[str, Any] = field(default_factory=dict)
+    # Ground-truth factors of the validation images (N x K), when the data has factor columns:
+    # what the search objectives val_mig, val_factor_vae and val_dci are computed from.
+    val_ground_truth: Any = None  # kubevae.metrics.GroundTruthData, or None without factors
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -57,8 +60,14 @@ def _from_folder(path: Path) -> TrainingData:
         mean, std = stats["mean"], stats["std"]
     else:
         mean, std = _stats(images)
+    ground_truth = None
+    if val is not None and len(val) and val.factor_names:
+        from kubevae.metrics import GroundTruthData
+
+        ground_truth = GroundTruthData.from_dataset(val)  # counts items with missing factors
     return TrainingData(images, torch.from_numpy(np.array(val.images)) if val else None,
-                        mean, std, {"data": str(path), "content_sha256": train.info.get("content_sha256")})
+                        mean, std, {"data": str(path), "content_sha256": train.info.get("content_sha256")},
+                        val_ground_truth=ground_truth)
 
 
 def _builtin(name: str, size: int, seed: int) -> TrainingData:
@@ -70,8 +79,16 @@ def _builtin(name: str, size: int, seed: int) -> TrainingData:
     is_val = np.array([_bucket(i) < VAL_FRACTION for i in manifest["item_id"]])
     train, val = torch.from_numpy(images[~is_val]), torch.from_numpy(images[is_val])
     mean, std = _stats(train)
+    ground_truth = None
+    if len(val):
+        from kubevae.metrics import GroundTruthData
+
+        factors = manifest[[f"factor_{n}" for n in sprites.FACTOR_NAMES]].to_numpy(np.int64)[is_val]
+        ground_truth = GroundTruthData(images[is_val], factors, factor_sizes=sprites.FACTOR_SIZES,
+                                       factor_names=sprites.FACTOR_NAMES)
     return TrainingData(train, val if len(val) else None, mean, std,
-                        {"dataset": name, "dataset_size": size, "seed": seed})
+                        {"dataset": name, "dataset_size": size, "seed": seed},
+                        val_ground_truth=ground_truth)
 
 
 def _stats(images: torch.Tensor) -> tuple[list[float], list[float]]:

@@ -26,9 +26,9 @@ from kubevae import hardware, tracking
 from kubevae.config import TrainConfig, to_dict
 from kubevae.evaluation.bounds import evaluate_images
 from kubevae.model import VAE, kl_divergence, save_model
-from kubevae.objectives import Objective
+from kubevae.objectives import Objective, with_schedule
 from kubevae.progress import progress
-from kubevae.training import checkpoint, distributed
+from kubevae.training import checkpoint, distributed, selection
 from kubevae.training.data import TrainingData, load
 from kubevae.training.throughput import Meter, train_step_flops_per_image
 
@@ -54,6 +54,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
     vae = VAE(model_config_for(cfg, data)).to(dist.device, memory_format=precision.memory_format)
     on_cuda = dist.device.type == "cuda"
     plan = StepPlan.make(cfg, len(data.train), dist.world_size)
+    cfg = dataclasses.replace(cfg, objective=with_schedule(cfg.objective, plan.total_steps))
+    score_objective = selection.validation_scorer(cfg, data)  # the search objective, if any
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_lr_steps, plan.total_steps))
     objective = Objective(cfg.objective)
@@ -77,7 +79,7 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                             **hardware_params(precision, meter, threads)})
         tracker.log_data_inputs(cfg.data, ("train", "val"))
         val_metrics: dict[str, Any] = {}
-        for epoch in range(step // plan.steps_per_epoch, cfg.epochs):
+        for epoch in range(step // plan.steps_per_epoch, plan.epochs):
             if step >= plan.total_steps:
                 break
             sampler.set_epoch(epoch)
@@ -86,7 +88,7 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             first = step - epoch * plan.steps_per_epoch
             batches = range(first, min(plan.steps_per_epoch, first + plan.total_steps - step))
             meter.start()
-            for b in progress(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(batches)):
+            for b in progress(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", total=len(batches)):
                 idx = order[b * plan.local_batch:(b + 1) * plan.local_batch]
                 x = gather_batch(images, idx, dist.device, precision.memory_format)
                 eps = step_noise(cfg.seed, step, cfg.batch_size, vae.config.latent_dim)
@@ -101,6 +103,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             train_metrics = {**reduce_means(sums, len(batches), dist),
                              **meter.rates(len(batches) * cfg.batch_size)}
             val_metrics = validate(cfg, vae, data, dist) if dist.is_main else {}
+            if dist.is_main:
+                val_metrics.update(score_objective(vae, val_metrics, dist.device))
             record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                       **train_metrics, **val_metrics}
             history.append(record)
@@ -165,7 +169,11 @@ def train_step(model, vae: VAE, objective: Objective, optimizer, x: torch.Tensor
 class StepPlan:
     local_batch: int
     steps_per_epoch: int
-    total_steps: int
+    total_steps: int  # cfg.steps when given (it wins over epochs), else epochs full passes
+
+    @property
+    def epochs(self) -> int:
+        return -(-self.total_steps // self.steps_per_epoch)
 
     @classmethod
     def make(cls, cfg: TrainConfig, num_images: int, world_size: int) -> "StepPlan":
@@ -176,9 +184,7 @@ class StepPlan:
         if steps_per_epoch == 0:
             raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {num_images} "
                              f"training images")
-        total = steps_per_epoch * cfg.epochs
-        if cfg.max_steps is not None:
-            total = min(total, cfg.max_steps)
+        total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
         return cls(cfg.batch_size // world_size, steps_per_epoch, total)
 
 
@@ -296,7 +302,8 @@ def finish(cfg: TrainConfig, vae: VAE, data: TrainingData, final: dict[str, Any]
     """Write the model folder and log what people look at: images, metrics, the model."""
     start = time.monotonic()
     extra = {"training": {**data.source, "world_size": dist.world_size, "steps": final.get("step"),
-                          "epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr": cfg.lr,
+                          "epochs": len(final.get("history", [])),
+                          "batch_size": cfg.batch_size, "lr": cfg.lr,
                           "seed": cfg.seed}}
     save_model(cfg.out, vae, cfg.objective, metrics=final, extra=extra)
     if not tracker.enabled:

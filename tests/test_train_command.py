@@ -1,0 +1,71 @@
+"""The `kubevae train` command line: one builder (train_argv) beside the parser, checked
+against it, and the budget and objective flags."""
+
+import argparse
+
+import pytest
+
+from kubevae.config import TrainConfig
+from kubevae.training.command import config_from_args, flag, options, parser, train_argv
+from kubevae.training.loop import StepPlan
+
+
+def _sample_value(action: argparse.Action):
+    if isinstance(action, argparse._StoreTrueAction):
+        return True
+    if action.choices:
+        return sorted(action.choices)[-1]
+    if action.type is int:
+        return 7
+    if action.type is float:
+        return 0.25
+    return f"value-of-{action.dest}"
+
+
+def test_builder_and_parser_agree_on_every_option():
+    acts = options()
+    values = {dest: _sample_value(a) for dest, a in acts.items() if dest != "dataset"}
+    parsed = vars(parser().parse_args(train_argv(values)))
+    for dest, value in values.items():
+        assert parsed[dest] == value, dest
+    # And every option the parser has is one the builder can write (the other source group too).
+    assert vars(parser().parse_args(train_argv(dataset="sprites")))["dataset"] == "sprites"
+
+
+def test_builder_refuses_unknown_options_and_bad_switch_values():
+    with pytest.raises(ValueError, match=r"unknown `kubevae train` option\(s\) \['epoch'\]"):
+        train_argv(data="/d", epoch=3)
+    with pytest.raises(ValueError, match="--no-tracking is a switch"):
+        train_argv(data="/d", no_tracking="yes")
+    assert train_argv(data="/d", no_tracking=False, steps=None) == ["--data", "/d"]
+
+
+def test_katib_placeholders_pass_through():
+    argv = train_argv(beta="${trialParameters.beta}", latent_dim="${trialParameters.latent_dim}")
+    assert argv == ["--beta", "${trialParameters.beta}", "--latent-dim", "${trialParameters.latent_dim}"]
+    assert flag("latent_dim") == "--latent-dim"
+
+
+def test_steps_win_over_epochs():
+    cfg = config_from_args(parser().parse_args(train_argv(data="/d", steps=250, epochs=1)))
+    plan = StepPlan.make(cfg, num_images=640, world_size=1)
+    assert (plan.steps_per_epoch, plan.total_steps, plan.epochs) == (10, 250, 25)
+    plan = StepPlan.make(TrainConfig(data="/d", epochs=3), num_images=640, world_size=1)
+    assert (plan.total_steps, plan.epochs) == (30, 3)
+
+
+def test_iwae_objective_turns_on_its_bound_in_one_place():
+    cfg = config_from_args(parser().parse_args(train_argv(data="/d", objective_metric="val_iwae_nll")))
+    assert cfg.iwae_k == 16
+    cfg = config_from_args(parser().parse_args(train_argv(data="/d", objective_metric="val_mig")))
+    assert cfg.iwae_k == 0
+
+
+def test_capacity_reaches_its_maximum_a_third_of_the_way():
+    from kubevae.config import ObjectiveConfig
+    from kubevae.objectives import Objective, with_schedule
+
+    objective = Objective(with_schedule(ObjectiveConfig(kind="capacity", capacity_max=25.0), 900))
+    assert objective.capacity(150) == pytest.approx(12.5) and objective.capacity(300) == 25.0
+    with pytest.raises(ValueError, match="capacity_steps: unresolved"):
+        Objective(ObjectiveConfig(kind="capacity"))
