@@ -274,7 +274,7 @@ def test_every_objective_builds_a_valid_experiment_with_its_direction(objective_
     assert objective["type"] == OBJECTIVES[objective_metric].direction
     assert {"val_neg_elbo", "val_recon", "val_kl", "val_active_units"} - {objective_metric} <= \
         set(objective["additionalMetricNames"])
-    from k8s_checks import node0_container
+    from test_k8s_launchers import node0_container
 
     args = node0_container(experiment["spec"]["trialTemplate"]["trialSpec"])["args"]
     assert args[args.index("--objective-metric") + 1] == objective_metric
