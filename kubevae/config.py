@@ -79,7 +79,7 @@ class ObjectiveConfig:
     - capacity (Burgess et al. 2018, AnnealedVAE in disentanglement_lib `vae.py`):
       gamma = 1000 and C_max = 25 nats (disentanglement_lib; Burgess / YannDubs use 25, public
       configs 5-30); C reaches C_max after `capacity_steps`. disentanglement_lib reaches it at
-      step 100,000 of 300,000, so the default (None) is a third of the run's steps: a short run
+      step 100,000 of 300,000, so the default (0) is a third of the run's steps: a short run
       still completes the schedule instead of stopping halfway up it.
     """
 
@@ -88,7 +88,7 @@ class ObjectiveConfig:
     # Capacity control (Burgess et al. 2018): gamma * |KL - C(t)|, C rising linearly to capacity_max.
     gamma: float = 1000.0
     capacity_max: float = 25.0
-    capacity_steps: int | None = None  # None: a third of the run (kubevae.training.loop)
+    capacity_steps: int = 0  # 0: a third of the run (kubevae.objectives.with_schedule)
     # Linear KL warm-up over this many steps (0 = off); applies to both objectives.
     warmup_steps: int = 0
 
@@ -97,8 +97,8 @@ class ObjectiveConfig:
         _require(self.beta >= 0, "beta", "a number >= 0", self.beta)
         _require(self.gamma >= 0, "gamma", "a number >= 0", self.gamma)
         _require(self.capacity_max >= 0, "capacity_max", "a number >= 0", self.capacity_max)
-        _require(self.capacity_steps is None or self.capacity_steps >= 1, "capacity_steps",
-                 "a positive integer (or None: a third of the run)", self.capacity_steps)
+        _require(self.capacity_steps >= 0, "capacity_steps",
+                 "an integer >= 0 (0: a third of the run)", self.capacity_steps)
         _require(self.warmup_steps >= 0, "warmup_steps", "an integer >= 0", self.warmup_steps)
 
 

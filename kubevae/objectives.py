@@ -44,14 +44,14 @@ class LossTerms:
 def with_schedule(config: ObjectiveConfig, total_steps: int) -> ObjectiveConfig:
     """The config with its capacity schedule resolved for a run of total_steps: C reaches C_max
     a third of the way through unless capacity_steps says otherwise."""
-    if config.capacity_steps is not None:
+    if config.capacity_steps > 0:
         return config
     return dataclasses.replace(config, capacity_steps=max(1, total_steps // 3))
 
 
 class Objective:
     def __init__(self, config: ObjectiveConfig):
-        if config.kind == "capacity" and config.capacity_steps is None:
+        if config.kind == "capacity" and config.capacity_steps < 1:
             raise ValueError("capacity_steps: unresolved; use with_schedule(config, total_steps)")
         self.config = config
 

@@ -59,7 +59,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     obj.add_argument("--gamma", type=float, default=o.gamma, help="capacity objective weight")
     obj.add_argument("--capacity-max", type=float, default=o.capacity_max, help="C_max in nats")
     obj.add_argument("--capacity-steps", type=int, default=o.capacity_steps,
-                     help="steps for C to reach C_max (default: a third of the run)")
+                     help="steps for C to reach C_max (0: a third of the run)")
     obj.add_argument("--warmup-steps", type=int, default=o.warmup_steps, help="KL warm-up steps (0 = off)")
     opt = p.add_argument_group("budget and optimization")
     opt.add_argument("--steps", type=int, default=None,
