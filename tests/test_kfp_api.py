@@ -100,7 +100,7 @@ def test_upload_creates_the_pipeline_then_adds_named_versions(kfp, capsys):
 
 
 def test_submit_creates_or_finds_the_experiment_and_runs_as_the_service_account(kfp):
-    run_id = submit.submit(kfp.url, {"epochs": 2, "latent_dims": [3, 5], "tune_lr": True},
+    run_id = submit.submit(kfp.url, {"train_steps": 2, "latent_dims": [3, 5], "tune_lr": True},
                            namespace="team-a", experiment="retraining")
     assert run_id in kfp.store.runs
     submit.submit(kfp.url, {}, namespace="team-a", experiment="retraining")
@@ -112,20 +112,20 @@ def test_submit_creates_or_finds_the_experiment_and_runs_as_the_service_account(
     run = kfp.calls("RunService_CreateRun")[0]["body"]
     assert run["service_account"] == submit.SERVICE_ACCOUNT
     assert run["experiment_id"] == next(iter(kfp.store.experiments))
-    assert run["runtime_config"]["parameters"] == {"epochs": 2, "latent_dims": [3, 5], "tune_lr": True}
+    assert run["runtime_config"]["parameters"] == {"train_steps": 2, "latent_dims": [3, 5], "tune_lr": True}
     spec = run["pipeline_spec"]["pipeline_spec"]
     assert set(spec["root"]["inputDefinitions"]["parameters"]) == set(PARAMETERS)
     assert "platform_spec" in run["pipeline_spec"]  # the Secret / ConfigMap wiring travels along
 
 
 def test_schedule_creates_a_recurring_run_one_at_a_time_without_catchup(kfp):
-    recurring_id = submit.schedule(kfp.url, "0 3 * * 1", {"epochs": 4})
+    recurring_id = submit.schedule(kfp.url, "0 3 * * 1", {"train_steps": 4})
     body = kfp.calls("RecurringRunService_CreateRecurringRun")[0]["body"]
     assert body["trigger"] == {"cron_schedule": {"cron": "0 0 3 * * 1"}}
     assert int(body["max_concurrency"]) == 1 and body["no_catchup"] is True
     assert body["mode"] == "ENABLE" and body["service_account"] == submit.SERVICE_ACCOUNT
     assert body["display_name"] == "kubevae-retrain"
-    assert body["runtime_config"]["parameters"] == {"previous_split": "champion", "epochs": 4}
+    assert body["runtime_config"]["parameters"] == {"previous_split": "champion", "train_steps": 4}
     assert "pipeline_spec" in body and "pipeline_version_reference" not in body
     assert kfp.store.recurring_runs[recurring_id]["status"] == "ENABLED"
 
@@ -151,7 +151,7 @@ def test_schedule_and_submit_can_run_an_uploaded_version(kfp):
                                                   "pipeline_version_id": first.version_id}
     assert "pipeline_spec" not in body
     # Without --version: the newest.
-    submit.submit(kfp.url, {"epochs": 1}, pipeline="kubevae")
+    submit.submit(kfp.url, {"train_steps": 1}, pipeline="kubevae")
     run = kfp.calls("RunService_CreateRun")[-1]["body"]
     assert run["pipeline_version_reference"]["pipeline_version_id"] == second.version_id
     with pytest.raises(submit.KfpError, match="no such version"):

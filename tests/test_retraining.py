@@ -25,7 +25,7 @@ MODEL = "kubevae-retrain-sim"
 FIRST, ADDED = 100, 20  # 20% more before the second run
 MONDAYS = ("2026-12-07T03:00:00Z", "2026-12-14T03:00:00Z")  # what KFP's placeholder resolves to
 BUDGET = {"backend": "local", "previous_split": "champion", "latent_dims": [2], "max_trials": 1,
-          "parallel_trials": 1, "trial_epochs": 1, "epochs": 1, "batch_size": 32, "workers": 1,
+          "parallel_trials": 1, "trial_steps": 10, "train_steps": 20, "batch_size": 32, "workers": 1,
           "iwae_k": 2, "metric_protocol": "fast", "model_name": MODEL}
 
 pytestmark = pytest.mark.slow
