@@ -73,14 +73,14 @@ def render(facts: dict[str, Any]) -> str:
     maximize = d.direction == "maximize"
     lines = [_headline(d), "", "| | |", "|---|---|",
              f"| criterion {d.metric} ({d.criterion_source}, {'higher' if maximize else 'lower'} "
-             f"is better; search objective {d.objective_metric}) | {_num(d.candidate)} |"]
+             f"is better; search objective {d.objective_metric}) | {_fixed(d.candidate)} |"]
     if d.champion is not None and d.candidate is not None:
         gain = d.candidate - d.champion if maximize else d.champion - d.candidate
-        lines += [f"| champion (version {d.champion_version}) on the same split | {d.champion:.4g} |",
-                  f"| improvement over the champion | {gain:+.4g} |"]
-    lines.append(f"| required improvement (gate margin) | {d.margin:.4g} |")
+        lines += [f"| champion (version {d.champion_version}) on the same split | {d.champion:.3f} |",
+                  f"| improvement over the champion | {gain:+.3f} |"]
+    lines.append(f"| required improvement (gate margin) | {d.margin:.3f} |")
     lines.append(f"| guard: test negative ELBO at β = 1 (nats per image), candidate / champion | "
-                 f"{_num(d.candidate_neg_elbo)} / {_num(d.champion_neg_elbo)} "
+                 f"{_fixed(d.candidate_neg_elbo)} / {_fixed(d.champion_neg_elbo)} "
                  f"(at most {100 * d.elbo_tolerance:g} % worse) |")
     if d.reason:
         lines.append(f"| reason | {d.reason} |")
@@ -121,12 +121,16 @@ def render(facts: dict[str, Any]) -> str:
 def _headline(d) -> str:
     if d.promoted and d.champion_version is None:
         return (f"**Promoted to `champion`**: the first version judged on this test split "
-                f"({d.metric} = {_num(d.candidate)}).")
+                f"({d.metric} = {_fixed(d.candidate)}).")
     if d.promoted:
         return (f"**Promoted to `champion`** over version {d.champion_version}: {d.metric} "
-                f"{_num(d.candidate)} against {_num(d.champion)}; {d.reason}.")
-    return (f"**Kept as `challenger`**: {d.metric} {_num(d.candidate)} against champion version "
-            f"{d.champion_version} ({_num(d.champion)}); {d.reason}.")
+                f"{_fixed(d.candidate)} against {_fixed(d.champion)}; {d.reason}.")
+    return (f"**Kept as `challenger`**: {d.metric} {_fixed(d.candidate)} against champion version "
+            f"{d.champion_version} ({_fixed(d.champion)}); {d.reason}.")
+
+
+def _fixed(value: Any) -> str:
+    return "none" if value is None else f"{value:.3f}"
 
 
 def _pipeline_run(client, run_id: str | None) -> dict[str, str] | None:
