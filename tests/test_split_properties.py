@@ -19,7 +19,9 @@ from scipy.stats import binom
 from kubevae.data.dataset import write_dataset
 from kubevae.split import split
 
-SETTINGS = settings(max_examples=12, deadline=None,
+# Few examples: each is a whole split (calibration included); the generated datasets vary every
+# parameter widely, and hypothesis keeps the failing ones it finds in its database.
+SETTINGS = settings(max_examples=6, deadline=None,
                     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 
@@ -150,7 +152,7 @@ def test_appending_20_percent_moves_no_existing_item(params):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**31 - 1), n_groups=st.integers(600, 1500),
+@given(seed=st.integers(0, 2**31 - 1), n_groups=st.integers(300, 900),
        train=st.floats(0.5, 0.6), val=st.floats(0.05, 0.2), test=st.floats(0.05, 0.2),
        salt=st.text(max_size=6))
 def test_split_sizes_stay_close_to_the_fractions_when_groups_are_small(seed, n_groups, train, val,
@@ -161,8 +163,9 @@ def test_split_sizes_stay_close_to_the_fractions_when_groups_are_small(seed, n_g
     frame["group_id"] = np.repeat([f"g{i}" for i in range(n_groups)], sizes)
     fractions = (train, val, test)
     with tempfile.TemporaryDirectory() as tmp:
+        # A given threshold skips the calibration: this property is about the fractions.
         report = split(write(Path(tmp) / "raw", frame), Path(tmp) / "s", fractions=fractions,
-                       group_column="group_id", salt=salt)
+                       group_column="group_id", salt=salt, near_dup_threshold=0.95)
     total = sum(fractions)
     for name, fraction in zip(("train", "val", "test"), fractions, strict=False):
         # Each group lands in a split with probability `fraction` (a uniform hash): the count is

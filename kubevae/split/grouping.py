@@ -83,7 +83,8 @@ def group_items(manifest: pd.DataFrame, images: np.ndarray, *, group_column: str
     """threshold None: calibrated on `images` (kubevae.split.neardup.calibrate)."""
     n = len(manifest)
     exact = equal_value_edges(manifest["sha256"])
-    near = find_near_duplicates(images, threshold, threshold_source)
+    near = find_near_duplicates(images, threshold, threshold_source,
+                                keys=manifest["sha256"].to_numpy())
     groups = equal_value_edges(manifest[group_column]) if group_column else np.zeros((0, 2), np.int64)
     return Grouping(labels=components(n, [groups, exact, near.pairs]), exact_edges=exact, near=near,
                     group_edges=groups, duplicate_labels=components(n, [exact, near.pairs]),

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 
@@ -45,7 +46,11 @@ DESCRIPTOR_SIDE = 8
 MAX_SHIFT = 2                 # working pixels, in each direction
 NEIGHBOURS = 8                # per query
 CANDIDATE_GATE = 0.85         # descriptor cosine below which a candidate is not verified
+VERIFY_PER_ITEM = 5           # each image's best few neighbours are verified...
+VERIFY_MARGIN = 0.02          # ...when within this cosine of its best one
 EXACT_SEARCH_MAX = 20_000     # items; above, an IVF index
+NPROBE = 8
+QUERY_BLOCK = 65536
 FLAT_STD = 2.0                # grey levels (0..255) of the working image
 FLAT_LEVELS = 12.0
 MIN_THRESHOLD, MAX_THRESHOLD = 0.90, 0.995
@@ -73,22 +78,27 @@ class NearDuplicates:
     near_miss_similarity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
 
+def _smooth(x: np.ndarray) -> np.ndarray:
+    """3x3 binomial filter of float32 N x h x w, edges repeated (separable, in numpy)."""
+    x = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    x = x[:, :-2] + 2 * x[:, 1:-1] + x[:, 2:]
+    return (x[:, :, :-2] + 2 * x[:, :, 1:-1] + x[:, :, 2:]) * np.float32(1 / 16)
+
+
 def working_images(images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     """uint8 N x h x w luma, at most WORK_MAX_SIDE a side, smoothed (streamed over a memmap)."""
     n, height, width = images.shape[0], images.shape[1], images.shape[2]
     scale = min(1.0, WORK_MAX_SIDE / max(height, width))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
     out = np.empty((n, h, w), np.uint8)
-    kernel = torch.tensor([1.0, 2.0, 1.0]) / 4.0
     for start in range(0, n, chunk):
-        block = np.asarray(images[start:start + chunk], np.float32)
-        gray = block[..., 0] if block.shape[-1] == 1 else block[..., :3] @ _LUMA
-        x = torch.from_numpy(np.ascontiguousarray(gray))[:, None]
+        block = np.asarray(images[start:start + chunk])
+        gray = block[..., 0].astype(np.float32) if block.shape[-1] == 1 \
+            else block[..., :3].astype(np.float32) @ _LUMA
         if (h, w) != (height, width):
-            x = F.interpolate(x, size=(h, w), mode="area")
-        x = F.pad(x, (1, 1, 1, 1), mode="replicate")
-        x = F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, 3)), kernel.view(1, 1, 3, 1))
-        out[start:start + chunk] = x[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+            gray = F.interpolate(torch.from_numpy(np.ascontiguousarray(gray))[:, None],
+                                 size=(h, w), mode="area")[:, 0].numpy()
+        out[start:start + chunk] = np.clip(np.rint(_smooth(gray)), 0, 255).astype(np.uint8)
     return out
 
 
@@ -103,22 +113,19 @@ def _statistics(work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def descriptors(work: np.ndarray, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """float32 N x 64: pooled, zero mean, unit norm; `shift` moves the content (dy, dx)."""
+    """float32 N x 64: pooled, zero mean, unit norm; `shift` moves the content (dy, dx) by whole
+    pixels (edge pixels repeat)."""
     n, h, w = work.shape
+    dy, dx = shift
+    pad = max(abs(dy), abs(dx))
     out = np.empty((n, DESCRIPTOR_SIDE * DESCRIPTOR_SIDE), np.float32)
     for start in range(0, n, CHUNK):
-        x = torch.from_numpy(work[start:start + CHUNK].astype(np.float32))
-        # Sample the image moved by `shift` (edge pixels repeat).
-        dy = torch.full((len(x),), -float(shift[0]))
-        dx = torch.full((len(x),), -float(shift[1]))
-        theta = torch.zeros(len(x), 2, 3)
-        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
-        theta[:, 0, 2] = dx * 2 / w
-        theta[:, 1, 2] = dy * 2 / h
-        grid = F.affine_grid(theta, [len(x), 1, h, w], align_corners=False)
-        moved = F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="border",
-                              align_corners=False)
-        pooled = F.adaptive_avg_pool2d(moved, DESCRIPTOR_SIDE).flatten(1)
+        x = work[start:start + CHUNK]
+        if pad:
+            x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
+            x = x[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
+        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
+        pooled = F.adaptive_avg_pool2d(t, DESCRIPTOR_SIDE).flatten(1)
         pooled = pooled - pooled.mean(1, keepdim=True)
         pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-6)
         out[start:start + CHUNK] = pooled.numpy()
@@ -129,43 +136,79 @@ QUERY_SHIFTS = [(0, 0)] + [(dy, dx) for dy in (-MAX_SHIFT, 0, MAX_SHIFT)
                            for dx in (-MAX_SHIFT, 0, MAX_SHIFT) if (dy, dx) != (0, 0)]
 
 
-def candidate_pairs(work: np.ndarray, neighbours: int = NEIGHBOURS,
-                    gate: float = CANDIDATE_GATE) -> tuple[np.ndarray, dict[str, Any]]:
-    """Unique pairs (i < j) among each image's nearest neighbours in descriptor space."""
+def _index(base: np.ndarray) -> tuple[Any, str]:
+    import faiss
+
+    n, d = base.shape
+    if n <= EXACT_SEARCH_MAX:
+        index: Any = faiss.IndexFlatIP(d)
+        kind = "faiss IndexFlatIP (exact)"
+    else:
+        nlist = int(4 * math.sqrt(n))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
+        index.train(base[np.sort(sample)])
+        index.nprobe = NPROBE
+        kind = f"faiss IndexIVFFlat (nlist {nlist}, nprobe {NPROBE})"
+    index.add(base)
+    return index, kind
+
+
+def _best_per_item(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, per_item: int,
+                   margin: float) -> np.ndarray:
+    """Directed pairs (row, id), at most `per_item` per row: its most similar distinct ids, within
+    `margin` of its best one. A copy is its original's best match, or the original is the copy's."""
+    order = np.lexsort((-sims, ids, rows))
+    rows, ids, sims = rows[order], ids[order], sims[order]
+    first = np.ones(len(rows), bool)
+    first[1:] = (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])   # best shift of each (row, id)
+    rows, ids, sims = rows[first], ids[first], sims[first]
+    order = np.lexsort((-sims, rows))
+    rows, ids, sims = rows[order], ids[order], sims[order]
+    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
+    counts = np.diff(np.r_[starts, len(rows)])
+    rank = np.arange(len(rows)) - np.repeat(starts, counts)
+    best = np.repeat(sims[starts], counts)
+    keep = (rank < per_item) & (sims >= best - margin)
+    return np.stack([rows[keep], ids[keep]], axis=1)
+
+
+def candidate_pairs(work: np.ndarray, neighbours: int = NEIGHBOURS, gate: float = CANDIDATE_GATE,
+                    per_item: int = VERIFY_PER_ITEM,
+                    margin: float = VERIFY_MARGIN) -> tuple[np.ndarray, dict[str, Any]]:
+    """Unique pairs (i < j) to verify: for each image, its few best neighbours in descriptor space
+    (over the shifted queries), above `gate` and within `margin` of its best one. Queried in
+    blocks, so memory holds one block's neighbour lists at a time."""
     import faiss
 
     start = time.monotonic()
     n = len(work)
     faiss.omp_set_num_threads(max(1, min(2, torch.get_num_threads())))
     base = descriptors(work)
+    index, kind = _index(base)
     k = min(neighbours + 1, n)
-    if n <= EXACT_SEARCH_MAX:
-        index: Any = faiss.IndexFlatIP(base.shape[1])
-        kind = "faiss IndexFlatIP (exact)"
-    else:
-        nlist = int(4 * math.sqrt(n))
-        quantizer = faiss.IndexFlatIP(base.shape[1])
-        index = faiss.IndexIVFFlat(quantizer, base.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
-        index.train(base[np.sort(sample)])
-        index.nprobe = 8
-        kind = f"faiss IndexIVFFlat (nlist {nlist}, nprobe 8)"
-    index.add(base)
-    found = []
-    for shift in QUERY_SHIFTS:
-        query = base if shift == (0, 0) else descriptors(work, shift)
-        for q0 in range(0, n, 65536):
-            sims, ids = index.search(query[q0:q0 + 65536], k)
+    found, raw = [], 0
+    for q0 in range(0, n, QUERY_BLOCK):
+        block = work[q0:q0 + QUERY_BLOCK]
+        rows_, ids_, sims_ = [], [], []
+        for shift in QUERY_SHIFTS:
+            query = base[q0:q0 + QUERY_BLOCK] if shift == (0, 0) else descriptors(block, shift)
+            sims, ids = index.search(query, k)
             rows = np.repeat(np.arange(q0, q0 + len(ids)), k)
             keep = (ids.ravel() >= 0) & (sims.ravel() >= gate) & (ids.ravel() != rows)
-            a, b = rows[keep], ids.ravel()[keep]
-            found.append(np.minimum(a, b) * n + np.maximum(a, b))
-        del query
+            rows_.append(rows[keep])
+            ids_.append(ids.ravel()[keep])
+            sims_.append(sims.ravel()[keep])
+        rows, ids, sims = np.concatenate(rows_), np.concatenate(ids_), np.concatenate(sims_)
+        raw += len(rows)
+        pairs = _best_per_item(rows, ids, sims, per_item, margin)
+        found.append(np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1]))
     keys = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     pairs = np.stack([keys // n, keys % n], axis=1).astype(np.int64)
     return pairs, {"index": kind, "descriptor": f"{DESCRIPTOR_SIDE}x{DESCRIPTOR_SIDE} "
                    "pooled luma", "queries_per_image": len(QUERY_SHIFTS), "neighbours": neighbours,
-                   "gate": gate, "candidates": int(len(pairs)),
+                   "gate": gate, "per_item": per_item, "margin": margin,
+                   "neighbours_above_gate": int(raw), "candidates": int(len(pairs)),
                    "seconds": round(time.monotonic() - start, 3)}
 
 
@@ -231,7 +274,7 @@ def flat_pairs(means: np.ndarray, stds: np.ndarray) -> np.ndarray:
 
 
 def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SAMPLE,
-              seed: int = 0) -> dict[str, Any]:
+              seed: int = 0, rows_of: np.ndarray | None = None) -> dict[str, Any]:
     """Copies of every planted kind of a sample of the data set's own (non-blank) images, and
     the verified similarity of each copy to its original. Threshold: their 0.5th percentile
     less CALIBRATION_MARGIN, kept within [MIN_THRESHOLD, MAX_THRESHOLD]."""
@@ -244,6 +287,8 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
         return {"threshold": MAX_THRESHOLD, "sampled_images": 0, "per_kind": {},
                 "reason": "every image is near-blank; only blank images are merged"}
     rows = np.sort(np.random.default_rng(seed).choice(usable, min(sample, len(usable)), replace=False))
+    if rows_of is not None:   # stds are of a subset of the images: rows_of maps it back
+        rows = rows_of[rows]
     originals = np.asarray(images[rows])
     per_kind: dict[str, dict[str, float]] = {}
     pooled = []
@@ -267,20 +312,31 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
 
 
 def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
-                         threshold_source: str = "given") -> NearDuplicates:
-    """Verified near-duplicate pairs of uint8 N x H x W x C images (a memmap is fine)."""
+                         threshold_source: str = "given",
+                         keys: np.ndarray | None = None) -> NearDuplicates:
+    """Verified near-duplicate pairs of uint8 N x H x W x C images (a memmap is fine).
+
+    keys: per item, a key equal for exact copies (the pixels' sha256); only the first item of
+    each key is searched and verified (its copies are grouped with it by the exact relation)."""
     start = time.monotonic()
     n = len(images)
     work = working_images(images)
+    reps = np.arange(n)
+    if keys is not None and n:
+        codes = pd.factorize(pd.Series(keys).reset_index(drop=True))[0]
+        _, first = np.unique(codes, return_index=True)
+        if len(first) < n:
+            reps = np.sort(first)
+            work = work[reps]
     means, stds = _statistics(work)
     if threshold is None:
-        calibration = calibrate(images, stds)
+        calibration = calibrate(images, stds, rows_of=reps)
         threshold, threshold_source = calibration["threshold"], "calibrated on this data set"
     else:
         calibration = {"threshold": threshold, "reason": "given; not calibrated"}
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1], got {threshold}")
-    if n < 2:
+    if len(work) < 2:
         pairs = np.zeros((0, 2), np.int64)
         search: dict[str, Any] = {"candidates": 0}
     else:
@@ -294,12 +350,14 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     pairs_out = np.concatenate([pairs[merged], flat])
     sims_out = np.concatenate([sims[merged], np.ones(len(flat), np.float32)])
     if len(pairs_out):
-        keys, first = np.unique(pairs_out[:, 0] * n + pairs_out[:, 1], return_index=True)
-        pairs_out, sims_out = pairs_out[first], sims_out[first]
-    search.update({"verified": int(len(pairs)), "merged_pairs": int(len(pairs_out)),
+        _, first_pair = np.unique(pairs_out[:, 0] * n + pairs_out[:, 1], return_index=True)
+        pairs_out, sims_out = pairs_out[first_pair], sims_out[first_pair]
+    search.update({"searched_images": int(len(work)), "exact_copies_skipped": int(n - len(work)),
+                   "verified": int(len(pairs)), "merged_pairs": int(len(pairs_out)),
                    "near_blank_images": int((stds < FLAT_STD).sum()),
                    "verify_seconds": round(time.monotonic() - verify_start, 3),
                    "seconds": round(time.monotonic() - start, 3),
                    "working_size": list(work.shape[1:])})
-    return NearDuplicates(pairs_out.astype(np.int64), sims_out.astype(np.float32), float(threshold),
-                          threshold_source, calibration, search, pairs[near], sims[near])
+    return NearDuplicates(reps[pairs_out].reshape(-1, 2).astype(np.int64),
+                          sims_out.astype(np.float32), float(threshold), threshold_source,
+                          calibration, search, reps[pairs[near]].reshape(-1, 2), sims[near])
