@@ -9,8 +9,11 @@ chains everything or misses the shifted copies. Here:
 2. Candidates: each working image is pooled to 8 x 8 (64 numbers, zero mean, unit norm). faiss (inner product; exact below 20,000 items, an
    IVF index above) returns the K nearest images to the descriptor of each image and of the same
    image shifted by 2 working pixels in 8 directions, so a shifted copy is found from whichever
-   query lines up with it. Pairs whose descriptor similarity is below CANDIDATE_GATE are dropped
-   before verification.
+   query lines up with it. Pairs whose descriptor similarity is below CANDIDATE_GATE are dropped;
+   of the rest, each image keeps its VERIFY_PER_ITEM most similar neighbours within VERIFY_MARGIN
+   of its best one (a copy is its original's best match or the original is the copy's; a family
+   of several copies is joined through its members). Verifying every neighbour instead cost ~50
+   verifications per image. Exact copies (equal sha256) are searched once.
 3. Verification: the maximum normalised cross-correlation (Pearson over the overlap, local mean
    and std) over shifts of up to +-2 working pixels, computed for a batch of pairs as one grouped
    convolution. Invariant to brightness and contrast; JPEG, noise and resampling lower it a little.
@@ -158,6 +161,8 @@ def _best_per_item(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, per_item
                    margin: float) -> np.ndarray:
     """Directed pairs (row, id), at most `per_item` per row: its most similar distinct ids, within
     `margin` of its best one. A copy is its original's best match, or the original is the copy's."""
+    if not len(rows):
+        return np.zeros((0, 2), np.int64)
     order = np.lexsort((-sims, ids, rows))
     rows, ids, sims = rows[order], ids[order], sims[order]
     first = np.ones(len(rows), bool)

@@ -111,7 +111,9 @@ def _near_search(ctx: Context) -> dict[str, Any]:
     without = np.bincount(ctx.grouping.exact_labels, minlength=n)[ctx.grouping.exact_labels]
     return {
         "method": "candidates: faiss nearest neighbours of an 8x8 pooled descriptor, queried at "
-                  f"9 shifts; verification: max normalised cross-correlation over +-{neardup.MAX_SHIFT} "
+                  f"{len(neardup.QUERY_SHIFTS)} shifts, each image's best {neardup.VERIFY_PER_ITEM} "
+                  f"within {neardup.VERIFY_MARGIN} cosine of its best one (one image per set of "
+                  "exact copies); verification: max normalised cross-correlation over +-{neardup.MAX_SHIFT} "
                   f"px of the smoothed luma (at most {neardup.WORK_MAX_SIDE} px a side); "
                   f"near-blank images (std < {neardup.FLAT_STD} levels) by mean level, faint "
                   f"pairs by residual <= {neardup.RESIDUAL_LEVELS} levels",
