@@ -8,8 +8,8 @@ chains everything or misses the shifted copies. Here:
    with a 3x3 binomial filter (halves the noise and JPEG ringing; strokes survive).
 2. Candidates: each working image is pooled to 8 x 8 (64 numbers, zero mean, unit norm). faiss (inner product; exact below 20,000 items, an
    IVF index above) returns the K nearest images to the descriptor of each image and of the same
-   image shifted by 2 working pixels in 8 directions, so a shifted copy is found from whichever
-   query lines up with it. Pairs whose descriptor similarity is below CANDIDATE_GATE are dropped;
+   image shifted by every whole working pixel up to 2 (24 shifts), so a shifted copy is found
+   from whichever query lines up with it. Pairs whose descriptor similarity is below CANDIDATE_GATE are dropped;
    of the rest, each image keeps its VERIFY_PER_ITEM most similar neighbours within VERIFY_MARGIN
    of its best one (a copy is its original's best match or the original is the copy's; a family
    of several copies is joined through its members). Verifying every neighbour instead cost ~50
@@ -135,8 +135,11 @@ def descriptors(work: np.ndarray, shift: tuple[int, int] = (0, 0)) -> np.ndarray
     return out
 
 
-QUERY_SHIFTS = [(0, 0)] + [(dy, dx) for dy in (-MAX_SHIFT, 0, MAX_SHIFT)
-                           for dx in (-MAX_SHIFT, 0, MAX_SHIFT) if (dy, dx) != (0, 0)]
+# Every whole-pixel shift up to MAX_SHIFT: with only the 2-px ones, a 1-px copy scores below
+# the aligned queries of distinct images and falls out of its original's best few (measured on
+# 30,000 digit-like images: 8% of 1-px copies among the candidates with 9 queries, 100% with 25).
+QUERY_SHIFTS = [(0, 0)] + [(dy, dx) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
+                           for dx in range(-MAX_SHIFT, MAX_SHIFT + 1) if (dy, dx) != (0, 0)]
 
 
 def _index(base: np.ndarray) -> tuple[Any, str]:
