@@ -7,10 +7,11 @@ from typing import Any
 
 PROFILES: dict[str, dict[str, Any]] = {
     # quick: sized for `make run` on 2 CPU cores. 32-px images (sprites keep shape and position;
-    # about a quarter of the pixels) leave room for a final run long enough to reconstruct
-    # (issue 10: 22 dB needs a few thousand steps). Two trials run side by side, one thread
-    # each, which suits 2 cores better than one trial on two threads. beta stops at 8: at
-    # a 200-step budget larger beta collapses trials (no active units) before they learn.
+    # a quarter of the pixels) leave room for a final run long enough to reconstruct: at
+    # beta = 4, latent 10 the validation PSNR passed 22 dB at step 675 and 23.5 dB at 1,425.
+    # Two trials run side by side, one thread each: on 2 cores this beats one trial on two
+    # threads (2.5 against 0.65 steps/s under load). Beta stops at 8: at a 200-step budget
+    # larger beta collapses trials.
     "quick": {
         "source_uri": "builtin://sprites?n=6000&seed=0",
         "image_size": 32,
@@ -22,7 +23,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_trials": 2,
         "parallel_trials": 2,
         "trial_steps": 200,
-        "train_steps": 3000,
+        "train_steps": 1500,
         "batch_size": 64,
         "workers": 2,
         "iwae_k": 8,
