@@ -10,7 +10,7 @@ IMAGE ?= ghcr.io/kubevae/kubevae:$(VERSION)
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
 
-.PHONY: install browser lint run test bench compile manifests image image-cuda push clean
+.PHONY: install browser lint typecheck run test bench compile manifests image image-cuda push clean
 
 install: $(STAMP)
 
@@ -29,9 +29,14 @@ $(STAMP): pyproject.toml constraints.txt
 run: install
 	$(BIN)/kubevae pipeline run --local --profile quick --run-dir $(RUN_DIR)
 
-# The lint and type gate: ruff (pyflakes, bugbear, imports, pyupgrade, bandit rules) and mypy.
+# The lint gate (CI runs it before the tests): ruff with pyflakes, bugbear, import order,
+# pyupgrade and bandit's security rules.
 lint: install
 	$(BIN)/ruff check .
+
+# The type check (mypy on kubevae/, components/, pipelines/, serving/). Not yet a gate: it still
+# reports errors that are being fixed module by module.
+typecheck: install
 	$(BIN)/mypy
 
 test: install browser

@@ -49,16 +49,16 @@ if [ "$MODE" = gpu ]; then
   DEVICE=cuda
   NGPU=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   TRAIN=(--dataset sprites --dataset-size 32768 --batch-size 256 --latent-dim 10 --checkpoint-every 100)
-  FIRST=(--epochs 3 --max-steps 300)
-  MORE=(--epochs 4 --max-steps 400)
+  FIRST=(--epochs 3 --steps 300)
+  MORE=(--epochs 4 --steps 400)
   BENCH=(--device cuda --batch-size 2048 --steps 10 --rounds 2 --compile)
   SERVE_BENCH=(--requests 100 --endurance 200)
 else
   DEVICE=cpu
   NGPU=0
   TRAIN=(--dataset sprites --dataset-size 256 --batch-size 32 --latent-dim 4 --checkpoint-every 4)
-  FIRST=(--epochs 2 --max-steps 8)
-  MORE=(--epochs 2 --max-steps 12)
+  FIRST=(--epochs 2 --steps 8)
+  MORE=(--epochs 2 --steps 12)
   BENCH=(--device cpu --batch-size 16 --steps 1 --rounds 1 --only "fp32 channels_last,reference")
   SERVE_BENCH=(--requests 16 --endurance 16 --k 4)
 fi

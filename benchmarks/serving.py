@@ -119,7 +119,7 @@ async def http_load(url: str, body: bytes, headers: dict, total: int, concurrenc
                         await r.read()
                         if r.status != 200:
                             errors += 1
-                except (aiohttp.ClientError, asyncio.TimeoutError):  # counted, not fatal
+                except (TimeoutError, aiohttp.ClientError):  # counted, not fatal
                     errors += 1
                 latencies.append(time.perf_counter() - started)
         await asyncio.gather(*(worker() for _ in range(concurrency)))

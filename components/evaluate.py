@@ -31,8 +31,8 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
     from components.backends.base import TuneResult
     from kubevae import tracking
     from kubevae.evaluation.full import evaluate_model
-    from kubevae.hardware import pick_device
     from kubevae.evaluation.report import scalar_metrics
+    from kubevae.hardware import pick_device
 
     study = TuneResult.read(best_params.path)
     out = Path(evaluation.path)

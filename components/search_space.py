@@ -13,8 +13,9 @@ posterior is multiplicative, so the range should get as many trials below 4 as a
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 KINDS = ("double", "int", "categorical")
 
@@ -86,7 +87,7 @@ class SearchSpace:
     def names(self) -> list[str]:
         return [p.name for p in self.parameters]
 
-    def with_parameter(self, parameter: Parameter) -> "SearchSpace":
+    def with_parameter(self, parameter: Parameter) -> SearchSpace:
         """This space plus one parameter (replacing one of the same name)."""
         kept = [p for p in self.parameters if p.name != parameter.name]
         return replace(self, parameters=(*kept, parameter))

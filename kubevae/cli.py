@@ -15,8 +15,8 @@ import importlib
 import importlib.util
 import os
 import sys
-from pathlib import Path
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from kubevae.errors import ParameterError
 

@@ -22,8 +22,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from kubevae import images as pixels
-from kubevae.config import (ModelConfig, ObjectiveConfig, model_config_from_dict,
-                            objective_config_from_dict, to_dict)
+from kubevae.config import (
+    ModelConfig,
+    ObjectiveConfig,
+    model_config_from_dict,
+    objective_config_from_dict,
+    to_dict,
+)
 from kubevae.storage import FILE_MODE, atomic_dir, atomic_write_json, read_json
 
 MODEL_FORMAT = "kubevae-model/1"
@@ -85,7 +90,7 @@ class Decoder(nn.Module):
             nn.Linear(config.fc_dim, channels[-1] * side * side), nn.ReLU())
         layers: list[nn.Module] = []
         mirrored = list(reversed(channels)) + [config.channels]
-        for i, (in_ch, out_ch) in enumerate(zip(mirrored[:-1], mirrored[1:])):
+        for i, (in_ch, out_ch) in enumerate(zip(mirrored[:-1], mirrored[1:], strict=True)):
             layers.append(nn.ConvTranspose2d(in_ch, out_ch, 4, stride=2, padding=1))
             if i < len(mirrored) - 2:
                 layers.append(nn.ReLU())

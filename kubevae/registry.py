@@ -28,9 +28,10 @@ scores, the guard and the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -59,7 +60,7 @@ class Criterion:
     source: str  # "test split" or "tuning study (validation)"
 
     @classmethod
-    def for_objective(cls, objective_metric: str) -> "Criterion":
+    def for_objective(cls, objective_metric: str) -> Criterion:
         from kubevae.training.selection import objective
 
         spec = objective(objective_metric)
@@ -140,8 +141,14 @@ def criterion_score(metric: str, model_dir: str | Path, dataset, seed: int = 0,
     if metric == "neg_elbo":
         return score(model_dir, dataset.images, seed)
     from kubevae.evaluation.full import mean_representation
-    from kubevae.metrics import (CachedRepresentation, GroundTruthData, MetricProtocol, dci,
-                                 factor_vae_score, mig)
+    from kubevae.metrics import (
+        CachedRepresentation,
+        GroundTruthData,
+        MetricProtocol,
+        dci,
+        factor_vae_score,
+        mig,
+    )
 
     if not dataset.factor_names:
         raise ValueError(f"gate: criterion {metric} needs factor columns in the test split "

@@ -23,8 +23,9 @@ import shutil
 import socket
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 _live: set[str] = set()  # temporaries this process is writing now (never stale)
 _live_lock = threading.Lock()

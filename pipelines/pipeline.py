@@ -13,6 +13,8 @@ and the retries, and ignores the Kubernetes-only settings.
 """
 
 
+from typing import Any
+
 from kfp import dsl, kubernetes
 
 from components.base import IMAGE
@@ -23,7 +25,7 @@ from components.gate import gate
 from components.ingest import ingest
 from components.k8s.pytorchjob import S3_SECRET_KEYS as SECRET_KEYS
 from components.k8s.pytorchjob import SETTINGS_KEYS  # the keys the training pods read too
-from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS
+from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS, S3_SECRET, SETTINGS_CONFIG_MAP
 from components.keep_champion import keep_champion
 from components.smoke_test import smoke_test
 from components.split import split
@@ -33,8 +35,6 @@ from components.tune import tune
 PIPELINE_NAME = "kubevae"
 # Every step pod reads the S3 credentials from this Secret and the endpoints from this ConfigMap
 # (manifests/base): credentials never travel as pipeline parameters. kfp.local ignores both.
-S3_SECRET = "kubevae-s3"
-SETTINGS_CONFIG_MAP = "kubevae-settings"
 # MLflow requires authentication (manifests/base/mlflow.yaml): every step reads its user and
 # password from the MLFLOW_CREDENTIALS Secret; the label lets the steps' pods through MLflow's
 # NetworkPolicy (manifests/base/networkpolicy.yaml).
@@ -58,7 +58,7 @@ PIPELINE_CONFIG = dsl.PipelineConfig(
 
 # name: (default, description). One table feeds the pipeline signature's docstring and the
 # tests that check every parameter is described.
-PARAMETERS: dict[str, tuple[object, str]] = {
+PARAMETERS: dict[str, tuple[Any, str]] = {
     "source_uri": ("builtin://sprites?n=20000", "Where the images come from: s3://bucket/prefix, minio://bucket/prefix, a folder, builtin://sprites or builtin://digits."),
     "image_size": (0, "Resize images to this square size (28, 32 or 64); 0 keeps their size."),
     "max_bad_fraction": (0.01, "Fail ingest when more than this fraction of files is quarantined."),

@@ -14,16 +14,17 @@ import copy
 import itertools
 import json
 from collections import defaultdict, deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Callable
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
 from components.k8s.launchers import KubeApi
 
-EPOCH = datetime(2026, 11, 24, 8, 0, 0, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 11, 24, 8, 0, 0, tzinfo=UTC)
 GONE = object()  # a scripted update: the watch expires with 410 Gone
 
 

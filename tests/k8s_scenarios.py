@@ -10,17 +10,18 @@ from __future__ import annotations
 import functools
 import json
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
+from k8s_fake import GONE, FakeCluster, failed, stamp, status_updates
 
 from components.backends.base import ClusterSettings, DeployRequest, TrainRequest, TuneRequest
 from components.backends.kubernetes import KubernetesBackend, KubernetesOptions
 from components.search_space import default_search_space
 from kubevae import objectstore
-from k8s_fake import GONE, FakeCluster, failed, stamp, status_updates
 
 NAMESPACE = "team-a"
 SUFFIX = "abc123"

@@ -4,6 +4,7 @@ import json
 import subprocess
 
 from conftest import kubevae_cmd, subprocess_env
+
 from kubevae.config import ModelConfig, TrainConfig
 from kubevae.data import sprites
 from kubevae.training.loop import train

@@ -23,12 +23,12 @@ def _images(n: int, seed: int) -> np.ndarray:
     """28x28 images of one bright square at a random place."""
     rng = np.random.default_rng(seed)
     images = np.zeros((n, 28, 28, 1), np.uint8)
-    for image, (y, x) in zip(images, rng.integers(2, 18, size=(n, 2))):
+    for image, (y, x) in zip(images, rng.integers(2, 18, size=(n, 2)), strict=True):
         image[y:y + 8, x:x + 8] = 255
     return images
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model(steps: int) -> VAE:
     torch.manual_seed(0)
     vae = VAE(ModelConfig(image_size=28, latent_dim=3))

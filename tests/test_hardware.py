@@ -25,8 +25,8 @@ def test_pick_device_is_the_one_choice_and_says_what_is_wrong():
 
 
 def test_training_evaluation_and_serving_share_the_device_choice():
-    from serving import model as serving_model
     from kubevae.training import distributed
+    from serving import model as serving_model
     assert distributed.pick_device is hardware.pick_device
     assert serving_model.pick_device is hardware.pick_device
 

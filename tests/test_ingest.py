@@ -10,11 +10,11 @@ import imagehash
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import kubevae_cmd, subprocess_env
 from PIL import Image
 
-from conftest import kubevae_cmd, subprocess_env
-from kubevae.data.dataset import Dataset, load_splits, pixel_sha256
 from kubevae.data import sprites
+from kubevae.data.dataset import Dataset, load_splits, pixel_sha256
 from kubevae.ingest import IngestError, ingest
 from kubevae.ingest.decode import phash, phash_hex
 
@@ -118,7 +118,7 @@ def test_planted_bad_files_are_quarantined_with_reasons_and_counts_reconcile(tmp
     assert report.accepted == len(expected) - len(bad)
     assert report.ignored == 1
     quarantine = pd.read_csv(out / "quarantine.csv")
-    assert dict(zip(quarantine["item_id"], quarantine["reason"])) == bad
+    assert dict(zip(quarantine["item_id"], quarantine["reason"], strict=True)) == bad
     assert quarantine["detail"].notna().all()
     ds = Dataset.open(out)
     assert ds.image_shape == (32, 32, 3)

@@ -10,20 +10,40 @@ import subprocess
 import sys
 from datetime import datetime
 
+import k8s_scenarios as scenarios
 import pytest
 import yaml
+from k8s_checks import custom_resource_errors, pod_templates
+from k8s_scenarios import (
+    BUCKET,
+    CANARY_CLUSTER_URL,
+    EXPERIMENT_NAME,
+    IMAGE,
+    JOB_NAME,
+    MODEL_URI,
+    NAMESPACE,
+    PLURALS,
+    SERVICE_URL,
+    TIMEOUT_S,
+    deploy_canary_promoted,
+    deploy_canary_revision_fails,
+    deploy_canary_rolled_back,  # noqa: F401
+    deploy_create_smoke_fails,
+    deploy_creates,
+    s3,
+    train_fails,
+    train_image_missing,
+    train_succeeds,
+    train_times_out,
+    tune_fails,
+    tune_succeeds,
+    tune_times_out,
+)
 
 from components.k8s import entrypoint
-from kubevae import objectstore
 from components.k8s.launchers import ResourceFailed, ResourceTimeout
 from components.k8s.security import pod_security_violations
-from k8s_checks import custom_resource_errors, pod_templates
-from k8s_scenarios import (BUCKET, CANARY_CLUSTER_URL, EXPERIMENT_NAME, IMAGE, JOB_NAME, MODEL_URI, NAMESPACE,
-                           PLURALS, SERVICE_URL, TIMEOUT_S, deploy_canary_promoted, deploy_canary_revision_fails,
-                           deploy_canary_rolled_back, deploy_create_smoke_fails, deploy_creates, s3,  # noqa: F401
-                           train_fails, train_image_missing, train_succeeds, train_times_out, tune_fails,
-                           tune_succeeds, tune_times_out)
-import k8s_scenarios as scenarios
+from kubevae import objectstore
 
 APIS = ("trainer", "pytorchjob")
 
@@ -127,8 +147,8 @@ def test_tune_timeout_deletes_the_experiment(tmp_path):
 @pytest.mark.parametrize("algorithm,parallel", [("random", 2), ("grid", 2), ("bayesianoptimization", 2),
                                                 ("hyperband", 3)])
 def test_every_algorithm_builds_a_valid_experiment(tmp_path, algorithm, parallel):
-    from k8s_scenarios import _backend, tune_request
     from k8s_fake import FakeCluster
+    from k8s_scenarios import _backend, tune_request
 
     cluster = FakeCluster()
     from k8s_scenarios import Outcome
@@ -333,8 +353,8 @@ def test_the_deployment_mode_is_explicit(tmp_path):
         cluster = FakeCluster()
         cluster.script("inferenceservices", scenarios._ready())
         out = scenarios.Outcome(cluster)
-        scenarios._run(out, lambda: scenarios._backend(cluster, out).deploy(
-            scenarios.deploy_request(tmp_path / mode, mode)))
+        scenarios._run(out, lambda: scenarios._backend(cluster, out).deploy(  # noqa: B023 (run at once)
+            scenarios.deploy_request(tmp_path / mode, mode)))  # noqa: B023
         assert out.error is None, out.error
         [isvc] = cluster.created("inferenceservices")
         assert_valid(isvc)

@@ -8,14 +8,19 @@ from pathlib import Path
 
 import optuna
 import pytest
+from k8s_checks import (
+    custom_resource_errors,
+    katib_violations,
+    pod_templates,
+    schema_errors,
+    substituted_trial_spec,
+)
 
 from components.k8s import render, to_dict
 from components.k8s.katib import Tuning, build_experiment
 from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
 from components.k8s.security import Resources, pod_security_violations
 from components.search_space import Parameter, SearchSpace, default_search_space
-from k8s_checks import (custom_resource_errors, katib_violations, pod_templates, schema_errors,
-                        substituted_trial_spec)
 
 REPO = Path(__file__).resolve().parents[1]
 WORKLOADS = REPO / "manifests" / "workloads"

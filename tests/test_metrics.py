@@ -11,11 +11,27 @@ import pytest
 from scipy.linalg import hadamard
 
 from kubevae.data.dataset import Dataset, write_dataset
-from kubevae.metrics import (CachedRepresentation, GroundTruthData, MetricProtocol, active_units,
-                             anomaly_quality, beta_vae_score, dci, dci_details, dci_settings,
-                             factor_vae_score, gaussian_total_correlation, kl_per_dimension, mig,
-                             mig_details, mig_settings, mutual_info_score, plant_defects,
-                             sampled_total_correlation, sap)
+from kubevae.metrics import (
+    CachedRepresentation,
+    GroundTruthData,
+    MetricProtocol,
+    active_units,
+    anomaly_quality,
+    beta_vae_score,
+    dci,
+    dci_details,
+    dci_settings,
+    factor_vae_score,
+    gaussian_total_correlation,
+    kl_per_dimension,
+    mig,
+    mig_details,
+    mig_settings,
+    mutual_info_score,
+    plant_defects,
+    sampled_total_correlation,
+    sap,
+)
 
 SIZES = (2, 3, 4, 5)
 MIX = hadamard(4) / 2.0  # orthogonal, every entry +-1/2: each code holds every factor equally
@@ -202,7 +218,7 @@ def test_oracle_draws_share_the_fixed_factor_and_cache_encodes_each_item_once(fa
     rng = np.random.default_rng(0)
     chosen = rng.integers(4, size=300)
     batches = data.sample_fixed_factor_batches(chosen, 16, rng)
-    for k, batch in zip(chosen, batches):
+    for k, batch in zip(chosen, batches, strict=True):
         assert len(np.unique(data.factors[batch, k])) == 1
     # The other factors do vary inside a batch (over the whole sample, every value shows up).
     assert all(len(np.unique(data.factors[batches[chosen != k]][..., k])) == SIZES[k] for k in range(4))
@@ -262,7 +278,7 @@ def test_unsupervised_scores_on_known_distributions():
 def sprite_like_images(n, seed):
     rng = np.random.default_rng(seed)
     images = np.zeros((n, 16, 16, 1), np.uint8)
-    for image, (y, x) in zip(images, rng.integers(2, 9, size=(n, 2))):
+    for image, (y, x) in zip(images, rng.integers(2, 9, size=(n, 2)), strict=True):
         image[y:y + 5, x:x + 5] = 255
     return images
 
@@ -271,7 +287,7 @@ def test_planted_defects_change_the_chosen_images_only():
     images = sprite_like_images(60, 0)
     planted = plant_defects(images, fraction=0.5, seed=3)
     assert planted.labels.sum() == 30
-    changed = np.array([not np.array_equal(a, b) for a, b in zip(images, planted.images)])
+    changed = np.array([not np.array_equal(a, b) for a, b in zip(images, planted.images, strict=True)])
     assert np.array_equal(changed, planted.labels == 1)
     assert sorted(set(planted.kinds[planted.labels == 1])) == ["missing_corner", "noise", "second_object"]
     assert set(planted.kinds[planted.labels == 0]) == {""}

@@ -1,11 +1,10 @@
 """The compiled pipeline: what the Kubeflow UI loads."""
 
+import pytest
 import yaml
 
 from pipelines.pipeline import PARAMETERS
 from pipelines.submit import compile_pipeline, to_kfp_cron
-
-import pytest
 
 
 @pytest.fixture(scope="module")

@@ -94,7 +94,7 @@ def test_evaluate_writes_metrics_pictures_and_a_self_contained_report(evaluated)
     assert len(embedded) == len(expected_pictures)
     # Self-contained: nothing is fetched from elsewhere (it must work as a KFP HTML visualization).
     assert not re.search(r'(src|href)="(?!data:)', html_text)
-    for group, names in on_disk["metric_groups"].items():
+    for names in on_disk["metric_groups"].values():
         for name in names:
             assert f"<td>{name}</td>" in html_text, name
     assert "num_bins" in html_text and "importance_model" in html_text  # the settings are listed

@@ -27,16 +27,16 @@ import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable
 from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import kubevae_cmd, subprocess_env
 from PIL import Image
 
-from conftest import kubevae_cmd, subprocess_env
 from kubevae.data.dataset import Dataset
 from kubevae.ingest import SourceError, ingest
 
@@ -116,7 +116,7 @@ def faces(moto_endpoint, tmp_path_factory):
     bucket = new_bucket()
     pixels = images(8)
     names = [f"p{i % 3}/img-{i}.{('png', 'jpg', 'bmp', 'npy')[i % 4]}" for i in range(8)]
-    files = {name: encoded(image, name) for name, image in zip(names, pixels)}
+    files = {name: encoded(image, name) for name, image in zip(names, pixels, strict=True)}
     files["p0/empty.png"] = b""
     files["notes.txt"] = b"not an image"
     meta = pd.DataFrame({"path": list(files)[:-1], "group_id": [n.split("/")[0] for n in list(files)[:-1]],

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 from kubevae.metrics.udr import relative_strength, udr_details
-from kubevae.training.selection import (COLLAPSED_SCORE, OBJECTIVES, default_objective, guarded,
-                                        objective)
+from kubevae.training.selection import COLLAPSED_SCORE, OBJECTIVES, default_objective, guarded, objective
 
 
 def test_every_objective_has_a_direction_and_the_bounds_say_they_prefer_beta_one():

@@ -10,9 +10,9 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from conftest import kubevae_cmd, subprocess_env
 from safetensors.torch import load_file
 
-from conftest import kubevae_cmd, subprocess_env
 from kubevae.config import ModelConfig, ObjectiveConfig, TrainConfig
 from kubevae.hardware import choose_precision
 from kubevae.objectives import NonFiniteLossError

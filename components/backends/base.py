@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from components.base import IMAGE
+from components.k8s.security import S3_SECRET
 from components.search_space import SearchSpace
 
 
@@ -24,7 +25,7 @@ class ClusterSettings:
     namespace: str = ""  # "" = the namespace this pod runs in
     image: str = IMAGE
     service_account: str = "kubevae-pipeline-runner"
-    s3_secret: str = "kubevae-s3"  # a Secret holding the S3 credentials (never in parameters)
+    s3_secret: str = S3_SECRET  # a Secret holding the S3 credentials (never in parameters)
     storage_service_account: str = "kubevae-kserve-s3"
     timeout_seconds: int = 6 * 3600
     training_api: str = "trainer"  # components.k8s.training_apis: trainer (TrainJob) or pytorchjob
@@ -85,7 +86,7 @@ class TuneResult:
         return {"format": STUDY_FORMAT, **dataclasses.asdict(self)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "study") -> "TuneResult":
+    def from_dict(cls, d: dict[str, Any], *, source: str = "study") -> TuneResult:
         if not isinstance(d, dict) or d.get("format") != STUDY_FORMAT:
             raise ValueError(f"{source}: expected a {STUDY_FORMAT} study (written by the tune step), "
                              f"got format {d.get('format') if isinstance(d, dict) else type(d).__name__!r}")
@@ -103,7 +104,7 @@ class TuneResult:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def read(cls, path: str | Path) -> "TuneResult":
+    def read(cls, path: str | Path) -> TuneResult:
         return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
 
     @property

@@ -25,19 +25,28 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-from components.backends.base import (DeployRequest, DeployResult, TrainRequest, TrainResult,
-                                      TrialRecord, TuneRequest, TuneResult, train_options,
-                                      trial_options)
+from components.backends.base import (
+    DeployRequest,
+    DeployResult,
+    TrainRequest,
+    TrainResult,
+    TrialRecord,
+    TuneRequest,
+    TuneResult,
+    train_options,
+    trial_options,
+)
 from components.k8s import launchers, to_dict
 from components.k8s.inferenceservice import build_inference_service, storage_uri_for
 from components.k8s.katib import Tuning, build_experiment
 from components.k8s.pytorchjob import RUN_LABEL, TrainingJob
-from components.k8s.training_apis import TrainingApi, training_api
 from components.k8s.security import Resources
+from components.k8s.training_apis import TrainingApi, training_api
 from components.search_space import Parameter
 from kubevae import objectstore
 from kubevae.training.command import train_argv
@@ -88,7 +97,7 @@ class KubernetesBackend:
                                value=t.value, state=t.state, metrics=dict(t.metrics))
                    for i, t in enumerate(study.trials)]
         self.log(f"best trial {study.best_trial}: {best} {request.objective_metric}={study.best_value:.6g}")
-        chosen = next((r.number for r, t in zip(records, study.trials) if t.name == study.best_trial), None)
+        chosen = next((r.number for r, t in zip(records, study.trials, strict=True) if t.name == study.best_trial), None)
         return TuneResult(best_params=best, best_value=study.best_value, trials=records,
                           objective_metric=request.objective_metric,
                           direction=search_objective(request.objective_metric).direction,

@@ -22,14 +22,23 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import optuna
 
-from components.backends.base import (DeployRequest, DeployResult, TrainRequest, TrainResult,
-                                      TrialRecord, TuneRequest, TuneResult, train_options,
-                                      trial_options)
+from components.backends.base import (
+    DeployRequest,
+    DeployResult,
+    TrainRequest,
+    TrainResult,
+    TrialRecord,
+    TuneRequest,
+    TuneResult,
+    train_options,
+    trial_options,
+)
 from components.search_space import SearchSpace
 from kubevae.hardware import thread_env
 from kubevae.storage import read_json
@@ -189,7 +198,7 @@ class _Process:
         self.processes = processes  # how many such processes share the cores: threads each
         self._tail: list[str] = []
 
-    def __enter__(self) -> "_Process":
+    def __enter__(self) -> _Process:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "w", buffering=1)  # line-buffered: tail -f works
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **thread_env(self.processes)}
@@ -198,7 +207,8 @@ class _Process:
         return self
 
     def lines(self) -> Iterator[str]:
-        assert self.proc.stdout is not None
+        if self.proc.stdout is None:  # Popen was given stdout=PIPE in __enter__
+            raise RuntimeError(f"{self.command[0]}: started without a stdout pipe")
         for line in self.proc.stdout:
             self._log.write(line)
             self._tail = (self._tail + [line.rstrip()])[-20:]

@@ -23,14 +23,15 @@ import os
 import signal
 import subprocess
 import sys
-from datetime import datetime, timezone
-from typing import Callable, Mapping, TextIO
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import TextIO
 
 from kubevae import objectstore
 
 
 def timestamp() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def run(command: list[str], uploads: list[tuple[str, str]] = (), *, out: TextIO = sys.stdout,
@@ -53,7 +54,8 @@ def run(command: list[str], uploads: list[tuple[str, str]] = (), *, out: TextIO 
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
-        assert child.stdout is not None
+        if child.stdout is None:  # started with stdout=PIPE above
+            raise RuntimeError("the trainer was started without a stdout pipe")
         for line in child.stdout:
             out.write(f"{clock()} {line}")
             out.flush()

@@ -54,6 +54,9 @@ CANARY_EXCLUDED = ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "
                    "autoScaling", "canaryTrafficPercent", "workerSpec")
 
 
+PREDICTOR_RESOURCES = Resources(cpu="1", memory="2Gi")
+
+
 def check_deployment_mode(mode: str) -> str:
     if mode not in DEPLOYMENT_MODES:
         raise ValueError(f"deployment_mode: expected one of {', '.join(DEPLOYMENT_MODES)} (Knative: canary "
@@ -83,7 +86,7 @@ def check_name(name: str) -> str:
 def build_inference_service(name: str, namespace: str | None, image: str, storage_uri: str, *,
                             model_name: str | None = None,
                             service_account: str | None = "kubevae-kserve-s3",
-                            resources: Resources = Resources(cpu="1", memory="2Gi"),
+                            resources: Resources = PREDICTOR_RESOURCES,
                             canary_percent: int | None = None, min_replicas: int = 1,
                             max_replicas: int = 3,
                             deployment_mode: str = "Knative") -> V1beta1InferenceService:

@@ -23,12 +23,20 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from kubeflow.katib import (V1beta1AlgorithmSetting, V1beta1AlgorithmSpec,
-                            V1beta1CollectorSpec, V1beta1EarlyStoppingSetting,
-                            V1beta1EarlyStoppingSpec, V1beta1Experiment, V1beta1ExperimentSpec,
-                            V1beta1MetricsCollectorSpec, V1beta1MetricStrategy,
-                            V1beta1ObjectiveSpec, V1beta1TrialParameterSpec,
-                            V1beta1TrialTemplate)
+from kubeflow.katib import (
+    V1beta1AlgorithmSetting,
+    V1beta1AlgorithmSpec,
+    V1beta1CollectorSpec,
+    V1beta1EarlyStoppingSetting,
+    V1beta1EarlyStoppingSpec,
+    V1beta1Experiment,
+    V1beta1ExperimentSpec,
+    V1beta1MetricsCollectorSpec,
+    V1beta1MetricStrategy,
+    V1beta1ObjectiveSpec,
+    V1beta1TrialParameterSpec,
+    V1beta1TrialTemplate,
+)
 from kubernetes.client import V1ObjectMeta
 
 from components.k8s import to_dict
@@ -87,7 +95,7 @@ class Tuning:
                              "bayesianoptimization or grid with udr")
 
     @classmethod
-    def for_objective(cls, objective_metric: str, **kwargs: Any) -> "Tuning":
+    def for_objective(cls, objective_metric: str, **kwargs: Any) -> Tuning:
         """Tuning whose objective.type is the objective's own direction."""
         from kubevae.training.selection import objective
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from kubernetes.client.rest import ApiException
 
@@ -78,11 +79,14 @@ def current_namespace(default: str = "default") -> str:
         return default
 
 
-@dataclass
+@dataclass(frozen=True)
 class Waiting:
     timeout_s: float = 6 * 3600
     poll_s: float = 15.0
     clock: Callable[[], float] = time.monotonic
+
+
+NO_RUSH = Waiting()  # the default: six hours, polled every 15 s
 
 
 @dataclass
@@ -230,7 +234,7 @@ class KatibLauncher:
     TRIAL_STATES = {"Succeeded": "COMPLETE", "EarlyStopped": "PRUNED", "Failed": "FAIL",
                     "MetricsUnavailable": "FAIL", "Killed": "FAIL"}
 
-    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = NO_RUSH,
                  log: Callable[[str], None] = print):
         from kubeflow.katib import KatibClient
 
@@ -324,7 +328,7 @@ def _metric(observation, name: str) -> float | None:
 class PyTorchJobLauncher:
     """Create a PyTorchJob with TrainingClient, wait for it, stream the Master's log."""
 
-    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = NO_RUSH,
                  log: Callable[[str], None] = print):
         from kubeflow.training import TrainingClient
 
@@ -363,7 +367,7 @@ class PyTorchJobLauncher:
 
 
 def _wait_job(api: KubeApi, target: Target, namespace: str, name: str, state, waiting: Waiting,
-              logs: "_LogFollower", delete: Callable[[str], None], hint: str) -> dict:
+              logs: _LogFollower, delete: Callable[[str], None], hint: str) -> dict:
     """Wait for a training job, streaming node 0's log; delete it at the timeout (it holds
     GPUs), and say where to look when it failed."""
     try:
@@ -383,7 +387,7 @@ class TrainJobLauncher:
     """Create a TrainJob (Kubeflow Trainer v2), wait for its Complete or Failed condition, and
     stream node 0's log. No SDK client: the CustomObjectsApi calls are few and plain."""
 
-    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = NO_RUSH,
                  log: Callable[[str], None] = print):
         self.api, self.namespace, self.waiting, self.log = api, namespace, waiting, log
         t = TRAINJOB
@@ -505,7 +509,7 @@ class InferenceServiceLauncher:
     While a canary is in flight the service carries the CANARY_RUN annotation, so that the
     run's exit handler can roll back a canary that its failed run left half-rolled."""
 
-    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = Waiting(),
+    def __init__(self, api: KubeApi, namespace: str, waiting: Waiting = NO_RUSH,
                  log: Callable[[str], None] = print):
         self.api, self.namespace, self.waiting, self.log = api, namespace, waiting, log
         t = INFERENCESERVICE

@@ -20,16 +20,39 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kubeflow.training import (KubeflowOrgV1PyTorchJob, KubeflowOrgV1PyTorchJobSpec,
-                               KubeflowOrgV1ReplicaSpec, KubeflowOrgV1RunPolicy)
-from kubernetes.client import (V1ConfigMapEnvSource, V1Container, V1ContainerPort,
-                               V1EmptyDirVolumeSource, V1EnvFromSource, V1EnvVar,
-                               V1EnvVarSource, V1ObjectMeta, V1PersistentVolumeClaimVolumeSource,
-                               V1PodSpec, V1PodTemplateSpec, V1SecretKeySelector, V1Volume,
-                               V1VolumeMount)
+from kubeflow.training import (
+    KubeflowOrgV1PyTorchJob,
+    KubeflowOrgV1PyTorchJobSpec,
+    KubeflowOrgV1ReplicaSpec,
+    KubeflowOrgV1RunPolicy,
+)
+from kubernetes.client import (
+    V1ConfigMapEnvSource,
+    V1Container,
+    V1ContainerPort,
+    V1EmptyDirVolumeSource,
+    V1EnvFromSource,
+    V1EnvVar,
+    V1EnvVarSource,
+    V1ObjectMeta,
+    V1PersistentVolumeClaimVolumeSource,
+    V1PodSpec,
+    V1PodTemplateSpec,
+    V1SecretKeySelector,
+    V1Volume,
+    V1VolumeMount,
+)
 
-from components.k8s.security import (Resources, container_security_context, pod_security_context,
-                                     mlflow_credentials_env, scratch_mount, scratch_volume)
+from components.k8s.security import (
+    S3_SECRET,
+    SETTINGS_CONFIG_MAP,
+    Resources,
+    container_security_context,
+    mlflow_credentials_env,
+    pod_security_context,
+    scratch_mount,
+    scratch_volume,
+)
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -67,8 +90,8 @@ class TrainingJob:
     resources: Resources = field(default_factory=Resources)
     checkpoint_claim: str | None = None  # a PVC (ReadWriteMany when workers > 1); else an emptyDir
     checkpoint_folder: str = "run"  # the folder under /checkpoints; Katib uses the trial name
-    settings_config_map: str = "kubevae-settings"  # S3_ENDPOINT, MLFLOW_TRACKING_URI, ...
-    s3_secret: str = "kubevae-s3"
+    settings_config_map: str = SETTINGS_CONFIG_MAP  # S3_ENDPOINT, MLFLOW_TRACKING_URI, ...
+    s3_secret: str = S3_SECRET
     service_account: str | None = None
     env: tuple[tuple[str, str], ...] = ()  # extra variables, e.g. MLFLOW_PARENT_RUN_ID
     component: str = "train"  # app.kubernetes.io/component label

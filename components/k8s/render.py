@@ -28,11 +28,11 @@ MODEL_URI = "s3://mlpipeline/kubevae/example/model"
 
 def workloads() -> dict[str, dict]:
     """{file name: object} of every template."""
+    from dataclasses import replace
+
     from components.backends.base import ClusterSettings, DeployRequest, TrainRequest, TuneRequest
     from components.backends.kubernetes import KubernetesBackend
     from components.search_space import default_search_space
-
-    from dataclasses import replace
 
     backend = KubernetesBackend(api=None, env={})  # builds objects only; never connects
     cluster = ClusterSettings()  # the defaults: training_api "trainer", deployment_mode Knative

@@ -59,6 +59,10 @@ def scratch_volume(size_limit: str = "2Gi") -> V1Volume:
                     empty_dir=V1EmptyDirVolumeSource(size_limit=size_limit))
 
 
+# The Secrets and the ConfigMap that manifests/base creates, named once for every pod builder
+# and the pipeline: S3 credentials, the endpoints and settings, and MLflow's credentials.
+S3_SECRET = "kubevae-s3"  # noqa: S105 (a Secret's name, not its value)
+SETTINGS_CONFIG_MAP = "kubevae-settings"
 # MLflow requires authentication (manifests/base/mlflow.yaml); its clients read the user and
 # password from this Secret, never from a parameter or a spec.
 MLFLOW_CREDENTIALS = "kubevae-mlflow-auth"

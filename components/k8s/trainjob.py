@@ -64,8 +64,12 @@ from components.k8s.pytorchjob import (
     train_command,
     volumes,
 )
-from components.k8s.security import (container_security_context, mlflow_credentials_env, pod_security_context,
-                                     scratch_mount)
+from components.k8s.security import (
+    container_security_context,
+    mlflow_credentials_env,
+    pod_security_context,
+    scratch_mount,
+)
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
 KIND = "TrainJob"

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -41,7 +42,7 @@ class Dataset:
     manifest: pd.DataFrame
 
     @classmethod
-    def open(cls, path: str | Path, *, mmap: bool = True) -> "Dataset":
+    def open(cls, path: str | Path, *, mmap: bool = True) -> Dataset:
         path = Path(path)
         info_path = path / INFO_FILE
         if not info_path.is_file():

@@ -18,7 +18,7 @@ real leakage that the split step must group.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,12 +33,27 @@ import torch
 from kubevae.data.dataset import Dataset, load_splits
 from kubevae.evaluation import report
 from kubevae.evaluation.bounds import ACTIVE_UNIT_THRESHOLD, elbo_terms, evaluate_images, iwae_nll
-from kubevae.metrics import (CachedRepresentation, GroundTruthData, MetricProtocol, anomaly_quality,
-                             beta_vae_score, beta_vae_settings, dci_details, dci_settings,
-                             factor_vae_score, factor_vae_settings, gaussian_total_correlation,
-                             mig_details, mig_settings, mutual_info_score, plant_defects,
-                             sampled_total_correlation, sap_details, sap_settings,
-                             unsupervised_settings)
+from kubevae.metrics import (
+    CachedRepresentation,
+    GroundTruthData,
+    MetricProtocol,
+    anomaly_quality,
+    beta_vae_score,
+    beta_vae_settings,
+    dci_details,
+    dci_settings,
+    factor_vae_score,
+    factor_vae_settings,
+    gaussian_total_correlation,
+    mig_details,
+    mig_settings,
+    mutual_info_score,
+    plant_defects,
+    sampled_total_correlation,
+    sap_details,
+    sap_settings,
+    unsupervised_settings,
+)
 from kubevae.metrics.anomaly import DEFECT_KINDS, anomaly_settings
 from kubevae.model import METRICS_FILE, VAE, load_model, read_model_config
 from kubevae.progress import progress
@@ -328,5 +344,5 @@ def _named(details: dict[str, Any], factor_names: list[str], per_factor_keys) ->
     """Per-factor lists as {factor name: value}, for people reading metrics.json."""
     out = dict(details)
     for key in per_factor_keys:
-        out[key] = dict(zip(factor_names, details[key]))
+        out[key] = dict(zip(factor_names, details[key], strict=True))
     return out

@@ -25,8 +25,9 @@ import io
 import json
 import math
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -142,8 +143,8 @@ def training_curves_png(history: Sequence[dict[str, Any]]) -> bytes:
     cols = min(3, len(keys))
     rows = math.ceil(len(keys) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 2.6 * rows), squeeze=False)
-    for ax, key in zip(axes.flat, keys):
-        points = [(x, r[key]) for x, r in zip(xs, history)
+    for ax, key in zip(axes.flat, keys, strict=False):
+        points = [(x, r[key]) for x, r in zip(xs, history, strict=True)
                   if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
         ax.set_title(key, fontsize=9)
@@ -198,7 +199,7 @@ def tuning_objective_png(tuning_results: Any) -> bytes | None:
         return None
     maximize = tuning_direction(tuning_results, name) == "maximize"
     plt = _pyplot()
-    beta, latent, value = (np.array(c) for c in zip(*points))
+    beta, latent, value = (np.array(c) for c in zip(*points, strict=True))
     fig, ax = plt.subplots(figsize=(6, 4))
     scatter = ax.scatter(beta, latent, c=value, cmap="viridis" if maximize else "viridis_r", s=80)
     fig.colorbar(scatter, label=f"{name} ({'higher' if maximize else 'lower'} is better)")
@@ -241,10 +242,10 @@ def objective_vs_elbo_png(study: Any) -> bytes | None:
     for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
         pts = [(e, v) for e, v, _, s in rows if s == state]
         if pts:
-            ax.scatter(*zip(*pts), marker=marker, s=60, label=state.lower())
+            ax.scatter(*zip(*pts, strict=True), marker=marker, s=60, label=state.lower())
     chosen = [(e, v) for e, v, c, _ in rows if c]
     if chosen:
-        ax.scatter(*zip(*chosen), marker="*", s=300, c="red", label="chosen")
+        ax.scatter(*zip(*chosen, strict=True), marker="*", s=300, c="red", label="chosen")
     ax.set_xlabel("validation negative ELBO at beta = 1 (nats per image, lower is better)")
     ax.set_ylabel(f"{name} ({tuning_direction(study, name)})")
     ax.set_title(f"{name} against negative ELBO ({len(rows)} trials)")

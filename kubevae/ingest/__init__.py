@@ -26,7 +26,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,7 @@ SAMPLE_FOR_SHAPE = 64
 class IngestError(RuntimeError):
     """Too many bad files (or none good): the dataset is not published."""
 
-    def __init__(self, message: str, report: "IngestReport"):
+    def __init__(self, message: str, report: IngestReport):
         super().__init__(message)
         self.report = report
 
@@ -173,7 +173,7 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
             max_bad_fraction=max_bad_fraction, image_shape=target.shape if target else None,
             metadata=metadata, metadata_rows=len(meta) if meta is not None else 0,
             metadata_rows_without_file=len(orphans), linked_folders=len(listing.linked_folders),
-            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            created=datetime.now(UTC).isoformat(timespec="seconds"),
             executor=kind, workers=workers, examples=_examples(quarantine))
         if report.seen != report.accepted + report.quarantined:  # a bug, never bad input
             raise AssertionError(f"counts do not reconcile: {report.counts()}")
@@ -231,9 +231,9 @@ def _target(source: Source, entries: list[Entry], image_size, channels):
     main pass does not fetch them twice."""
     sample = [e.key for e in entries[:SAMPLE_FOR_SHAPE]]
     payloads = source.fetch(sample)
-    target = infer_target(list(zip(payloads, sample)), image_size, channels,
+    target = infer_target(list(zip(payloads, sample, strict=True)), image_size, channels,
                           where=f"--source {source.uri}")
-    return target, dict(zip(sample, payloads))
+    return target, dict(zip(sample, payloads, strict=True))
 
 
 def _work(source: Source, target: Target, task: tuple[list[str], dict]) -> BatchResult:
@@ -241,7 +241,7 @@ def _work(source: Source, target: Target, task: tuple[list[str], dict]) -> Batch
     level, so that processes can run it."""
     keys, prefetched = task
     missing = [k for k in keys if k not in prefetched]
-    fetched = dict(zip(missing, source.fetch(missing))) if missing else {}
+    fetched = dict(zip(missing, source.fetch(missing), strict=True)) if missing else {}
     payloads = [prefetched[k] if k in prefetched else fetched[k] for k in keys]
     return decode_batch(payloads, keys, target)
 
@@ -258,10 +258,10 @@ def _decode_all(source: Source, entries: list[Entry], target: Target, prefetched
              for b in batches)
     results = ordered_map(partial(_work, source, target), tasks, workers=workers, kind=kind)
     with open(raw, "wb") as out:
-        for batch, result in progress(zip(batches, results), total=len(batches),
+        for batch, result in progress(zip(batches, results, strict=True), total=len(batches),
                                       desc=f"ingest ({batch_size} files/batch)"):
             np.ascontiguousarray(result.images).tofile(out)
-            for position, sha, value in zip(result.accepted, result.sha256, phash_hex(result.phash)):
+            for position, sha, value in zip(result.accepted, result.sha256, phash_hex(result.phash), strict=True):
                 accepted["item_id"].append(batch[position].key)
                 accepted["source_uri"].append(batch[position].uri)
                 accepted["sha256"].append(sha)

@@ -33,8 +33,8 @@ from __future__ import annotations
 import io
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import scipy.fftpack
@@ -63,7 +63,8 @@ class Rejected(Exception):
     """A file that goes to quarantine: `reason` is one of REASONS, `detail` says what was seen."""
 
     def __init__(self, reason: str, detail: str = ""):
-        assert reason in REASONS, reason
+        if reason not in REASONS:
+            raise ValueError(f"unknown quarantine reason {reason!r}; expected one of {sorted(REASONS)}")
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason, self.detail = reason, detail
 
@@ -91,7 +92,7 @@ class BatchResult:
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (position, reason, detail)
 
 
-def decode(data: "bytes | np.ndarray | Rejected", name: str) -> np.ndarray:
+def decode(data: bytes | np.ndarray | Rejected, name: str) -> np.ndarray:
     """File bytes (or an in-memory array) -> uint8 H x W x C with C in (1, 3). Raises Rejected,
     also for a payload that is already a Rejected (a fetch that failed)."""
     if isinstance(data, Rejected):
@@ -273,7 +274,7 @@ def decode_batch(payloads: Sequence[bytes | np.ndarray | Rejected], names: Seque
                  target: Target) -> BatchResult:
     """Decode, validate and hash a batch. A payload that is a Rejected (a failed fetch) passes through."""
     images, result = [], BatchResult(images=np.zeros((0, *target.shape), np.uint8))
-    for position, (payload, name) in enumerate(zip(payloads, names)):
+    for position, (payload, name) in enumerate(zip(payloads, names, strict=True)):
         try:
             image = conform(decode(payload, name), target)
         except Rejected as r:

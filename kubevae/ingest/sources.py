@@ -15,9 +15,10 @@ data is appended, which is what keeps split assignments stable.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import numpy as np
@@ -239,7 +240,7 @@ class BuiltinSource(Source):
     seed: int = 0
 
     @classmethod
-    def parse(cls, name: str, query: str, uri: str) -> "BuiltinSource":
+    def parse(cls, name: str, query: str, uri: str) -> BuiltinSource:
         if name not in BUILTINS:
             raise ValueError(f"--source {uri}: unknown built-in {name!r}; expected one of "
                              f"{', '.join('builtin://' + b for b in BUILTINS)}")

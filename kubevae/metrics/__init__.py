@@ -13,9 +13,14 @@ from kubevae.metrics.ground_truth import CachedRepresentation, GroundTruthData
 from kubevae.metrics.mig import mig, mig_details, mig_settings
 from kubevae.metrics.protocol import MetricProtocol
 from kubevae.metrics.sap import sap, sap_details, sap_settings
-from kubevae.metrics.unsupervised import (active_units, gaussian_total_correlation,
-                                          kl_per_dimension, mutual_info_score,
-                                          sampled_total_correlation, unsupervised_settings)
+from kubevae.metrics.unsupervised import (
+                                          active_units,
+                                          gaussian_total_correlation,
+                                          kl_per_dimension,
+                                          mutual_info_score,
+                                          sampled_total_correlation,
+                                          unsupervised_settings,
+)
 
 __all__ = [
     "DEFECT_KINDS", "CachedRepresentation", "GroundTruthData", "MetricProtocol", "PlantedDefects",

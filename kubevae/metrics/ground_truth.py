@@ -14,7 +14,8 @@ items they touch, not 640,000 encoder calls.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ class GroundTruthData:
             raise ValueError(f"factor_names: {len(self.factor_names)} names for {k} factors")
         observed = (self.factors.max(axis=0) + 1).tolist()
         self.factor_sizes = list(factor_sizes) if factor_sizes is not None else observed
-        if len(self.factor_sizes) != k or any(o > s for o, s in zip(observed, self.factor_sizes)):
+        if len(self.factor_sizes) != k or any(o > s for o, s in zip(observed, self.factor_sizes, strict=True)):
             raise ValueError(f"factor_sizes: {self.factor_sizes} do not fit the factor values "
                              f"(largest value + 1 per factor: {observed})")
         if (self.factors < 0).any():
@@ -50,10 +51,10 @@ class GroundTruthData:
         for f in range(k):
             order = np.argsort(self.factors[:, f], kind="stable")
             values, starts = np.unique(self.factors[order, f], return_index=True)
-            self._groups.append(dict(zip(values.tolist(), np.split(order, starts[1:]))))
+            self._groups.append(dict(zip(values.tolist(), np.split(order, starts[1:]), strict=True)))
 
     @classmethod
-    def from_dataset(cls, dataset) -> "GroundTruthData":
+    def from_dataset(cls, dataset) -> GroundTruthData:
         """From a kubevae.data.dataset.Dataset; items with a missing factor value are left out
         and counted in `excluded_items` (nothing is dropped silently)."""
         names = dataset.factor_names
@@ -143,7 +144,7 @@ class CachedRepresentation:
         self._known = np.zeros(len(data), dtype=bool)
 
     @classmethod
-    def wrap(cls, data: GroundTruthData, representation_fn) -> "CachedRepresentation":
+    def wrap(cls, data: GroundTruthData, representation_fn) -> CachedRepresentation:
         if isinstance(representation_fn, CachedRepresentation) and representation_fn.data is data:
             return representation_fn
         return cls(data, representation_fn)

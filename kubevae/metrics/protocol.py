@@ -35,17 +35,17 @@ class MetricProtocol:
     tc_num_points: int = 2_000
 
     @classmethod
-    def fast(cls) -> "MetricProtocol":
+    def fast(cls) -> MetricProtocol:
         return cls(name="fast", dci_importance="random_forest")
 
     @classmethod
-    def named(cls, name: str) -> "MetricProtocol":
+    def named(cls, name: str) -> MetricProtocol:
         protocols = {"disentanglement_lib": cls(), "fast": cls.fast()}
         if name not in protocols:
             raise ValueError(f"metric protocol: expected one of {sorted(protocols)}, got {name!r}")
         return protocols[name]
 
-    def scaled(self, fraction: float) -> "MetricProtocol":
+    def scaled(self, fraction: float) -> MetricProtocol:
         """Every sample count times `fraction` (at least 10): for tests and smoke runs only."""
         counts = {f.name: max(10, int(getattr(self, f.name) * fraction))
                   for f in dataclasses.fields(self)

@@ -27,7 +27,8 @@ kubevae.training.selection.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -78,7 +79,7 @@ def udr_details(codes: Sequence[np.ndarray], kl_per_dim: Sequence[np.ndarray], *
                          f"{len(codes)} and {len(kl_per_dim)}")
     n = len(codes[0])
     prepared, masks = [], []
-    for i, (z, kl) in enumerate(zip(codes, kl_per_dim)):
+    for i, (z, kl) in enumerate(zip(codes, kl_per_dim, strict=True)):
         z, kl = np.asarray(z, np.float64), np.asarray(kl, np.float64)
         if z.ndim != 2 or len(z) != n or z.shape[1] != len(kl):
             raise ValueError(f"udr: model {i}: codes {z.shape} and KL {kl.shape} do not match "

@@ -23,8 +23,9 @@ spelled two ways.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Mapping
 from functools import lru_cache
-from typing import Any, Mapping
+from typing import Any
 
 from kubevae.config import ModelConfig, ObjectiveConfig, TrainConfig
 

@@ -13,8 +13,8 @@ Without any of them this is a single process. gloo on CPU, NCCL on CUDA.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 import torch
 import torch.distributed as dist

@@ -176,7 +176,7 @@ class StepPlan:
         return -(-self.total_steps // self.steps_per_epoch)
 
     @classmethod
-    def make(cls, cfg: TrainConfig, num_images: int, world_size: int) -> "StepPlan":
+    def make(cls, cfg: TrainConfig, num_images: int, world_size: int) -> StepPlan:
         if cfg.batch_size % world_size:
             raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly "
                              f"over WORLD_SIZE={world_size} processes")
@@ -218,7 +218,7 @@ def reduce_means(sums: torch.Tensor, n_batches: int, dist: distributed.Distribut
         torch.distributed.all_reduce(sums)
         sums = sums.cpu() / dist.world_size
     means = (sums / max(1, n_batches)).tolist()
-    return dict(zip(("train_loss", "train_recon", "train_kl"), means))
+    return dict(zip(("train_loss", "train_recon", "train_kl"), means, strict=True))
 
 
 def validate(cfg: TrainConfig, vae: VAE, data: TrainingData, dist) -> dict[str, Any]:
