@@ -26,6 +26,40 @@ def isolated_runs(tmp_path, monkeypatch):
     os.environ.update(saved)
 
 
+# One short pipeline run (kfp.local, tiny data) serves every test that looks at a finished run:
+# tests/test_pipeline_local.py (branches, MLflow nesting) and tests/test_browser.py (the pages and
+# the MLflow UI). Two trials, so the study and the nesting of trials under the tuning run show.
+SHORT_RUN = {
+    "source_uri": "builtin://sprites?n=600&seed=3",
+    "backend": "local",
+    "latent_dims": [2, 3],
+    "max_trials": 2,
+    "parallel_trials": 1,
+    "trial_steps": 10,
+    "train_steps": 20,
+    "batch_size": 32,
+    "workers": 1,
+    "iwae_k": 2,
+    "model_name": "kubevae-e2e",
+}
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(tmp_path_factory):
+    """The first run of SHORT_RUN into a fresh folder and MLflow store (SQLite in the folder):
+    {"run_dir", "summary", "tasks"} (tasks: the kfp.local folder of each step's outputs).
+    Later tests may add runs to the same store (the second run of test_pipeline_local)."""
+    from pipelines.local_run import run_local
+
+    # Session fixtures run before the per-test environment reset below.
+    with pytest.MonkeyPatch.context() as env:
+        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+            env.delenv(var, raising=False)
+        run_dir = tmp_path_factory.mktemp("pipeline")
+        summary = run_local(dict(SHORT_RUN), run_dir)
+    return {"run_dir": run_dir, "summary": summary, "tasks": Path(summary["run_root"])}
+
+
 def kubevae_cmd(*args: str) -> list[str]:
     """The kubevae CLI as a subprocess command, with this interpreter."""
     return [sys.executable, "-m", "kubevae", *args]

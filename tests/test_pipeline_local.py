@@ -6,39 +6,22 @@ so each test asserts which tasks ran, not only that the run succeeded."""
 
 import pytest
 import yaml
+from conftest import SHORT_RUN
 
 from pipelines.local_run import run_local
-
-TINY = {
-    "source_uri": "builtin://sprites?n=600&seed=3",
-    "backend": "local",
-    "latent_dims": [2, 3],
-    "max_trials": 1,
-    "parallel_trials": 1,
-    "trial_steps": 10,
-    "train_steps": 20,
-    "batch_size": 32,
-    "workers": 1,
-    "iwae_k": 2,
-    "model_name": "kubevae-e2e",
-}
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    # Module-scoped fixtures run before the per-test environment reset in conftest.
-    with pytest.MonkeyPatch.context() as env:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID",
-                    "MLFLOW_EXPERIMENT_ID"):
-            env.delenv(var, raising=False)
-        yield tmp_path_factory.mktemp("pipeline")
+def run_dir(pipeline_run):
+    return pipeline_run["run_dir"]
 
 
 @pytest.fixture(scope="module")
-def first(run_dir):
-    return run_local(dict(TINY), run_dir)
+def first(pipeline_run):
+    """The session's shared run (tests/conftest.py), also looked at by tests/test_browser.py."""
+    return pipeline_run["summary"]
 
 
 def test_first_run_promotes_and_serves(first):
@@ -47,7 +30,7 @@ def test_first_run_promotes_and_serves(first):
     assert first["smoke_test"] == "passed"
     assert "V1" in first["smoke_report"] and "V2" in first["smoke_report"]
     assert set(first["best_params"]) >= {"beta", "latent_dim"}
-    assert first["best_params"]["latent_dim"] in (2, 3)
+    assert first["best_params"]["latent_dim"] in SHORT_RUN["latent_dims"]
     assert first["test_metrics"]["neg_elbo"] > 0
     for step in ("ingest", "split", "tune", "train", "evaluate", "gate", "deploy", "smoke-test"):
         assert step in first["step_seconds"], step
@@ -59,11 +42,11 @@ def test_first_run_writes_the_inference_service_it_would_apply(first):
     manifests = list(Path(first["inference_service"]).rglob("*.yaml"))
     assert manifests
     isvc = yaml.safe_load(manifests[0].read_text())
-    assert isvc["kind"] == "InferenceService" and isvc["metadata"]["name"] == "kubevae-e2e"
+    assert isvc["kind"] == "InferenceService" and isvc["metadata"]["name"] == SHORT_RUN["model_name"]
 
 
 def test_second_run_keeps_the_champion(first, run_dir):
-    second = run_local({**TINY, "gate_margin": 1e9}, run_dir)
+    second = run_local({**SHORT_RUN, "gate_margin": 1e9}, run_dir)
     assert second["branch"] == "not-promoted"
     assert second["gate"] == "challenger"
     assert "smoke_test" not in second
