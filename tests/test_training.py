@@ -160,10 +160,10 @@ def test_torchrun_resumes_every_rank_from_rank_zeros_checkpoint(tmp_path):
 def test_bf16_run_tracks_the_fp32_run(tmp_path):
     """Two epochs from the same seed, in fp32 and in bf16 autocast (native where the CPU has it,
     emulated where not), keep the same per-epoch losses within 2% (measured: <= 0.8%) while
-    the loss falls by a third: the log-likelihood, the KL and Adam's state stay in fp32."""
+    the loss falls by a fifth (at lr 1e-3, set here: the default is the slower literature rate): the log-likelihood, the KL and Adam's state stay in fp32."""
     runs = {}
     for precision in ("fp32", "bf16"):
-        cfg = TrainConfig(dataset="sprites", dataset_size=160, batch_size=16, epochs=2,
+        cfg = TrainConfig(dataset="sprites", dataset_size=160, batch_size=16, epochs=2, lr=1e-3,
                           warmup_lr_steps=1, out=str(tmp_path / precision), tracking=False,
                           precision=precision, model=ModelConfig(latent_dim=4))
         runs[precision] = train(cfg)["history"]
