@@ -73,25 +73,28 @@ def run(command: list[str], uploads: list[tuple[str, str]] = (), *, out: TextIO 
 
 
 def _pair(text: str) -> tuple[str, str]:
-    folder, sep, uri = text.partition("=")
+    """--upload FOLDER=URI."""
+    folder, uri = _folder_and_uri(text, uri_first=False)
+    return folder, uri
+
+
+def _download(text: str) -> tuple[str, str]:
+    """--download URI=FOLDER."""
+    folder, uri = _folder_and_uri(text, uri_first=True)
+    return uri, folder
+
+
+def _folder_and_uri(text: str, *, uri_first: bool) -> tuple[str, str]:
+    left, sep, right = text.partition("=")
+    uri, folder = (left, right) if uri_first else (right, left)
     if not sep or not folder or not uri:
-        raise argparse.ArgumentTypeError(f"expected FOLDER=URI, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected {'URI=FOLDER' if uri_first else 'FOLDER=URI'}, got {text!r}")
     try:
         objectstore.parse_uri(uri)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     return folder, uri
-
-
-def _download(text: str) -> tuple[str, str]:
-    uri, sep, folder = text.partition("=")
-    if not sep or not folder or not uri:
-        raise argparse.ArgumentTypeError(f"expected URI=FOLDER, got {text!r}")
-    try:
-        objectstore.parse_uri(uri)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-    return uri, folder
 
 
 def main(argv: list[str] | None = None) -> int:
