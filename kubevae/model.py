@@ -102,6 +102,10 @@ class Decoder(nn.Module):
 
 
 class VAE(nn.Module):
+    # Buffers (register_buffer): declared so that type checkers see tensors, not Module | Tensor.
+    input_mean: torch.Tensor
+    input_std: torch.Tensor
+
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config

@@ -78,11 +78,11 @@ class DynamicBatcher:
             REFUSED.labels(self.model_name, "overloaded").inc()
             raise Overloaded(f"the server has {self.pending} requests queued or running, its limit "
                              f"(--max-pending-requests); retry later")
-        self._ensure_consumer()
+        wakeup = self._ensure_consumer()
         job = _Job(request, asyncio.get_running_loop().create_future())
         key = request.batch_key if request.batch_key is not None else object()
         self._queues.setdefault(key, collections.deque()).append(job)
-        self._wakeup.set()
+        wakeup.set()
         self.pending += 1
         PENDING.labels(self.model_name).set(self.pending)
         try:
@@ -97,21 +97,24 @@ class DynamicBatcher:
             self.pending -= 1
             PENDING.labels(self.model_name).set(self.pending)
 
-    def _ensure_consumer(self) -> None:
-        if self._consumer is None or self._consumer.done():
-            self._wakeup = asyncio.Event()
-            self._consumer = asyncio.get_running_loop().create_task(self._consume())
+    def _ensure_consumer(self) -> asyncio.Event:
+        """The running consumer's wake-up event (a new consumer when none runs on this loop)."""
+        wakeup = self._wakeup
+        if self._consumer is None or self._consumer.done() or wakeup is None:
+            wakeup = self._wakeup = asyncio.Event()
+            self._consumer = asyncio.get_running_loop().create_task(self._consume(wakeup))
+        return wakeup
 
-    async def _consume(self) -> None:
+    async def _consume(self, wakeup: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
         while True:
             if not self._queues:
-                self._wakeup.clear()
-                await self._wakeup.wait()
+                wakeup.clear()
+                await wakeup.wait()
                 continue
             now = time.monotonic()
             key = min(self._queues, key=lambda k: self._priority(k, now))
-            await self._wait_for_company(key)
+            await self._wait_for_company(key, wakeup)
             jobs = self._take(key)
             if not jobs:
                 continue
@@ -137,21 +140,22 @@ class DynamicBatcher:
             return (0, head.arrived)
         return (1, head.request.work, head.arrived)
 
-    async def _wait_for_company(self, key: Hashable) -> None:
+    async def _wait_for_company(self, key: Hashable, wakeup: asyncio.Event) -> None:
         queue = self._queues[key]
         while sum(j.request.size for j in queue) < self.max_images:
             remaining = queue[0].arrived + self.max_delay_s - time.monotonic()
             if remaining <= 0:
                 return
-            self._wakeup.clear()
+            wakeup.clear()
             try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining)
+                await asyncio.wait_for(wakeup.wait(), remaining)
             except TimeoutError:
                 return
 
     def _take(self, key: Hashable) -> list[_Job]:
         queue = self._queues[key]
-        jobs, images, work = [], 0, 0
+        jobs: list[_Job] = []
+        images, work = 0, 0
         while queue and (not jobs or (images + queue[0].request.size <= self.max_images and (
                 self.max_work is None or work + queue[0].request.work <= self.max_work))):
             job = queue.popleft()

@@ -31,6 +31,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
+from starlette.types import Message
 
 from serving.codec import MAX_DIMS, new_request_id
 from serving.errors import install_handlers
@@ -69,7 +70,7 @@ class RequestContextMiddleware:
         token = REQUEST_LOG.set(entry)
         started = time.perf_counter()
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
                 entry["status"] = message["status"]
                 message["headers"] = [*message.get("headers", []),
@@ -221,10 +222,14 @@ def install(app: FastAPI, max_payload_bytes: int) -> None:
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=max_payload_bytes)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=max_payload_bytes)
 
-    async def validation_error(_request: Any, error: RequestValidationError) -> JSONResponse:
+    async def validation_error(_request: Any, error: Exception) -> JSONResponse:
+        if not isinstance(error, RequestValidationError):  # registered for this class only
+            raise error
         return JSONResponse(status_code=400, content={"error": describe_validation(error)})
 
-    async def http_error(_request: Any, error: StarletteHTTPException) -> JSONResponse:
+    async def http_error(_request: Any, error: Exception) -> JSONResponse:
+        if not isinstance(error, StarletteHTTPException):  # registered for this class (and subclasses)
+            raise error
         if error.status_code == 413:
             return too_large(max_payload_bytes)
         return JSONResponse(status_code=error.status_code, content={"error": str(error.detail)},

@@ -63,8 +63,9 @@ class LocalServer:
         return cmd + self.args
 
     def start(self) -> LocalServer:
-        self._log = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
-        self.process = subprocess.Popen(self.command(), stdout=self._log, stderr=self._log, env=self.env,
+        self._log = open(self.log_path, "ab") if self.log_path else None
+        output = self._log if self._log is not None else subprocess.DEVNULL
+        self.process = subprocess.Popen(self.command(), stdout=output, stderr=output, env=self.env,
                                         preexec_fn=_die_with_parent if sys.platform == "linux" else None)
         self.wait_ready()
         return self
@@ -72,9 +73,12 @@ class LocalServer:
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         url = f"{self.url}/v2/models/{self.model_name}/ready"
+        process = self.process
+        if process is None:
+            raise RuntimeError("LocalServer.wait_ready: the server was not started (call start())")
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"kubevae serve exited with code {self.process.returncode} before "
+            if process.poll() is not None:
+                raise RuntimeError(f"kubevae serve exited with code {process.returncode} before "
                                    f"it was ready (log: {self.log_path or 'not kept'})")
             try:
                 if httpx.get(url, timeout=2.0).status_code == 200:
@@ -93,7 +97,7 @@ class LocalServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        if self._log not in (None, subprocess.DEVNULL):
+        if self._log is not None:
             self._log.close()
         return None if self.process is None else self.process.returncode
 

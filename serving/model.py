@@ -25,7 +25,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest, InferResponse
 
 from kubevae.hardware import pick_device
-from kubevae.model import CONFIG_FILE, WEIGHTS_FILE, load_model
+from kubevae.model import CONFIG_FILE, VAE, WEIGHTS_FILE, load_model
 from serving.batcher import DynamicBatcher
 from serving.codec import ModelSpec, parse_v1, parse_v2, v1_response, v2_response
 from serving.config import OPS, ServeConfig
@@ -39,7 +39,7 @@ class VAEModel(Model):
     def __init__(self, config: ServeConfig):
         super().__init__(config.model_name)
         self.config = config
-        self.vae = None
+        self.vae: VAE | None = None
         self.spec: ModelSpec | None = None
         self.batcher: DynamicBatcher | None = None
 
@@ -51,10 +51,11 @@ class VAEModel(Model):
                 raise FileNotFoundError(f"{model_dir / name}: not found; expected a kubevae model "
                                         f"folder ({CONFIG_FILE} + {WEIGHTS_FILE})")
         torch.set_num_threads(self.config.threads)
-        self.vae = load_model(model_dir, device=pick_device(self.config.device)).eval()
-        cfg = self.vae.config
-        self.spec = ModelSpec(cfg.image_size, cfg.channels, cfg.latent_dim)
-        self.batcher = DynamicBatcher(functools.partial(run_batch, self.vae),
+        vae = load_model(model_dir, device=pick_device(self.config.device)).eval()
+        cfg = vae.config
+        spec = ModelSpec(cfg.image_size, cfg.channels, cfg.latent_dim)
+        self.vae, self.spec = vae, spec
+        self.batcher = DynamicBatcher(functools.partial(run_batch, vae),
                                       max_images=self.config.batch_max_images,
                                       max_delay_s=self.config.batch_delay_ms / 1000,
                                       model_name=self.name,
@@ -64,27 +65,34 @@ class VAEModel(Model):
         self.warm_up()
         self.ready = True
         log.info("model ready", extra={"fields": {
-            "model_name": self.name, "model_dir": str(model_dir), "image_shape": list(self.spec.image_shape),
-            "latent_dim": self.spec.latent_dim, "device": str(self.vae.input_mean.device)}})
+            "model_name": self.name, "model_dir": str(model_dir), "image_shape": list(spec.image_shape),
+            "latent_dim": spec.latent_dim, "device": str(vae.input_mean.device)}})
         return self.ready
 
     def warm_up(self) -> None:
         """Run every operation at a few batch sizes, so that the first real requests do not
         pay for lazy initialization (allocator, kernels)."""
         started = time.perf_counter()
+        spec, batcher = self.loaded()
         sizes = sorted({1, max(1, self.config.batch_max_images // 2), self.config.batch_max_images})
         for size in sizes[:max(1, self.config.warmup_batches)]:
-            images = np.zeros((size, *self.spec.image_shape), np.uint8)
-            latents = np.zeros((size, self.spec.latent_dim), np.float32)
+            images = np.zeros((size, *spec.image_shape), np.uint8)
+            latents = np.zeros((size, spec.latent_dim), np.float32)
             for op in ("encode", "reconstruct"):
-                self.batcher.run_now([OpRequest(op, images=images)])
-            self.batcher.run_now([OpRequest("generate", latents=latents)])
-        one = np.zeros((1, *self.spec.image_shape), np.uint8)
-        self.batcher.run_now([OpRequest("score", images=one, params={"k": 2, "seed": 0})])
-        self.batcher.run_now([OpRequest("traverse", images=one,
+                batcher.run_now([OpRequest(op, images=images)])
+            batcher.run_now([OpRequest("generate", latents=latents)])
+        one = np.zeros((1, *spec.image_shape), np.uint8)
+        batcher.run_now([OpRequest("score", images=one, params={"k": 2, "seed": 0})])
+        batcher.run_now([OpRequest("traverse", images=one,
                                         params={"dim": 0, "steps": 2, "span": 1.0})])
         log.info("warm-up done", extra={"fields": {
             "ops": list(OPS), "batch_sizes": sizes, "ms": round((time.perf_counter() - started) * 1000, 1)}})
+
+    def loaded(self) -> tuple[ModelSpec, DynamicBatcher]:
+        """The model's spec and batcher; KServe calls load() before it routes a request here."""
+        if self.spec is None or self.batcher is None:
+            raise RuntimeError(f"model {self.name!r} used before load()")
+        return self.spec, self.batcher
 
     def stop(self) -> None:
         if self.batcher is not None:
@@ -93,13 +101,15 @@ class VAEModel(Model):
 
     # -- metadata (GET /v2/models/NAME) -------------------------------------------------------
     def get_input_types(self) -> list[dict]:
-        h, w, c = self.spec.image_shape
+        spec, _ = self.loaded()
+        h, w, c = spec.image_shape
         return [{"name": "images", "datatype": "UINT8", "shape": [-1, h, w, c]},
-                {"name": "latents", "datatype": "FP32", "shape": [-1, self.spec.latent_dim]}]
+                {"name": "latents", "datatype": "FP32", "shape": [-1, spec.latent_dim]}]
 
     def get_output_types(self) -> list[dict]:
-        h, w, c = self.spec.image_shape
-        d = self.spec.latent_dim
+        spec, _ = self.loaded()
+        h, w, c = spec.image_shape
+        d = spec.latent_dim
         return [{"name": "mu", "datatype": "FP32", "shape": [-1, d]},
                 {"name": "logvar", "datatype": "FP32", "shape": [-1, d]},
                 {"name": "image", "datatype": "UINT8", "shape": [-1, h, w, c]},
@@ -122,7 +132,7 @@ class VAEModel(Model):
         try:
             request = self.parse(payload, is_v2)
             fields.update(op=request.op, items=request.size, work=request.work)
-            result = await self.batcher.submit(request)
+            result = await self.loaded()[1].submit(request)
         except (InvalidInput, GrpcException) as error:
             fields["error"] = str(error)
             if not http:
@@ -142,9 +152,10 @@ class VAEModel(Model):
         """The validated request. Whatever goes wrong while parsing is the request's fault (400 /
         INVALID_ARGUMENT), never the server's: an error that serving.codec did not foresee is
         logged with its traceback and still answered as bad input."""
+        spec, _ = self.loaded()
         try:
-            return parse_v2(payload, self.spec, self.config.limits) if is_v2 \
-                else parse_v1(payload, self.spec, self.config.limits)
+            return parse_v2(payload, spec, self.config.limits) if is_v2 \
+                else parse_v1(payload, spec, self.config.limits)
         except InvalidInput:
             raise
         except Exception as error:

@@ -15,7 +15,7 @@ Outputs, per operation (the same names on V1, V2 REST and gRPC):
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,6 +53,18 @@ class OpRequest:
         factor = {"score": self.params.get("k", 1), "traverse": self.params.get("steps", 1)}
         return self.size * factor.get(self.op, 1)
 
+    def given_images(self) -> np.ndarray:
+        """The images of an operation on images (serving.codec checks that they are there)."""
+        if self.images is None:
+            raise ValueError(f"operation {self.op!r}: the request has no images")
+        return self.images
+
+    def given_latents(self) -> np.ndarray:
+        """The latents of an operation on latents (serving.codec checks that they are there)."""
+        if self.latents is None:
+            raise ValueError(f"operation {self.op!r}: the request has no latents")
+        return self.latents
+
     @property
     def batch_key(self) -> Hashable | None:
         """Requests with equal keys may share one model call; None means run alone."""
@@ -67,14 +79,15 @@ def run_batch(vae: VAE, requests: list[OpRequest]) -> list[dict[str, np.ndarray]
     """Run requests that share a batch key as one batch; one result dict per request."""
     op = requests[0].op
     device = vae.input_mean.device
+    outputs: Mapping[str, torch.Tensor | np.ndarray]
     with torch.inference_mode():
         if op == "traverse":
             return [traverse(vae, r, device) for r in requests]
         if op == "generate":
-            z = torch.from_numpy(np.concatenate([r.latents for r in requests])).to(device)
+            z = torch.from_numpy(np.concatenate([r.given_latents() for r in requests])).to(device)
             outputs = {"image": to_uint8_hwc(vae.mean_image(vae.decode(z))), "latent": z}
         else:
-            x = images_to_unit(np.concatenate([unit_float(r.images) for r in requests]), device)
+            x = images_to_unit(np.concatenate([unit_float(r.given_images()) for r in requests]), device)
             if op == "encode":
                 mu, logvar = vae.encode(x)
                 outputs = {"mu": mu, "logvar": logvar}
@@ -113,7 +126,7 @@ def traverse(vae: VAE, request: OpRequest, device: torch.device) -> dict[str, np
     if request.images is not None:
         z0, _ = vae.encode(images_to_unit(unit_float(request.images), device))
     else:
-        z0 = torch.from_numpy(request.latents).to(device)
+        z0 = torch.from_numpy(request.given_latents()).to(device)
     steps, dim, span = request.params["steps"], request.params["dim"], request.params["span"]
     z = z0.float().unsqueeze(1).repeat(1, steps, 1)  # N x S x D
     z[:, :, dim] = torch.linspace(-span, span, steps, device=device)
@@ -131,10 +144,11 @@ def images_to_unit(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
 
 
-def split(outputs: dict[str, Any], sizes: list[int]) -> list[dict[str, np.ndarray]]:
+def split(outputs: Mapping[str, torch.Tensor | np.ndarray], sizes: list[int]) -> list[dict[str, np.ndarray]]:
     arrays = {name: value.float().cpu().numpy() if isinstance(value, torch.Tensor) else value
               for name, value in outputs.items()}
-    results, start = [], 0
+    results: list[dict[str, np.ndarray]] = []
+    start = 0
     for size in sizes:
         results.append({name: array[start:start + size] for name, array in arrays.items()})
         start += size
