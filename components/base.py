@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import TYPE_CHECKING
 
 from kfp import dsl
 
@@ -20,6 +21,8 @@ from kubevae import __version__
 IMAGE = os.environ.get("KUBEVAE_IMAGE", f"ghcr.io/kubevae/kubevae:{__version__}")
 
 # A running step (_KFP_RUNTIME=true) imports kfp.dsl without its decorators and needs only IMAGE
-# from here (components.backends.base reads it).
-component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False) \
-    if hasattr(dsl, "component") else None
+# from here (components.backends.base reads it). Type checkers see the full kfp.dsl.
+if TYPE_CHECKING or hasattr(dsl, "component"):
+    component = functools.partial(dsl.component, base_image=IMAGE, install_kfp_package=False)
+else:
+    component = None

@@ -56,19 +56,36 @@ class Parameter:
         if self.kind == "int" and (self.min != int(self.min) or self.max != int(self.max)):
             raise ValueError(f"{where}: an int parameter needs whole min/max, got {self.min}..{self.max}")
 
+    @property
+    def choices(self) -> tuple[Any, ...]:
+        """A categorical parameter's values."""
+        if self.values is None:
+            raise ValueError(f"search space parameter {self.name!r}: a {self.kind} parameter has no "
+                             f"`values`; expected a categorical parameter here")
+        return self.values
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        """A double or int parameter's (min, max)."""
+        if self.min is None or self.max is None:
+            raise ValueError(f"search space parameter {self.name!r}: a {self.kind} parameter has no "
+                             f"min/max; expected a double or int parameter here")
+        return self.min, self.max
+
     def grid(self, points: int) -> list[Any]:
         """Values a grid search tries: the list itself, every int, or `points` spaced values
         (geometrically when log)."""
         if self.kind == "categorical":
-            return list(self.values)
+            return list(self.choices)
+        low, high = self.bounds
         if self.kind == "int":
-            return list(range(int(self.min), int(self.max) + 1))
+            return list(range(int(low), int(high) + 1))
         if points < 2:
             raise ValueError(f"grid points for {self.name!r}: expected >= 2, got {points}")
         if self.log:
-            lo, hi = math.log(self.min), math.log(self.max)
+            lo, hi = math.log(low), math.log(high)
             return [_round(math.exp(lo + (hi - lo) * i / (points - 1))) for i in range(points)]
-        return [_round(self.min + (self.max - self.min) * i / (points - 1)) for i in range(points)]
+        return [_round(low + (high - low) * i / (points - 1)) for i in range(points)]
 
 
 @dataclass(frozen=True)
@@ -105,8 +122,9 @@ class SearchSpace:
                 space = V1beta1FeasibleSpace(list=[str(v) for v in p.grid(grid_points or 0)])
                 kind = "categorical"
             else:
+                low, high = p.bounds
                 space = V1beta1FeasibleSpace(
-                    min=_katib_number(p.min, p.kind), max=_katib_number(p.max, p.kind),
+                    min=_katib_number(low, p.kind), max=_katib_number(high, p.kind),
                     distribution="logUniform" if p.log else "uniform")
                 kind = p.kind
             specs.append(V1beta1ParameterSpec(name=p.name, parameter_type=kind, feasible_space=space))
@@ -118,11 +136,13 @@ class SearchSpace:
         values: dict[str, Any] = {}
         for p in self.parameters:
             if p.kind == "categorical":
-                values[p.name] = trial.suggest_categorical(p.name, list(p.values))
+                values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
             elif p.kind == "int":
-                values[p.name] = trial.suggest_int(p.name, int(p.min), int(p.max), log=p.log)
+                low, high = p.bounds
+                values[p.name] = trial.suggest_int(p.name, int(low), int(high), log=p.log)
             else:
-                values[p.name] = trial.suggest_float(p.name, float(p.min), float(p.max), log=p.log)
+                low, high = p.bounds
+                values[p.name] = trial.suggest_float(p.name, float(low), float(high), log=p.log)
         return values
 
     def optuna_distributions(self) -> dict[str, Any]:
@@ -132,11 +152,13 @@ class SearchSpace:
         out: dict[str, Any] = {}
         for p in self.parameters:
             if p.kind == "categorical":
-                out[p.name] = optuna.distributions.CategoricalDistribution(list(p.values))
+                out[p.name] = optuna.distributions.CategoricalDistribution(list(p.choices))
             elif p.kind == "int":
-                out[p.name] = optuna.distributions.IntDistribution(int(p.min), int(p.max), log=p.log)
+                low, high = p.bounds
+                out[p.name] = optuna.distributions.IntDistribution(int(low), int(high), log=p.log)
             else:
-                out[p.name] = optuna.distributions.FloatDistribution(p.min, p.max, log=p.log)
+                low, high = p.bounds
+                out[p.name] = optuna.distributions.FloatDistribution(low, high, log=p.log)
         return out
 
     # -- trials --------------------------------------------------------------------------
@@ -191,10 +213,10 @@ def default_search_space(beta_min: float = 1.0, beta_max: float = 16.0,
 
 def _typed(p: Parameter, text: str) -> Any:
     if p.kind == "categorical":
-        for v in p.values:
+        for v in p.choices:
             if str(v) == str(text):
                 return v
-        raise ValueError(f"parameter {p.name!r}: {text!r} is not one of {list(p.values)}")
+        raise ValueError(f"parameter {p.name!r}: {text!r} is not one of {list(p.choices)}")
     try:
         return int(float(text)) if p.kind == "int" else float(text)
     except ValueError:

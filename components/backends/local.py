@@ -121,6 +121,8 @@ class LocalBackend:
         records = [TrialRecord(t.number, dict(t.params), t.value, t.state.name,
                                last_lines.get(t.number, {})) for t in study.trials]
         best = study.best_trial
+        if best.value is None:  # optuna picks the best among complete trials, which have values
+            raise RuntimeError(f"tune: optuna's best trial {best.number} has no value")
         return TuneResult(best_params=dict(best.params), best_value=float(best.value),
                           trials=records, objective_metric=request.objective_metric,
                           direction=direction, best_trial=best.number, algorithm=request.algorithm)

@@ -24,5 +24,7 @@ def to_dict(obj: Any) -> Any:
     from pydantic import BaseModel
 
     if isinstance(obj, BaseModel):
-        return obj.to_dict()  # the generated to_dict: camelCase, unset fields left out
+        # the generated to_dict: camelCase, unset fields left out (kubeflow-trainer-api's generated
+        # models define it; pydantic's BaseModel, all mypy knows of obj here, does not)
+        return obj.to_dict()  # type: ignore[attr-defined]
     return ApiClient().sanitize_for_serialization(obj)

@@ -23,7 +23,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TextIO
 
@@ -34,10 +34,10 @@ def timestamp() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def run(command: list[str], uploads: list[tuple[str, str]] = (), *, out: TextIO = sys.stdout,
+def run(command: list[str], uploads: Sequence[tuple[str, str]] = (), *, out: TextIO = sys.stdout,
         env: Mapping[str, str] = os.environ, clock: Callable[[], str] = timestamp,
         client_factory=objectstore.client_from_env,
-        downloads: list[tuple[str, str]] = ()) -> int:
+        downloads: Sequence[tuple[str, str]] = ()) -> int:
     from kubevae.training.distributed import node_rank
 
     if not command:

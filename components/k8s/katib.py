@@ -149,7 +149,7 @@ def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial
 def hyperband_min_parallel(space: SearchSpace, tuning: Tuning) -> int:
     """Katib's hyperband needs parallelTrialCount >= eta ** s_max, s_max = floor(log_eta(r_l))."""
     resource = next(p for p in space.parameters if p.name == tuning.hyperband_resource)
-    s_max = int(math.log(resource.max) / math.log(tuning.hyperband_eta))
+    s_max = int(math.log(resource.bounds[1]) / math.log(tuning.hyperband_eta))
     return int(math.ceil(tuning.hyperband_eta ** s_max))
 
 
@@ -172,7 +172,7 @@ def _algorithm(space: SearchSpace, tuning: Tuning) -> V1beta1AlgorithmSpec:
     if tuning.algorithm == "hyperband":
         resource = next(p for p in space.parameters if p.name == tuning.hyperband_resource)
         settings += [("resource_name", tuning.hyperband_resource), ("eta", tuning.hyperband_eta),
-                     ("r_l", int(resource.max))]
+                     ("r_l", int(resource.bounds[1]))]
     return V1beta1AlgorithmSpec(
         algorithm_name=tuning.algorithm,
         algorithm_settings=[V1beta1AlgorithmSetting(name=k, value=str(v)) for k, v in settings] or None)

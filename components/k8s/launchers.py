@@ -567,6 +567,7 @@ class InferenceServiceLauncher:
             self.log(f"InferenceService {self.namespace}/{name}: canary rejected ({e}); rolling back")
             back = self.rollback(name, mode)
             return Rollout("rolled_back", service_url(back), {"error": str(e)})
+        promote: dict[str, Any]
         if mode == "Knative":
             promote = {"spec": {"predictor": {"canaryTrafficPercent": None}}}
         else:

@@ -35,8 +35,8 @@ class TrainingApi:
     container: str  # the training container; Katib's primaryContainerName
     success: str  # condition types that end the job
     failure: str
+    build: Callable[..., Any]  # (TrainingJob, name=None, namespace=None) -> SDK object
     primary_pod_labels: dict[str, str] = field(default_factory=dict)
-    build: Callable[..., Any] = None  # (TrainingJob, name=None, namespace=None) -> SDK object
 
     @property
     def api_version(self) -> str:
