@@ -292,6 +292,16 @@ def test_every_objective_builds_a_valid_experiment_with_its_direction(objective_
     assert parsed.objective_metric == objective_metric and parsed.steps == 500
 
 
+def test_a_categorical_hyperband_resource_is_refused_naming_the_parameter():
+    # Katib's hyperband reads the resource's max; a categorical one used to end in a bare
+    # TypeError from math.log(None).
+    from components.k8s.katib import hyperband_min_parallel
+
+    space = default_search_space().with_parameter(Parameter("steps", "categorical", values=(100, 200)))
+    with pytest.raises(ValueError, match="parameter 'steps': a categorical parameter has no min/max"):
+        hyperband_min_parallel(space, Tuning(algorithm="hyperband"))
+
+
 def test_hyperband_with_udr_is_refused_before_anything_is_built():
     with pytest.raises(ValueError, match="hyperband .* udr"):
         Tuning.for_objective("udr", algorithm="hyperband")
