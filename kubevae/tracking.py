@@ -86,6 +86,13 @@ class Tracker:
     def run_id(self) -> str | None:
         return self.run.info.run_id if self.run is not None else None
 
+    @property
+    def _api(self) -> Any:
+        """The mlflow module, for the calls that _call runs (it runs none when disabled)."""
+        if self._mlflow is None:
+            raise TrackingUnavailable("tracking is disabled")
+        return self._mlflow
+
     def _call(self, what: str, fn, *args, **kwargs) -> Any:
         if not self.enabled:
             return None
@@ -97,33 +104,33 @@ class Tracker:
 
     def log_params(self, params: dict[str, Any]) -> None:
         flat = {k: str(v)[:6000] for k, v in _flatten(params).items()}
-        self._call("log_params", lambda: self._mlflow.log_params(flat))
+        self._call("log_params", lambda: self._api.log_params(flat))
 
     def log_metrics(self, metrics: dict[str, Any], step: int | None = None) -> None:
         scalars = {k: float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float, np.floating, np.integer)) and np.isfinite(v)}
-        self._call("log_metrics", lambda: self._mlflow.log_metrics(scalars, step=step))
+        self._call("log_metrics", lambda: self._api.log_metrics(scalars, step=step))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        self._call("set_tags", lambda: self._mlflow.set_tags({k: str(v) for k, v in tags.items()}))
+        self._call("set_tags", lambda: self._api.set_tags({k: str(v) for k, v in tags.items()}))
 
     def log_image(self, image: np.ndarray, name: str) -> None:
-        self._call("log_image", lambda: self._mlflow.log_image(image, name))
+        self._call("log_image", lambda: self._api.log_image(image, name))
 
     def log_figure(self, figure: Any, name: str) -> None:
-        self._call("log_figure", lambda: self._mlflow.log_figure(figure, name))
+        self._call("log_figure", lambda: self._api.log_figure(figure, name))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifact", lambda: self._mlflow.log_artifact(str(path), artifact_path))
+        self._call("log_artifact", lambda: self._api.log_artifact(str(path), artifact_path))
 
     def log_artifacts(self, path: str | Path, artifact_path: str | None = None) -> None:
-        self._call("log_artifacts", lambda: self._mlflow.log_artifacts(str(path), artifact_path))
+        self._call("log_artifacts", lambda: self._api.log_artifacts(str(path), artifact_path))
 
     def log_dict(self, obj: dict[str, Any], name: str) -> None:
-        self._call("log_dict", lambda: self._mlflow.log_dict(obj, name))
+        self._call("log_dict", lambda: self._api.log_dict(obj, name))
 
     def log_text(self, text: str, name: str) -> None:
-        self._call("log_text", lambda: self._mlflow.log_text(text, name))
+        self._call("log_text", lambda: self._api.log_text(text, name))
 
     def call(self, what: str, fn, *args, **kwargs) -> Any:
         """Run any other MLflow call with the same warn-and-continue policy."""
@@ -143,7 +150,7 @@ class Tracker:
         """Give the run a name that says what came out of it ("gate · promoted v3"). A run that
         KFP's MLflow integration created (MLFLOW_RUN_ID) keeps the name KFP gave it."""
         if self.run_id and not os.environ.get("MLFLOW_RUN_ID"):
-            self._call("rename", lambda: self._mlflow.MlflowClient().update_run(self.run_id, name=name))
+            self._call("rename", lambda: self._api.MlflowClient().update_run(self.run_id, name=name))
 
 
 DISABLED = Tracker(None, None)

@@ -35,7 +35,15 @@ import numpy as np
 import pandas as pd
 
 from kubevae.data.dataset import INFO_FILE, SHARD_ITEMS, render_card, write_dataset
-from kubevae.ingest.decode import REASONS, BatchResult, Target, decode_batch, infer_target, phash_hex
+from kubevae.ingest.decode import (
+    REASONS,
+    BatchResult,
+    Rejected,
+    Target,
+    decode_batch,
+    infer_target,
+    phash_hex,
+)
 from kubevae.ingest.metadata import MAX_METADATA_BYTES, Metadata, load_metadata
 from kubevae.ingest.parallel import ordered_map
 from kubevae.ingest.sources import Entry, Source, SourceError, open_source
@@ -178,6 +186,8 @@ def ingest(source_uri: str, out_dir: str | Path, *, metadata: str | None = None,
         if report.seen != report.accepted + report.quarantined:  # a bug, never bad input
             raise AssertionError(f"counts do not reconcile: {report.counts()}")
         _check_bad_fraction(report, quarantine, out_dir)
+        if images is None:  # a bug, never bad input: _check_bad_fraction refuses a run that accepted nothing
+            raise AssertionError(f"no accepted images to write: {report.counts()}")
         manifest, factor_names, factor_sizes = _manifest(accepted, builtin, meta)
         card = _card(report, source, builtin, license, name, target, factor_names)
         if schedule_time:  # a recurring run's schedule time: tells the Monday runs apart
@@ -241,7 +251,8 @@ def _work(source: Source, target: Target, task: tuple[list[str], dict]) -> Batch
     level, so that processes can run it."""
     keys, prefetched = task
     missing = [k for k in keys if k not in prefetched]
-    fetched = dict(zip(missing, source.fetch(missing), strict=True)) if missing else {}
+    fetched: dict[str, bytes | np.ndarray | Rejected] = \
+        dict(zip(missing, source.fetch(missing), strict=True)) if missing else {}
     payloads = [prefetched[k] if k in prefetched else fetched[k] for k in keys]
     return decode_batch(payloads, keys, target)
 

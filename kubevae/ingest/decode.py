@@ -88,7 +88,7 @@ class BatchResult:
     images: np.ndarray                       # uint8 A x H x W x C, accepted items only
     accepted: list[int] = field(default_factory=list)   # positions in the batch
     sha256: list[str] = field(default_factory=list)     # per accepted item
-    phash: np.ndarray | None = None          # uint64 per accepted item
+    phash: np.ndarray = field(default_factory=lambda: np.zeros(0, np.uint64))  # uint64 per accepted item
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (position, reason, detail)
 
 
@@ -197,11 +197,11 @@ def _from_array(array: np.ndarray) -> np.ndarray:
         if not np.isfinite(array).all():
             bad = int((~np.isfinite(array)).sum())
             raise Rejected("nonfinite", f"{bad} NaN/Inf values in a {array.dtype} array")
-        low, high = float(array.min()), float(array.max())
-        if low < 0 or high > 255:
-            raise Rejected("out_of_range", f"{array.dtype} values in [{low:g}, {high:g}]; "
+        lowest, highest = float(array.min()), float(array.max())
+        if lowest < 0 or highest > 255:
+            raise Rejected("out_of_range", f"{array.dtype} values in [{lowest:g}, {highest:g}]; "
                                            "expected [0, 1] or [0, 255]")
-        scale = 255.0 if high <= 1.0 else 1.0  # floats in [0, 1] are unit intensities
+        scale = 255.0 if highest <= 1.0 else 1.0  # floats in [0, 1] are unit intensities
         return np.rint(array * scale).astype(np.uint8)
     raise Rejected("undecodable", f"array dtype {array.dtype}; expected bool, integer or float")
 
@@ -214,8 +214,8 @@ def conform(image: np.ndarray, target: Target) -> np.ndarray:
             raise Rejected("wrong_channels", f"{channels} channel(s); expected {target.channels} "
                                              "(--channels converts)")
         mode = "L" if target.channels == 1 else "RGB"
-        image = _as_pil(image).convert(mode)
-        image = np.asarray(image, np.uint8).reshape(image.height, image.width, target.channels)
+        converted = _as_pil(image).convert(mode)
+        image = np.asarray(converted, np.uint8).reshape(converted.height, converted.width, target.channels)
     h, w = image.shape[:2]
     if (h, w) != (target.size, target.size):
         if not target.resize:
@@ -294,23 +294,26 @@ def decode_batch(payloads: Sequence[bytes | np.ndarray | Rejected], names: Seque
     return result
 
 
-def infer_target(samples: Sequence[tuple[bytes | np.ndarray, str]], image_size: int | None,
+def infer_target(samples: Sequence[tuple[bytes | np.ndarray | Rejected, str]], image_size: int | None,
                  channels: int | None, where: str) -> Target:
     """The target shape: what was asked for, else the most common shape among the samples."""
     for value, name, allowed in ((image_size, "--image-size", SUPPORTED_SIZES),
                                  (channels, "--channels", SUPPORTED_CHANNELS)):
         if value is not None and value not in allowed:
             raise ValueError(f"{name}: expected one of {allowed}, got {value}")
-    shapes: Counter = Counter()
+    shapes: Counter[tuple[int, ...]] = Counter()
     for payload, name in samples:
         try:
             shapes[decode(payload, name).shape] += 1
         except Exception:  # noqa: S112 - Rejected or not: the main pass quarantines it
             continue
-    if not shapes and (image_size is None or channels is None):
+    if shapes:
+        (h, w, c), _ = shapes.most_common(1)[0]
+    elif image_size is not None and channels is not None:
+        h, w, c = image_size, image_size, channels
+    else:
         raise ValueError(f"{where}: none of the first {len(samples)} files could be decoded, so "
                          "the image shape cannot be inferred; pass --image-size and --channels")
-    (h, w, c), _ = shapes.most_common(1)[0] if shapes else ((image_size, image_size, channels), 0)
     size = image_size
     if size is None:
         if h != w or h not in SUPPORTED_SIZES:

@@ -123,7 +123,7 @@ def _utc(values: pd.Series) -> pd.Series:
 
 def _factors(frame: pd.DataFrame, where: str) -> tuple[tuple[str, ...], tuple[int, ...] | None]:
     names = tuple(c[len(FACTOR_PREFIX):] for c in frame.columns if c.startswith(FACTOR_PREFIX))
-    sizes = []
+    sizes: list[int | None] = []
     for name in names:
         column = f"{FACTOR_PREFIX}{name}"
         values = pd.to_numeric(frame[column], errors="coerce")
@@ -134,4 +134,5 @@ def _factors(frame: pd.DataFrame, where: str) -> tuple[tuple[str, ...], tuple[in
         frame[column] = values.astype("Int64")
         ok = values.notna().all() and (values >= 0).all()
         sizes.append(int(values.max()) + 1 if ok and len(values) else None)
-    return names, (tuple(sizes) if names and None not in sizes else None)
+    known = [size for size in sizes if size is not None]
+    return names, (tuple(known) if names and len(known) == len(sizes) else None)

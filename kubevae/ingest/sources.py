@@ -36,6 +36,11 @@ class SourceError(ObjectStoreError):
     """The source cannot be read at all: unreachable, unauthorized, missing or malformed."""
 
 
+# What Source.fetch returns per key: encoded bytes, a decoded array, or why it was refused. (An
+# alias, since inside a Source class body `list` is the method.)
+Fetched = list[bytes | np.ndarray | Rejected]
+
+
 @dataclass(frozen=True)
 class Entry:
     key: str            # the item id: relative path, or a built-in item id
@@ -68,7 +73,7 @@ class Source:
     def list(self) -> Listing:
         raise NotImplementedError
 
-    def fetch(self, keys: Sequence[str]) -> list[bytes | np.ndarray | Rejected]:
+    def fetch(self, keys: Sequence[str]) -> Fetched:
         raise NotImplementedError
 
     def builtin(self) -> BuiltinInfo | None:
@@ -153,8 +158,8 @@ class LocalSource(Source):
             return "outside_source", f"a link to {_printable(str(target))}, outside {self.root}"
         return None
 
-    def fetch(self, keys: Sequence[str]) -> list[bytes | np.ndarray | Rejected]:
-        out: list[bytes | np.ndarray | Rejected] = []
+    def fetch(self, keys: Sequence[str]) -> Fetched:
+        out: Fetched = []
         for key in keys:
             path = self.root / key
             try:
@@ -183,14 +188,13 @@ class S3Source(Source):
     scheme: str
     bucket: str
     prefix: str
-    config: S3Config | None = None
+    config: S3Config = field(default_factory=S3Config.from_env)
     parallel = "thread"
 
     def __post_init__(self) -> None:
         if self.prefix and not self.prefix.endswith("/"):
             self.prefix += "/"
         self.uri = f"{self.scheme}://{self.bucket}/{self.prefix}"
-        self.config = self.config or S3Config.from_env()
 
     def _errors(self, what: str, action: str) -> objectstore.errors:
         return objectstore.errors(what, self.config.url, action, retries=self.config.max_retries,
@@ -214,7 +218,7 @@ class S3Source(Source):
         entries.sort(key=lambda e: e.key)
         return Listing(entries, sorted(ignored))
 
-    def fetch(self, keys: Sequence[str]) -> list[bytes | np.ndarray | Rejected]:
+    def fetch(self, keys: Sequence[str]) -> Fetched:
         return [self._get(self.prefix + key) for key in keys]
 
     def _get(self, name: str) -> bytes | Rejected:
@@ -273,7 +277,7 @@ class BuiltinSource(Source):
         count = len(_digits()[0])
         return Listing([Entry(f"digit-{i:04d}", f"builtin://digits/{i}") for i in range(count)])
 
-    def fetch(self, keys: Sequence[str]) -> list[bytes | np.ndarray | Rejected]:
+    def fetch(self, keys: Sequence[str]) -> Fetched:
         indices = np.array([int(k.rsplit("-", 1)[1]) for k in keys], dtype=np.int64)
         if self.name == "sprites":
             from kubevae.data import sprites
