@@ -16,7 +16,12 @@ T = TypeVar("T")
 
 
 def progress(iterable: Iterable[T], *, desc: str, total: int | None = None,
-             every_seconds: float = 10.0) -> Iterator[T]:
+             every_seconds: float = 10.0, enabled: bool = True) -> Iterator[T]:
+    """`enabled=False` passes the items through silently: the other ranks of a distributed
+    run, whose bars would repeat rank 0's."""
+    if not enabled:
+        yield from iterable
+        return
     if sys.stderr.isatty():
         yield from tqdm(iterable, desc=desc, total=total, file=sys.stderr, dynamic_ncols=True)
         return

@@ -107,8 +107,9 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     a, b = _weights(one), _weights(two)
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=1e-4), name
-    # The metric lines come from rank 0 only.
+    # The metric lines and the progress lines come from rank 0 only.
     assert sum(line.startswith("epoch=") for line in done.stdout.splitlines()) == 1
+    assert len(re.findall(r"^epoch 1/1: \d+ done", done.stderr, flags=re.M)) == 1, done.stderr
 
 
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):

@@ -88,7 +88,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             first = step - epoch * plan.steps_per_epoch
             batches = range(first, min(plan.steps_per_epoch, first + plan.total_steps - step))
             meter.start()
-            for b in progress(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", total=len(batches)):
+            for b in progress(batches, desc=f"epoch {epoch + 1}/{plan.epochs}", total=len(batches),
+                              enabled=dist.is_main):
                 idx = order[b * plan.local_batch:(b + 1) * plan.local_batch]
                 x = gather_batch(images, idx, dist.device, precision.memory_format)
                 eps = step_noise(cfg.seed, step, cfg.batch_size, vae.config.latent_dim)
