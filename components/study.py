@@ -33,6 +33,24 @@ def resolve_objective(objective_metric: str, data_dir: str | Path) -> str:
     return objective_metric
 
 
+def with_collapse_rule(result: TuneResult) -> TuneResult:
+    """When every completed trial collapsed, choose the least-collapsed one and mark the study
+    (kubevae.training.selection: why, and what the pipeline does next). Applied to the results
+    of both backends: Katib, too, would otherwise pick one of several equal -1 scores."""
+    import dataclasses
+
+    from kubevae.training.selection import all_collapsed, least_collapsed
+
+    complete = [t for t in result.trials if t.state == "COMPLETE"]
+    if not all_collapsed([t.metrics for t in complete]):
+        return dataclasses.replace(result, all_collapsed=False)
+    chosen = complete[least_collapsed([t.metrics for t in complete])]
+    return dataclasses.replace(result, best_params=dict(chosen.params), best_trial=chosen.number,
+                               best_value=float(chosen.value if chosen.value is not None
+                                                else result.best_value),
+                               all_collapsed=True)
+
+
 def has_factors(data_dir: str | Path) -> bool:
     from kubevae.data.dataset import load_splits
 
@@ -61,7 +79,14 @@ def study_report(result: TuneResult) -> str:
         for t in result.trials)
     header = "".join(f"<th>{html.escape(k)}</th>" for k in (*params, result.objective_metric, *COLUMNS))
     best = ", ".join(f"{k} = {_fmt(v)}" for k, v in result.best_params.items())
-    return (f"<html><body><h1>Tuning study</h1><p>Chosen (trial {result.best_trial}, bold): "
+    warning = ""
+    if result.all_collapsed:
+        from kubevae.training.selection import ALL_COLLAPSED_ADVICE
+
+        warning = ("<p style='border:2px solid #c00;padding:.5em;color:#900'><b>All trials "
+                   f"collapsed.</b> {html.escape(ALL_COLLAPSED_ADVICE[0].upper() + ALL_COLLAPSED_ADVICE[1:])}</p>")
+    how = "Least collapsed, not chosen on the objective" if result.all_collapsed else "Chosen"
+    return (f"<html><body><h1>Tuning study</h1>{warning}<p>{how} (trial {result.best_trial}, bold): "
             f"{html.escape(best)} ({name} = {_fmt(result.best_value)}, {result.direction}d; "
             f"algorithm {html.escape(result.algorithm or '?')})</p>"
             + (images or "<p>No trial completed.</p>") +

@@ -39,8 +39,10 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
     Returns:
         best_params: The study (components.backends.base.TuneResult as JSON): the objective
             and its direction, the chosen trial, the best parameters and every trial.
-        metrics: The best objective value (best_<objective>) and the best parameters
-            (best_beta, best_latent_dim, ...).
+        metrics: The best objective value (best_<objective>), the best parameters
+            (best_beta, best_latent_dim, ...) and all_trials_collapsed (1 when every trial
+            collapsed: then the least-collapsed trial is taken, the run goes on, and the
+            study report says what to change).
         study_plot: The study as a page: the objective over beta x latent size, the objective
             against the negative ELBO, every trial.
     """
@@ -50,7 +52,7 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
     from components.backends import get_backend
     from components.backends.base import ClusterSettings, TuneRequest
     from components.search_space import default_search_space
-    from components.study import resolve_objective, study_report
+    from components.study import resolve_objective, study_report, with_collapse_rule
     from kubevae import tracking
 
     objective_metric = resolve_objective(objective_metric, splits.path)
@@ -67,17 +69,26 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
             batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
             seed=seed, cluster=ClusterSettings(namespace=namespace, image=image,
                                                training_api=training_api, run_id=run_id)))
+        result = with_collapse_rule(result)
+        if result.all_collapsed:
+            from kubevae.training.selection import ALL_COLLAPSED_ADVICE
+
+            print(f"tune: WARNING: {ALL_COLLAPSED_ADVICE}", flush=True)
+            tracker.set_tags({"kubevae.all_trials_collapsed": "true"})
         tracker.log_params({f"best.{k}": v for k, v in result.best_params.items()})
         tracker.log_metrics({"best_" + objective_metric: result.best_value,
-                             "trials": len(result.trials)})
+                             "trials": len(result.trials),
+                             "all_trials_collapsed": float(result.all_collapsed)})
         tracker.log_dict(result.to_dict(), "study.json")
         html = study_report(result)
         tracker.log_text(html, "study.html")
-        tracker.rename(f"tune · {len(result.trials)} trials · best "
+        tracker.rename(f"tune · {len(result.trials)} trials · "
+                       + ("all collapsed · took " if result.all_collapsed else "best ")
                        + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in result.best_params.items()))
     result.write(best_params.path)
     Path(study_plot.path).write_text(html)
     metrics.log_metric("best_" + objective_metric, result.best_value)
+    metrics.log_metric("all_trials_collapsed", float(result.all_collapsed))
     for name, value in result.best_params.items():
         metrics.log_metric("best_" + name, float(value))

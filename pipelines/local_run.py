@@ -99,6 +99,7 @@ def summarize(run_root: Path, start: float) -> dict[str, Any]:
         "objective": {study.objective_metric: study.best_value},
         "direction": study.direction,
         "chosen_trial": study.best_trial,
+        "all_trials_collapsed": study.all_collapsed,
         "trials": [{"number": t.number, "state": t.state, "value": t.value, **t.params,
                     "val_neg_elbo": t.metrics.get("val_neg_elbo")} for t in study.trials],
         "report": str(tasks["evaluate"] / "report"),
@@ -133,25 +134,35 @@ def _output(task_dir: Path) -> Any:
     return output.get("parameterValues", {}).get("Output")
 
 
-def _trial_line(t: dict[str, Any], name: str, chosen: Any) -> str:
+def _trial_line(t: dict[str, Any], name: str, chosen: Any, collapsed: bool = False) -> str:
     value = "-" if t["value"] is None else f"{t['value']:.4f}"
     elbo = "" if t.get("val_neg_elbo") is None else f"  val_neg_elbo={t['val_neg_elbo']:.1f}"
-    beta = f"{t['beta']:.3g}" if isinstance(t.get("beta"), float) else t.get("beta")
-    mark = "  <- chosen" if t["number"] == chosen else ""
+    beta = _fmt_param(t.get("beta"))
+    mark = ("  <- taken (least collapsed)" if collapsed else "  <- chosen") \
+        if t["number"] == chosen else ""
     return (f"  trial {t['number']}: beta={beta} latent_dim={t.get('latent_dim')}  "
             f"{name}={value} ({t['state'].lower()}){elbo}{mark}")
 
 
+def _fmt_param(value: Any) -> Any:
+    return f"{value:.3g}" if isinstance(value, float) else value
+
+
 def print_summary(summary: dict[str, Any]) -> None:
+    from kubevae.training.selection import ALL_COLLAPSED_ADVICE
+
     name = next(iter(summary["objective"]))
+    collapsed = bool(summary.get("all_trials_collapsed"))
     params = summary["best_params"]
     test = summary["test_metrics"]
     lines = ["", "=" * 72, "kubevae pipeline: summary", "=" * 72,
              f"search          : {name} ({summary.get('direction', '')}), "
              f"{len(summary.get('trials', []))} trials",
-             *[_trial_line(t, name, summary.get("chosen_trial")) for t in summary.get("trials", [])],
-             f"chosen          : beta={params.get('beta')} latent_dim={params.get('latent_dim')} "
-             f"({name}={summary['objective'][name]:.4f})",
+             *[_trial_line(t, name, summary.get("chosen_trial"), collapsed)
+               for t in summary.get("trials", [])],
+             *([f"WARNING         : {ALL_COLLAPSED_ADVICE}"] if collapsed else []),
+             f"{'taken' if collapsed else 'chosen':<16}: beta={_fmt_param(params.get('beta'))} "
+             f"latent_dim={params.get('latent_dim')} ({name}={summary['objective'][name]:.4f})",
              f"final model     : test MIG={test.get('mig', float('nan')):.4f} "
              f"FactorVAE={test.get('factor_vae', float('nan')):.4f} "
              f"PSNR={test.get('psnr', float('nan')):.2f} dB",

@@ -105,3 +105,53 @@ def test_a_tiny_search_runs_end_to_end_with_the_real_trainer(tmp_path, tiny_spli
     if objective_metric == "udr":
         assert (tmp_path / "trial-000" / "model" / "udr.json").is_file()
         assert (tmp_path / "trial-000" / "model.seed1" / "config.json").is_file()
+
+
+COLLAPSING_TRAINER = """
+from kubevae.training.command import parser
+args = parser().parse_args()
+kl = 0.4 / args.beta  # collapsed at every beta, the rate falling as beta grows
+for epoch, step in enumerate(range(10, args.steps + 1, 10), start=1):
+    print(f"epoch={epoch} step={step} val_neg_elbo={150 + args.beta:.6g} val_recon=150 "
+          f"val_kl={kl:.6g} val_active_units=0 val_mig=-1 collapsed=1", flush=True)
+"""
+
+
+def test_when_every_trial_collapsed_the_study_says_so_and_takes_the_highest_rate(tmp_path, capsys):
+    import sys
+
+    from components.backends.base import TuneRequest
+    from components.backends.local import LocalBackend
+    from components.search_space import default_search_space
+    from components.study import study_report, with_collapse_rule
+    from pipelines.local_run import print_summary
+
+    script = tmp_path / "collapsing_trainer.py"
+    script.write_text(COLLAPSING_TRAINER)
+    result = LocalBackend(command=lambda args, workers: [sys.executable, str(script), *args]).tune(
+        TuneRequest(name="t", data_dir=str(tmp_path), data_uri=str(tmp_path), work_dir=str(tmp_path / "w"),
+                    search_space=default_search_space(1.0, 16.0, [4]), objective_metric="val_mig",
+                    algorithm="random", max_trials=3, trial_steps=20))
+    marked = with_collapse_rule(result)
+    assert marked.all_collapsed and not result.all_collapsed
+    lowest_beta = min((t for t in result.trials if t.state == "COMPLETE"), key=lambda t: t.params["beta"])
+    assert marked.best_trial == lowest_beta.number  # the highest rate, not whichever -1 came first
+    assert marked.best_params == lowest_beta.params and marked.best_value == COLLAPSED_SCORE
+    page = study_report(marked)
+    assert "All trials collapsed" in page and "lower beta_max" in page and "Least collapsed" in page
+
+    print_summary({"objective": {"val_mig": marked.best_value}, "direction": "maximize",
+                   "best_params": marked.best_params, "chosen_trial": marked.best_trial,
+                   "all_trials_collapsed": marked.all_collapsed, "test_metrics": {},
+                   "trials": [{"number": t.number, "state": t.state, "value": t.value, **t.params}
+                              for t in marked.trials],
+                   "gate": "promoted", "branch": "promoted", "model_path": "m", "mlflow_store": "s",
+                   "mlflow_ui": "u", "step_seconds": {}})
+    out = capsys.readouterr().out
+    assert "WARNING         : every completed trial collapsed" in out
+    assert "<- taken (least collapsed)" in out and "<- chosen" not in out
+
+    # One trial that encodes something: a real choice, unchanged by the rule.
+    healthy = marked.trials[0]
+    healthy.metrics = {**healthy.metrics, "collapsed": 0.0, "val_kl": 12.0, "val_active_units": 5}
+    assert not with_collapse_rule(marked).all_collapsed

@@ -81,6 +81,9 @@ class TuneResult:
     direction: str = "maximize"
     best_trial: int | None = None  # the chosen trial's number
     algorithm: str = ""
+    # Every completed trial collapsed: best_* is the least-collapsed trial, not a choice on the
+    # objective (kubevae.training.selection.ALL_COLLAPSED_ADVICE).
+    all_collapsed: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {"format": STUDY_FORMAT, **dataclasses.asdict(self)}

@@ -22,6 +22,15 @@ for every maximized objective such a trial reports COLLAPSED_SCORE = -1, below a
 (all lie in [0, 1]), and `collapsed=1` on its metric line. The minimized bounds need no guard: a
 collapsed model has a poor bound.
 
+When every trial collapsed, the search has no real choice: its "best" score is -1 like all the
+others. The tune step then says so (the study's `all_collapsed`, the summary, the study report
+and the step's metrics), takes the trial with the highest rate (least_collapsed) rather than an
+arbitrary one, and the pipeline goes on: the final run trains longer than a trial (a collapse
+early in training often ends: active units rise from 0 once the decoder has learnt the mean
+image), and the gate judges the model it gives on the test split, so a model that is still
+collapsed loses to any working champion (with none yet, it is registered like any first model,
+its study marked). ALL_COLLAPSED_ADVICE says what to change.
+
 The sample is the same for every epoch and every trial (SELECTION_SEED, not the trial's seed),
 so trials are compared on identical images.
 """
@@ -93,6 +102,36 @@ def guarded(name: str, value: float, active_units: float | None, kl: float | Non
     if collapsed and objective(name).direction == "maximize":
         value = COLLAPSED_SCORE
     return {name: float(value), "collapsed": float(collapsed)}
+
+
+# -- when every trial collapsed ----------------------------------------------------------------
+ALL_COLLAPSED_ADVICE = (
+    f"every completed trial collapsed (no active unit, or a rate below {MIN_RATE_NATS} nats per "
+    "image): "
+    "their scores say nothing about disentanglement, so none was chosen on the objective. The "
+    "trial with the highest rate (validation KL) was taken instead, as the one closest to "
+    "encoding something; the final run trains it for longer, and the gate judges the model "
+    "it gives. To get a real choice: lower beta_max (high beta on a short budget collapses "
+    "first), raise trial_steps, or raise the learning rate.")
+
+
+def all_collapsed(lines: list[dict[str, float]]) -> bool:
+    """True when there is at least one completed trial and every one of them collapsed, read
+    from each trial's last metric line (its `collapsed` flag, else its active units and KL)."""
+    def collapsed(line: dict[str, float]) -> bool:
+        if "collapsed" in line:
+            return line["collapsed"] >= 0.5
+        return is_collapsed(line.get("val_active_units"), line.get("val_kl"))
+    return bool(lines) and all(collapsed(line) for line in lines)
+
+
+def least_collapsed(lines: list[dict[str, float]]) -> int:
+    """The index of the line with the highest rate (val_kl), ties broken by the lower negative
+    ELBO: the trial nearest to leaving collapse."""
+    def key(i: int) -> tuple[float, float]:
+        line = lines[i]
+        return (line.get("val_kl", float("-inf")), -line.get("val_neg_elbo", float("inf")))
+    return max(range(len(lines)), key=key)
 
 
 # -- per-epoch scores during training ----------------------------------------------------------
