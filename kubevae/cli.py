@@ -75,6 +75,8 @@ def summary(name: str, target: str) -> str:
     """A command's one-line help, read from its module's docstring without importing it."""
     try:
         spec = importlib.util.find_spec(target)
+        if spec is None or spec.origin is None:
+            raise ModuleNotFoundError(target)
         tree = ast.parse(Path(spec.origin).read_text())
         return (ast.get_docstring(tree) or "").strip().splitlines()[0]
     except Exception:  # a missing or broken module still gets listed; running it will say why

@@ -15,6 +15,7 @@ import mlflow
 import numpy as np
 import torch
 from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
 from mlflow.types.schema import Schema, TensorSpec
 
 from kubevae.model import VAE, load_model
@@ -22,7 +23,7 @@ from kubevae.model import VAE, load_model
 ARTIFACT_KEY = "model_dir"
 
 
-class VAEPyfunc(mlflow.pyfunc.PythonModel):
+class VAEPyfunc(PythonModel):
     def load_context(self, context):
         self.vae = load_model(context.artifacts[ARTIFACT_KEY])
 

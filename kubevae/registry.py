@@ -66,6 +66,8 @@ class Criterion:
         spec = objective(objective_metric)
         if spec.name == "udr":
             return cls(spec.name, "udr", "maximize", "tuning study (validation)")
+        if spec.test_metric is None:
+            raise ValueError(f"objective_metric: {spec.name!r} has no test-split metric for the gate")
         metric = "neg_elbo" if spec.test_metric in LOWER_IS_BETTER else spec.test_metric
         return cls(spec.name, metric, spec.direction, "test split")
 

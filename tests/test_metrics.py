@@ -232,6 +232,15 @@ def test_oracle_draws_share_the_fixed_factor_and_cache_encodes_each_item_once(fa
     assert np.allclose(first, standardized(data.factors[batches.ravel()]))
 
 
+def test_a_fresh_cache_asked_for_no_items_says_so(factorial):
+    # It used to fail with "'NoneType' object is not subscriptable": nothing encoded, no code size.
+    data, representations = factorial
+    cache = CachedRepresentation(data, representations["copy"])
+    with pytest.raises(ValueError, match="representation: expected at least one item index"):
+        cache(np.array([], dtype=np.int64))
+    assert cache(np.array([0, 1])).shape == (2, 4) and cache(np.array([], dtype=np.int64)).shape == (0, 4)
+
+
 def test_ground_truth_from_a_dataset_folder_counts_items_without_factors(tmp_path):
     factors = random_factors(40, 9)
     images = np.zeros((40, 4, 4, 1), np.uint8)

@@ -144,9 +144,8 @@ def load_images(paths: Iterable[str | Path], channels: int | None = None) -> np.
     from PIL import Image
     arrays = []
     for path in paths:
-        with Image.open(path) as image:
-            if channels is not None:
-                image = image.convert("L" if channels == 1 else "RGB")
+        with Image.open(path) as opened:
+            image = opened.convert("L" if channels == 1 else "RGB") if channels is not None else opened
             array = np.asarray(image, dtype=np.uint8)
         arrays.append(array[:, :, None] if array.ndim == 2 else array)
     shapes = {a.shape for a in arrays}

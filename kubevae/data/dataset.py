@@ -67,7 +67,7 @@ class Dataset:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        return tuple(self.info["image_shape"])  # type: ignore[return-value]
+        return tuple(self.info["image_shape"])
 
     @property
     def factor_names(self) -> list[str]:

@@ -146,7 +146,10 @@ def open_split(data_dir: str | Path, split: str) -> tuple[Dataset, str]:
     splits = load_splits(data_dir)
     plain = splits["val"] is None and splits["test"] is None and (Path(data_dir) / "dataset.json").is_file()
     if plain:
-        return splits["train"], "all"
+        whole = splits["train"]
+        if whole is None:  # load_splits opens a plain dataset folder as its train split
+            raise ValueError(f"{data_dir}: not a dataset folder")
+        return whole, "all"
     if split not in splits:
         raise ValueError(f"split: expected one of {sorted(splits)}, got {split!r}")
     dataset = splits[split]
@@ -286,7 +289,8 @@ def disentanglement_metrics(vae, dataset: Dataset, seed: int, protocol: MetricPr
                                      batch_size=sizes.batch_size * 4, progress_desc="encode factors data")
     rng = np.random.default_rng(seed)
     common = {"seed": seed, "protocol_name": protocol.name, "data": data.describe()}
-    groups, details = {}, {}
+    groups: dict[str, Any] = {}
+    details: dict[str, Any] = {}
 
     mig_idx, _ = data.sample_disjoint(protocol.mig_num_train, 0, rng)
     mig = mig_details(represent(mig_idx), data.factors[mig_idx], protocol.mig_num_bins)
@@ -307,7 +311,7 @@ def disentanglement_metrics(vae, dataset: Dataset, seed: int, protocol: MetricPr
                      "settings": {**sap_settings(len(train), len(test)), **common}}
     details["sap"] = _named(sap, data.factor_names, ("per_factor",))
 
-    fvae_args = {"batch_size": protocol.factor_vae_batch_size, "num_train": protocol.factor_vae_num_train,
+    fvae_args: dict[str, Any] = {"batch_size": protocol.factor_vae_batch_size, "num_train": protocol.factor_vae_num_train,
                  "num_eval": protocol.factor_vae_num_eval,
                  "num_variance_estimate": protocol.factor_vae_num_variance_estimate,
                  "prune_threshold": protocol.factor_vae_prune_threshold}

@@ -94,7 +94,7 @@ def samples_png(vae, n: int = 32, seed: int = 0) -> bytes:
     return image_png(image_grids.samples_grid(vae, n=n, seed=seed), title=f"{n} prior samples, seed {seed}")
 
 
-def kl_order(kl_per_dim: Sequence[float]) -> np.ndarray:
+def kl_order(kl_per_dim: Sequence[float] | np.ndarray) -> np.ndarray:
     """Dimensions from the largest KL to the smallest (ties keep index order)."""
     return np.argsort(-np.asarray(kl_per_dim, dtype=np.float64), kind="stable")
 

@@ -14,7 +14,7 @@ items they touch, not 640,000 encoder calls.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -157,13 +157,16 @@ class CachedRepresentation:
         indices = np.asarray(indices)
         missing = np.unique(indices[~self._known[indices]])
         starts = range(0, len(missing), self.batch_size)
+        batches: Iterable[int] = starts
         if self.progress_desc and len(starts) > 1:
             from kubevae.progress import progress
 
-            starts = progress(starts, desc=self.progress_desc, total=len(starts))
-        for start in starts:
+            batches = progress(starts, desc=self.progress_desc, total=len(starts))
+        for start in batches:
             batch = missing[start:start + self.batch_size]
             self._store(batch, self.representation_fn(self.data.observations(batch)))
+        if self._codes is None:  # nothing encoded yet and nothing asked for: the code size is unknown
+            raise ValueError("representation: expected at least one item index, got none")
         return self._codes[indices]
 
     def _store(self, batch: np.ndarray, codes) -> None:

@@ -47,7 +47,7 @@ class MetricProtocol:
 
     def scaled(self, fraction: float) -> MetricProtocol:
         """Every sample count times `fraction` (at least 10): for tests and smoke runs only."""
-        counts = {f.name: max(10, int(getattr(self, f.name) * fraction))
+        counts: dict[str, Any] = {f.name: max(10, int(getattr(self, f.name) * fraction))
                   for f in dataclasses.fields(self)
                   if f.name.endswith(("_num_train", "_num_test", "_num_eval", "_estimate", "_points"))}
         return dataclasses.replace(self, name=f"{self.name} x{fraction:g}", **counts)

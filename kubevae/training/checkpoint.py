@@ -42,8 +42,8 @@ def list_checkpoints(directory: str | Path) -> list[Path]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = [p for p in directory.iterdir() if PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(PATTERN.match(p.name).group(1)), reverse=True)
+    steps = {p: int(match.group(1)) for p in directory.iterdir() if (match := PATTERN.match(p.name))}
+    return sorted(steps, key=steps.__getitem__, reverse=True)
 
 
 def is_valid(path: Path) -> bool:

@@ -39,18 +39,18 @@ class TrainingData:
 
 
 def load(data: str | None, dataset: str | None, dataset_size: int, seed: int) -> TrainingData:
-    if bool(data) == bool(dataset):
-        raise ValueError("give exactly one of --data DIR (a dataset or split folder) or "
-                         f"--dataset NAME (built-in: {', '.join(BUILTIN_DATASETS)})")
-    if dataset:
+    if dataset and not data:
         return _builtin(dataset, dataset_size, seed)
-    return _from_folder(Path(data))
+    if data and not dataset:
+        return _from_folder(Path(data))
+    raise ValueError("give exactly one of --data DIR (a dataset or split folder) or "
+                     f"--dataset NAME (built-in: {', '.join(BUILTIN_DATASETS)})")
 
 
 def _from_folder(path: Path) -> TrainingData:
     splits = load_splits(path)
     train = splits["train"]
-    if len(train) == 0:
+    if train is None or len(train) == 0:  # (load_splits opens a train split, or raises)
         raise ValueError(f"{path}: the training split is empty")
     images = torch.from_numpy(np.array(train.images))  # into memory (shards are read-only maps)
     val = splits.get("val")

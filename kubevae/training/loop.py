@@ -51,7 +51,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
         torch.use_deterministic_algorithms(True)
     data = load(cfg.data, cfg.dataset, cfg.dataset_size, cfg.seed)
     precision = hardware.choose_precision(cfg.precision, dist.device, cfg.deterministic)
-    vae = VAE(model_config_for(cfg, data)).to(dist.device, memory_format=precision.memory_format)
+    # Module.to takes memory_format (torch.nn.Module.to's docstring); torch's overloads omit it.
+    vae = VAE(model_config_for(cfg, data)).to(dist.device, memory_format=precision.memory_format)  # type: ignore[call-overload]
     on_cuda = dist.device.type == "cuda"
     plan = StepPlan.make(cfg, len(data.train), dist.world_size)
     cfg = dataclasses.replace(cfg, objective=with_schedule(cfg.objective, plan.total_steps))
@@ -65,8 +66,10 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
         if dist.enabled else vae
 
     images = data.train.to(dist.device) if on_cuda else data.train
-    sampler = DistributedSampler(range(len(images)), num_replicas=dist.world_size, rank=dist.rank,
-                                 shuffle=True, seed=cfg.seed, drop_last=True)
+    # DistributedSampler reads only len() of its dataset, so the indices stand in for it.
+    sampler: DistributedSampler[int] = DistributedSampler(
+        range(len(images)),  # type: ignore[arg-type]
+        num_replicas=dist.world_size, rank=dist.rank, shuffle=True, seed=cfg.seed, drop_last=True)
     autocast = precision.autocast()
     meter = make_meter(vae, images, precision, threads, dist)
     track = tracking.start_run(tracking.training_run_name(run_name, cfg.objective.beta, cfg.model.latent_dim),
