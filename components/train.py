@@ -31,12 +31,14 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, tr
     """
     from components.backends import get_backend
     from components.backends.base import ClusterSettings, TrainRequest, TuneResult
+    from kubevae import tracking
 
     study = TuneResult.read(best_params.path)
     result = get_backend(backend).train(TrainRequest(
         name="train", data_dir=splits.path, data_uri=splits.uri, params=study.best_params,
         out_dir=model.path, out_uri=model.uri, steps=train_steps, batch_size=batch_size,
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
+        parent_run_id=tracking.enclosing_run_id(),
         cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,
                                 run_id=run_id)))
     model.metadata.update(dict(study.best_params))

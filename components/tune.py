@@ -46,7 +46,6 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         study_plot: The study as a page: the objective over beta x latent size, the objective
             against the negative ELBO, every trial.
     """
-    import os
     from pathlib import Path
 
     from components.backends import get_backend
@@ -59,15 +58,14 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
     space = default_search_space(beta_min, beta_max, [int(d) for d in latent_dims], tune_lr=tune_lr)
     work = Path(best_params.path).parent / "trials"
     with tracking.start_run("tune", tags={"kubevae.step": "tune"}) as tracker:
-        if tracker.run_id:  # every trial becomes a nested run of this one
-            os.environ["MLFLOW_PARENT_RUN_ID"] = tracker.run_id
         result = get_backend(backend).tune(TuneRequest(
             name="kubevae-tune", data_dir=splits.path, data_uri=splits.uri, search_space=space,
             work_dir=str(work), algorithm=algorithm, objective_metric=objective_metric,
             max_trials=max_trials, parallel_trials=parallel_trials,
             max_failed_trials=max_failed_trials, trial_steps=trial_steps, udr_seeds=udr_seeds,
             batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
-            seed=seed, cluster=ClusterSettings(namespace=namespace, image=image,
+            seed=seed, parent_run_id=tracker.run_id,  # every trial nests under this run
+            cluster=ClusterSettings(namespace=namespace, image=image,
                                                training_api=training_api, run_id=run_id)))
         result = with_collapse_rule(result)
         if result.all_collapsed:

@@ -144,6 +144,7 @@ class TrainConfig:
     log_images: bool = True
     log_mlflow_model: bool = True
     experiment: str = "kubevae"
+    parent_run_id: str | None = None  # the MLflow run to nest under (None: kubevae.tracking's default)
 
     def __post_init__(self) -> None:
         _require(self.epochs >= 1, "epochs", "a positive integer", self.epochs)

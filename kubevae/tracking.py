@@ -3,7 +3,12 @@
 - The tracking URI comes from MLFLOW_TRACKING_URI. Without it, a local SQLite store
   (runs/mlflow.db, artifacts in runs/mlartifacts; KUBEVAE_RUNS_DIR moves both) is used.
 - MLFLOW_RUN_ID set (KFP 2.17's MLflow integration injects it on a cluster): log into that run.
-- MLFLOW_PARENT_RUN_ID set (the local pipeline sets it): open a nested run under that parent.
+- Nesting: `start_run(parent_run_id=...)` opens a nested run under that parent. Whoever starts
+  a run's process passes its parent explicitly: the tune step puts its run on the TuneRequest,
+  and the backends give it to each trial as `kubevae train --parent-run-id`. Without one, a run
+  nests under its process's enclosing run, MLFLOW_PARENT_RUN_ID (`enclosing_run_id`): the one
+  environment variable a launcher sets for the step processes it cannot pass arguments to
+  (pipelines/local_run.py for kfp.local's). Library code reads it here and never writes it.
 - An unreachable server gives a warning and the work goes on untracked, unless `require=True`
   (`--require-tracking`), which fails fast instead.
 - What the UI groups and shows by: the experiment is created with `mlflow.experimentKind` =
@@ -156,10 +161,22 @@ class Tracker:
 DISABLED = Tracker(None, None)
 
 
+PARENT_RUN_ENV = "MLFLOW_PARENT_RUN_ID"
+
+
+def enclosing_run_id() -> str | None:
+    """The MLflow run this process's work belongs to, for the runs it starts elsewhere (a
+    training job's): the run KFP's MLflow integration made for this task (MLFLOW_RUN_ID, on a
+    cluster), else the run the launcher nested this process under (MLFLOW_PARENT_RUN_ID)."""
+    return os.environ.get("MLFLOW_RUN_ID") or os.environ.get(PARENT_RUN_ENV) or None
+
+
 @contextlib.contextmanager
 def start_run(run_name: str, *, experiment: str = "kubevae", require: bool = False,
-              enabled: bool = True, tags: dict[str, Any] | None = None) -> Iterator[Tracker]:
-    """Open the MLflow run this process should log into (see the module docstring)."""
+              enabled: bool = True, tags: dict[str, Any] | None = None,
+              parent_run_id: str | None = None) -> Iterator[Tracker]:
+    """Open the MLflow run this process should log into (see the module docstring), nested
+    under `parent_run_id` when given, else under the process's MLFLOW_PARENT_RUN_ID if set."""
     if not enabled:
         yield DISABLED
         return
@@ -169,7 +186,7 @@ def start_run(run_name: str, *, experiment: str = "kubevae", require: bool = Fal
         uri = tracking_uri()
         check_reachable(uri)
         set_uri_in_process(mlflow, uri)
-        run = _open_run(mlflow, run_name, experiment, tags or {})
+        run = _open_run(mlflow, run_name, experiment, tags or {}, parent_run_id)
     except Exception as e:
         if require:
             raise TrackingUnavailable(f"MLflow tracking failed and --require-tracking is set: {e}") from e
@@ -197,11 +214,12 @@ def set_uri_in_process(mlflow: Any, uri: str) -> None:
         os.environ["MLFLOW_TRACKING_URI"] = before
 
 
-def _open_run(mlflow: Any, run_name: str, experiment: str, tags: dict[str, Any]) -> Any:
+def _open_run(mlflow: Any, run_name: str, experiment: str, tags: dict[str, Any],
+              parent_run_id: str | None) -> Any:
     if os.environ.get("MLFLOW_RUN_ID"):
         return mlflow.start_run(run_id=os.environ["MLFLOW_RUN_ID"])
     experiment_id = os.environ.get("MLFLOW_EXPERIMENT_ID") or ensure_experiment(mlflow, experiment)
-    parent = os.environ.get("MLFLOW_PARENT_RUN_ID")
+    parent = parent_run_id or os.environ.get(PARENT_RUN_ENV)
     return mlflow.start_run(run_name=run_name, experiment_id=experiment_id,
                             parent_run_id=parent or None, nested=bool(parent),
                             tags={**source_tags(tags.get("kubevae.step", run_name), bool(parent)),

@@ -81,7 +81,9 @@ def _backend(cluster: FakeCluster, out: Outcome, s3: S3 | None = None,
                              store=(s3.client if s3 else lambda: None), smoke=recording_smoke,
                              clock=cluster.clock, log=out.log.append, suffix=lambda: SUFFIX,
                              env={"MLFLOW_TRACKING_URI": "http://kubevae-mlflow:5000",
-                                  "MLFLOW_PARENT_RUN_ID": "parent123", "MLFLOW_TRACKING_PASSWORD": "x"})
+                                  # the step pod's own nesting: never copied to the jobs
+                                  "MLFLOW_PARENT_RUN_ID": "pod-env-parent",
+                                  "MLFLOW_TRACKING_PASSWORD": "x"})
 
 
 def _run(out: Outcome, action: Callable[[], Any]) -> Outcome:
@@ -97,7 +99,7 @@ def tune_request(tmp: Path, algorithm: str = "tpe", parallel: int = 2, api: str 
     return TuneRequest(name="kubevae-tune", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                        search_space=default_search_space(latent_dims=(4, 10)), work_dir=str(tmp / "trials"),
                        algorithm=algorithm, max_trials=3, parallel_trials=parallel, max_failed_trials=1,
-                       trial_steps=4, objective_metric="val_neg_elbo",
+                       trial_steps=4, objective_metric="val_neg_elbo", parent_run_id="tune-run-1",
                        cluster=replace(cluster_settings(), training_api=api))
 
 
@@ -166,7 +168,7 @@ def train_request(tmp: Path, out_uri: str = MODEL_URI, api: str = "trainer") -> 
     return TrainRequest(name="train", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                         params={"beta": 3.2, "latent_dim": 10}, out_dir=str(tmp / "model"),
                         out_uri=out_uri, steps=3, batch_size=128, workers=2, gpus_per_worker=1,
-                        cluster=replace(cluster_settings(), training_api=api))
+                        parent_run_id="train-step-run-1", cluster=replace(cluster_settings(), training_api=api))
 
 
 def node0_pod(api: str) -> str:

@@ -96,8 +96,11 @@ def test_tune_submits_a_valid_experiment_and_reads_back_the_optimal_trial(tmp_pa
     assert args[args.index("--steps") + 1] == "4"
     assert args[args.index("--objective-metric") + 1] == "val_neg_elbo"
     assert set(spec["objective"]["additionalMetricNames"]) >= {"val_recon", "val_kl", "val_active_units"}
+    # every trial nests under the run on the request (the tune step's), not the pod's env
+    assert args[args.index("--parent-run-id") + 1] == "tune-run-1"
     env = {e["name"]: e for e in container["env"]}
-    assert env["MLFLOW_PARENT_RUN_ID"]["value"] == "parent123"
+    assert "MLFLOW_PARENT_RUN_ID" not in env
+    assert env["MLFLOW_TRACKING_URI"]["value"] == "http://kubevae-mlflow:5000"
     # credentials never go into a spec: the trial reads them from the MLflow Secret
     assert "value" not in env["MLFLOW_TRACKING_PASSWORD"]
     assert env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
@@ -217,6 +220,8 @@ def test_train_submits_a_valid_job_streams_node0s_log_and_downloads_the_model(tm
     assert args[args.index("--checkpoint-dir") + 1] == f"/checkpoints/{JOB_NAME}"
     assert {"name": "checkpoints", "mountPath": "/checkpoints"} in container["volumeMounts"]
     assert args[args.index("--beta") + 1] == "3.2" and args[args.index("--latent-dim") + 1] == "10"
+    assert args[args.index("--parent-run-id") + 1] == "train-step-run-1"
+    assert "MLFLOW_PARENT_RUN_ID" not in {e["name"] for e in container["env"]}
     secret_refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
                    if "secretKeyRef" in e.get("valueFrom", {})}
     assert secret_refs == {**{k: {"name": "kubevae-s3", "key": k} for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")},

@@ -96,6 +96,34 @@ def test_study_result_round_trips(tmp_path):
         TuneResult.from_dict({"best_params": {}}, source="x.json")
 
 
+def test_trials_and_the_training_run_nest_under_the_parent_run_on_the_request(tmp_path, monkeypatch):
+    """The lineage travels on the request: each trial's and the training run's MLflow runs
+    (in a real SQLite store) nest under request.parent_run_id, not under the run the step's
+    process inherited (pipelines/local_run.py exports its pipeline run to every step)."""
+    import mlflow
+
+    from components.backends.base import TrainRequest
+    from kubevae import tracking
+
+    tracker = str(Path(__file__).parent / "data" / "tracking_trainer.py")
+    backend = LocalBackend(command=lambda args, workers: [sys.executable, tracker, *args])
+    runs = {}
+    for name in ("pipeline", "tune", "train step"):
+        with tracking.start_run(name) as run:
+            runs[name] = run.run_id
+    monkeypatch.setenv("MLFLOW_PARENT_RUN_ID", runs["pipeline"])
+    backend.tune(_request(tmp_path, max_trials=2, parent_run_id=runs["tune"]))
+    backend.train(TrainRequest(name="train", data_dir=str(tmp_path), data_uri=str(tmp_path),
+                               params={"beta": 2.0, "latent_dim": 6}, out_dir=str(tmp_path / "model"),
+                               out_uri=str(tmp_path / "model"), steps=10, parent_run_id=runs["train step"]))
+
+    tracking.set_uri_in_process(mlflow, tracking.tracking_uri())
+    parents = {r.info.run_name: r.data.tags.get("mlflow.parentRunId")
+               for r in mlflow.search_runs(experiment_names=["kubevae"], output_format="list")}
+    assert parents["trial-0"] == parents["trial-1"] == runs["tune"]
+    assert parents["train"] == runs["train step"]
+
+
 def test_backend_is_chosen_in_one_place():
     assert get_backend("local").name == "local"
     with pytest.raises(ValueError, match="backend: expected one of"):

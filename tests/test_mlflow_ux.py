@@ -119,9 +119,8 @@ def test_experiment_opens_in_the_training_view_and_runs_carry_source_tags():
     assert tags["mlflow.source.name"] == "kubevae pipeline"
     assert tags["mlflow.source.type"] == "LOCAL"
 
-    import os
-    os.environ["MLFLOW_PARENT_RUN_ID"] = parent.run_id
-    with tracking.start_run("trial-3", tags={"kubevae.step": "train"}) as child:
+    with tracking.start_run("trial-3", tags={"kubevae.step": "train"},
+                            parent_run_id=parent.run_id) as child:
         child.rename("trial 3 · done")
     run = MlflowClient().get_run(child.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent.run_id

@@ -65,3 +65,8 @@ def test_mlflow_has_a_parent_run_with_nested_step_runs(first, run_dir):
     children = {r.data.tags.get("kubevae.step") for r in runs
                 if r.data.tags.get("mlflow.parentRunId") == parent_id}
     assert {"ingest", "split", "tune", "train", "evaluate", "gate"} <= children
+    # The trials nest one level further, under the tune step's run (on the TuneRequest).
+    [tune] = [r for r in runs if r.data.tags.get("kubevae.step") == "tune"
+              and r.data.tags.get("mlflow.parentRunId") == parent_id]
+    trials = [r.info.run_name for r in runs if r.data.tags.get("mlflow.parentRunId") == tune.info.run_id]
+    assert len(trials) == SHORT_RUN["max_trials"] and all(n.startswith("trial") for n in trials)

@@ -36,8 +36,13 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def test_cli_trains_logs_to_mlflow_and_prints_katib_metrics(tmp_path):
+    from kubevae import tracking
+
+    with tracking.start_run("tune") as parent:  # the store: SQLite under KUBEVAE_RUNS_DIR
+        pass
     out = tmp_path / "model"
-    done = _run(*TINY, "--epochs", "2", "--out", str(out), "--no-tracking")
+    done = _run(*TINY, "--epochs", "2", "--out", str(out), "--run-name", "trial-7",
+                "--parent-run-id", parent.run_id, "--require-tracking")
     lines = [line for line in done.stdout.splitlines() if line.startswith("epoch=")]
     assert len(lines) == 2
     first = dict((m.group(1), float(m.group(2))) for m in KATIB_METRIC.finditer(lines[0]))
@@ -50,6 +55,27 @@ def test_cli_trains_logs_to_mlflow_and_prints_katib_metrics(tmp_path):
     assert "precision: fp32, channels_last (auto: --deterministic)" in done.stderr
     assert parsed["val_neg_elbo"] == pytest.approx(parsed["val_recon"] + parsed["val_kl"], rel=1e-4)
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "metrics.json", "model.safetensors"]
+
+    # What the run logged, read back from the store: its place under the parent, its
+    # settings, the same numbers as the last stdout line, one point per epoch, the images.
+    tracking.set_uri_in_process(mlflow, tracking.tracking_uri())
+    client = mlflow.MlflowClient()
+    [run] = [r for r in mlflow.search_runs(experiment_names=["kubevae"], output_format="list")
+             if r.info.run_id != parent.run_id]
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == tracking.training_run_name("trial-7", 4.0, 4)
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert run.data.tags["kubevae.step"] == "train"
+    params = run.data.params
+    assert (params["batch_size"], params["model.latent_dim"], params["parent_run_id"]) == (
+        "32", "4", parent.run_id)
+    for name in ("val_neg_elbo", "val_kl", "val_active_units"):
+        assert run.data.metrics[name] == pytest.approx(parsed[name], rel=1e-4), name
+    history = client.get_metric_history(run.info.run_id, "val_neg_elbo")
+    assert len(history) == 2
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"reconstructions.png", "samples.png", "metrics.json"} <= artifacts
+    assert "kubevae.model_uri" not in run.data.tags  # --no-mlflow-model: no pyfunc model logged
 
 
 def test_training_logs_params_metrics_images_and_model_to_mlflow(tmp_path):

@@ -53,6 +53,7 @@ class TuneRequest:
     trial_workers: int = 1
     gpus_per_worker: int = 0
     seed: int = 0
+    parent_run_id: str | None = None  # the MLflow run every trial nests under (the tune step's)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
@@ -129,6 +130,7 @@ class TrainRequest:
     gpus_per_worker: int = 0
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)  # more `kubevae train` options (dest: value)
+    parent_run_id: str | None = None  # the MLflow run the training run nests under
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
 
@@ -137,7 +139,7 @@ def trial_options(request: TuneRequest) -> dict[str, Any]:
     search-space values, data, output and run name come on top)."""
     options: dict[str, Any] = {"steps": request.trial_steps, "batch_size": request.batch_size,
                                "seed": request.seed, "objective_metric": request.objective_metric,
-                               "no_mlflow_model": True}
+                               "no_mlflow_model": True, "parent_run_id": request.parent_run_id}
     if request.objective_metric == "udr":
         options["udr_seeds"] = request.udr_seeds
     return options
@@ -146,7 +148,8 @@ def trial_options(request: TuneRequest) -> dict[str, Any]:
 def train_options(request: TrainRequest) -> dict[str, Any]:
     """The `kubevae train` options of the final training run, on either backend."""
     return {"steps": request.steps, "batch_size": request.batch_size, "seed": request.seed,
-            "run_name": request.name, **request.options, **request.params}
+            "run_name": request.name, "parent_run_id": request.parent_run_id,
+            **request.options, **request.params}
 
 
 @dataclass

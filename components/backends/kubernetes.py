@@ -53,9 +53,9 @@ from kubevae.training.command import train_argv
 from kubevae.training.selection import objective as search_objective
 
 # MLflow settings a step's pod may have (from KFP's MLflow integration or the ConfigMap) that
-# the training pods should share. Credentials are never copied into a resource's spec.
-MLFLOW_PASSTHROUGH = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME",
-                      "MLFLOW_PARENT_RUN_ID")
+# the training pods should share. Credentials are never copied into a resource's spec; the
+# parent run comes on the request (`--parent-run-id`), not from this pod's environment.
+MLFLOW_PASSTHROUGH = ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME")
 NAME_LIMIT = 40  # Katib and the Training Operator append suffixes to the names of what they create
 
 

@@ -93,7 +93,7 @@ class TrainingJob:
     settings_config_map: str = SETTINGS_CONFIG_MAP  # S3_ENDPOINT, MLFLOW_TRACKING_URI, ...
     s3_secret: str = S3_SECRET
     service_account: str | None = None
-    env: tuple[tuple[str, str], ...] = ()  # extra variables, e.g. MLFLOW_PARENT_RUN_ID
+    env: tuple[tuple[str, str], ...] = ()  # extra variables, e.g. MLFLOW_TRACKING_URI
     component: str = "train"  # app.kubernetes.io/component label
     active_deadline_seconds: int | None = None
     backoff_limit: int = 3

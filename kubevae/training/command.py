@@ -85,6 +85,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                     help="seeds trained for --objective-metric udr")
     ev.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
     ev.add_argument("--run-name", default="train", help="MLflow run name")
+    ev.add_argument("--parent-run-id", default=None,
+                    help="the MLflow run this run nests under (the tuning run for a trial; "
+                         "default: the process's enclosing run, kubevae.tracking)")
     ev.add_argument("--require-tracking", action="store_true",
                     help="fail if MLflow is unreachable (default: warn and go on)")
     ev.add_argument("--no-tracking", action="store_true", help="do not log to MLflow at all")
@@ -154,6 +157,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         seed=a.seed, deterministic=a.deterministic, device=a.device, precision=a.precision,
         iwae_k=iwae_k, objective_metric=a.objective_metric, udr_seeds=a.udr_seeds,
         tracking=not a.no_tracking, require_tracking=a.require_tracking, experiment=a.experiment,
+        parent_run_id=a.parent_run_id,
         log_mlflow_model=not a.no_mlflow_model,
         model=ModelConfig(latent_dim=a.latent_dim, likelihood=a.likelihood,
                           gaussian_sigma=a.gaussian_sigma),

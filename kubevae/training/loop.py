@@ -74,7 +74,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
     meter = make_meter(vae, images, precision, threads, dist)
     track = tracking.start_run(tracking.training_run_name(run_name, cfg.objective.beta, cfg.model.latent_dim),
                                experiment=cfg.experiment, require=cfg.require_tracking,
-                               enabled=cfg.tracking, tags={"kubevae.step": "train"}) if dist.is_main \
+                               enabled=cfg.tracking, parent_run_id=cfg.parent_run_id,
+                               tags={"kubevae.step": "train"}) if dist.is_main \
         else contextlib.nullcontext(tracking.DISABLED)
 
     with track as tracker:
