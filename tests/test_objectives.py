@@ -1,14 +1,46 @@
 import pytest
 import torch
 
-from kubevae.config import ObjectiveConfig
+from kubevae.config import ModelConfig, ObjectiveConfig
 from kubevae.objectives import NonFiniteLossError, Objective
 
 
-def test_beta_objective_sums_pixels_and_latents_then_averages_the_batch():
+def test_beta_objective_weights_the_kl_by_beta_and_averages_per_image_terms_over_the_batch():
     recon, kl = torch.tensor([100.0, 200.0]), torch.tensor([10.0, 30.0])
     terms = Objective(ObjectiveConfig(kind="beta", beta=4.0))(recon, kl, step=0)
     assert float(terms.loss) == pytest.approx(150.0 + 4.0 * 20.0)
+
+
+def test_training_loss_sums_pixels_and_latents_then_averages_the_batch():
+    """The real training step on a real VAE: its loss is the per-pixel Bernoulli NLL summed
+    over channels x height x width, plus beta x the per-dimension KL summed over latents,
+    averaged over the batch; computed here by hand from the same decoder output."""
+    import contextlib
+
+    import torch.nn.functional as F
+
+    from kubevae.model import VAE
+    from kubevae.training.loop import train_step
+
+    torch.manual_seed(0)
+    vae = VAE(ModelConfig(image_size=28, channels=1, latent_dim=3))
+    x = (torch.rand(4, 1, 28, 28) > 0.5).float()
+    eps = torch.randn(4, 3)
+    with torch.no_grad():
+        logits, mu, logvar = vae(x, eps)
+    pixel_nll = F.binary_cross_entropy_with_logits(logits, x, reduction="none")  # [4, 1, 28, 28]
+    dim_kl = 0.5 * (mu ** 2 + logvar.exp() - 1 - logvar)  # [4, 3]
+    expected_recon = float(pixel_nll.sum(dim=(1, 2, 3)).mean())
+    expected_kl = float(dim_kl.sum(dim=1).mean())
+
+    frozen = torch.optim.SGD(vae.parameters(), lr=0.0)
+    terms = train_step(vae, vae, Objective(ObjectiveConfig(kind="beta", beta=4.0)), frozen, x,
+                       eps, step=0, autocast=contextlib.nullcontext())
+    assert float(terms.recon) == pytest.approx(expected_recon, rel=1e-5)
+    assert float(terms.kl) == pytest.approx(expected_kl, rel=1e-5)
+    assert float(terms.loss) == pytest.approx(expected_recon + 4.0 * expected_kl, rel=1e-5)
+    # Summed, not averaged, over pixels: the term is 784 pixels' worth of nats per image.
+    assert float(terms.recon) == pytest.approx(784 * float(pixel_nll.mean()), rel=1e-5)
 
 
 def test_capacity_objective_tracks_a_rising_target():
