@@ -48,7 +48,7 @@ SHORT_RUN = {
 def pipeline_run(tmp_path_factory):
     """The first run of SHORT_RUN into a fresh folder and MLflow store (SQLite in the folder):
     {"run_dir", "summary", "tasks"} (tasks: the kfp.local folder of each step's outputs).
-    Later tests may add runs to the same store (the second run of test_pipeline_local)."""
+    Tests only read it: nothing adds runs to its store."""
     from pipelines.local_run import run_local
 
     # Session fixtures run before the per-test environment reset below.

@@ -231,8 +231,8 @@ def _client(mlflow_ui):
 
 
 def _first_pipeline(client):
-    """The session's first run (tests/test_pipeline_local.py may add a second to the store):
-    the pipeline run and its runs by step."""
+    """The session's pipeline run (the first in its store): the pipeline run and its runs by
+    step."""
     experiment = client.get_experiment_by_name("kubevae")
     runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"])
     parent = next(r for r in runs if r.data.tags.get("kubevae.step") == "pipeline")

@@ -105,6 +105,9 @@ def test_the_registry_ends_as_the_gate_decided(runs):
     from kubevae.registry import SPLIT_TAG, champion_split
 
     assert second["gate"] == "challenger" and second["branch"] == "not-promoted"
+    # The not-promoted branch ran, and only it: keep-champion, no deploy, no smoke test.
+    assert "keep-champion" in second["step_seconds"] and "deploy" not in second["step_seconds"]
+    assert "smoke_test" not in second and "challenger" in second["gate_report"]
     client = MlflowClient(tracking_uri=f"sqlite:///{run_dir / 'mlflow.db'}")
     champion = client.get_model_version_by_alias(MODEL, "champion")
     challenger = client.get_model_version_by_alias(MODEL, "challenger")
