@@ -45,15 +45,26 @@ import torch
 import torch.nn.functional as F
 
 WORK_MAX_SIDE = 64
-DESCRIPTOR_SIDE = 8
 MAX_SHIFT = 2                 # working pixels, in each direction
-NEIGHBOURS = 8                # per query
-CANDIDATE_GATE = 0.85         # descriptor cosine below which a candidate is not verified
-VERIFY_PER_ITEM = 5           # each image's best few neighbours are verified...
-VERIFY_MARGIN = 0.05          # ...when within this cosine of its best one
+SPECTRUM_SIDE = 32            # px: the descriptor's spectrum is taken at most this size
+SPECTRUM_FREQS = 6            # cycles per image, each way
+LAYOUT_SIDE = 4
+LAYOUT_WEIGHT = 0.1
+DESCRIPTOR = (f"|FFT| of the lowest {SPECTRUM_FREQS} frequencies (shift-invariant) + "
+              f"{LAYOUT_SIDE}x{LAYOUT_SIDE} pooled layout (weight {LAYOUT_WEIGHT})")
+VERIFY_PER_ITEM = 3           # each image's best few neighbours are verified...
+VERIFY_MARGIN = 0.02          # ...when within this cosine of its best one...
+VERIFY_BUDGET_PIXELS = 80_000_000  # ...or, while n * per_item * pixels stays within this, its
+MAX_PER_ITEM = 32             # best up to this many, whatever their cosine (small data sets)
+GATE_QUANTILE = 0.001         # ...and above the gate: the planted copies' 0.1th percentile of
+GATE_MARGIN = 0.01            # descriptor cosine less this, within [MIN_GATE, MAX_GATE]
+MIN_GATE, MAX_GATE = 0.5, 0.98
 EXACT_SEARCH_MAX = 20_000     # items; above, an IVF index
-NPROBE = 8
+IVF_LISTS_PER_SQRT = 2        # nlist = this * sqrt(n)
+IVF_TRAIN_PER_LIST = 40
+NPROBE = 6
 QUERY_BLOCK = 65536
+VERIFY_BATCH_PIXELS = 2_000_000
 FLAT_STD = 2.0                # grey levels (0..255) of the working image
 FLAT_LEVELS = 12.0
 MIN_THRESHOLD, MAX_THRESHOLD = 0.90, 0.995
@@ -115,31 +126,30 @@ def _statistics(work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return means, stds
 
 
-def descriptors(work: np.ndarray, shift: tuple[int, int] = (0, 0)) -> np.ndarray:
-    """float32 N x 64: pooled, zero mean, unit norm; `shift` moves the content (dy, dx) by whole
-    pixels (edge pixels repeat)."""
+def descriptors(work: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+    """float32 N x D, unit norm: the magnitudes of the lowest SPECTRUM_FREQS spatial frequencies
+    of the (mean-free) working image at most SPECTRUM_SIDE px a side, which a shift leaves
+    unchanged, and, weighted by LAYOUT_WEIGHT, its LAYOUT_SIDE x LAYOUT_SIDE pooled layout, which a
+    shift of 2 px barely moves. The layout breaks the ties of the spectrum (the same sprite at
+    every position of a grid has one spectrum) in favour of nearby positions."""
     n, h, w = work.shape
-    dy, dx = shift
-    pad = max(abs(dy), abs(dx))
-    out = np.empty((n, DESCRIPTOR_SIDE * DESCRIPTOR_SIDE), np.float32)
-    for start in range(0, n, CHUNK):
-        x = work[start:start + CHUNK]
-        if pad:
-            x = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), mode="edge")
-            x = x[:, pad - dy:pad - dy + h, pad - dx:pad - dx + w]
-        t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[:, None]
-        pooled = F.adaptive_avg_pool2d(t, DESCRIPTOR_SIDE).flatten(1)
-        pooled = pooled - pooled.mean(1, keepdim=True)
-        pooled = pooled / pooled.norm(dim=1, keepdim=True).clamp_min(1e-6)
-        out[start:start + CHUNK] = pooled.numpy()
+    scale = min(1.0, SPECTRUM_SIDE / max(h, w))
+    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
+    f = max(1, min(SPECTRUM_FREQS, (hs - 1) // 2, ws // 2))
+    rows = torch.from_numpy(np.unique(np.r_[0:f + 1, hs - f:hs] % hs))
+    out = np.empty((n, len(rows) * (f + 1) + LAYOUT_SIDE * LAYOUT_SIDE), np.float32)
+    for start in range(0, n, chunk):
+        t = torch.from_numpy(np.ascontiguousarray(work[start:start + chunk], dtype=np.float32))
+        if (hs, ws) != (h, w):
+            t = F.interpolate(t[:, None], size=(hs, ws), mode="area")[:, 0]
+        t = t - t.mean(dim=(1, 2), keepdim=True)
+        spectrum = torch.fft.rfft2(t).abs()[:, rows, :f + 1].flatten(1)
+        layout = F.adaptive_avg_pool2d(t[:, None], LAYOUT_SIDE).flatten(1)
+        layout = layout - layout.mean(1, keepdim=True)
+        parts = (spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-6),
+                 LAYOUT_WEIGHT * layout / layout.norm(dim=1, keepdim=True).clamp_min(1e-6))
+        out[start:start + chunk] = (torch.cat(parts, 1) / math.hypot(1.0, LAYOUT_WEIGHT)).numpy()
     return out
-
-
-# Every whole-pixel shift up to MAX_SHIFT: with only the 2-px ones, a 1-px copy scores below
-# the aligned queries of distinct images and falls out of its original's best few (measured on
-# 30,000 digit-like images: 8% of 1-px copies among the candidates with 9 queries, 100% with 25).
-QUERY_SHIFTS = [(0, 0)] + [(dy, dx) for dy in range(-MAX_SHIFT, MAX_SHIFT + 1)
-                           for dx in range(-MAX_SHIFT, MAX_SHIFT + 1) if (dy, dx) != (0, 0)]
 
 
 def _index(base: np.ndarray) -> tuple[Any, str]:
@@ -150,108 +160,123 @@ def _index(base: np.ndarray) -> tuple[Any, str]:
         index: Any = faiss.IndexFlatIP(d)
         kind = "faiss IndexFlatIP (exact)"
     else:
-        nlist = int(4 * math.sqrt(n))
+        nlist = int(IVF_LISTS_PER_SQRT * math.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
-        sample = np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)
+        sample = np.random.default_rng(0).choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)
         index.train(base[np.sort(sample)])
         index.nprobe = NPROBE
         kind = f"faiss IndexIVFFlat (nlist {nlist}, nprobe {NPROBE})"
-    index.add(base)
+    for start in range(0, n, QUERY_BLOCK):
+        index.add(base[start:start + QUERY_BLOCK])
     return index, kind
 
 
-def _best_per_item(rows: np.ndarray, ids: np.ndarray, sims: np.ndarray, per_item: int,
-                   margin: float) -> np.ndarray:
-    """Directed pairs (row, id), at most `per_item` per row: its most similar distinct ids, within
-    `margin` of its best one. A copy is its original's best match, or the original is the copy's."""
-    if not len(rows):
-        return np.zeros((0, 2), np.int64)
-    order = np.lexsort((-sims, ids, rows))
-    rows, ids, sims = rows[order], ids[order], sims[order]
-    first = np.ones(len(rows), bool)
-    first[1:] = (rows[1:] != rows[:-1]) | (ids[1:] != ids[:-1])   # best shift of each (row, id)
-    rows, ids, sims = rows[first], ids[first], sims[first]
-    order = np.lexsort((-sims, rows))
-    rows, ids, sims = rows[order], ids[order], sims[order]
-    starts = np.flatnonzero(np.r_[True, rows[1:] != rows[:-1]])
-    counts = np.diff(np.r_[starts, len(rows)])
-    rank = np.arange(len(rows)) - np.repeat(starts, counts)
-    best = np.repeat(sims[starts], counts)
-    keep = (rank < per_item) & (sims >= best - margin)
-    return np.stack([rows[keep], ids[keep]], axis=1)
+def _select(rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, gate: float, per_item: int,
+            margin: float) -> np.ndarray:
+    """Directed pairs (row, id) from one block of search results (sorted by similarity): each
+    row's best `per_item` other items at or above `gate` and within `margin` of its best one."""
+    other = (ids >= 0) & (ids != rows[:, None])
+    sims = np.where(other, sims, -np.inf)
+    order = np.argsort(-sims, axis=1, kind="stable")       # self and padding go last
+    sims, ids = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
+    keep = (sims >= gate) & (sims >= sims[:, :1] - margin)
+    keep[:, per_item:] = False
+    return np.stack([np.broadcast_to(rows[:, None], ids.shape)[keep], ids[keep]], axis=1)
 
 
-def candidate_pairs(work: np.ndarray, neighbours: int = NEIGHBOURS, gate: float = CANDIDATE_GATE,
-                    per_item: int = VERIFY_PER_ITEM,
-                    margin: float = VERIFY_MARGIN) -> tuple[np.ndarray, dict[str, Any]]:
-    """Unique pairs (i < j) to verify: for each image, its few best neighbours in descriptor space
-    (over the shifted queries), above `gate` and within `margin` of its best one. Queried in
-    blocks, so memory holds one block's neighbour lists at a time."""
+def verification_plan(n: int, pixels: int) -> tuple[int, float]:
+    """(neighbours verified per image, cosine margin). At scale each image's best VERIFY_PER_ITEM
+    within VERIFY_MARGIN of its best one: the spectrum puts a copy first or second among 100,000
+    digits or textures. Where the budget allows more, up to MAX_PER_ITEM and no margin: a 2-px
+    diagonal shift of a small full-frame image (a 25 px face) changes its spectrum enough to
+    rank behind a dozen smooth look-alikes."""
+    per_item = min(MAX_PER_ITEM, VERIFY_BUDGET_PIXELS // max(1, n * pixels))
+    if per_item <= VERIFY_PER_ITEM:
+        return VERIFY_PER_ITEM, VERIFY_MARGIN
+    return int(per_item), 1.0
+
+
+def candidate_pairs(work: np.ndarray, gate: float) -> tuple[np.ndarray, dict[str, Any]]:
+    """Unique pairs (i < j) to verify: for each image, its few best neighbours in descriptor
+    space (verification_plan), at or above `gate`. One query per image, in blocks, so memory
+    holds one block's neighbour lists at a time."""
     import faiss
 
     start = time.monotonic()
     n = len(work)
+    per_item, margin = verification_plan(n, work.shape[1] * work.shape[2])
     faiss.omp_set_num_threads(max(1, min(2, torch.get_num_threads())))
     base = descriptors(work)
+    described = time.monotonic()
     index, kind = _index(base)
-    k = min(neighbours + 1, n)
-    found, raw = [], 0
+    indexed = time.monotonic()
+    k = min(per_item + 1, n)
+    found, above = [], 0
     for q0 in range(0, n, QUERY_BLOCK):
-        block = work[q0:q0 + QUERY_BLOCK]
-        rows_, ids_, sims_ = [], [], []
-        for shift in QUERY_SHIFTS:
-            query = base[q0:q0 + QUERY_BLOCK] if shift == (0, 0) else descriptors(block, shift)
-            sims, ids = index.search(query, k)
-            rows = np.repeat(np.arange(q0, q0 + len(ids)), k)
-            keep = (ids.ravel() >= 0) & (sims.ravel() >= gate) & (ids.ravel() != rows)
-            rows_.append(rows[keep])
-            ids_.append(ids.ravel()[keep])
-            sims_.append(sims.ravel()[keep])
-        rows, ids, sims = np.concatenate(rows_), np.concatenate(ids_), np.concatenate(sims_)
-        raw += len(rows)
-        pairs = _best_per_item(rows, ids, sims, per_item, margin)
+        sims, ids = index.search(base[q0:q0 + QUERY_BLOCK], k)
+        above += int(((sims >= gate) & (ids >= 0)).sum()) - len(sims)
+        pairs = _select(np.arange(q0, q0 + len(ids)), sims, ids, gate, per_item, margin)
         found.append(np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1]))
+    del index
     keys = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     pairs = np.stack([keys // n, keys % n], axis=1).astype(np.int64)
-    return pairs, {"index": kind, "descriptor": f"{DESCRIPTOR_SIDE}x{DESCRIPTOR_SIDE} "
-                   "pooled luma", "queries_per_image": len(QUERY_SHIFTS), "neighbours": neighbours,
-                   "gate": gate, "per_item": per_item, "margin": margin,
-                   "neighbours_above_gate": int(raw), "candidates": int(len(pairs)),
-                   "seconds": round(time.monotonic() - start, 3)}
+    return pairs, {"index": kind, "descriptor": DESCRIPTOR, "descriptor_dims": int(base.shape[1]),
+                   "queries_per_image": 1, "neighbours": k - 1, "gate": round(float(gate), 4),
+                   "per_item": per_item, "margin": margin,
+                   "neighbours_above_gate": max(0, int(above)), "candidates": int(len(pairs)),
+                   "describe_seconds": round(described - start, 3),
+                   "index_seconds": round(indexed - described, 3),
+                   "search_seconds": round(time.monotonic() - start, 3)}
+
+
+def _window_sums(y: np.ndarray, tops: np.ndarray, hc: int, wc: int) -> tuple[np.ndarray, np.ndarray]:
+    """Sums of y and y^2 over the hc x wc windows at every (top, left) in tops x tops, from
+    integral images (float64: the squares of 64 x 64 grey levels lose digits in float32)."""
+    p = len(y)
+    y = y.astype(np.float64)
+    sums = []
+    for v in (y, y * y):
+        integral = np.zeros((p, v.shape[1] + 1, v.shape[2] + 1))
+        np.cumsum(np.cumsum(v, 1), 2, out=integral[:, 1:, 1:])
+        t, left = tops[:, None], tops[None, :]
+        sums.append(integral[:, t + hc, left + wc] - integral[:, t, left + wc]
+                    - integral[:, t + hc, left] + integral[:, t, left])
+    return sums[0], sums[1]
 
 
 def max_ncc(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndarray:
     """Max over shifts |dy|, |dx| <= max_shift of the Pearson correlation between the centre of
-    each a (cropped by max_shift) and the window of b at that shift. a, b: P x h x w."""
+    each a (cropped by max_shift + 1) and the window of b at that shift. a, b: P x h x w."""
     p, h, w = a.shape
-    r = min(max_shift, (h - 3) // 2, (w - 3) // 2)
-    x = torch.from_numpy(np.asarray(a, np.float32))
-    y = torch.from_numpy(np.asarray(b, np.float32))
+    r = max(0, min(max_shift, (h - 3) // 2, (w - 3) // 2))
     # One pixel more than the shifts: no window touches b's border, where the smoothing saw
     # padding instead of the neighbours the same content has inside a.
-    m = r + 1
-    centre = x[:, m:h - m, m:w - m]
-    count = centre.shape[1] * centre.shape[2]
-    centre = centre - centre.mean(dim=(1, 2), keepdim=True)
-    centre_norm = centre.flatten(1).norm(dim=1)
-    # Cross-correlation of each pair at every shift: a grouped convolution, one group per pair.
-    dots = F.conv2d(y[None], centre[:, None], groups=p)[0][:, 1:-1, 1:-1]   # P x (2r+1)^2
-    window = centre.shape[1:]
-    mean_y = F.avg_pool2d(y[:, None], window, stride=1)[:, 0, 1:-1, 1:-1]
-    mean_y2 = F.avg_pool2d(y[:, None] ** 2, window, stride=1)[:, 0, 1:-1, 1:-1]
-    std_y = (mean_y2 - mean_y ** 2).clamp_min(0).sqrt() * math.sqrt(count)
-    ncc = dots / (centre_norm[:, None, None] * std_y).clamp_min(1e-3)
-    return ncc.flatten(1).max(dim=1).values.clamp(-1, 1).numpy()
+    m = r + 1 if min(h, w) >= 3 else 0
+    centre = np.asarray(a[:, m:h - m, m:w - m], np.float32)
+    hc, wc = centre.shape[1:]
+    centre = centre - centre.mean(axis=(1, 2), keepdims=True)
+    centre_norm = np.sqrt(np.einsum("pij,pij->p", centre, centre))
+    y = np.asarray(b, np.float32)
+    tops = np.arange(m - r, m + r + 1)
+    dots = np.empty((p, len(tops), len(tops)), np.float32)
+    for u, top in enumerate(tops):
+        for v, left in enumerate(tops):
+            dots[:, u, v] = np.einsum("pij,pij->p", centre, y[:, top:top + hc, left:left + wc])
+    s1, s2 = _window_sums(y, tops, hc, wc)
+    std_y = np.sqrt(np.clip(s2 - s1 * s1 / (hc * wc), 0, None)).astype(np.float32)
+    ncc = dots / np.maximum(centre_norm[:, None, None] * std_y, 1e-3)
+    return np.clip(ncc.reshape(p, -1).max(axis=1), -1, 1)
 
 
 def similarity(work: np.ndarray, pairs: np.ndarray, means: np.ndarray, stds: np.ndarray,
-               batch: int = 4096) -> np.ndarray:
-    """Verified similarity of each pair: symmetric max NCC; 1 or 0 for near-blank images."""
+               batch_pixels: int = VERIFY_BATCH_PIXELS) -> np.ndarray:
+    """Verified similarity of each pair: max NCC; 1 or 0 for near-blank images. In batches of
+    about batch_pixels pixels, so that memory stays bounded whatever the number of pairs."""
     out = np.zeros(len(pairs), np.float32)
+    batch = max(64, batch_pixels // max(1, work.shape[1] * work.shape[2]))
     for start in range(0, len(pairs), batch):
         i, j = pairs[start:start + batch, 0], pairs[start:start + batch, 1]
-        a, b = work[i], work[j]
-        s = max_ncc(a, b)
+        s = max_ncc(work[i], work[j])
         # Low contrast: what is left after the best shift and level/contrast fit, in grey
         # levels. Mild noise on a faint image costs it correlation but leaves this small.
         residual = np.sqrt(stds[i] * stds[j] * np.clip(1 - s * s, 0, 1))
@@ -282,41 +307,72 @@ def flat_pairs(means: np.ndarray, stds: np.ndarray) -> np.ndarray:
 
 
 def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SAMPLE,
-              seed: int = 0, rows_of: np.ndarray | None = None) -> dict[str, Any]:
-    """Copies of every planted kind of a sample of the data set's own (non-blank) images, and
-    the verified similarity of each copy to its original. Threshold: their 0.5th percentile
-    less CALIBRATION_MARGIN, kept within [MIN_THRESHOLD, MAX_THRESHOLD]."""
+              seed: int = 0, rows_of: np.ndarray | None = None,
+              threshold: float | None = None) -> dict[str, Any]:
+    """Copies of every planted kind of a sample of the data set's own (non-blank) images:
+    their descriptor cosine and verified similarity to their originals.
+
+    Threshold (unless given): the similarities' 0.5th percentile less CALIBRATION_MARGIN, within
+    [MIN_THRESHOLD, MAX_THRESHOLD]. Candidate gate: the cosines' GATE_QUANTILE less GATE_MARGIN,
+    within [MIN_GATE, MAX_GATE]; sharp, varied data (textures) gets a high gate and few
+    candidates, dense data (digits) a looser one."""
     from kubevae.split import planted
 
     usable = np.flatnonzero(stds >= CALIBRATION_MIN_STD)
     if len(usable) < 20:
         usable = np.flatnonzero(stds >= FLAT_STD)
     if len(usable) == 0:
-        return {"threshold": MAX_THRESHOLD, "sampled_images": 0, "per_kind": {},
+        return {"threshold": MAX_THRESHOLD if threshold is None else threshold, "gate": MIN_GATE,
+                "sampled_images": 0, "per_kind": {},
                 "reason": "every image is near-blank; only blank images are merged"}
     rows = np.sort(np.random.default_rng(seed).choice(usable, min(sample, len(usable)), replace=False))
     if rows_of is not None:   # stds are of a subset of the images: rows_of maps it back
         rows = rows_of[rows]
     originals = np.asarray(images[rows])
     per_kind: dict[str, dict[str, float]] = {}
-    pooled = []
+    pooled, cosines = [], []
+    pairs = np.stack([np.arange(len(rows)), np.arange(len(rows)) + len(rows)], axis=1)
     for kind in planted.KINDS:
-        copies = np.stack([planted.make_copy(im, kind, seed=int(r)) for im, r in zip(originals, rows, strict=False)])
+        copies = np.stack([planted.make_copy(im, kind, seed=int(r)) for im, r in zip(originals, rows, strict=True)])
         both = working_images(np.concatenate([originals, copies]))
-        m, s = _statistics(both)
-        pairs = np.stack([np.arange(len(rows)), np.arange(len(rows)) + len(rows)], axis=1)
-        sims = similarity(both, pairs, m, s)
-        pooled.append(sims)
-        per_kind[kind] = {"min": round(float(sims.min()), 4),
-                          "p0.5": round(float(np.quantile(sims, CALIBRATION_QUANTILE)), 4),
-                          "median": round(float(np.median(sims)), 4)}
-    allsims = np.concatenate(pooled)
-    low = float(np.quantile(allsims, CALIBRATION_QUANTILE))
+        d = descriptors(both)
+        cos = (d[pairs[:, 0]] * d[pairs[:, 1]]).sum(1)
+        cosines.append(cos)
+        per_kind[kind] = {"descriptor_cos_min": round(float(cos.min()), 4)}
+        if threshold is None:
+            m, s = _statistics(both)
+            sims = similarity(both, pairs, m, s)
+            pooled.append(sims)
+            per_kind[kind].update({"min": round(float(sims.min()), 4),
+                                   "p0.5": round(float(np.quantile(sims, CALIBRATION_QUANTILE)), 4),
+                                   "median": round(float(np.median(sims)), 4)})
+    allcos = np.concatenate(cosines)
+    gate = float(np.clip(np.quantile(allcos, GATE_QUANTILE) - GATE_MARGIN, MIN_GATE, MAX_GATE))
+    out: dict[str, Any] = {"gate": round(gate, 4), "sampled_images": int(len(rows)),
+                           "gate_rule": f"{GATE_QUANTILE * 100:g}th percentile of the copies' "
+                                        f"descriptor cosine - {GATE_MARGIN}, within "
+                                        f"[{MIN_GATE}, {MAX_GATE}]"}
+    if threshold is not None:
+        return {**out, "threshold": threshold, "per_kind": per_kind,
+                "reason": "threshold given, not calibrated; candidate gate calibrated"}
+    low = float(np.quantile(np.concatenate(pooled), CALIBRATION_QUANTILE))
     threshold = float(np.clip(low - CALIBRATION_MARGIN, MIN_THRESHOLD, MAX_THRESHOLD))
-    return {"threshold": round(threshold, 4), "sampled_images": int(len(rows)),
-            "copies_p0.5": round(low, 4), "per_kind": per_kind,
+    return {**out, "threshold": round(threshold, 4), "copies_p0.5": round(low, 4),
+            "per_kind": per_kind,
             "rule": f"0.5th percentile of the copies' similarity - {CALIBRATION_MARGIN}, within "
                     f"[{MIN_THRESHOLD}, {MAX_THRESHOLD}]"}
+
+
+def method() -> str:
+    """The method in one sentence, for the leakage report."""
+    return (f"candidates: faiss nearest neighbours (one query per image) of a descriptor: "
+            f"{DESCRIPTOR}; each image's best {VERIFY_PER_ITEM} within {VERIFY_MARGIN} cosine of "
+            f"its best one (up to {MAX_PER_ITEM}, any cosine, where n x per-image x pixels stays "
+            f"within {VERIFY_BUDGET_PIXELS:,}), above a gate calibrated on planted copies (one "
+            f"image per set of exact copies); verification: max normalised cross-correlation over +-{MAX_SHIFT} "
+            f"px of the smoothed luma (at most {WORK_MAX_SIDE} px a side); near-blank images "
+            f"(std < {FLAT_STD} levels) by mean level, faint pairs by residual <= "
+            f"{RESIDUAL_LEVELS} levels")
 
 
 def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
@@ -337,18 +393,17 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
             reps = np.sort(first)
             work = work[reps]
     means, stds = _statistics(work)
-    if threshold is None:
-        calibration = calibrate(images, stds, rows_of=reps)
-        threshold, threshold_source = calibration["threshold"], "calibrated on this data set"
-    else:
-        calibration = {"threshold": threshold, "reason": "given; not calibrated"}
-    if not 0.0 < threshold <= 1.0:
+    if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1], got {threshold}")
+    calibration = calibrate(images, stds, rows_of=reps, threshold=threshold)
+    if threshold is None:
+        threshold_source = "calibrated on this data set"
+    threshold = float(calibration["threshold"])
     if len(work) < 2:
         pairs = np.zeros((0, 2), np.int64)
         search: dict[str, Any] = {"candidates": 0}
     else:
-        pairs, search = candidate_pairs(work)
+        pairs, search = candidate_pairs(work, calibration["gate"])
     verify_start = time.monotonic()
     sims = similarity(work, pairs, means, stds)
     merged = sims >= threshold

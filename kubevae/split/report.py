@@ -110,13 +110,7 @@ def _near_search(ctx: Context) -> dict[str, Any]:
     with_near = np.bincount(ctx.grouping.labels, minlength=n)[ctx.grouping.labels]
     without = np.bincount(ctx.grouping.exact_labels, minlength=n)[ctx.grouping.exact_labels]
     return {
-        "method": "candidates: faiss nearest neighbours of an 8x8 pooled descriptor, queried at "
-                  f"{len(neardup.QUERY_SHIFTS)} shifts, each image's best {neardup.VERIFY_PER_ITEM} "
-                  f"within {neardup.VERIFY_MARGIN} cosine of its best one (one image per set of "
-                  "exact copies); verification: max normalised cross-correlation over +-{neardup.MAX_SHIFT} "
-                  f"px of the smoothed luma (at most {neardup.WORK_MAX_SIDE} px a side); "
-                  f"near-blank images (std < {neardup.FLAT_STD} levels) by mean level, faint "
-                  f"pairs by residual <= {neardup.RESIDUAL_LEVELS} levels",
+        "method": neardup.method(),
         "threshold": round(near.threshold, 4), "threshold_source": near.threshold_source,
         "calibration": near.calibration, **near.search,
         "items_merged_only_by_near_duplicates": int((with_near > without).sum()),
@@ -288,16 +282,22 @@ def markdown(report: dict[str, Any]) -> str:
               f"- threshold: max NCC >= {search['threshold']} ({search['threshold_source']})",
               f"- search: {search.get('index', '-')}, {search.get('candidates', 0)} candidate pairs "
               f"verified, {search.get('merged_pairs', 0)} merged, "
-              f"{search.get('near_blank_images', 0)} near-blank images, {search.get('seconds', 0)} s"]
-    if calibration.get("per_kind"):
+              f"{search.get('near_blank_images', 0)} near-blank images, {search.get('seconds', 0)} s "
+              f"({search.get('search_seconds', 0)} s search, {search.get('verify_seconds', 0)} s "
+              "verification)"]
+    if calibration.get("rule"):
         lines += [f"- calibration: copies of {calibration['sampled_images']} of this data set's own "
                   f"images, of each kind below; rule: {calibration['rule']}; their 0.5th percentile "
                   f"is {calibration['copies_p0.5']}", "",
-                  "| copy kind | min | 0.5th percentile | median |", "|---|---|---|---|"]
-        lines += [f"| {k} | {v['min']} | {v['p0.5']} | {v['median']} |"
+                  "| copy kind | min | 0.5th percentile | median | min descriptor cosine |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {k} | {v['min']} | {v['p0.5']} | {v['median']} | {v['descriptor_cos_min']} |"
                   for k, v in calibration["per_kind"].items()]
     elif calibration.get("reason"):
         lines.append(f"- calibration: {calibration['reason']}")
+    if calibration.get("gate_rule"):
+        lines.append(f"- candidate gate: descriptor cosine >= {calibration['gate']} "
+                     f"({calibration['gate_rule']})")
     if search["example_pairs"]:
         lines += ["", "Pairs nearest the threshold (judge them: the merged ones should be copies, "
                   "the others distinct images):", "", "| verdict | similarity | items | pair |",
