@@ -46,8 +46,7 @@ import torch.nn.functional as F
 
 WORK_MAX_SIDE = 64
 MAX_SHIFT = 2                 # working pixels, in each direction
-SPECTRUM_SIDE = 32            # px: the descriptor's spectrum is taken at most this size
-SPECTRUM_FREQS = 6            # cycles per image, each way
+SPECTRUM_FREQS = 4            # cycles per image, each way
 LAYOUT_SIDE = 4
 LAYOUT_WEIGHT = 0.1
 DESCRIPTOR = (f"|FFT| of the lowest {SPECTRUM_FREQS} frequencies (shift-invariant) + "
@@ -62,6 +61,7 @@ MIN_GATE, MAX_GATE = 0.5, 0.98
 EXACT_SEARCH_MAX = 20_000     # items; above, an IVF index
 IVF_LISTS_PER_SQRT = 2        # nlist = this * sqrt(n)
 IVF_TRAIN_PER_LIST = 40
+IVF_TRAIN_ITERATIONS = 10
 NPROBE = 6
 QUERY_BLOCK = 65536
 VERIFY_BATCH_PIXELS = 2_000_000
@@ -126,29 +126,52 @@ def _statistics(work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return means, stds
 
 
+def _pooling(size: int, bins: int) -> np.ndarray:
+    """bins x size averaging matrix of adaptive average pooling (bins may overlap)."""
+    out = np.zeros((bins, size), np.float32)
+    for i in range(bins):
+        lo, hi = (i * size) // bins, -(-((i + 1) * size) // bins)
+        out[i, lo:hi] = 1.0 / (hi - lo)
+    return out
+
+
+def _projections(h: int, w: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """Row and column matrices that take an image to its low-frequency DFT (cos and sin parts)
+    and its pooled layout in two matrix products: (left, right, frequency rows, columns)."""
+    f = max(1, min(SPECTRUM_FREQS, (h - 1) // 2, w // 2))
+    u = np.unique(np.r_[0:f + 1, h - f:h] % h)
+    v = np.arange(f + 1)
+    ay = 2 * np.pi * np.outer(u, np.arange(h)) / h
+    ax = 2 * np.pi * np.outer(np.arange(w), v) / w
+    left = np.concatenate([np.cos(ay), np.sin(ay), _pooling(h, LAYOUT_SIDE)]).astype(np.float32)
+    right = np.concatenate([np.cos(ax), np.sin(ax), _pooling(w, LAYOUT_SIDE).T], axis=1)
+    return left, right.astype(np.float32), len(u), len(v)
+
+
 def descriptors(work: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     """float32 N x D, unit norm: the magnitudes of the lowest SPECTRUM_FREQS spatial frequencies
-    of the (mean-free) working image at most SPECTRUM_SIDE px a side, which a shift leaves
-    unchanged, and, weighted by LAYOUT_WEIGHT, its LAYOUT_SIDE x LAYOUT_SIDE pooled layout, which a
-    shift of 2 px barely moves. The layout breaks the ties of the spectrum (the same sprite at
-    every position of a grid has one spectrum) in favour of nearby positions."""
+    of the (mean-free) working image, which a shift leaves unchanged, and, weighted by
+    LAYOUT_WEIGHT, its LAYOUT_SIDE x LAYOUT_SIDE pooled layout, which a shift of 2 px barely
+    moves. The layout breaks the ties of the spectrum (the same sprite at every position of a
+    grid has one spectrum) in favour of nearby positions. Two matrix products per chunk (only
+    the frequencies used are computed)."""
     n, h, w = work.shape
-    scale = min(1.0, SPECTRUM_SIDE / max(h, w))
-    hs, ws = max(1, round(h * scale)), max(1, round(w * scale))
-    f = max(1, min(SPECTRUM_FREQS, (hs - 1) // 2, ws // 2))
-    rows = torch.from_numpy(np.unique(np.r_[0:f + 1, hs - f:hs] % hs))
-    out = np.empty((n, len(rows) * (f + 1) + LAYOUT_SIDE * LAYOUT_SIDE), np.float32)
+    left, right, nu, nv = _projections(h, w)
+    out = np.empty((n, nu * nv + LAYOUT_SIDE * LAYOUT_SIDE), np.float32)
     for start in range(0, n, chunk):
-        t = torch.from_numpy(np.ascontiguousarray(work[start:start + chunk], dtype=np.float32))
-        if (hs, ws) != (h, w):
-            t = F.interpolate(t[:, None], size=(hs, ws), mode="area")[:, 0]
-        t = t - t.mean(dim=(1, 2), keepdim=True)
-        spectrum = torch.fft.rfft2(t).abs()[:, rows, :f + 1].flatten(1)
-        layout = F.adaptive_avg_pool2d(t[:, None], LAYOUT_SIDE).flatten(1)
-        layout = layout - layout.mean(1, keepdim=True)
-        parts = (spectrum / spectrum.norm(dim=1, keepdim=True).clamp_min(1e-6),
-                 LAYOUT_WEIGHT * layout / layout.norm(dim=1, keepdim=True).clamp_min(1e-6))
-        out[start:start + chunk] = (torch.cat(parts, 1) / math.hypot(1.0, LAYOUT_WEIGHT)).numpy()
+        x = np.asarray(work[start:start + chunk], np.float32)
+        k = len(x)
+        x -= x.mean(axis=(1, 2), keepdims=True)
+        z = left @ (x.reshape(k * h, w) @ right).reshape(k, h, -1)       # k x rows x cols
+        real = z[:, :nu, :nv] - z[:, nu:2 * nu, nv:2 * nv]
+        imag = z[:, nu:2 * nu, :nv] + z[:, :nu, nv:2 * nv]
+        spectrum = np.sqrt(real * real + imag * imag).reshape(k, -1)
+        layout = z[:, 2 * nu:, 2 * nv:].reshape(k, -1)
+        layout = layout - layout.mean(1, keepdims=True)
+        spectrum /= np.maximum(np.linalg.norm(spectrum, axis=1, keepdims=True), 1e-6)
+        layout *= LAYOUT_WEIGHT / np.maximum(np.linalg.norm(layout, axis=1, keepdims=True), 1e-6)
+        out[start:start + k, :nu * nv] = spectrum / math.hypot(1.0, LAYOUT_WEIGHT)
+        out[start:start + k, nu * nv:] = layout / math.hypot(1.0, LAYOUT_WEIGHT)
     return out
 
 
@@ -162,6 +185,7 @@ def _index(base: np.ndarray) -> tuple[Any, str]:
     else:
         nlist = int(IVF_LISTS_PER_SQRT * math.sqrt(n))
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = IVF_TRAIN_ITERATIONS   # coarse cells only need to be roughly right
         sample = np.random.default_rng(0).choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)
         index.train(base[np.sort(sample)])
         index.nprobe = NPROBE
@@ -230,18 +254,16 @@ def candidate_pairs(work: np.ndarray, gate: float) -> tuple[np.ndarray, dict[str
 
 
 def _window_sums(y: np.ndarray, tops: np.ndarray, hc: int, wc: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sums of y and y^2 over the hc x wc windows at every (top, left) in tops x tops, from
-    integral images (float64: the squares of 64 x 64 grey levels lose digits in float32)."""
-    p = len(y)
-    y = y.astype(np.float64)
-    sums = []
-    for v in (y, y * y):
-        integral = np.zeros((p, v.shape[1] + 1, v.shape[2] + 1))
-        np.cumsum(np.cumsum(v, 1), 2, out=integral[:, 1:, 1:])
-        t, left = tops[:, None], tops[None, :]
-        sums.append(integral[:, t + hc, left + wc] - integral[:, t, left + wc]
-                    - integral[:, t + hc, left] + integral[:, t, left])
-    return sums[0], sums[1]
+    """Sums of y and y^2 over the hc x wc windows at every (top, left) in tops x tops: two
+    matrix products with 0/1 band matrices (BLAS), on y less its mean (no cancellation in
+    float32)."""
+    p, h, w = y.shape
+    y = y - y.mean(axis=(1, 2), keepdims=True)
+    rows = ((np.arange(h)[None, :] >= tops[:, None]) & (np.arange(h)[None, :] < tops[:, None] + hc))
+    cols = ((np.arange(w)[None, :] >= tops[:, None]) & (np.arange(w)[None, :] < tops[:, None] + wc))
+    rows, cols = rows.astype(np.float32), cols.astype(np.float32).T
+    return tuple(rows @ (v.reshape(p * h, w) @ cols).reshape(p, h, len(tops))  # type: ignore[return-value]
+                 for v in (y, y * y))
 
 
 def max_ncc(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndarray:
