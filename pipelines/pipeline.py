@@ -86,7 +86,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "trial_workers": (1, "Processes per tuning trial."),
     "gpus_per_worker": (0, "GPUs per training process (nvidia.com/gpu); 0 trains on CPUs."),
     "iwae_k": (50, "Importance samples for the IWAE bound in evaluation."),
-    "metric_protocol": ("disentanglement_lib", "Disentanglement metric settings: disentanglement_lib (its sample counts and classifiers) or fast (smaller samples, a random-forest DCI)."),
+    "metric_protocol": ("disentanglement_lib", "Disentanglement metric settings: disentanglement_lib (its sample counts and classifiers) or fast (the same sample counts; DCI's importances from a random forest instead of gradient boosting, seconds instead of minutes, so its DCI is not comparable to published numbers)."),
     "gate_margin": (0.0, "How much the candidate must beat the champion by on the test counterpart of the search objective (MIG, FactorVAE, DCI points; nats for the bounds)."),
     "gate_elbo_tolerance": (0.05, "Guard: the candidate's test negative ELBO (beta = 1) may exceed the champion's by at most this fraction."),
     "model_name": ("kubevae-sprites", "Registered model name in MLflow and the InferenceService name."),

@@ -111,6 +111,33 @@ def test_mig_settings_state_the_protocol():
     settings = mig_settings(num_points=10_000)
     assert settings["num_bins"] == 20 and settings["representation"] == "mean"
     assert settings["num_points"] == 10_000
+    assert settings["protocol"] == "disentanglement_lib mig.gin (num_train=10000, num_bins=20)"
+    # Other arguments: the protocol line names what differs, and never claims mig.gin's numbers.
+    other = mig_settings(num_bins=10, num_points=500)
+    assert (other["num_bins"], other["num_points"]) == (10, 500)
+    assert other["protocol"] == ("disentanglement_lib mig.gin, except num_train=500 (theirs: 10000), "
+                                 "num_bins=10 (theirs: 20)")
+    assert mig_settings()["protocol"] == "disentanglement_lib mig.gin, except num_train not recorded (theirs: 10000)"
+
+
+def test_every_metric_states_how_its_settings_differ_from_disentanglement_libs():
+    from kubevae.metrics import beta_vae_settings, factor_vae_settings, sap_settings
+    from kubevae.metrics.udr import udr_settings
+
+    p = MetricProtocol()
+    assert dci_settings(p.dci_importance, p.dci_num_train, p.dci_num_test)["protocol"] == (
+        "disentanglement_lib dci.gin (num_train=10000, num_test=5000, importance_model=gradient_boosting)")
+    assert dci_settings("random_forest", 400, 5_000)["protocol"] == (
+        "disentanglement_lib dci.gin, except num_train=400 (theirs: 10000), "
+        "importance_model=random_forest (theirs: gradient_boosting)")
+    assert sap_settings(10_000, 5_000)["protocol"].endswith("(num_train=10000, num_test=5000)")
+    assert "num_test=50 (theirs: 5000)" in sap_settings(10_000, 50)["protocol"]
+    assert "except" not in factor_vae_settings()["protocol"]
+    assert factor_vae_settings(num_train=2_000)["protocol"].endswith("except num_train=2000 (theirs: 10000)")
+    assert "except" not in beta_vae_settings()["protocol"]
+    assert beta_vae_settings(batch_size=16)["protocol"].endswith("except batch_size=16 (theirs: 64)")
+    assert "except" not in udr_settings("lasso", 1_000)["protocol"]
+    assert udr_settings("lasso", 300)["protocol"].endswith("except num_points=300 (theirs: 1000)")
 
 
 @pytest.mark.parametrize("codes, factors, message", [
@@ -328,7 +355,10 @@ def test_protocol_defaults_are_disentanglement_lib():
     assert (p.factor_vae_batch_size, p.factor_vae_num_train, p.factor_vae_num_eval,
             p.factor_vae_num_variance_estimate, p.factor_vae_prune_threshold) == (64, 10_000, 5_000, 10_000, 0.05)
     assert (p.beta_vae_batch_size, p.beta_vae_num_train, p.beta_vae_num_eval) == (64, 10_000, 5_000)
-    assert MetricProtocol.named("fast").dci_importance == "random_forest"
+    # `fast` (pipeline parameter metric_protocol) keeps every sample count: only DCI's classifier differs.
+    fast, reference = MetricProtocol.named("fast").as_dict(), p.as_dict()
+    assert {k for k in fast if fast[k] != reference[k]} == {"name", "dci_importance"}
+    assert fast["dci_importance"] == "random_forest"
     assert MetricProtocol().scaled(0.01).factor_vae_num_train == 100
     with pytest.raises(ValueError, match="metric protocol"):
         MetricProtocol.named("quick")

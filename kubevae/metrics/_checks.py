@@ -1,8 +1,25 @@
-"""Input checks and random-state handling shared by the metrics (private to kubevae.metrics)."""
+"""Input checks, random-state handling and protocol notes shared by the metrics (private to
+kubevae.metrics)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
+
+
+def protocol_note(reference: str, used: Mapping[str, Any], theirs: Mapping[str, Any]) -> str:
+    """How the settings a score was computed with compare with the published protocol's:
+    "disentanglement_lib mig.gin (num_train=10000, num_bins=20)" when they are its settings,
+    else "disentanglement_lib mig.gin, except num_train=500 (theirs: 10000)". A setting passed
+    as None was not recorded, and is said so rather than assumed."""
+    differences = [f"{key} not recorded (theirs: {value})" if used.get(key) is None
+                   else f"{key}={used[key]} (theirs: {value})"
+                   for key, value in theirs.items() if used.get(key) != value]
+    if differences:
+        return f"{reference}, except {', '.join(differences)}"
+    return f"{reference} ({', '.join(f'{key}={value}' for key, value in theirs.items())})"
 
 
 def as_generator(random_state) -> np.random.Generator:

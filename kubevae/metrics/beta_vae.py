@@ -23,7 +23,7 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
-from kubevae.metrics._checks import as_generator
+from kubevae.metrics._checks import as_generator, protocol_note
 from kubevae.metrics.ground_truth import CachedRepresentation, GroundTruthData
 
 DEFAULTS = {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000}
@@ -60,7 +60,8 @@ def _points(data: GroundTruthData, represent, rng, batch_size: int, num_points: 
 
 
 def beta_vae_settings(**overrides: Any) -> dict[str, Any]:
-    return {"representation": "mean", **DEFAULTS, **overrides, "score": "eval_accuracy",
+    settings = {**DEFAULTS, **overrides}
+    return {"representation": "mean", **settings, "score": "eval_accuracy",
             "classifier": "sklearn LogisticRegression(max_iter=1000) (lbfgs, multinomial)",
             "sampling": "pairs sharing the fixed factor's value, by index lookup",
-            "protocol": "disentanglement_lib beta_vae_sklearn.gin (batch 64, 10000 train, 5000 eval)"}
+            "protocol": protocol_note("disentanglement_lib beta_vae_sklearn.gin", settings, DEFAULTS)}

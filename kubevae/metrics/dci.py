@@ -29,11 +29,13 @@ import numpy as np
 from scipy.stats import entropy
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 
-from kubevae.metrics._checks import check_codes, check_factors
+from kubevae.metrics._checks import check_codes, check_factors, protocol_note
 
 IMPORTANCE_MODELS = ("gradient_boosting", "random_forest")
+# disentanglement_lib's dci.gin (kubevae.metrics.protocol.MetricProtocol takes them from here).
 DEFAULT_NUM_TRAIN = 10_000
 DEFAULT_NUM_TEST = 5_000
+DEFAULT_IMPORTANCE_MODEL = "gradient_boosting"
 
 
 def _classifier(importance_model: str, random_state: int):
@@ -118,6 +120,10 @@ def dci_settings(importance_model: str = "gradient_boosting", num_train: int | N
             "importance_model": importance_model, "classifier": classifier,
             "classifier_random_state": random_state,
             "informativeness": "mean test accuracy over factors",
-            "protocol": "disentanglement_lib dci (num_train=10000, num_test=5000, gradient boosting)",
+            "protocol": protocol_note(
+                "disentanglement_lib dci.gin",
+                {"num_train": num_train, "num_test": num_test, "importance_model": importance_model},
+                {"num_train": DEFAULT_NUM_TRAIN, "num_test": DEFAULT_NUM_TEST,
+                 "importance_model": DEFAULT_IMPORTANCE_MODEL}),
             "deviation": None if importance_model == "gradient_boosting"
             else "random forest importances instead of gradient boosting (faster on CPU)"}

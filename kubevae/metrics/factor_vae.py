@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from kubevae.metrics._checks import as_generator
+from kubevae.metrics._checks import as_generator, protocol_note
 from kubevae.metrics.ground_truth import CachedRepresentation, GroundTruthData
 
 DEFAULTS = {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000,
@@ -78,5 +78,4 @@ def factor_vae_settings(**overrides: Any) -> dict[str, Any]:
     return {"representation": "mean", **settings, "score": "eval_accuracy",
             "classifier": "majority vote of argmin(local / global variance)",
             "sampling": "items sharing the fixed factor's value, by index lookup",
-            "protocol": "disentanglement_lib factor_vae_metric.gin (batch 64, 10000 train, "
-                        "5000 eval, 10000 variance points, prune 0.05)"}
+            "protocol": protocol_note("disentanglement_lib factor_vae_metric.gin", settings, DEFAULTS)}

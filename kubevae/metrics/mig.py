@@ -28,8 +28,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import mutual_info_score
 
-from kubevae.metrics._checks import check_pair
+from kubevae.metrics._checks import check_pair, protocol_note
 
+# disentanglement_lib's mig.gin (kubevae.metrics.protocol.MetricProtocol takes them from here).
 DEFAULT_NUM_BINS = 20
 DEFAULT_NUM_TRAIN = 10_000
 
@@ -81,8 +82,11 @@ def mig(codes, factors, num_bins: int = DEFAULT_NUM_BINS) -> float:
 
 
 def mig_settings(num_bins: int = DEFAULT_NUM_BINS, num_points: int | None = None) -> dict[str, Any]:
+    """The settings a MIG was computed with; `protocol` says how they compare with mig.gin's."""
     return {"representation": "mean", "num_points": num_points, "num_bins": num_bins,
             "discretizer": "histogram: equal-width bins over each code's observed range",
             "mutual_information": "discrete, sklearn.metrics.mutual_info_score (nats)",
             "normalization": "entropy of the factor", "constant_factors": "left out of the mean",
-            "protocol": "disentanglement_lib mig.gin (num_train=10000, num_bins=20)"}
+            "protocol": protocol_note("disentanglement_lib mig.gin",
+                                      {"num_train": num_points, "num_bins": num_bins},
+                                      {"num_train": DEFAULT_NUM_TRAIN, "num_bins": DEFAULT_NUM_BINS})}

@@ -25,8 +25,9 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from kubevae.metrics._checks import check_codes, check_factors
+from kubevae.metrics._checks import check_codes, check_factors, protocol_note
 
+# disentanglement_lib's sap_score.gin (kubevae.metrics.protocol.MetricProtocol takes them from here).
 DEFAULT_NUM_TRAIN = 10_000
 DEFAULT_NUM_TEST = 5_000
 
@@ -88,4 +89,6 @@ def sap_settings(num_train: int | None = None, num_test: int | None = None,
             "continuous_factors": continuous_factors,
             "classifier": None if continuous_factors
             else "sklearn LinearSVC(C=0.01, class_weight='balanced') on one code",
-            "protocol": "disentanglement_lib sap_score.gin (num_train=10000, num_test=5000)"}
+            "protocol": protocol_note("disentanglement_lib sap_score.gin",
+                                      {"num_train": num_train, "num_test": num_test},
+                                      {"num_train": DEFAULT_NUM_TRAIN, "num_test": DEFAULT_NUM_TEST})}

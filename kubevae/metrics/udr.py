@@ -32,6 +32,9 @@ from typing import Any
 
 import numpy as np
 
+from kubevae.metrics._checks import protocol_note
+
+# disentanglement_lib's udr*.gin (num_data_points, kl_filter_threshold, the Lasso's alpha).
 DEFAULT_KL_THRESHOLD = 0.01
 DEFAULT_LASSO_ALPHA = 0.1
 DEFAULT_NUM_POINTS = 1000
@@ -118,4 +121,9 @@ def udr_settings(method: str = "lasso", num_points: int | None = None,
     return {"representation": "mean, standardised", "num_points": num_points, "method": method,
             "lasso_alpha": lasso_alpha if method == "lasso" else None,
             "kl_threshold": kl_threshold, "aggregation": "median over pairs, then over models",
-            "protocol": "disentanglement_lib evaluation/udr (Duan et al. 2020)"}
+            "protocol": protocol_note(
+                "disentanglement_lib evaluation/udr (Duan et al. 2020)",
+                {"num_points": num_points, "kl_threshold": kl_threshold,
+                 **({"lasso_alpha": lasso_alpha} if method == "lasso" else {})},
+                {"num_points": DEFAULT_NUM_POINTS, "kl_threshold": DEFAULT_KL_THRESHOLD,
+                 **({"lasso_alpha": DEFAULT_LASSO_ALPHA} if method == "lasso" else {})})}
