@@ -24,13 +24,10 @@ def cleanup(backend: str, namespace: str, run_id: str, model_name: str,
     """
     from pathlib import Path
 
-    if backend == "kubernetes":
-        from components.backends.base import ClusterSettings
-        from components.backends.kubernetes import KubernetesBackend
+    from components.backends import get_backend
+    from components.backends.base import ClusterSettings
 
-        actions = KubernetesBackend().cleanup(ClusterSettings(namespace=namespace, run_id=run_id), model_name)
-    else:  # kfp.local and the local backend: every process ended with its step
-        actions = [f"backend={backend}: no cluster resources; nothing to clean up"]
+    actions = get_backend(backend).cleanup(ClusterSettings(namespace=namespace, run_id=run_id), model_name)
     lines = "".join(f"- {a}\n" for a in actions)
     Path(report.path).write_text(f"# Cleanup after the run\n\nRun `{run_id}` ended {status.state}.\n\n{lines}")
     print(f"cleanup after {status.state}:\n{lines}", end="")

@@ -44,7 +44,7 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, tr
     model.metadata.update(dict(study.best_params))
     model.metadata["framework"] = "pytorch"
     model.metadata["objective_metric"] = study.objective_metric
-    model.metadata["training_api"] = "torchrun" if backend == "local" else training_api
+    model.metadata["training_api"] = result.training_api
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)):
             metrics.log_metric(name, float(value))

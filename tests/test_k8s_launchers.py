@@ -233,6 +233,7 @@ def test_train_submits_a_valid_job_streams_node0s_log_and_downloads_the_model(tm
         "epoch=3 step=30 val_neg_elbo=805.5"]
     assert not any("worker's line" in line for line in out.log)
     assert out.result.metrics == {"val_neg_elbo": 805.5, "epoch": 3}
+    assert out.result.training_api == api  # what the model's metadata records
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "metrics.json",
                                                                       "model.safetensors"]
     expected = ["create", "list", "watch", "watch", "watch"] + (["get"] if api == "pytorchjob" else [])

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from components.backends import get_backend
 from components.backends.base import TuneRequest
 from components.backends.local import LocalBackend
 from components.search_space import default_search_space
@@ -113,7 +112,7 @@ def test_trials_and_the_training_run_nest_under_the_parent_run_on_the_request(tm
             runs[name] = run.run_id
     monkeypatch.setenv("MLFLOW_PARENT_RUN_ID", runs["pipeline"])
     backend.tune(_request(tmp_path, max_trials=2, parent_run_id=runs["tune"]))
-    backend.train(TrainRequest(name="train", data_dir=str(tmp_path), data_uri=str(tmp_path),
+    trained = backend.train(TrainRequest(name="train", data_dir=str(tmp_path), data_uri=str(tmp_path),
                                params={"beta": 2.0, "latent_dim": 6}, out_dir=str(tmp_path / "model"),
                                out_uri=str(tmp_path / "model"), steps=10, parent_run_id=runs["train step"]))
 
@@ -122,12 +121,7 @@ def test_trials_and_the_training_run_nest_under_the_parent_run_on_the_request(tm
                for r in mlflow.search_runs(experiment_names=["kubevae"], output_format="list")}
     assert parents["trial-0"] == parents["trial-1"] == runs["tune"]
     assert parents["train"] == runs["train step"]
-
-
-def test_backend_is_chosen_in_one_place():
-    assert get_backend("local").name == "local"
-    with pytest.raises(ValueError, match="backend: expected one of"):
-        get_backend("docker")
+    assert trained.training_api == "torchrun"
 
 
 def test_study_report_shows_every_trial_and_the_objective_plot(tmp_path):

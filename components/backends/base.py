@@ -156,6 +156,7 @@ def train_options(request: TrainRequest) -> dict[str, Any]:
 class TrainResult:
     model_dir: str
     metrics: dict[str, Any]
+    training_api: str = ""  # what ran the training: torchrun locally, trainer or pytorchjob
 
 
 @dataclass
@@ -186,3 +187,7 @@ class Backend(Protocol):
     def deploy(self, request: DeployRequest) -> DeployResult: ...
 
     def smoke_test(self, endpoint: str, model_name: str, model_dir: str) -> dict[str, Any]: ...
+
+    def cleanup(self, cluster: ClusterSettings, model_name: str) -> list[str]:
+        """What a failed run left behind, removed (the exit handler); one line per action."""
+        ...

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from components.backends.base import (
+    ClusterSettings,
     DeployRequest,
     DeployResult,
     TrainRequest,
@@ -137,7 +138,8 @@ class KubernetesBackend:
         launcher.wait(launcher.create(job))
         count = objectstore.download(self._store(), request.out_uri, request.out_dir)
         self.log(f"downloaded the model ({count} files) from {request.out_uri}")
-        return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"))
+        return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"),
+                           training_api=api.name)
 
     def train_job(self, request: TrainRequest, namespace: str | None, name: str):
         """The TrainJob or PyTorchJob (request.cluster.training_api) that `train` submits."""
@@ -181,7 +183,7 @@ class KubernetesBackend:
                                        resources=self.options.serve_resources,
                                        deployment_mode=request.cluster.deployment_mode)
 
-    def cleanup(self, cluster, model_name: str) -> list[str]:
+    def cleanup(self, cluster: ClusterSettings, model_name: str) -> list[str]:
         """Delete the unfinished Experiments and jobs labelled with cluster.run_id and roll back
         the canary that run left on `model_name`; returns what was done, one line each."""
         if not cluster.run_id:

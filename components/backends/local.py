@@ -29,6 +29,7 @@ from typing import Any
 import optuna
 
 from components.backends.base import (
+    ClusterSettings,
     DeployRequest,
     DeployResult,
     TrainRequest,
@@ -164,7 +165,7 @@ class LocalBackend:
         if proc.returncode != 0:
             raise RuntimeError(f"train: `kubevae train` exited with {proc.returncode}; see {log}: "
                                f"{proc.tail()}")
-        return TrainResult(request.out_dir, read_json(out / "metrics.json"))
+        return TrainResult(request.out_dir, read_json(out / "metrics.json"), training_api="torchrun")
 
     # -- deploy ---------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> DeployResult:
@@ -183,6 +184,10 @@ class LocalBackend:
         log = Path(model_dir).parent / f"serve-{model_name}.log"
         with LocalServer(model_dir, model_name=model_name, log_path=log) as server:
             return smoke_test(server.url, model_name)
+
+    # -- cleanup --------------------------------------------------------------------------
+    def cleanup(self, cluster: ClusterSettings, model_name: str) -> list[str]:
+        return ["backend=local: no cluster resources; nothing to clean up"]  # every process ended with its step
 
 
 def train_command(args: list[str], workers: int) -> list[str]:
