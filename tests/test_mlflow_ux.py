@@ -129,6 +129,15 @@ def test_experiment_opens_in_the_training_view_and_runs_carry_source_tags():
     assert run.info.run_name == "trial 3 · done"
 
 
+def test_the_enclosing_run_is_kfps_task_run_on_a_cluster_else_the_launchers_parent(monkeypatch):
+    # What the train step puts on its TrainRequest as the training job's parent run.
+    assert tracking.enclosing_run_id() is None
+    monkeypatch.setenv("MLFLOW_PARENT_RUN_ID", "pipeline-run")  # pipelines/local_run.py
+    assert tracking.enclosing_run_id() == "pipeline-run"
+    monkeypatch.setenv("MLFLOW_RUN_ID", "kfp-task-run")  # KFP's MLflow integration
+    assert tracking.enclosing_run_id() == "kfp-task-run"
+
+
 def test_an_experiment_made_before_gets_the_kind_tag():
     tracking.set_uri_in_process(mlflow, tracking.tracking_uri())
     experiment_id = mlflow.create_experiment(f"older-{np.random.default_rng().integers(1 << 30)}")
