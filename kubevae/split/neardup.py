@@ -259,11 +259,11 @@ def _window_sums(y: np.ndarray, tops: np.ndarray, hc: int, wc: int) -> tuple[np.
     float32)."""
     p, h, w = y.shape
     y = y - y.mean(axis=(1, 2), keepdims=True)
-    rows = ((np.arange(h)[None, :] >= tops[:, None]) & (np.arange(h)[None, :] < tops[:, None] + hc))
-    cols = ((np.arange(w)[None, :] >= tops[:, None]) & (np.arange(w)[None, :] < tops[:, None] + wc))
-    rows, cols = rows.astype(np.float32), cols.astype(np.float32).T
-    return tuple(rows @ (v.reshape(p * h, w) @ cols).reshape(p, h, len(tops))  # type: ignore[return-value]
-                 for v in (y, y * y))
+    in_rows = (np.arange(h)[None, :] >= tops[:, None]) & (np.arange(h)[None, :] < tops[:, None] + hc)
+    in_cols = (np.arange(w)[None, :] >= tops[:, None]) & (np.arange(w)[None, :] < tops[:, None] + wc)
+    rows, cols = in_rows.astype(np.float32), in_cols.astype(np.float32).T
+    sums, squares = (rows @ (v.reshape(p * h, w) @ cols).reshape(p, h, len(tops)) for v in (y, y * y))
+    return sums, squares
 
 
 def max_ncc(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndarray:
