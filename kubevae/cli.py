@@ -4,7 +4,7 @@ Subcommands plug in through the "kubevae.commands" entry points (pyproject.toml)
 package never imports the outer packages (pipelines, serving).
 
 One error policy for every subcommand: an error the user can fix (a bad flag, file or field;
-ValueError, OSError and their kin) is printed as `kubevae <cmd>: error: ...` with exit status 2,
+ValueError, OSError, an object store's refusal, and their kin) is printed as `kubevae <cmd>: error: ...` with exit status 2,
 naming a parameter by the flag the user typed. KUBEVAE_TRACEBACK=1 shows the traceback instead."""
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 from kubevae.errors import ParameterError
+from kubevae.objectstore import ObjectStoreError
 
 ORDER = ("ingest", "split", "train", "evaluate", "serve", "predict", "pipeline")
 
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(modules[args.command].run(args) or 0)
-    except (ParameterError, ValueError, OSError) as error:
+    except (ParameterError, ValueError, OSError, ObjectStoreError) as error:
         if os.environ.get("KUBEVAE_TRACEBACK"):
             raise
         if isinstance(error, ParameterError):

@@ -47,3 +47,24 @@ def test_spelled_as_renames_for_pipeline_parameters():
         with spelled_as({"latent_dim": "latent_dims"}):
             from kubevae.config import ModelConfig
             ModelConfig(latent_dim=0)
+
+
+@pytest.mark.parametrize("argv", [
+    ["ingest", "--source", "s3://bucket/incoming", "--out", "OUT/data"],
+    ["split", "--data", "OUT/data", "--out", "OUT/splits", "--previous-split", "s3://bucket/assignments.csv"],
+])
+def test_an_object_store_refusal_is_the_same_one_line_error(argv, tmp_path, capsys, monkeypatch):
+    """ObjectStoreError is not a ValueError or OSError: the policy names it, so no command needs
+    its own copy of the error handling."""
+    monkeypatch.delenv("KUBEVAE_TRACEBACK", raising=False)
+    monkeypatch.setenv("S3_ENDPOINT", "http://127.0.0.1:1")  # nothing listens: refused at once
+    monkeypatch.setenv("S3_MAX_RETRIES", "0")
+    argv = [arg.replace("OUT", str(tmp_path)) for arg in argv]
+    if argv[0] == "split":
+        from kubevae.data import sprites
+
+        sprites.write(tmp_path / "data", n=40, seed=0)
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"kubevae {argv[0]}: error: ") and "Traceback" not in err, err
+    assert "127.0.0.1:1" in err or "s3://bucket" in err, err

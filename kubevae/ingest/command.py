@@ -54,7 +54,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from kubevae.ingest import IngestError, ingest
-    from kubevae.objectstore import ObjectStoreError
 
     try:
         report = ingest(a.source, a.out, metadata=a.metadata, path_column=a.path_column,
@@ -66,8 +65,5 @@ def run(a: argparse.Namespace) -> int:
         print(e.report.summary(), flush=True)
         print(f"kubevae ingest: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, ObjectStoreError, FileNotFoundError) as e:
-        print(f"kubevae ingest: error: {e}", file=sys.stderr)
-        return 2
     print(report.summary(), flush=True)
     return 0

@@ -51,7 +51,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from kubevae.objectstore import ObjectStoreError
     from kubevae.split import LeakageError, split
 
     try:
@@ -62,8 +61,5 @@ def run(a: argparse.Namespace) -> int:
     except LeakageError as e:
         print(f"kubevae split: error: {e}", file=sys.stderr)
         return 1
-    except (ValueError, FileNotFoundError, ObjectStoreError) as e:
-        print(f"kubevae split: error: {e}", file=sys.stderr)
-        return 2
     print(report.summary(), flush=True)
     return 0
