@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 # This file is benchmarks/serving.py: drop its folder from the path, or it hides the package.
@@ -101,52 +102,53 @@ def request_body(protocol: str, op: str, images: np.ndarray, k: int) -> tuple[by
     return json.dumps(build(op, images, **params)).encode(), {"content-type": "application/json"}
 
 
-async def http_load(url: str, body: bytes, headers: dict, total: int, concurrency: int
-                    ) -> tuple[list[float], int]:
-    import aiohttp
+async def closed_loop(send: Callable[[], Awaitable[bool]], total: int, concurrency: int
+                      ) -> tuple[list[float], int]:
+    """`concurrency` clients sending back to back until `total` requests went out: the latency
+    of each request, and how many failed (send() returned False)."""
     latencies: list[float] = []
     errors = 0
     remaining = total
+
+    async def client() -> None:
+        nonlocal remaining, errors
+        while remaining > 0:
+            remaining -= 1
+            started = time.perf_counter()
+            errors += not await send()
+            latencies.append(time.perf_counter() - started)
+    await asyncio.gather(*(client() for _ in range(concurrency)))
+    return latencies, errors
+
+
+async def http_load(url: str, body: bytes, headers: dict, total: int, concurrency: int
+                    ) -> tuple[list[float], int]:
+    import aiohttp
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        async def worker() -> None:
-            nonlocal remaining, errors
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                try:
-                    async with session.post(url, data=body, headers=headers) as r:
-                        await r.read()
-                        if r.status != 200:
-                            errors += 1
-                except (TimeoutError, aiohttp.ClientError):  # counted, not fatal
-                    errors += 1
-                latencies.append(time.perf_counter() - started)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors
+        async def send() -> bool:
+            try:
+                async with session.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    return r.status == 200
+            except (TimeoutError, aiohttp.ClientError):  # counted, not fatal
+                return False
+        return await closed_loop(send, total, concurrency)
 
 
 async def grpc_load(target: str, request, total: int, concurrency: int) -> tuple[list[float], int]:
     import grpc
     from kserve.protocol.grpc.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
-    latencies: list[float] = []
-    errors = 0
-    remaining = total
     async with grpc.aio.insecure_channel(target) as channel:
         stub = GRPCInferenceServiceStub(channel)
 
-        async def worker() -> None:
-            nonlocal remaining, errors
-            while remaining > 0:
-                remaining -= 1
-                started = time.perf_counter()
-                try:
-                    await stub.ModelInfer(request, timeout=60)
-                except grpc.RpcError:
-                    errors += 1
-                latencies.append(time.perf_counter() - started)
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, errors
+        async def send() -> bool:
+            try:
+                await stub.ModelInfer(request, timeout=60)
+                return True
+            except grpc.RpcError:
+                return False
+        return await closed_loop(send, total, concurrency)
 
 
 def run_load(server: LocalServer, protocol: str, op: str, images: np.ndarray, k: int,
