@@ -302,15 +302,19 @@ def deploy_creates(tmp: Path) -> Outcome:
     return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
 
 
+def _failing_smoke(message: str) -> Callable[[str, str], dict]:
+    """A smoke test that fails the way a broken predictor does."""
+    def broken(url: str, model: str) -> dict:
+        raise RuntimeError(message)
+    return broken
+
+
 def deploy_create_smoke_fails(tmp: Path) -> Outcome:
     cluster = FakeCluster()
     out = Outcome(cluster)
     cluster.script("inferenceservices", _ready())
-
-    def broken(url: str, model: str) -> dict:
-        raise RuntimeError("V2 infer returned HTTP 500")
-
-    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(deploy_request(tmp)))
+    return _run(out, lambda: _backend(cluster, out, smoke=_failing_smoke("V2 infer returned HTTP 500")).deploy(
+        deploy_request(tmp)))
 
 
 def deploy_canary_promoted(tmp: Path) -> Outcome:
@@ -327,11 +331,8 @@ def deploy_canary_rolled_back(tmp: Path) -> Outcome:
     out = Outcome(cluster)
     _existing_service(cluster)
     cluster.script("inferenceservices", _ready(tagged=True), _ready())
-
-    def broken(url: str, model: str) -> dict:
-        raise RuntimeError("V1 predict returned HTTP 503")
-
-    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(deploy_request(tmp)))
+    return _run(out, lambda: _backend(cluster, out, smoke=_failing_smoke("V1 predict returned HTTP 503")).deploy(
+        deploy_request(tmp)))
 
 
 def deploy_canary_revision_fails(tmp: Path) -> Outcome:
@@ -360,11 +361,8 @@ def deploy_standard_canary_rolled_back(tmp: Path) -> Outcome:
     out = Outcome(cluster)
     _existing_service(cluster, "Standard")
     cluster.script("inferenceservices", _standard_ready(), _standard_ready())
-
-    def broken(url: str, model: str) -> dict:
-        raise RuntimeError("V2 infer returned HTTP 500")
-
-    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(deploy_request(tmp, "Standard")))
+    smoke = _failing_smoke("V2 infer returned HTTP 500")
+    return _run(out, lambda: _backend(cluster, out, smoke=smoke).deploy(deploy_request(tmp, "Standard")))
 
 
 def deploy_without_canary_support_refuses_a_canary(tmp: Path) -> Outcome:
@@ -387,11 +385,8 @@ def deploy_direct_rolled_back(tmp: Path) -> Outcome:
     out = Outcome(cluster)
     _existing_service(cluster, "Standard-direct")
     cluster.script("inferenceservices", _ready(), _ready())
-
-    def broken(url: str, model: str) -> dict:
-        raise RuntimeError("V1 predict returned HTTP 503")
-
-    return _run(out, lambda: _backend(cluster, out, smoke=broken).deploy(
+    smoke = _failing_smoke("V1 predict returned HTTP 503")
+    return _run(out, lambda: _backend(cluster, out, smoke=smoke).deploy(
         deploy_request(tmp, "Standard-direct", canary=0)))
 
 
