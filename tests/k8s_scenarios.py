@@ -294,14 +294,6 @@ def _existing_service(cluster: FakeCluster, mode: str = "Knative", **annotations
         "status": _ready()({"metadata": {"generation": 1}})})
 
 
-def deploy_creates(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    cluster.script("inferenceservices", {"observedGeneration": 1, "conditions": [
-        {"type": "Ready", "status": "False", "reason": "RevisionMissing"}]}, _ready())
-    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
-
-
 def _failing_smoke(message: str) -> Callable[[str, str], dict]:
     """A smoke test that fails the way a broken predictor does."""
     def broken(url: str, model: str) -> dict:
@@ -309,85 +301,69 @@ def _failing_smoke(message: str) -> Callable[[str, str], dict]:
     return broken
 
 
-def deploy_create_smoke_fails(tmp: Path) -> Outcome:
+def _deploy(tmp: Path, *states: Any, mode: str = "Knative", canary: int = 20, existing: bool = True,
+            smoke_error: str | None = None) -> Outcome:
+    """One deploy on a fake cluster: an InferenceService already serving (unless `existing` is
+    False), the statuses the controller reports after each change (`states`), and a smoke test
+    that passes, or fails with `smoke_error`."""
     cluster = FakeCluster()
     out = Outcome(cluster)
-    cluster.script("inferenceservices", _ready())
-    return _run(out, lambda: _backend(cluster, out, smoke=_failing_smoke("V2 infer returned HTTP 500")).deploy(
-        deploy_request(tmp)))
+    if existing:
+        _existing_service(cluster, mode)
+    if states:
+        cluster.script("inferenceservices", *states)
+    backend = _backend(cluster, out, smoke=_failing_smoke(smoke_error) if smoke_error else None)
+    return _run(out, lambda: backend.deploy(deploy_request(tmp, mode, canary)))
+
+
+def deploy_creates(tmp: Path) -> Outcome:
+    missing = {"observedGeneration": 1, "conditions": [
+        {"type": "Ready", "status": "False", "reason": "RevisionMissing"}]}
+    return _deploy(tmp, missing, _ready(), existing=False)
+
+
+def deploy_create_smoke_fails(tmp: Path) -> Outcome:
+    return _deploy(tmp, _ready(), existing=False, smoke_error="V2 infer returned HTTP 500")
 
 
 def deploy_canary_promoted(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster)
     stale = lambda obj: {"observedGeneration": obj["metadata"]["generation"] - 1}  # noqa: E731
-    cluster.script("inferenceservices", stale, _ready(tagged=True), _ready())
-    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
+    return _deploy(tmp, stale, _ready(tagged=True), _ready())
 
 
 def deploy_canary_rolled_back(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster)
-    cluster.script("inferenceservices", _ready(tagged=True), _ready())
-    return _run(out, lambda: _backend(cluster, out, smoke=_failing_smoke("V1 predict returned HTTP 503")).deploy(
-        deploy_request(tmp)))
+    return _deploy(tmp, _ready(tagged=True), _ready(), smoke_error="V1 predict returned HTTP 503")
 
 
 def deploy_canary_revision_fails(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster)
-    cluster.script("inferenceservices",
-                   lambda obj: {"observedGeneration": obj["metadata"]["generation"], "conditions": [
-                       {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed",
-                        "message": "Container failed with: ModuleNotFoundError"},
-                       {"type": "Ready", "status": "False", "reason": "RevisionFailed"}]},
-                   _ready())
-    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp)))
+    failed_revision = lambda obj: {"observedGeneration": obj["metadata"]["generation"], "conditions": [  # noqa: E731
+        {"type": "PredictorReady", "status": "False", "reason": "RevisionFailed",
+         "message": "Container failed with: ModuleNotFoundError"},
+        {"type": "Ready", "status": "False", "reason": "RevisionFailed"}]}
+    return _deploy(tmp, failed_revision, _ready())
 
 
 def deploy_standard_canary_promoted(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster, "Standard")
-    cluster.script("inferenceservices", _standard_ready(canary_ready=False), _standard_ready(), _standard_ready())
-    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp, "Standard")))
+    return _deploy(tmp, _standard_ready(canary_ready=False), _standard_ready(), _standard_ready(),
+                   mode="Standard")
 
 
 def deploy_standard_canary_rolled_back(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster, "Standard")
-    cluster.script("inferenceservices", _standard_ready(), _standard_ready())
-    smoke = _failing_smoke("V2 infer returned HTTP 500")
-    return _run(out, lambda: _backend(cluster, out, smoke=smoke).deploy(deploy_request(tmp, "Standard")))
+    return _deploy(tmp, _standard_ready(), _standard_ready(), mode="Standard",
+                   smoke_error="V2 infer returned HTTP 500")
 
 
 def deploy_without_canary_support_refuses_a_canary(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster, "Standard-direct")
-    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp, "Standard-direct", canary=20)))
+    return _deploy(tmp, mode="Standard-direct", canary=20)
 
 
 def deploy_direct_replaces(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster, "Standard-direct")
-    cluster.script("inferenceservices", _ready())
-    return _run(out, lambda: _backend(cluster, out).deploy(deploy_request(tmp, "Standard-direct", canary=0)))
+    return _deploy(tmp, _ready(), mode="Standard-direct", canary=0)
 
 
 def deploy_direct_rolled_back(tmp: Path) -> Outcome:
-    cluster = FakeCluster()
-    out = Outcome(cluster)
-    _existing_service(cluster, "Standard-direct")
-    cluster.script("inferenceservices", _ready(), _ready())
-    smoke = _failing_smoke("V1 predict returned HTTP 503")
-    return _run(out, lambda: _backend(cluster, out, smoke=smoke).deploy(
-        deploy_request(tmp, "Standard-direct", canary=0)))
+    return _deploy(tmp, _ready(), _ready(), mode="Standard-direct", canary=0,
+                   smoke_error="V1 predict returned HTTP 503")
 
 
 # -- the exit handler's cleanup ----------------------------------------------------------------
