@@ -1,15 +1,16 @@
 """Benchmark: near-duplicate grouping at 100,000 and 1,000,000 images on 2 cores.
 
     nice -n 10 .venv/bin/python benchmarks/dedup.py --kind digits --n 100000
-    nice -n 10 .venv/bin/python benchmarks/dedup.py --kind digits --n 1000000
-    nice -n 10 .venv/bin/python benchmarks/dedup.py --kind textures --n 100000
+    nice -n 10 .venv/bin/python benchmarks/dedup.py --kind digits --n 1000000 --data-cache /tmp/kubevae-bench-dedup
+    nice -n 10 .venv/bin/python benchmarks/dedup.py --kind textures --n 100000 --data-cache /tmp/kubevae-bench-dedup
     nice -n 10 .venv/bin/python benchmarks/dedup.py --compare-search 50000   # faiss vs numpy
     nice -n 10 .venv/bin/python benchmarks/dedup.py --ingest --n 100000      # ingest + grouping
 
 Data (made in memory, not timed): `digits` are 28x28 digit-like images (scikit-learn's 1,797
 real digits, each drawn many times under a random rotation, scale, shear, stroke weight and
-position, so that no two are alike); `textures` are 64x64 colour textures
-(kubevae.ingest.synthetic.textures). 2% of the items are planted copies of others, of every kind
+position; at 1,000,000 draws, 556 of each digit, some pairs of draws land within a copy's
+tolerance of each other and count as false merges); `textures` are 64x64 colour textures
+(kubevae.ingest.synthetic.textures' recipe, made by textures_fast). 2% of the items are planted copies of others, of every kind
 in kubevae.split.planted (shifts of 1-2 px, JPEG 70, brightness, contrast, noise, resampling).
 Timed in a fresh process (its peak RSS is its own): kubevae.split.grouping.group_items, i.e.
 the calibration, the faiss candidate search, the verification and union-find. Printed: time,

@@ -151,3 +151,41 @@ def test_appended_near_copies_inherit_their_originals_split(tmp_path):
     assert report.passed and (second.loc[ids, "split"] == first[ids]).all()
     assert (second.loc[new_ids, "how"] == "inherited").all()
     assert (second.loc[new_ids, "split"].to_numpy() == first[[ids[i] for i in textured]].to_numpy()).all()
+
+
+def test_sprite_grid_position_neighbours_that_verify_share_a_group(tmp_path):
+    """Sweeps of one sprite over 32 x 8 neighbouring positions of the 737,280-image grid, among
+    3,000 random sprites of the grid. Positions are 1.19 px apart and many neighbours are near
+    copies under the +-2 px tolerance (their max NCC reaches the threshold): all such pairs must
+    share a group, although every position of one sprite has the same spectrum (the layout term
+    must find the near ones among the ties). The split must not refuse: a sweep is at most one
+    sprite's positions (1,024 of 737,280 in the whole grid; 256 of 3,512 here)."""
+    from kubevae.data import sprites
+    from kubevae.split import neardup
+
+    sweeps = np.array([(2, scale, orient, x, y) for scale, orient in ((1, 0), (4, 7))
+                       for x in range(32) for y in range(8)])
+    rng = np.random.default_rng(3)
+    filler = sprites.factors_of(rng.choice(sprites.NUM_IMAGES, 3000, replace=False))
+    factors = np.concatenate([sweeps, filler])
+    images = sprites.render(factors)
+    ids = [f"sprite-{i:05d}" for i in range(len(images))]
+    write_dataset(tmp_path / "raw", images, pd.DataFrame({
+        "item_id": ids, "source_uri": [f"mem://{i}" for i in ids],
+        "sha256": [f"sha-{i}" for i in ids], "phash": "0" * 16}), image_shape=images.shape[1:])
+    result = split(tmp_path / "raw", tmp_path / "split")
+    assert result.passed
+    table = pd.read_csv(tmp_path / "split" / "assignments.csv").set_index("item_id").loc[ids]
+    groups = table["group_id"].to_numpy()
+    # Neighbouring positions in the sweeps, verified directly: those reaching the threshold are copies.
+    index = {tuple(f): i for i, f in enumerate(sweeps.tolist())}
+    pairs = np.array([(i, index[(*f[:3], f[3] + dx, f[4] + dy)]) for i, f in enumerate(sweeps.tolist())
+                      for dx, dy in ((1, 0), (0, 1)) if (*f[:3], f[3] + dx, f[4] + dy) in index])
+    work = neardup.working_images(images[:len(sweeps)])
+    means, stds = neardup._statistics(work)
+    copies = pairs[neardup.similarity(work, pairs, means, stds) >= result.near_dup_threshold]
+    assert len(copies) >= len(pairs) // 10     # the sweeps do hold near copies
+    assert (groups[copies[:, 0]] == groups[copies[:, 1]]).all()
+    assert (table["split"].to_numpy()[copies[:, 0]] == table["split"].to_numpy()[copies[:, 1]]).all()
+    # A sweep, plus the few random sprites that are themselves near copies of a swept position.
+    assert pd.Series(groups).value_counts().iloc[0] <= 256 + 16
