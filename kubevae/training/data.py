@@ -6,7 +6,9 @@ are gathered by index and converted to float on the device, so nothing is decode
 
 from __future__ import annotations
 
+import functools
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +31,17 @@ class TrainingData:
     mean: list[float]
     std: list[float]
     source: dict[str, Any] = field(default_factory=dict)
-    # Ground-truth factors of the validation images (N x K), when the data has factor columns:
-    # what the search objectives val_mig, val_factor_vae and val_dci are computed from.
-    val_ground_truth: Any = None  # kubevae.metrics.GroundTruthData, or None without factors
+    # Builds the ground truth of the validation images when the data has factor columns. Called
+    # only by a run that scores a search objective: kubevae.metrics imports scikit-learn and
+    # SciPy, seconds of start-up that a plain training run (each of its processes) is spared.
+    load_ground_truth: Callable[[], Any] | None = field(default=None, repr=False)
+
+    @functools.cached_property
+    def val_ground_truth(self) -> Any:
+        """kubevae.metrics.GroundTruthData of the validation images (N x K factors): what the
+        search objectives val_mig, val_factor_vae and val_dci are computed from; None without
+        factor columns."""
+        return self.load_ground_truth() if self.load_ground_truth else None
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -62,12 +72,13 @@ def _from_folder(path: Path) -> TrainingData:
         mean, std = _stats(images)
     ground_truth = None
     if val is not None and len(val) and val.factor_names:
-        from kubevae.metrics import GroundTruthData
+        def ground_truth():
+            from kubevae.metrics import GroundTruthData
 
-        ground_truth = GroundTruthData.from_dataset(val)  # counts items with missing factors
+            return GroundTruthData.from_dataset(val)  # counts items with missing factors
     return TrainingData(images, torch.from_numpy(np.array(val.images)) if val else None,
                         mean, std, {"data": str(path), "content_sha256": train.info.get("content_sha256")},
-                        val_ground_truth=ground_truth)
+                        load_ground_truth=ground_truth)
 
 
 def _builtin(name: str, size: int, seed: int) -> TrainingData:
@@ -81,14 +92,16 @@ def _builtin(name: str, size: int, seed: int) -> TrainingData:
     mean, std = _stats(train)
     ground_truth = None
     if len(val):
-        from kubevae.metrics import GroundTruthData
-
         factors = manifest[[f"factor_{n}" for n in sprites.FACTOR_NAMES]].to_numpy(np.int64)[is_val]
-        ground_truth = GroundTruthData(images[is_val], factors, factor_sizes=sprites.FACTOR_SIZES,
-                                       factor_names=sprites.FACTOR_NAMES)
+
+        def ground_truth():
+            from kubevae.metrics import GroundTruthData
+
+            return GroundTruthData(images[is_val], factors, factor_sizes=sprites.FACTOR_SIZES,
+                                   factor_names=sprites.FACTOR_NAMES)
     return TrainingData(train, val if len(val) else None, mean, std,
                         {"dataset": name, "dataset_size": size, "seed": seed},
-                        val_ground_truth=ground_truth)
+                        load_ground_truth=ground_truth)
 
 
 def _stats(images: torch.Tensor) -> tuple[list[float], list[float]]:
