@@ -148,6 +148,18 @@ def test_resize_and_channel_conversion_are_opt_in(tmp_path):
     assert report.accepted == 4 and Dataset.open(tmp_path / "b").image_shape == (28, 28, 1)
 
 
+def test_builtin_sprites_zoom_draws_the_same_factors_larger(tmp_path):
+    plain = ingest("builtin://sprites?n=60&seed=3", tmp_path / "a", workers=1)
+    zoomed = ingest("builtin://sprites?n=60&seed=3&zoom=1.6", tmp_path / "b", workers=1)
+    assert plain.accepted == zoomed.accepted == 60
+    a, b = Dataset.open(tmp_path / "a"), Dataset.open(tmp_path / "b")
+    np.testing.assert_array_equal(a.factors, b.factors)
+    area = (b.images > 0).sum(axis=(1, 2, 3)) / (a.images > 0).sum(axis=(1, 2, 3))
+    assert 1.6 ** 2 * 0.85 < np.median(area) < 1.6 ** 2 * 1.15  # area grows as zoom squared
+    card = json.loads((tmp_path / "b" / "card.json").read_text())["card"]
+    assert card["zoom"] == 1.6 and card["source"] == "builtin://sprites?n=60&seed=3&zoom=1.6"
+
+
 def test_builtin_digits_need_a_supported_size(tmp_path):
     with pytest.raises(ValueError, match="builtin://digits.*8x8.*--image-size"):
         ingest("builtin://digits", tmp_path / "d")
@@ -222,8 +234,10 @@ def test_empty_and_missing_sources_are_clear_errors(tmp_path):
         ingest("s3://key:secret@bucket/x", tmp_path / "d")
     with pytest.raises(ValueError, match="max_bad_fraction"):
         ingest("builtin://sprites?n=5", tmp_path / "d", max_bad_fraction=1.5)
-    with pytest.raises(ValueError, match=r"builtin://sprites takes \['n', 'seed'\]"):
+    with pytest.raises(ValueError, match=r"builtin://sprites takes \['n', 'seed', 'zoom'\]"):
         ingest("builtin://sprites?count=5", tmp_path / "d")
+    with pytest.raises(ValueError, match=r"zoom: expected a number in \(0, 2.5\], got 3.0"):
+        ingest("builtin://sprites?n=5&zoom=3", tmp_path / "d")
 
 
 def test_processes_and_threads_write_the_same_dataset(tmp_path):
