@@ -5,7 +5,7 @@ from components.base import component
 
 @component
 def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric: str,
-         beta_min: float, beta_max: float, latent_dims: list, tune_lr: bool,
+         beta_min: float, beta_max: float, latent_dims: list, lr: float, tune_lr: bool,
          max_trials: int, parallel_trials: int, max_failed_trials: int, trial_steps: int,
          udr_seeds: int, batch_size: int, trial_workers: int, gpus_per_worker: int,
          namespace: str, image: str, seed: int, training_api: str, run_id: str,
@@ -21,6 +21,7 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         beta_min: Smallest beta of the log-uniform search range.
         beta_max: Largest beta of the log-uniform search range.
         latent_dims: Latent sizes to search (categorical).
+        lr: Adam learning rate of every trial (unless tune_lr searches it).
         tune_lr: Also search the learning rate.
         max_trials: Trials in all.
         parallel_trials: Trials at the same time.
@@ -61,7 +62,7 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         result = get_backend(backend).tune(TuneRequest(
             name="kubevae-tune", data_dir=splits.path, data_uri=splits.uri, search_space=space,
             work_dir=str(work), algorithm=algorithm, objective_metric=objective_metric,
-            max_trials=max_trials, parallel_trials=parallel_trials,
+            lr=lr, max_trials=max_trials, parallel_trials=parallel_trials,
             max_failed_trials=max_failed_trials, trial_steps=trial_steps, udr_seeds=udr_seeds,
             batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
             seed=seed, parent_run_id=tracker.run_id,  # every trial nests under this run

@@ -134,3 +134,12 @@ def test_study_report_shows_every_trial_and_the_objective_plot(tmp_path):
     # Both pictures: objective over beta x latent size, and objective against negative ELBO.
     assert html.count("data:image/png;base64,") == 2
     assert f"Chosen (trial {result.best_trial}" in html
+
+
+def test_the_pipeline_lr_reaches_every_trial_unless_the_search_chooses_it(tmp_path):
+    from components.backends.base import trial_options
+
+    assert "lr" not in trial_options(_request(tmp_path))  # the trainer's default
+    assert trial_options(_request(tmp_path, lr=1e-3))["lr"] == 1e-3
+    searched = default_search_space(1.0, 4.0, [6], tune_lr=True)
+    assert "lr" not in trial_options(_request(tmp_path, lr=1e-3, search_space=searched))

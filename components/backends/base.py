@@ -50,6 +50,7 @@ class TuneRequest:
     trial_steps: int = 300  # optimizer steps per trial (hyperband's resource)
     udr_seeds: int = 3  # seeds per trial when objective_metric is udr
     batch_size: int = 64
+    lr: float | None = None  # None: the trainer's default; a searched lr wins
     trial_workers: int = 1
     gpus_per_worker: int = 0
     seed: int = 0
@@ -140,6 +141,8 @@ def trial_options(request: TuneRequest) -> dict[str, Any]:
     options: dict[str, Any] = {"steps": request.trial_steps, "batch_size": request.batch_size,
                                "seed": request.seed, "objective_metric": request.objective_metric,
                                "no_mlflow_model": True, "parent_run_id": request.parent_run_id}
+    if request.lr is not None and "lr" not in {p.name for p in request.search_space.parameters}:
+        options["lr"] = request.lr  # a searched lr comes with each trial's parameters instead
     if request.objective_metric == "udr":
         options["udr_seeds"] = request.udr_seeds
     return options
