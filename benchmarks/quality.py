@@ -9,8 +9,9 @@ Budget: either `--steps` per seed, or `--budget-minutes M`: the K seeds train si
 process and one thread each (on a small CPU this is the most images per second, and every seed
 sees the same load), and each gets the number of steps it can take in M minutes of wall time:
 a probe of `--probe-steps` steps, run by all K processes at once (so under the same
-contention), measures steps per second; steps = 0.9 x rate x M x 60 (the margin pays for the
-per-epoch validation). The steps are fixed before training starts, so the learning-rate schedule
+contention) on a small sample (one epoch of the probe's steps: the time of a step does not
+depend on the data's size), measures steps per second; steps = 0.9 x rate x M x 60 (the margin
+pays for making the data and for the per-epoch validation). The steps are fixed before training starts, so the learning-rate schedule
 runs its whole course; a probe never counts as training. Training then evaluation are timed
 separately (`train_s`, `eval_s` per seed); the evaluation comes on top of the budget.
 
@@ -134,10 +135,17 @@ def set_threads(threads: int | None) -> None:
 
 def probe_seed(job: dict[str, Any], seed: int, steps: int) -> float:
     """Optimizer steps per second of one seed's process (compute only: the trainer's meter)."""
+    import dataclasses
+
+    from kubevae.training.data import VAL_FRACTION
     from kubevae.training.loop import train
 
     set_threads(job["threads"])
-    final = train(train_config(job, seed, steps, f"{job['out']}/probe-{seed}"))
+    # Just enough images for one epoch of `steps` (the built-in data holds VAL_FRACTION out).
+    sample = int(job["batch_size"] * (steps + 1) / (1 - VAL_FRACTION) * 1.1)
+    cfg = dataclasses.replace(train_config(job, seed, steps, f"{job['out']}/probe-{seed}"),
+                              dataset_size=sample)
+    final = train(cfg)
     return final["history"][0]["images_per_s"] / job["batch_size"]
 
 
