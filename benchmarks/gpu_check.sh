@@ -148,7 +148,9 @@ step serving-bench 60 "$PY" benchmarks/serving.py --model "$RESULTS/model" "${SE
 if [ -f benchmarks/quality.py ]; then
   if [ "$MODE" = gpu ]; then cap=$(( $(left) - 5 )); else cap="${GPU_CHECK_QUALITY_S:-0}"; fi
   if [ "$cap" -gt 5 ]; then
-    step quality "$((cap / SCALE))" "$PY" benchmarks/quality.py
+    # Half the time left trains (the K seeds side by side); the rest evaluates them.
+    minutes=$(awk -v s="$((cap / SCALE))" 'BEGIN {printf "%.1f", s / 120}')
+    step quality "$((cap / SCALE))" "$PY" benchmarks/quality.py --budget-minutes "$minutes"
     sed -i 's/^quality\ttimeout\t/quality\tpartial\t/' "$SUMMARY"
   else
     printf 'quality\tnot-run\t0\n' >> "$SUMMARY"
