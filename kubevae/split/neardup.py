@@ -64,7 +64,7 @@ MIN_GATE, MAX_GATE = 0.5, 0.98
 EXACT_SEARCH_MAX = 20_000     # items; above, an IVF index
 IVF_LIST_SIZE = 256           # items per cell of the inverted file, on average
 HNSW_LINKS, HNSW_SEARCH_DEPTH = 32, 32
-NPROBE = 6
+NPROBE = 6                    # 4: 1M digits in 267 s instead of 337 s, 99.67% of copies instead of 99.79%
 QUERY_BLOCK = 65536
 VERIFY_BATCH_PIXELS = 500_000   # per batch: small enough to stay in cache over the 25 shifts
 FLAT_STD = 2.0                # grey levels (0..255) of the working image
@@ -79,6 +79,7 @@ RESIDUAL_MIN_NCC = 0.5
 MIN_STD_RATIO = 0.7            # contrast edits of a copy: at most 30% either way
 MAX_LEVEL_SHIFT = 64.0        # brightness edits of a copy: at most 64 grey levels
 CHUNK = 8192
+CHUNK_VALUES = 4_000_000       # per chunk of working_images: 16 MB as float32
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -101,9 +102,11 @@ def _smooth(x: np.ndarray) -> np.ndarray:
     return (x[:, :, :-2] + 2 * x[:, :, 1:-1] + x[:, :, 2:]) * np.float32(1 / 16)
 
 
-def working_images(images: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
-    """uint8 N x h x w luma, at most WORK_MAX_SIDE a side, smoothed (streamed over a memmap)."""
+def working_images(images: np.ndarray, chunk_values: int = CHUNK_VALUES) -> np.ndarray:
+    """uint8 N x h x w luma, at most WORK_MAX_SIDE a side, smoothed (streamed over a memmap, in
+    chunks of about chunk_values input values, so the float copies stay small)."""
     n, height, width = images.shape[0], images.shape[1], images.shape[2]
+    chunk = max(64, chunk_values // max(1, height * width * images.shape[-1]))
     scale = min(1.0, WORK_MAX_SIDE / max(height, width))
     h, w = max(1, round(height * scale)), max(1, round(width * scale))
     out = np.empty((n, h, w), np.uint8)
