@@ -41,7 +41,6 @@ from typing import Any
 
 SCORES = ("mig", "factor_vae", "dci_disentanglement", "dci_completeness", "dci_informativeness",
           "psnr", "neg_elbo")
-LOWER_IS_BETTER = ("neg_elbo",)
 BUDGET_MARGIN = 0.9  # of the budget spent on optimizer steps; the rest pays for validation
 
 
@@ -175,6 +174,8 @@ def run_seed(job: dict[str, Any], seed: int, steps: int, eval_dir: str, protocol
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    from kubevae.registry import LOWER_IS_BETTER
+
     summary = {}
     for k in SCORES:
         values = [r[k] for r in rows if r.get(k) is not None]

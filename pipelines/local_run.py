@@ -27,7 +27,7 @@ def run_local(arguments: dict[str, Any], run_dir: str | Path, *,
     """`schedule_time` stands in for a recurring run's schedule time (empty: a one-off run)."""
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    saved = {k: os.environ.get(k) for k in ("KUBEVAE_RUNS_DIR", "MLFLOW_PARENT_RUN_ID",
+    saved = {k: os.environ.get(k) for k in ("KUBEVAE_RUNS_DIR", tracking.PARENT_RUN_ENV,
                                             "MLFLOW_TRACKING_URI")}
     # The steps run as subprocesses and inherit these: one store for the whole run (a
     # tracking server when MLFLOW_TRACKING_URI is set, else SQLite in the run folder).
@@ -68,12 +68,12 @@ def _run(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     start = time.time()
     with tracking.start_run("pipeline", tags={"kubevae.step": "pipeline"}) as parent:
         if parent.run_id:
-            os.environ["MLFLOW_PARENT_RUN_ID"] = parent.run_id
+            os.environ[tracking.PARENT_RUN_ENV] = parent.run_id
         parent.log_params(arguments)
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
                    raise_on_error=True)
         kubevae_pipeline(**arguments)
-        os.environ.pop("MLFLOW_PARENT_RUN_ID", None)
+        os.environ.pop(tracking.PARENT_RUN_ENV, None)
         new = sorted(set(root.iterdir()) - before, key=lambda p: p.stat().st_mtime)
         if not new:
             raise RuntimeError(f"{root}: kfp.local wrote no run folder")

@@ -47,7 +47,7 @@ def _classifier(importance_model: str, random_state: int):
 
 
 def importance_matrix(codes_train, factors_train, codes_test, factors_test, *,
-                      importance_model: str = "gradient_boosting", random_state: int = 0
+                      importance_model: str = DEFAULT_IMPORTANCE_MODEL, random_state: int = 0
                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(R [D, K], train accuracy per factor [K], test accuracy per factor [K])."""
     d, k = codes_train.shape[1], factors_train.shape[1]
@@ -87,7 +87,7 @@ def completeness(importance: np.ndarray) -> float:
 
 
 def dci_details(codes_train, factors_train, codes_test, factors_test, *,
-                importance_model: str = "gradient_boosting", random_state: int = 0) -> dict[str, Any]:
+                importance_model: str = DEFAULT_IMPORTANCE_MODEL, random_state: int = 0) -> dict[str, Any]:
     codes_train = check_codes(codes_train, "codes_train")
     factors_train = check_factors(factors_train, len(codes_train), "factors_train")
     codes_test = check_codes(codes_test, "codes_test")
@@ -105,14 +105,14 @@ def dci_details(codes_train, factors_train, codes_test, factors_test, *,
 
 
 def dci(codes_train, factors_train, codes_test, factors_test, *,
-        importance_model: str = "gradient_boosting", random_state: int = 0) -> dict[str, float]:
+        importance_model: str = DEFAULT_IMPORTANCE_MODEL, random_state: int = 0) -> dict[str, float]:
     """{"disentanglement", "completeness", "informativeness"} of mean codes [N, D] for factors [N, K]."""
     details = dci_details(codes_train, factors_train, codes_test, factors_test,
                           importance_model=importance_model, random_state=random_state)
     return {key: details[key] for key in ("disentanglement", "completeness", "informativeness")}
 
 
-def dci_settings(importance_model: str = "gradient_boosting", num_train: int | None = None,
+def dci_settings(importance_model: str = DEFAULT_IMPORTANCE_MODEL, num_train: int | None = None,
                  num_test: int | None = None, random_state: int = 0) -> dict[str, Any]:
     classifier = {"gradient_boosting": "sklearn GradientBoostingClassifier() defaults",
                   "random_forest": "sklearn RandomForestClassifier(n_estimators=100)"}[importance_model]
@@ -125,5 +125,5 @@ def dci_settings(importance_model: str = "gradient_boosting", num_train: int | N
                 {"num_train": num_train, "num_test": num_test, "importance_model": importance_model},
                 {"num_train": DEFAULT_NUM_TRAIN, "num_test": DEFAULT_NUM_TEST,
                  "importance_model": DEFAULT_IMPORTANCE_MODEL}),
-            "deviation": None if importance_model == "gradient_boosting"
+            "deviation": None if importance_model == DEFAULT_IMPORTANCE_MODEL
             else "random forest importances instead of gradient boosting (faster on CPU)"}
