@@ -40,8 +40,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
+# Tests run single-threaded (tests/conftest.py), so two pytest-xdist workers use both cores of a
+# CI machine. `--dist loadfile` keeps each module on one worker, so its module fixtures are made
+# once; the session's pipeline run is made once for all workers (conftest.py::pipeline_run).
+TEST_WORKERS ?= 2
 test: install browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Headless Chromium and its driver for the browser tests (tests/test_browser.py), from Debian's
 # packages. Only `make test` needs them; nothing happens when both are installed already. CI runs

@@ -1,3 +1,4 @@
+import json
 import os
 import sys
 from pathlib import Path
@@ -45,18 +46,32 @@ SHORT_RUN = {
 
 
 @pytest.fixture(scope="session")
-def pipeline_run(tmp_path_factory):
+def pipeline_run(tmp_path_factory, worker_id):
     """The first run of SHORT_RUN into a fresh folder and MLflow store (SQLite in the folder):
     {"run_dir", "summary", "tasks"} (tasks: the kfp.local folder of each step's outputs).
-    Tests only read it: nothing adds runs to its store."""
+    Tests only read it: nothing adds runs to its store. Under pytest-xdist (make test) the
+    first worker to ask makes it and the others wait for it and read it: the folder above the
+    workers' temporary folders is shared, and a file lock orders them (pytest-xdist's recipe
+    for a session fixture made once)."""
+    from filelock import FileLock
+
     from pipelines.local_run import run_local
 
-    # Session fixtures run before the per-test environment reset below.
-    with pytest.MonkeyPatch.context() as env:
-        for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
-            env.delenv(var, raising=False)
-        run_dir = tmp_path_factory.mktemp("pipeline")
-        summary = run_local(dict(SHORT_RUN), run_dir)
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        shared = shared.parent
+    run_dir, done = shared / "pipeline", shared / "pipeline-summary.json"
+    with FileLock(str(shared / "pipeline.lock")):
+        if done.is_file():
+            summary = json.loads(done.read_text())
+        else:
+            # Session fixtures run before the per-test environment reset below.
+            with pytest.MonkeyPatch.context() as env:
+                for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
+                    env.delenv(var, raising=False)
+                run_dir.mkdir()
+                summary = run_local(dict(SHORT_RUN), run_dir)
+            done.write_text(json.dumps(summary))
     return {"run_dir": run_dir, "summary": summary, "tasks": Path(summary["run_root"])}
 
 

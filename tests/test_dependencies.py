@@ -17,6 +17,7 @@ PACKAGES = ("kubevae", "components", "pipelines", "serving")
 USED_WITHOUT_IMPORT = {
     "pyarrow": "pandas' parquet engine (manifest.parquet)",
     "flask-wtf": "MLflow's basic-auth app, started by tests/test_mlflow_auth.py",
+    "pytest-xdist": "a pytest plugin: make test runs the suite with -n 2 --dist loadfile",
 }
 
 
