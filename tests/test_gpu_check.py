@@ -30,8 +30,8 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     logs = {p.name.split("-", 1)[1]: p.read_text() for p in results.glob("[0-9][0-9]-*.log")}
     assert "resumed from" in logs["resume.log"] and "step=12" in logs["resume.log"]
     # The train step runs at --precision auto: bf16 on a CPU with native bf16 (AMX, AVX512-BF16).
-    expected = hardware.choose_precision("auto", torch.device("cpu")).name
-    assert f"precision: {expected}, channels_last" in logs["train.log"] and "mfu=" in logs["train.log"]
+    expected = hardware.choose_precision("auto", torch.device("cpu")).describe()
+    assert f"precision: {expected};" in logs["train.log"] and "mfu=" in logs["train.log"]
     bench = json.loads((results / "throughput.json").read_text())
     assert {v["variant"] for v in bench["variants"]} == {
         "fp32 channels_last", "reference (PIL DataLoader, fp32 contiguous)"}
