@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # quick: sized for `make run` on 2 CPU cores (481 s at load 3.4-4.9; the previous profile
-    # took 363 s idle, this one is not yet timed idle; the target is about 5 minutes). 32-px
+    # quick: sized for `make run` on 2 CPU cores (199 s idle on a fresh machine with AMX, plus
+    # 103 s of install; 481 s at load 3.4-4.9 on a Zen 3; the target is about 5 minutes). 32-px
     # images leave room for a final run long enough to reconstruct. Measured with `kubevae
     # train` on the quick profile's own split (one thread, 2 cores shared with other work),
     # judged by test PSNR and by the reconstructions of 8 sprites of each shape:
