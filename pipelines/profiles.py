@@ -6,47 +6,46 @@ from __future__ import annotations
 from typing import Any
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # quick: sized for `make run` on 2 CPU cores (199 s idle on a fresh machine with AMX, plus
-    # 103 s of install; 481 s at load 3.4-4.9 on a Zen 3; the target is about 5 minutes). 32-px
-    # images leave room for a final run long enough to reconstruct. Measured with `kubevae
-    # train` on the quick profile's own split (one thread, 2 cores shared with other work),
-    # judged by test PSNR and by the reconstructions of 8 sprites of each shape:
-    # - zoom=1.6 (sprites drawn 1.6x larger): at dSprites' size a sprite resized to 32 px is
-    #   4-8 px across, and its shape lies in a few edge pixels. 1,500 steps at beta = 1, lr 1e-3:
-    #   every sprite came back a round blob at zoom 1 (PSNR 25.1 dB; 3,000 steps still gave
-    #   blobs for squares and hearts, ellipses only elongated); at zoom 1.6, ellipses came back
-    #   with their shape and orientation; squares and hearts still came back rounded (their
-    #   orientation, which the corners and the notch need, was not yet learnt) (PSNR 23.1 dB:
-    #   larger sprites have more edge pixels).
-    # - lr 1e-3: at 1,500 steps, beta = 1.8, latent 6 (the setting of a make run), 5e-4 gave
-    #   24.45 dB and every ellipse round; 1e-3 gave 24.98 dB and some ellipses elongated. 2e-3
-    #   gained little more (25.4 against 25.1 dB at beta = 1).
-    # - beta in [1, 2], latent sizes 10 and 12: val_mig prefers high beta and few latents, which
-    #   blur. A make run searching beta in [1, 4] x {6, 10} chose beta = 3.5, latent 6: 3 active
-    #   units, every sprite a round blob, test PSNR 19.8 dB (MIG 0.084, FactorVAE 0.60). At
-    #   zoom 1.6, 1,500 steps: beta = 2, latent 6 gave 20.8 dB; beta = 2, latent 10 gave 22.1 dB
-    #   and the same shapes as beta = 1. (High beta also collapses on a short budget: with 200
-    #   steps at beta ~6.5 both trials were collapsed, KL 0.35-0.47 nats, no active unit.)
-    # - batch 64: batch 32 for twice the steps (the same images) took twice the time (722
-    #   against 366 s on one thread, load 2-5) for slightly better ellipses.
+    # quick: sized for `make run` on 2 CPU cores (the target is about 5 minutes with the install).
+    # Measured with `kubevae train` on the quick profile's own split and judged by test PSNR and
+    # by benchmarks/sprite_shapes.py (is a reconstruction nearer its own shape than a disc of the
+    # same area at the same centre of mass?), on an idle 2-core AMD EPYC with avx512_bf16:
+    # - 64 px, not 32: at 32 px no beta >= 1 paid for shape. Every square and heart came back a
+    #   disc (0-5% nearer their shape) at beta 1 and 1.5, at 1,500, 3,000 and even 6,000 steps;
+    #   only ellipses kept theirs. The network can draw them: at beta = 0.05 (almost an
+    #   autoencoder, 37 nats of KL) 34% of squares and 73% of hearts showed their shape, so at
+    #   32 px the few edge pixels that tell a square from a disc are worth fewer nats than the
+    #   code costs. At 64 px those pixels count four times: beta = 1, 3,000 steps gave 68% of
+    #   squares and 99% of hearts (24.5 dB); 1,500 steps still gave 0% of squares.
+    # - zoom=1.6 (sprites drawn 1.6x larger; positions span 23 of the 64 px instead of 37): at
+    #   dSprites' size a sprite's shape lies in even fewer pixels.
+    # - train_steps 3,000 in one process of two threads (workers 1): a 2-process DDP run at
+    #   64 px took 174 s for the train step against about 110 s (gloo's all-reduce costs 1.4x
+    #   on 2 cores). torchrun with 2 gloo processes is tested in tests/test_training.py; clusters use `full`.
+    # - lr 1e-3: at 1,500 steps, 5e-4 left every ellipse round; 2e-3 gained little more.
+    # - beta in [1, 1.5], latent sizes 10 and 12: val_mig prefers high beta and few latents, and
+    #   at this budget shape is what beta takes first. At 64 px, 3,000 steps: beta 1.0 (latent 10)
+    #   68% of squares, 99% of hearts, 24.5 dB; beta 1.4 (latent 12) 23%, 67%, 22.9 dB; beta 1.8
+    #   (latent 12) 8%, 42%, 22.3 dB. A search over beta in [1, 4] x {6, 10} (at 32 px) chose
+    #   beta = 3.5, latent 6: 3 active units, every sprite a round blob; at 200 steps, beta ~6.5
+    #   collapsed both trials.
     # Two trials run side by side, one thread each: on 2 cores this beats one trial on two
-    # threads (2.5 against 0.65 steps/s under load). Trials get 300 steps: a beta = 4 run had
-    # 0 active units at step 150 and 10 at step 225.
+    # threads. Trials get 300 steps: a beta = 4 run had 0 active units at step 150 and 10 at 225.
     "quick": {
         "source_uri": "builtin://sprites?n=6000&seed=0&zoom=1.6",
-        "image_size": 32,
+        "image_size": 64,
         "backend": "local",
         "objective_metric": "val_mig",
         "beta_min": 1.0,
-        "beta_max": 2.0,
+        "beta_max": 1.5,
         "latent_dims": [10, 12],
         "lr": 1e-3,
         "max_trials": 2,
         "parallel_trials": 2,
         "trial_steps": 300,
-        "train_steps": 1500,
+        "train_steps": 3000,
         "batch_size": 64,
-        "workers": 2,
+        "workers": 1,
         "iwae_k": 8,
         "metric_protocol": "fast",
     },
