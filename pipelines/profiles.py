@@ -11,7 +11,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # by benchmarks/sprite_shapes.py (is a reconstruction nearer its own shape than a disc of the
     # same area at the same centre of mass?), on an idle 2-core AMD EPYC with avx512_bf16:
     # - 64 px, not 32: at 32 px no beta >= 1 paid for shape. Every square and heart came back a
-    #   disc (0-5% nearer their shape) at beta 1 and 1.5, at 1,500, 3,000 and even 6,000 steps;
+    #   disc (0-5% nearer their shape) at beta 1 to 1.8 and 1,500 to 6,000 steps;
     #   only ellipses kept theirs. The network can draw them: at beta = 0.05 (almost an
     #   autoencoder, 37 nats of KL) 34% of squares and 73% of hearts showed their shape, so at
     #   32 px the few edge pixels that tell a square from a disc are worth fewer nats than the
@@ -19,9 +19,10 @@ PROFILES: dict[str, dict[str, Any]] = {
     #   squares and 99% of hearts (24.5 dB); 1,500 steps still gave 0% of squares.
     # - zoom=1.6 (sprites drawn 1.6x larger; positions span 23 of the 64 px instead of 37): at
     #   dSprites' size a sprite's shape lies in even fewer pixels.
-    # - train_steps 3,000 in one process of two threads (workers 1): a 2-process DDP run at
-    #   64 px took 174 s for the train step against about 110 s (gloo's all-reduce costs 1.4x
-    #   on 2 cores). torchrun with 2 gloo processes is tested in tests/test_training.py; clusters use `full`.
+    # - train_steps 3,000 in one process of two threads (workers 1): on 2 cores two gloo
+    #   processes of one thread each were slower, measured minutes apart: at 64 px about 1,500
+    #   against 2,150 images/s (the DDP train step took 174 s), at 32 px 2,800 against 4,500.
+    #   torchrun with 2 gloo processes is tested in tests/test_training.py; clusters use `full`.
     # - lr 1e-3: at 1,500 steps, 5e-4 left every ellipse round; 2e-3 gained little more.
     # - beta in [1, 1.5], latent sizes 10 and 12: val_mig prefers high beta and few latents, and
     #   at this budget shape is what beta takes first. At 64 px, 3,000 steps: beta 1.0 (latent 10)
