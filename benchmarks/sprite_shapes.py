@@ -36,12 +36,18 @@ def pooled(images: np.ndarray, size: int) -> np.ndarray:
     return images.reshape(len(images), size, k, size, k).mean(axis=(2, 4))
 
 
+def centres_of_mass(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """N x H x W images -> the x and y of each one's centre of mass, in pixels."""
+    grid = np.arange(images.shape[-1]) + 0.5
+    area = images.sum(axis=(1, 2))
+    return (images.sum(axis=1) * grid).sum(axis=1) / area, (images.sum(axis=2) * grid).sum(axis=1) / area
+
+
 def discs(sprites_64: np.ndarray) -> np.ndarray:
     """For {0, 1} N x 64 x 64 sprites: discs of the same area at the same centres of mass."""
     grid = np.arange(sprites.IMAGE_SIZE) + 0.5
     area = sprites_64.sum(axis=(1, 2))
-    cx = (sprites_64.sum(axis=1) * grid).sum(axis=1) / area
-    cy = (sprites_64.sum(axis=2) * grid).sum(axis=1) / area
+    cx, cy = centres_of_mass(sprites_64)
     r2 = (grid[None, None, :] - cx[:, None, None]) ** 2 + (grid[None, :, None] - cy[:, None, None]) ** 2
     return (r2 <= (area / np.pi)[:, None, None]).astype(np.float32)
 
@@ -93,6 +99,7 @@ def main() -> None:
     for name, (n, nearer, nearest) in shape_scores(recon, test.factors, args.zoom).items():
         print(f"  {name:8s} n={n:4d}  nearer own shape than a disc: {nearer:6.1%}"
               f"  nearest template right: {nearest:6.1%}")
+
 
 if __name__ == "__main__":
     main()

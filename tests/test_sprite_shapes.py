@@ -40,12 +40,5 @@ def test_discs_have_the_sprites_area_and_centre_of_mass():
     disc = sprite_shapes.discs(own)
     assert disc.shape == own.shape
     np.testing.assert_allclose(disc.sum(axis=(1, 2)), own.sum(axis=(1, 2)), rtol=0.05)
-    np.testing.assert_allclose(centre_of_mass(disc), centre_of_mass(own), atol=0.5)
-
-
-def centre_of_mass(images: np.ndarray) -> np.ndarray:
-    """N x H x W -> N x 2 (x, y) in pixels."""
-    grid = np.arange(images.shape[-1]) + 0.5
-    area = images.sum(axis=(1, 2))
-    return np.stack([(images.sum(axis=1) * grid).sum(axis=1) / area,
-                     (images.sum(axis=2) * grid).sum(axis=1) / area], axis=1)
+    np.testing.assert_allclose(sprite_shapes.centres_of_mass(disc), sprite_shapes.centres_of_mass(own),
+                               atol=0.5)
