@@ -6,6 +6,7 @@ from components.base import component
 @component
 def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric: str,
          beta_min: float, beta_max: float, latent_dims: list, lr: float, tune_lr: bool,
+         conv_channels: list,
          max_trials: int, parallel_trials: int, max_failed_trials: int, trial_steps: int,
          udr_seeds: int, batch_size: int, trial_workers: int, gpus_per_worker: int,
          namespace: str, image: str, seed: int, training_api: str, run_id: str,
@@ -23,6 +24,7 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         latent_dims: Latent sizes to search (categorical).
         lr: Adam learning rate of every trial (unless tune_lr searches it).
         tune_lr: Also search the learning rate.
+        conv_channels: Encoder conv widths of every trial (the decoder mirrors them).
         max_trials: Trials in all.
         parallel_trials: Trials at the same time.
         max_failed_trials: The search stops after this many failed trials.
@@ -62,7 +64,7 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         result = get_backend(backend).tune(TuneRequest(
             name="kubevae-tune", data_dir=splits.path, data_uri=splits.uri, search_space=space,
             work_dir=str(work), algorithm=algorithm, objective_metric=objective_metric,
-            lr=lr, max_trials=max_trials, parallel_trials=parallel_trials,
+            lr=lr, conv_channels=tuple(int(c) for c in conv_channels), max_trials=max_trials, parallel_trials=parallel_trials,
             max_failed_trials=max_failed_trials, trial_steps=trial_steps, udr_seeds=udr_seeds,
             batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
             seed=seed, parent_run_id=tracker.run_id,  # every trial nests under this run

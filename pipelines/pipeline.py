@@ -77,6 +77,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "latent_dims": ([4, 6, 10], "Latent sizes to search (categorical)."),
     "lr": (5e-4, "Adam learning rate of the trials and the final run (5e-4: the trainer's default, the top of the literature's 1e-4 to 5e-4 for 300,000-step budgets; short budgets learn faster with more: the quick profile uses 1e-3). With tune_lr the search chooses it instead."),
     "tune_lr": (False, "Also search the learning rate (log-uniform 1e-4 to 5e-4, Adam's literature range)."),
+    "conv_channels": ([32, 32, 64, 64], "Encoder conv widths of the trials and the final model, first to last; the decoder mirrors them (32, 32, 64, 64: Burgess et al. 2018, disentanglement_lib). 32 and 28 px use the last three or two."),
     "max_trials": (12, "Katib maxTrialCount / Optuna trials."),
     "parallel_trials": (3, "Katib parallelTrialCount / concurrent Optuna trials."),
     "max_failed_trials": (3, "Katib maxFailedTrialCount: the search stops after this many failures."),
@@ -118,6 +119,7 @@ def _pipeline(
     latent_dims: list = PARAMETERS["latent_dims"][0],
     lr: float = PARAMETERS["lr"][0],
     tune_lr: bool = PARAMETERS["tune_lr"][0],
+    conv_channels: list = PARAMETERS["conv_channels"][0],
     max_trials: int = PARAMETERS["max_trials"][0],
     parallel_trials: int = PARAMETERS["parallel_trials"][0],
     max_failed_trials: int = PARAMETERS["max_failed_trials"][0],
@@ -153,7 +155,8 @@ def _pipeline(
                             model_name=model_name), cache=False)
         study = step(tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
                      objective_metric=objective_metric, beta_min=beta_min, beta_max=beta_max,
-                     latent_dims=latent_dims, lr=lr, tune_lr=tune_lr, max_trials=max_trials,
+                     latent_dims=latent_dims, lr=lr, tune_lr=tune_lr,
+                     conv_channels=conv_channels, max_trials=max_trials,
                      parallel_trials=parallel_trials, max_failed_trials=max_failed_trials,
                      trial_steps=trial_steps, udr_seeds=udr_seeds, batch_size=batch_size,
                      trial_workers=trial_workers,
@@ -161,6 +164,7 @@ def _pipeline(
                      training_api=training_api, run_id=run_id))
         trained = step(train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
                         backend=backend, train_steps=train_steps, batch_size=batch_size, lr=lr,
+                        conv_channels=conv_channels,
                         workers=workers,
                         gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
                         training_api=training_api, run_id=run_id))

@@ -143,3 +143,12 @@ def test_the_pipeline_lr_reaches_every_trial_unless_the_search_chooses_it(tmp_pa
     assert trial_options(_request(tmp_path, lr=1e-3))["lr"] == 1e-3
     searched = default_search_space(1.0, 4.0, [6], tune_lr=True)
     assert "lr" not in trial_options(_request(tmp_path, lr=1e-3, search_space=searched))
+
+
+def test_the_pipeline_conv_widths_reach_every_trial(tmp_path):
+    from components.backends.base import trial_options
+    from kubevae.training.command import train_argv
+
+    assert "conv_channels" not in trial_options(_request(tmp_path))  # the model's default
+    options = trial_options(_request(tmp_path, conv_channels=(16, 32, 64, 64)))
+    assert "16,32,64,64" in train_argv(options)

@@ -6,7 +6,7 @@ import argparse
 import pytest
 
 from kubevae.config import TrainConfig
-from kubevae.training.command import config_from_args, flag, options, parser, train_argv
+from kubevae.training.command import config_from_args, conv_channels, flag, options, parser, train_argv
 from kubevae.training.loop import StepPlan
 
 
@@ -19,6 +19,8 @@ def _sample_value(action: argparse.Action):
         return 7
     if action.type is float:
         return 0.25
+    if action.type is conv_channels:
+        return (16, 24, 48, 64)
     return f"value-of-{action.dest}"
 
 
@@ -38,6 +40,18 @@ def test_builder_refuses_unknown_options_and_bad_switch_values():
     with pytest.raises(ValueError, match="--no-tracking is a switch"):
         train_argv(data="/d", no_tracking="yes")
     assert train_argv(data="/d", no_tracking=False, steps=None) == ["--data", "/d"]
+
+
+def test_conv_widths_reach_the_model_and_bad_ones_name_the_flag(capsys):
+    argv = train_argv(data="/d", conv_channels=[16, 32, 64, 64])
+    assert argv == ["--data", "/d", "--conv-channels", "16,32,64,64"]
+    assert config_from_args(parser().parse_args(argv)).model.conv_channels == (16, 32, 64, 64)
+    default = config_from_args(parser().parse_args(["--data", "/d"])).model.conv_channels
+    assert default == (32, 32, 64, 64)  # Burgess et al. 2018
+    for bad in ("16,x,64,64", "16,0,64,64", ""):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["--data", "/d", "--conv-channels", bad])
+        assert "--conv-channels: expected comma-separated positive integers" in capsys.readouterr().err
 
 
 def test_katib_placeholders_pass_through():

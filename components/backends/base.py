@@ -51,6 +51,7 @@ class TuneRequest:
     udr_seeds: int = 3  # seeds per trial when objective_metric is udr
     batch_size: int = 64
     lr: float | None = None  # None: the trainer's default; a searched lr wins
+    conv_channels: tuple[int, ...] | None = None  # None: the model's default widths
     trial_workers: int = 1
     gpus_per_worker: int = 0
     seed: int = 0
@@ -143,6 +144,8 @@ def trial_options(request: TuneRequest) -> dict[str, Any]:
                                "no_mlflow_model": True, "parent_run_id": request.parent_run_id}
     if request.lr is not None and "lr" not in {p.name for p in request.search_space.parameters}:
         options["lr"] = request.lr  # a searched lr comes with each trial's parameters instead
+    if request.conv_channels:
+        options["conv_channels"] = tuple(request.conv_channels)
     if request.objective_metric == "udr":
         options["udr_seeds"] = request.udr_seeds
     return options

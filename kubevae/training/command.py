@@ -54,6 +54,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     model.add_argument("--likelihood", choices=["bernoulli", "gaussian_fixed", "gaussian_learned"],
                        default=m.likelihood)
     model.add_argument("--gaussian-sigma", type=float, default=m.gaussian_sigma)
+    model.add_argument("--conv-channels", type=conv_channels, default=m.conv_channels,
+                       metavar="C1,C2,C3,C4",
+                       help="encoder conv widths, first to last; the decoder mirrors them "
+                            f"(default {','.join(map(str, m.conv_channels))}: Burgess et al. 2018)")
     obj = p.add_argument_group("objective (see kubevae.config.ObjectiveConfig for the sources)")
     obj.add_argument("--objective", choices=["beta", "capacity"], default=o.kind)
     obj.add_argument("--beta", type=float, default=o.beta)
@@ -135,8 +139,29 @@ def train_argv(values: Mapping[str, Any] | None = None, /, **more: Any) -> list[
             continue
         if isinstance(value, bool):
             raise ValueError(f"train_argv: {flag} takes a value, not {value!r}")
-        argv += [flag, repr(value) if isinstance(value, float) else str(value)]
+        argv += [flag, text(value)]
     return argv
+
+
+def text(value: Any) -> str:
+    """An option value as `kubevae train` reads it back: floats exactly, sequences comma-joined."""
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def conv_channels(value: str) -> tuple[int, ...]:
+    """--conv-channels "16,32,64,64" -> (16, 32, 64, 64); each a positive integer."""
+    try:
+        widths = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        widths = ()
+    if not widths or min(widths) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated positive integers such as 32,32,64,64, got {value!r}")
+    return widths
 
 
 def flag(dest: str) -> str:
@@ -160,7 +185,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         parent_run_id=a.parent_run_id,
         log_mlflow_model=not a.no_mlflow_model,
         model=ModelConfig(latent_dim=a.latent_dim, likelihood=a.likelihood,
-                          gaussian_sigma=a.gaussian_sigma),
+                          gaussian_sigma=a.gaussian_sigma, conv_channels=a.conv_channels),
         objective=ObjectiveConfig(kind=a.objective, beta=a.beta, gamma=a.gamma,
                                   capacity_max=a.capacity_max, capacity_steps=a.capacity_steps,
                                   warmup_steps=a.warmup_steps))
