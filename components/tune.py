@@ -64,7 +64,8 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         result = get_backend(backend).tune(TuneRequest(
             name="kubevae-tune", data_dir=splits.path, data_uri=splits.uri, search_space=space,
             work_dir=str(work), algorithm=algorithm, objective_metric=objective_metric,
-            lr=lr, conv_channels=tuple(int(c) for c in conv_channels), max_trials=max_trials, parallel_trials=parallel_trials,
+            lr=lr, conv_channels=tuple(int(c) for c in conv_channels),
+            max_trials=max_trials, parallel_trials=parallel_trials,
             max_failed_trials=max_failed_trials, trial_steps=trial_steps, udr_seeds=udr_seeds,
             batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
             seed=seed, parent_run_id=tracker.run_id,  # every trial nests under this run

@@ -145,7 +145,7 @@ def trial_options(request: TuneRequest) -> dict[str, Any]:
     if request.lr is not None and "lr" not in {p.name for p in request.search_space.parameters}:
         options["lr"] = request.lr  # a searched lr comes with each trial's parameters instead
     if request.conv_channels:
-        options["conv_channels"] = tuple(request.conv_channels)
+        options["conv_channels"] = request.conv_channels
     if request.objective_metric == "udr":
         options["udr_seeds"] = request.udr_seeds
     return options
