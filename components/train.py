@@ -5,7 +5,7 @@ from components.base import component
 
 @component
 def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, train_steps: int,
-          batch_size: int, lr: float, conv_channels: list, workers: int, gpus_per_worker: int,
+          batch_size: int, lr: float, conv_channels: list, val_every_steps: int, workers: int, gpus_per_worker: int,
           namespace: str, image: str, seed: int, training_api: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
     """Train the final model with the best parameters: a TrainJob (or PyTorchJob), or torchrun
     locally.
@@ -18,6 +18,8 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, tr
         batch_size: Global batch size, split over all training processes.
         lr: Adam learning rate (a learning rate the search chose wins).
         conv_channels: Encoder conv widths, as the trials had them (the decoder mirrors them).
+        val_every_steps: Validate at the end of the epochs that reach a multiple of this many
+            steps, and at the end (0: every epoch).
         workers: Training processes: the job's nodes, or torchrun processes locally.
         gpus_per_worker: GPUs per training process; 0 trains on CPUs.
         namespace: Namespace of the training job; empty = the run's namespace.
@@ -39,7 +41,8 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, tr
     result = get_backend(backend).train(TrainRequest(
         name="train", data_dir=splits.path, data_uri=splits.uri, params=study.best_params,
         out_dir=model.path, out_uri=model.uri, steps=train_steps, batch_size=batch_size,
-        options={"lr": lr, "conv_channels": [int(c) for c in conv_channels]},
+        options={"lr": lr, "conv_channels": [int(c) for c in conv_channels],
+                 "val_every": val_every_steps},
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
         parent_run_id=tracking.enclosing_run_id(),
         cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,

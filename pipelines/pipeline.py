@@ -83,6 +83,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "max_failed_trials": (3, "Katib maxFailedTrialCount: the search stops after this many failures."),
     "trial_steps": (3000, "Optimizer steps per tuning trial (hyperband's resource)."),
     "train_steps": (30000, "Optimizer steps of the final training run."),
+    "val_every_steps": (0, "How often the final training run validates: at the end of the epochs that reach a multiple of this many steps, and at the end; 0: every epoch. Trials validate every epoch (median stopping reads each epoch)."),
     "batch_size": (64, "Global batch size, split over all training processes (64: disentanglement_lib, Burgess et al.)."),
     "workers": (2, "Training processes: TrainJob nodes (or PyTorchJob Master + Workers), or torchrun processes locally."),
     "trial_workers": (1, "Processes per tuning trial."),
@@ -125,6 +126,7 @@ def _pipeline(
     max_failed_trials: int = PARAMETERS["max_failed_trials"][0],
     trial_steps: int = PARAMETERS["trial_steps"][0],
     train_steps: int = PARAMETERS["train_steps"][0],
+    val_every_steps: int = PARAMETERS["val_every_steps"][0],
     batch_size: int = PARAMETERS["batch_size"][0],
     workers: int = PARAMETERS["workers"][0],
     trial_workers: int = PARAMETERS["trial_workers"][0],
@@ -164,7 +166,7 @@ def _pipeline(
                      training_api=training_api, run_id=run_id))
         trained = step(train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
                         backend=backend, train_steps=train_steps, batch_size=batch_size, lr=lr,
-                        conv_channels=conv_channels,
+                        conv_channels=conv_channels, val_every_steps=val_every_steps,
                         workers=workers,
                         gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
                         training_api=training_api, run_id=run_id))

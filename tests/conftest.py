@@ -38,6 +38,7 @@ SHORT_RUN = {
     "parallel_trials": 1,
     "trial_steps": 10,
     "train_steps": 20,
+    "val_every_steps": 16,  # epochs of 15 steps: the final run validates once, at step 20
     "batch_size": 32,
     "workers": 1,
     "iwae_k": 2,

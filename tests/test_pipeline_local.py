@@ -35,6 +35,16 @@ def test_first_run_promotes_and_serves(first):
         assert step in first["step_seconds"], step
 
 
+def test_the_final_run_validates_as_often_as_the_pipeline_says(first):
+    import json
+    from pathlib import Path
+
+    history = json.loads((Path(first["model_path"]) / "metrics.json").read_text())["history"]
+    assert len(history) >= 2
+    validated = [r["step"] for r in history if "val_neg_elbo" in r]
+    assert validated == [SHORT_RUN["train_steps"]]  # no epoch reached step 16 before the last
+
+
 def test_first_run_writes_the_inference_service_it_would_apply(first):
     from pathlib import Path
 

@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from kubevae.config import ModelConfig, ObjectiveConfig, TrainConfig
 from kubevae.hardware import choose_precision
 from kubevae.objectives import NonFiniteLossError
-from kubevae.training.loop import train
+from kubevae.training.loop import train, validation_due
 
 # Katib's default StdOut metrics-collector regex.
 KATIB_METRIC = re.compile(r"([\w|-]+)\s*=\s*([+-]?\d*(\.\d+)?([Ee][+-]?\d+)?)")
@@ -110,6 +110,23 @@ def test_unreachable_tracking_server_warns_or_fails_fast(tmp_path, monkeypatch):
     from kubevae.tracking import TrackingUnavailable
     with pytest.raises(TrackingUnavailable, match="unreachable"):
         train(cfg)
+
+
+def test_validation_every_n_steps_skips_epochs_but_never_the_last(tmp_path, capsys):
+    # The quick profile's final run: 42 epochs of 73 steps, 3,000 steps, every 500.
+    due = [e for e in range(1, 43) if validation_due(500, (e - 1) * 73, min(e * 73, 3000), 3000)]
+    assert due == [7, 14, 21, 28, 35, 42]  # steps 511, 1022, 1533, 2044, 2555 and the last
+    assert all(validation_due(0, b, b + 73, 3000) for b in range(0, 3000, 73))
+
+    cfg = TrainConfig(dataset="sprites", dataset_size=256, batch_size=32, epochs=3, val_every=1000,
+                      tracking=False, out=str(tmp_path / "model"), model=ModelConfig(latent_dim=2))
+    final = train(cfg)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch=")]
+    assert len(lines) == len(final["history"]) == 3
+    assert ["val_neg_elbo=" in line for line in lines] == [False, False, True]
+    assert "train_loss=" in lines[0] and "val_neg_elbo" in final  # the run's final metrics
+    with pytest.raises(ValueError, match="val_every"):
+        TrainConfig(val_every=-1)
 
 
 def test_nan_loss_stops_with_the_step_and_the_term(tmp_path):

@@ -83,6 +83,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev = p.add_argument_group("validation, search objective and tracking")
     ev.add_argument("--iwae-k", type=int, default=d.iwae_k,
                     help="importance samples for val IWAE (0 = off; 16 when the objective is val_iwae_nll)")
+    ev.add_argument("--val-every", type=int, default=d.val_every, metavar="STEPS",
+                    help="validate at the end of the epochs that reach a multiple of STEPS, and "
+                         "after the last step (0: every epoch; a trial's median stopping reads "
+                         "the objective each time it is validated)")
     ev.add_argument("--objective-metric", choices=sorted(OBJECTIVES), default=None,
                     help="the search objective to compute and print every epoch")
     ev.add_argument("--udr-seeds", type=int, default=d.udr_seeds,
@@ -180,7 +184,7 @@ def config_from_args(a: argparse.Namespace) -> TrainConfig:
         keep_checkpoints=a.keep_checkpoints, resume=a.resume, epochs=a.epochs,
         steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
         seed=a.seed, deterministic=a.deterministic, device=a.device, precision=a.precision,
-        iwae_k=iwae_k, objective_metric=a.objective_metric, udr_seeds=a.udr_seeds,
+        iwae_k=iwae_k, val_every=a.val_every, objective_metric=a.objective_metric, udr_seeds=a.udr_seeds,
         tracking=not a.no_tracking, require_tracking=a.require_tracking, experiment=a.experiment,
         parent_run_id=a.parent_run_id,
         log_mlflow_model=not a.no_mlflow_model,

@@ -107,8 +107,10 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                     save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist)
             train_metrics = {**reduce_means(sums, len(batches), dist),
                              **meter.rates(len(batches) * cfg.batch_size)}
-            val_metrics = validate(cfg, vae, data, dist) if dist.is_main else {}
-            if dist.is_main:
+            due = dist.is_main and validation_due(cfg.val_every, step - len(batches), step,
+                                                  plan.total_steps)
+            val_metrics = validate(cfg, vae, data, dist) if due else {}
+            if due:
                 val_metrics.update(score_objective(vae, val_metrics, dist.device))
             record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                       **train_metrics, **val_metrics}
@@ -224,6 +226,13 @@ def reduce_means(sums: torch.Tensor, n_batches: int, dist: distributed.Distribut
         sums = sums.cpu() / dist.world_size
     means = (sums / max(1, n_batches)).tolist()
     return dict(zip(("train_loss", "train_recon", "train_kl"), means, strict=True))
+
+
+def validation_due(every: int, before: int, after: int, total: int) -> bool:
+    """Whether the epoch that ran steps (before, after] ends with a validation: every epoch
+    when `every` is 0, else when it reached a multiple of `every`, and always the last one
+    (its numbers are the run's final metrics)."""
+    return every == 0 or after >= total or after // every > before // every
 
 
 def validate(cfg: TrainConfig, vae: VAE, data: TrainingData, dist) -> dict[str, Any]:
