@@ -17,9 +17,12 @@ install: $(STAMP)
 # uv installs the same pins as pip would, in parallel: in a fresh clone with cold caches on an idle
 # 2-core AMD EPYC the install took 16 s, against 3 min with pip. uv does not read pip's settings,
 # so pip's find-links (a folder of local wheels, such as a CPU build of torch) are passed on.
+# --compile-bytecode writes the .pyc files at install, as pip does: where PYTHONDONTWRITEBYTECODE
+# is set Python never caches what it compiles, and each step of a run compiled mlflow, torch and
+# kfp again (`import mlflow` took 6.8 s instead of 2.0 s).
 UV_VERSION := 0.13.9
 FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --native-tls \
+UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --native-tls --compile-bytecode \
 	$(foreach link,$(FIND_LINKS),--find-links $(link))
 
 $(STAMP): pyproject.toml constraints.txt

@@ -19,7 +19,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     #   squares and 99% of hearts (24.5 dB); 1,500 steps still gave 0% of squares.
     # - zoom=1.6 (sprites drawn 1.6x larger; positions span 23 of the 64 px instead of 37): at
     #   dSprites' size a sprite's shape lies in even fewer pixels.
-    # - train_steps 3,000 in one process of two threads (workers 1): on 2 cores two gloo
+    # - the final run in one process of two threads (workers 1): on 2 cores two gloo
     #   processes of one thread each were slower, measured minutes apart: at 64 px about 1,500
     #   against 2,150 images/s (the DDP train step took 174 s), at 32 px 2,800 against 4,500.
     #   torchrun with 2 gloo processes is tested in tests/test_training.py; clusters use `full`.
@@ -35,12 +35,15 @@ PROFILES: dict[str, dict[str, Any]] = {
     #   On an AVX2-only 2-core AMD EPYC (Zen 3, fp32) the train step ran at 780-870 against
     #   430-590 images/s, and at beta 1.4, latent 12, 3,000 steps the narrow model gave 24.2 dB,
     #   65% of squares and 95% of hearts (the full width, on the Zen 4 above: 22.9 dB, 23%, 67%).
-    # - val_every_steps 500: the final run validates 6 times, not at the end of each of its 42
+    # - val_every_steps 500: the final run validates 5 times, not at the end of each of its 35
     #   epochs. On the Zen 3 one pass over the 639 validation images took 0.8 s, about 9
-    #   training steps, 34 s of the 311-s train step. Trials still validate every epoch.
-    #   Narrower or shorter runs cost shape (same split, beta 1.4, latent 12, lr 1e-3, Zen 3):
-    #   widths 16, 16, 32, 64 at 3,000 steps gave 22.1 dB, 7% of squares, 46% of hearts;
-    #   16, 32, 64, 64 at 2,000 steps 22.7 dB, 22%, 72% (at lr 2e-3: 22.4 dB, 6%, 44%).
+    #   training steps (at 3,000 steps, 34 s of a 311-s train step). Trials still validate
+    #   every epoch.
+    # - train_steps 2,500 (the same split, beta 1.4, latent 12, lr 1e-3, kubevae train alone on
+    #   the Zen 3): 153 s, 23.7 dB, 55% of squares, 89% of hearts; 3,000 steps: 199 s, 24.2 dB,
+    #   65%, 95%; 2,000 steps: 22.7 dB, 22%, 72% (at lr 2e-3: 22.4 dB, 6%, 44%); batch 32 for
+    #   4,000 steps: 23.7 dB, 56%, 89%, and no faster. Widths 16, 16, 32, 64 at 3,000 steps:
+    #   22.1 dB, 7%, 46%.
     # Two trials run side by side, one thread each: on 2 cores this beats one trial on two
     # threads. Trials get 300 steps: a beta = 4 run had 0 active units at step 150 and 10 at 225.
     "quick": {
@@ -56,7 +59,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_trials": 2,
         "parallel_trials": 2,
         "trial_steps": 300,
-        "train_steps": 3000,
+        "train_steps": 2500,
         "val_every_steps": 500,
         "batch_size": 64,
         "workers": 1,

@@ -113,7 +113,7 @@ def test_unreachable_tracking_server_warns_or_fails_fast(tmp_path, monkeypatch):
 
 
 def test_validation_every_n_steps_skips_epochs_but_never_the_last(tmp_path, capsys):
-    # The quick profile's final run: 42 epochs of 73 steps, 3,000 steps, every 500.
+    # 42 epochs of 73 steps (the quick profile's split at batch 64), 3,000 steps, every 500.
     due = [e for e in range(1, 43) if validation_due(500, (e - 1) * 73, min(e * 73, 3000), 3000)]
     assert due == [7, 14, 21, 28, 35, 42]  # steps 511, 1022, 1533, 2044, 2555 and the last
     assert all(validation_due(0, b, b + 73, 3000) for b in range(0, 3000, 73))
