@@ -135,9 +135,9 @@ class TrainConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     iwae_k: int = 0
     # Validation runs at the end of an epoch: every epoch (0), or only at the end of the epochs
-    # that reach a multiple of val_every steps, and always after the last step. Each pass over
-    # the validation split costs about as much as 10 training steps; a short run with small
-    # epochs spends a tenth of its time on it (the quick profile: 42 epochs).
+    # that reach a multiple of val_every steps, and always after the last step. A short run of
+    # small epochs spends much of its time validating: in the quick profile a pass over the
+    # validation split took as long as 9 training steps (pipelines/profiles.py).
     val_every: int = 0
     # The search objective computed on the validation split every epoch (None: bounds only),
     # and the seeds a `udr` trial trains (kubevae.training.selection).
