@@ -14,7 +14,7 @@ CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
 .PHONY: install install-dev browser lint typecheck run test bench compile manifests image image-cuda push clean
 
 # install: what `make run` and the benchmarks need; install-dev adds the test and lint tools
-# (9 s more in the same fresh clone).
+# (9 s more in a fresh clone).
 install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
