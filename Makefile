@@ -28,13 +28,17 @@ install-dev: $(DEV_STAMP)
 # is set Python never caches what it compiles, and each step of a run compiled mlflow, torch and
 # kfp again (`import mlflow` took 6.8 s instead of 2.0 s).
 UV_VERSION := 0.13.9
+UV := $(BIN)/uv
 FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
-UV_INSTALL = $(BIN)/uv pip install --quiet --python $(BIN)/python --native-tls --compile-bytecode \
+UV_INSTALL = $(UV) pip install --quiet --python $(BIN)/python --native-tls --compile-bytecode \
 	$(foreach link,$(FIND_LINKS),--find-links $(link))
 
-$(STAMP): pyproject.toml constraints.txt
+# Its own target, so that a .venv made before uv (by pip) gets it too.
+$(UV):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet uv==$(UV_VERSION)
+
+$(STAMP): pyproject.toml constraints.txt | $(UV)
 	# compat mode: a .pth file puts the checkout on sys.path, so new packages import at once.
 	$(UV_INSTALL) -c constraints.txt -e . -C editable_mode=compat
 	# kubeflow-katib 0.19.0 pins protobuf<5, but kfp 2.17 and kserve 0.21 need protobuf 6.
@@ -43,7 +47,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(UV_INSTALL) --no-deps kubeflow-katib==0.19.0
 	touch $(STAMP)
 
-$(DEV_STAMP): $(STAMP)
+$(DEV_STAMP): $(STAMP) | $(UV)
 	$(UV_INSTALL) -c constraints.txt -e '.[test,lint]' -C editable_mode=compat
 	touch $(DEV_STAMP)
 
