@@ -47,7 +47,7 @@ $(STAMP): pyproject.toml constraints.txt | $(UV)
 	$(UV_INSTALL) --no-deps kubeflow-katib==0.19.0
 	touch $(STAMP)
 
-$(DEV_STAMP): $(STAMP) | $(UV)
+$(DEV_STAMP): $(STAMP)
 	$(UV_INSTALL) -c constraints.txt -e '.[test,lint]' -C editable_mode=compat
 	touch $(DEV_STAMP)
 

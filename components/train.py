@@ -6,7 +6,8 @@ from components.base import component
 @component
 def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, train_steps: int,
           batch_size: int, lr: float, conv_channels: list, val_every_steps: int, workers: int,
-          gpus_per_worker: int, namespace: str, image: str, seed: int, training_api: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
+          gpus_per_worker: int, namespace: str, image: str, seed: int, training_api: str,
+          run_id: str, model: Output[Model], metrics: Output[Metrics]):
     """Train the final model with the best parameters: a TrainJob (or PyTorchJob), or torchrun
     locally.
 

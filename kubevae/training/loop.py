@@ -107,10 +107,10 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                     save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist)
             train_metrics = {**reduce_means(sums, len(batches), dist),
                              **meter.rates(len(batches) * cfg.batch_size)}
-            due = dist.is_main and validation_due(cfg.val_every, step - len(batches), step,
-                                                  plan.total_steps)
-            val_metrics = validate(cfg, vae, data, dist) if due else {}
-            if due:
+            val_metrics = {}
+            if dist.is_main and validation_due(cfg.val_every, step - len(batches), step,
+                                               plan.total_steps):
+                val_metrics = validate(cfg, vae, data, dist)
                 val_metrics.update(score_objective(vae, val_metrics, dist.device))
             record = {"epoch": epoch + 1, "step": step, "lr": scheduler.get_last_lr()[0],
                       **train_metrics, **val_metrics}
