@@ -5,14 +5,22 @@ them. `backend` chooses how the cluster-facing steps run: `kubernetes` (Katib, a
 PyTorchJob, KServe) on a cluster, `local` (Optuna, torchrun, a loopback ModelServer) on a laptop;
 on a cluster `training_api` chooses the training job's API and `deployment_mode` KServe's mode.
 
-Run hygiene (kfp 2.17): steps that are safe to repeat retry with backoff (RETRIED); every step
-has a pod deadline (TIMEOUTS, kfp.kubernetes.set_timeout); the run has an active deadline and
-TTLs (PIPELINE_CONFIG); an exit handler (components/cleanup.py) deletes what a failed run left
-running on the cluster and rolls back its half-rolled canary. kfp.local runs the exit handler
-and the retries, and ignores the Kubernetes-only settings.
+Run hygiene: steps that are safe to repeat retry with backoff (RETRIED); every step has a pod
+deadline (TIMEOUTS, kfp.kubernetes.set_timeout) and CPU and memory requests and limits
+(RESOURCES); an exit handler (components/cleanup.py) deletes what a failed run left running on
+the cluster and rolls back its half-rolled canary. kfp.local runs the exit handler and the
+retries, and ignores the Kubernetes-only settings.
+
+KFP backends (docs/kfp-versions.md): `kubevae_pipeline` (pipeline_for("2.16"), the default)
+compiles to YAML that KFP 2.16 and 2.17 API servers both read. pipeline_for("2.17") adds the
+run's active deadline and TTLs (PIPELINE_CONFIG), which only a 2.17 backend knows: a 2.16 API
+server parses the platform spec strictly, fails on the unknown `pipelineConfig` fields and then
+drops the WHOLE Kubernetes platform spec without an error (no Secrets, ConfigMap, labels or
+step deadlines), so that YAML must never reach a 2.16 backend.
 """
 
 
+import functools
 from typing import Any
 
 from kfp import dsl, kubernetes
@@ -31,6 +39,7 @@ from components.smoke_test import smoke_test
 from components.split import split
 from components.train import train
 from components.tune import tune
+from pipelines.kfp_versions import DEFAULT_KFP_BACKEND, KFP_BACKENDS
 
 PIPELINE_NAME = "kubevae"
 # Every step pod reads the S3 credentials from this Secret and the endpoints from this ConfigMap
@@ -51,6 +60,25 @@ TIMEOUTS = {"ingest": 2 * HOUR, "split": 1 * HOUR, "tune": 7 * HOUR, "train": 7 
 # num_retries, first backoff, backoff factor, longest total retry time.
 RETRY = (2, "60s", 2.0, "1800s")
 RETRIED = ("ingest", "split", "evaluate", "smoke-test")
+# CPU and memory of each step's pod (component name -> cpu request, cpu limit, memory request,
+# memory limit): a namespace with a ResourceQuota admits only pods that state them, and a pod
+# without requests runs BestEffort (evicted first). Sized for the `full` profile (the 737,280
+# sprites of builtin://sprites, 3 GB of uint8 pixels). tune and train run on the cluster through
+# Katib and the training job (their pods' sizes: components/backends/kubernetes.py), so their
+# own pods mostly wait; backend=local on a cluster trains inside them and needs more than this.
+RESOURCES = {
+    "ingest": ("2", "2", "2Gi", "6Gi"),  # 2 decoding workers (kubevae.ingest), bounded shards in flight
+    "split": ("1", "2", "2Gi", "8Gi"),  # one process; the manifest's hashes and the shard copy
+    "tune": ("500m", "1", "1Gi", "4Gi"),  # waits on Katib; reads the split's metadata, the study
+    "train": ("500m", "1", "1Gi", "4Gi"),  # waits on the TrainJob; moves the model folder
+    "evaluate": ("2", "4", "4Gi", "12Gi"),  # IWAE bound and disentanglement_lib metrics on test/
+    "gate": ("2", "4", "4Gi", "12Gi"),  # the same scoring, for candidate and champion
+    "deploy": ("250m", "1", "1Gi", "2Gi"),  # creates the InferenceService and waits on it
+    "smoke-test": ("250m", "1", "1Gi", "2Gi"),  # a few HTTP requests to the endpoint
+    "keep-champion": ("250m", "1", "1Gi", "2Gi"),  # one MLflow tag and a report
+    "cleanup": ("250m", "1", "1Gi", "2Gi"),  # lists and deletes the run's cluster resources
+}
+# The run's own deadline and TTLs need a KFP 2.17 backend (pipeline_for("2.17")).
 PIPELINE_CONFIG = dsl.PipelineConfig(
     ttl_seconds_after_success=24 * HOUR,  # the run's Argo Workflow (pods, logs) kept a day,
     ttl_seconds_after_failure=7 * 24 * HOUR,  # a week when it failed, for inspection
@@ -216,6 +244,9 @@ def step(task, *, cache: bool = True, s3: bool = True):
     task.set_caching_options(cache)
     name = task.component_spec.name.replace("_", "-")
     kubernetes.set_timeout(task, TIMEOUTS[name])  # KeyError: a new step needs a deadline here
+    cpu, cpu_limit, memory, memory_limit = RESOURCES[name]  # and its size here
+    task.set_cpu_request(cpu).set_cpu_limit(cpu_limit)
+    task.set_memory_request(memory).set_memory_limit(memory_limit)
     if name in RETRIED:
         num_retries, backoff, factor, longest = RETRY
         task.set_retry(num_retries, backoff_duration=backoff, backoff_factor=factor,
@@ -226,7 +257,21 @@ def step(task, *, cache: bool = True, s3: bool = True):
 # KFP reads each parameter's description from the docstring's Args section (the UI shows it).
 _pipeline.__doc__ = "The kubevae pipeline.\n\nArgs:\n" + "\n".join(
     f"    {name}: {description}" for name, (_, description) in PARAMETERS.items())
-kubevae_pipeline = dsl.pipeline(
-    name=PIPELINE_NAME, description="Ingest images, split them without leakage, tune and train a "
-    "beta-VAE, gate it against the champion and serve it with KServe.",
-    pipeline_config=PIPELINE_CONFIG)(_pipeline)
+DESCRIPTION = ("Ingest images, split them without leakage, tune and train a beta-VAE, gate it "
+               "against the champion and serve it with KServe.")
+
+
+@functools.cache
+def pipeline_for(kfp_backend: str = DEFAULT_KFP_BACKEND):
+    """The pipeline for a KFP backend version: "2.16" (YAML that 2.16 and 2.17 both read) or
+    "2.17" (adds the run's active deadline and TTLs; a 2.16 backend would silently drop the
+    whole Kubernetes platform spec of that YAML)."""
+    if kfp_backend not in KFP_BACKENDS:
+        raise ValueError(f"--kfp-backend: expected one of {', '.join(KFP_BACKENDS)}, "
+                         f"got {kfp_backend!r}")
+    config = PIPELINE_CONFIG if kfp_backend == "2.17" else None
+    return dsl.pipeline(name=PIPELINE_NAME, description=DESCRIPTION,
+                        pipeline_config=config)(_pipeline)
+
+
+kubevae_pipeline = pipeline_for(DEFAULT_KFP_BACKEND)

@@ -17,13 +17,12 @@ from typing import Any
 
 from kfp import compiler
 
-from pipelines.pipeline import PIPELINE_NAME, kubevae_pipeline
+from pipelines.kfp_versions import DEFAULT_KFP_BACKEND
+from pipelines.pipeline import DESCRIPTION, PIPELINE_NAME, pipeline_for
 
 SERVICE_ACCOUNT = "kubevae-pipeline-runner"
 REPO = Path(__file__).resolve().parents[1]
 PAGE_SIZE = 100
-DESCRIPTION = ("Ingest images, split them without leakage, tune and train a beta-VAE, gate it "
-               "against the champion and serve it with KServe.")
 
 
 class KfpError(OSError):
@@ -31,10 +30,13 @@ class KfpError(OSError):
     I/O error, so that the CLI's one error policy prints it (`kubevae pipeline: error: ...`)."""
 
 
-def compile_pipeline(out: str | Path) -> Path:
+def compile_pipeline(out: str | Path, kfp_backend: str = DEFAULT_KFP_BACKEND) -> Path:
+    """The pipeline YAML for a KFP backend version (pipelines.pipeline.pipeline_for): "2.16",
+    the default, runs on 2.16 and 2.17; "2.17" adds the run's deadline and TTLs."""
+    pipeline = pipeline_for(kfp_backend)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(kubevae_pipeline, str(out))
+    compiler.Compiler().compile(pipeline, str(out))
     return out
 
 
@@ -152,14 +154,16 @@ class Uploaded:
 
 
 def upload(host: str, name: str = PIPELINE_NAME, *, namespace: str | None = None,
-           version: str | None = None) -> Uploaded:
+           version: str | None = None, kfp_backend: str | None = None) -> Uploaded:
     """Upload the compiled pipeline: the first time as a new pipeline `name` (its first version
     carries the same name), afterwards as a new version named `version` (default: package
-    version + git commit). An existing version name is an error (409), never overwritten."""
+    version + git commit). An existing version name is an error (409), never overwritten.
+    `kfp_backend`: the backend version the YAML is compiled for (default: 2.16, runs on both)."""
     version = version or version_name()
     kfp_client = client(host, namespace or "kubeflow")
     with _api_errors(host, namespace or ""), tempfile.TemporaryDirectory() as tmp:
-        package = str(compile_pipeline(Path(tmp) / "pipeline.yaml"))
+        package = str(compile_pipeline(Path(tmp) / "pipeline.yaml",
+                                       kfp_backend or DEFAULT_KFP_BACKEND))
         pipeline_id = _pipeline_id(kfp_client, name, namespace)
         if pipeline_id is None:
             pipeline = kfp_client.upload_pipeline(package, pipeline_name=name, namespace=namespace,
@@ -207,12 +211,17 @@ def resolve_version(kfp_client, pipeline: str, version: str | None,
 
 
 def _source(kfp_client, tmp: str, pipeline: str | None, version: str | None,
-            namespace: str | None) -> dict[str, Any]:
-    """Where a run's pipeline comes from: an uploaded version, or the package compiled now."""
+            namespace: str | None, kfp_backend: str | None = None) -> dict[str, Any]:
+    """Where a run's pipeline comes from: an uploaded version, or the package compiled now (for
+    `kfp_backend`, default 2.16)."""
     if pipeline is None:
         if version is not None:
             raise KfpError("--version needs --pipeline (the uploaded pipeline's name)")
-        return {"pipeline_package_path": str(compile_pipeline(Path(tmp) / "pipeline.yaml"))}
+        package = compile_pipeline(Path(tmp) / "pipeline.yaml", kfp_backend or DEFAULT_KFP_BACKEND)
+        return {"pipeline_package_path": str(package)}
+    if kfp_backend is not None:
+        raise KfpError("--kfp-backend applies to the package compiled now; an uploaded version "
+                       "(--pipeline) runs as it was compiled at upload (upload --kfp-backend)")
     pipeline_id, version_id = resolve_version(kfp_client, pipeline, version, namespace)
     return {"pipeline_id": pipeline_id, "version_id": version_id}
 
@@ -223,11 +232,12 @@ def experiment_id(kfp_client, experiment: str, namespace: str) -> str:
 
 def submit(host: str, arguments: dict[str, Any], *, namespace: str = "kubeflow",
            experiment: str = PIPELINE_NAME, run_name: str | None = None,
-           pipeline: str | None = None, version: str | None = None) -> str:
+           pipeline: str | None = None, version: str | None = None,
+           kfp_backend: str | None = None) -> str:
     """One run in `experiment`, as the pipeline's service account."""
     kfp_client = client(host, namespace)
     with _api_errors(host, namespace), tempfile.TemporaryDirectory() as tmp:
-        source = _source(kfp_client, tmp, pipeline, version, namespace)
+        source = _source(kfp_client, tmp, pipeline, version, namespace, kfp_backend)
         run = kfp_client.run_pipeline(
             experiment_id=experiment_id(kfp_client, experiment, namespace),
             job_name=run_name or f"{PIPELINE_NAME} {version or 'local package'}",
@@ -237,7 +247,8 @@ def submit(host: str, arguments: dict[str, Any], *, namespace: str = "kubeflow",
 
 def schedule(host: str, cron: str, arguments: dict[str, Any], *, namespace: str = "kubeflow",
              experiment: str = PIPELINE_NAME, name: str = "kubevae-retrain",
-             pipeline: str | None = None, version: str | None = None) -> str:
+             pipeline: str | None = None, version: str | None = None,
+             kfp_backend: str | None = None) -> str:
     """A recurring retraining run: one at a time (max_concurrency 1), no catch-up of missed
     runs, `previous_split=champion` unless given (every item keeps the champion's split).
     With `pipeline` (and `version`), the schedule runs an uploaded version the UI can show."""
@@ -250,7 +261,7 @@ def schedule(host: str, cron: str, arguments: dict[str, Any], *, namespace: str 
             raise KfpError(f"--name {name!r}: experiment {experiment!r} already has a recurring "
                            "run with that name; delete it first (kubevae pipeline schedules "
                            "delete ID) or choose another --name")
-        source = _source(kfp_client, tmp, pipeline, version, namespace)
+        source = _source(kfp_client, tmp, pipeline, version, namespace, kfp_backend)
         recurring = kfp_client.create_recurring_run(
             experiment_id=experiment_ref, job_name=name, cron_expression=cron,
             max_concurrency=1, no_catchup=True, params=arguments,

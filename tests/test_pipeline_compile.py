@@ -137,7 +137,7 @@ def test_safe_steps_retry_with_backoff_and_others_do_not(spec):
         assert "retryPolicy" not in tasks[name], name  # they create or change cluster state
 
 
-def test_every_step_has_a_timeout_and_the_run_a_deadline_and_ttls(spec):
+def test_every_step_has_a_timeout_and_only_the_2_17_compile_a_run_deadline_and_ttls(spec, tmp_path):
     from pipelines.pipeline import TIMEOUTS
 
     executors = spec["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
@@ -145,5 +145,43 @@ def test_every_step_has_a_timeout_and_the_run_a_deadline_and_ttls(spec):
     for name, executor in executors.items():
         assert int(executor["activeDeadlineSeconds"]) == TIMEOUTS[name.removeprefix("exec-")], name
     assert int(executors["exec-tune"]["activeDeadlineSeconds"]) > 6 * 3600  # beyond the backend's own wait
-    config = spec["platforms"]["kubernetes"]["pipelineConfig"]
+    # The default runs on a 2.16 backend, whose PipelineConfig lacks these (tests/test_kfp_versions.py).
+    assert "pipelineConfig" not in spec["platforms"]["kubernetes"]
+    _, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", "2.17").read_text())
+    config = platform["platforms"]["kubernetes"]["pipelineConfig"]
     assert config == {"activeDeadlineSeconds": 86400, "resourceTtlOnSuccess": 86400, "resourceTtlOnFailure": 604800}
+
+
+def test_an_unknown_kfp_backend_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="--kfp-backend: expected one of 2.16, 2.17, got '2.15'"):
+        compile_pipeline(tmp_path / "p.yaml", "2.15")
+
+
+def _quantity(text: str) -> float:
+    """A Kubernetes CPU or memory quantity in cores or bytes ("250m", "2", "512Mi", "4Gi")."""
+    units = {"m": 1e-3, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if text.endswith(suffix):
+            return float(text.removesuffix(suffix)) * factor
+    return float(text)
+
+
+def test_every_step_requests_and_limits_cpu_and_memory(spec):
+    """A namespace with a ResourceQuota admits only pods that state their requests (and limits,
+    when the quota has limits.*); without requests a pod runs BestEffort."""
+    from pipelines.pipeline import RESOURCES, TIMEOUTS
+
+    assert set(RESOURCES) == set(TIMEOUTS)  # every step, the exit handler's cleanup included
+    executors = spec["deploymentSpec"]["executors"]
+    assert len(executors) == len(RESOURCES)
+    for label, executor in executors.items():
+        name = label.removeprefix("exec-")
+        resources = executor["container"]["resources"]
+        cpu, cpu_limit, memory, memory_limit = RESOURCES[name]
+        assert (resources["resourceCpuRequest"], resources["resourceCpuLimit"],
+                resources["resourceMemoryRequest"], resources["resourceMemoryLimit"]) == RESOURCES[name], name
+        assert 0 < _quantity(cpu) <= _quantity(cpu_limit), name
+        assert 256 * 2**20 <= _quantity(memory) <= _quantity(memory_limit), name  # torch + mlflow import
+    # The metric computations are the heavy steps; the steps that wait on the cluster are light.
+    assert _quantity(RESOURCES["evaluate"][0]) > _quantity(RESOURCES["train"][0])
+    assert _quantity(RESOURCES["gate"][2]) >= _quantity(RESOURCES["evaluate"][2])
