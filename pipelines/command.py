@@ -1,6 +1,7 @@
 """Compile, run, submit or schedule the kubevae pipeline.
 
   kubevae pipeline compile --out kubevae_pipeline.yaml        # upload in the Kubeflow UI
+  kubevae pipeline compile --kfp-backend 2.17                  # + the run's deadline and TTLs
   kubevae pipeline run --local --profile quick                 # the whole DAG on this machine
   kubevae pipeline upload --host URL --name kubevae            # a pipeline (version) for the UI
   kubevae pipeline submit --host URL [--param name=value ...]  # a run on a cluster
@@ -15,20 +16,34 @@ Scheduled runs are one at a time (max_concurrency 1), without catch-up, with
 previous_split=champion unless --param sets it. Authentication to KFP comes from the
 environment (KF_PIPELINES_SA_TOKEN_PATH, KFP_EXISTING_TOKEN or KFP_COOKIES), never from
 parameters. An error the KFP API answers is printed as `kubevae pipeline: error: ...` (exit 2).
+
+`--kfp-backend` (compile, upload, submit, schedule) says which KFP backend the compiled YAML is
+for: 2.16 (the default; Kubeflow 26.03's, and 2.17 reads it too) or 2.17, which adds the run's
+active deadline and TTLs. Never send a 2.17 YAML to a 2.16 backend: its API server drops the
+whole Kubernetes platform spec (Secrets, ConfigMap, labels, step deadlines) without an error.
+A --param value is converted to the parameter's declared type where nothing is lost (300 for a
+float, "1" for an integer, true/false, a JSON or comma-separated list); otherwise the error
+names the parameter, its type and the value.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 
+from pipelines.kfp_versions import DEFAULT_KFP_BACKEND, KFP_BACKENDS
 from pipelines.profiles import PROFILES, profile
+
+KFP_BACKEND_HELP = ("the KFP backend version the YAML is compiled for: 2.16 (default; runs on "
+                    "2.16 and 2.17) or 2.17 (adds the run's active deadline and TTLs; a 2.16 "
+                    "backend would silently drop the whole Kubernetes platform spec)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     c = sub.add_parser("compile", help="write the pipeline YAML for the Kubeflow UI")
     c.add_argument("--out", default="kubevae_pipeline.yaml")
+    c.add_argument("--kfp-backend", choices=KFP_BACKENDS, default=DEFAULT_KFP_BACKEND,
+                   help=KFP_BACKEND_HELP)
     r = sub.add_parser("run", help="run the pipeline locally with kfp.local")
     r.add_argument("--local", action="store_true", required=True,
                    help="run with kfp.local's SubprocessRunner (the only way to run it here)")
@@ -53,6 +68,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             help="the uploaded version to run (default: the newest)")
     k.add_argument("--cron", required=True, help='cron expression, 5 fields ("0 3 * * 1") or 6')
     k.add_argument("--name", default="kubevae-retrain")
+    for action in (s, k, u):
+        # None: the default (2.16); submit and schedule refuse it with --pipeline
+        action.add_argument("--kfp-backend", choices=KFP_BACKENDS, default=None,
+                            help=KFP_BACKEND_HELP)
     u.add_argument("--name", default="kubevae", help="the pipeline's name in the Kubeflow UI")
     u.add_argument("--version", default=None,
                    help="the new version's name (default: package version + git commit)")
@@ -64,18 +83,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def arguments_from(a: argparse.Namespace) -> dict:
-    from pipelines.pipeline import PARAMETERS
+    """The profile's values, then each --param, every one of the parameter's declared type."""
+    from pipelines.params import coerce_arguments, declared_types, from_text
 
-    values = profile(a.profile) if a.profile else {}
+    types = declared_types()
+    values = coerce_arguments(profile(a.profile), types) if a.profile else {}
     for item in a.param:
         name, sep, raw = item.partition("=")
-        if not sep or name not in PARAMETERS:
+        if not sep or name not in types:
             raise ValueError(f"--param {item!r}: expected NAME=VALUE with NAME one of "
-                             f"{', '.join(PARAMETERS)}")
-        try:
-            values[name] = json.loads(raw)
-        except json.JSONDecodeError:
-            values[name] = raw
+                             f"{', '.join(types)}")
+        values[name] = from_text(name, raw, types[name])
     return values
 
 
@@ -83,25 +101,28 @@ def run(a: argparse.Namespace) -> int:
     from pipelines import submit
 
     if a.action == "compile":
-        print(f"wrote {submit.compile_pipeline(a.out)}")
+        backends = "2.16 and 2.17" if a.kfp_backend == "2.16" else f"{a.kfp_backend} only"
+        print(f"wrote {submit.compile_pipeline(a.out, a.kfp_backend)} (for KFP {backends})")
     elif a.action == "run":
         from pipelines.local_run import print_summary, run_local
 
         arguments = {"backend": "local", **arguments_from(a)}
         print_summary(run_local(arguments, a.run_dir))
     elif a.action == "upload":
-        done = submit.upload(a.host, a.name, namespace=a.namespace, version=a.version)
+        done = submit.upload(a.host, a.name, namespace=a.namespace, version=a.version,
+                             kfp_backend=a.kfp_backend)
         what = "created pipeline" if done.created_pipeline else "added version to pipeline"
         print(f"{what} {a.name!r} ({done.pipeline_id}): version {done.version_name!r} "
               f"({done.version_id})")
     elif a.action == "submit":
         run_id = submit.submit(a.host, arguments_from(a), namespace=a.namespace,
-                               experiment=a.experiment, pipeline=a.pipeline, version=a.version)
+                               experiment=a.experiment, pipeline=a.pipeline, version=a.version,
+                               kfp_backend=a.kfp_backend)
         print(f"run id: {run_id}")
     elif a.action == "schedule":
         recurring = submit.schedule(a.host, a.cron, arguments_from(a), namespace=a.namespace,
                                     experiment=a.experiment, name=a.name, pipeline=a.pipeline,
-                                    version=a.version)
+                                    version=a.version, kfp_backend=a.kfp_backend)
         print(f"recurring run id: {recurring}")
     elif a.change == "list":
         for r in submit.list_schedules(a.host, namespace=a.namespace):

@@ -219,11 +219,16 @@ def _source(kfp_client, tmp: str, pipeline: str | None, version: str | None,
             raise KfpError("--version needs --pipeline (the uploaded pipeline's name)")
         package = compile_pipeline(Path(tmp) / "pipeline.yaml", kfp_backend or DEFAULT_KFP_BACKEND)
         return {"pipeline_package_path": str(package)}
-    if kfp_backend is not None:
-        raise KfpError("--kfp-backend applies to the package compiled now; an uploaded version "
-                       "(--pipeline) runs as it was compiled at upload (upload --kfp-backend)")
     pipeline_id, version_id = resolve_version(kfp_client, pipeline, version, namespace)
     return {"pipeline_id": pipeline_id, "version_id": version_id}
+
+
+def _check_source(pipeline: str | None, kfp_backend: str | None) -> None:
+    """Before any request: --kfp-backend chooses how the package is compiled now, so it has no
+    meaning for an uploaded version."""
+    if pipeline is not None and kfp_backend is not None:
+        raise KfpError("--kfp-backend applies to the package compiled now; an uploaded version "
+                       "(--pipeline) runs as it was compiled at upload (upload --kfp-backend)")
 
 
 def experiment_id(kfp_client, experiment: str, namespace: str) -> str:
@@ -235,6 +240,7 @@ def submit(host: str, arguments: dict[str, Any], *, namespace: str = "kubeflow",
            pipeline: str | None = None, version: str | None = None,
            kfp_backend: str | None = None) -> str:
     """One run in `experiment`, as the pipeline's service account."""
+    _check_source(pipeline, kfp_backend)
     kfp_client = client(host, namespace)
     with _api_errors(host, namespace), tempfile.TemporaryDirectory() as tmp:
         source = _source(kfp_client, tmp, pipeline, version, namespace, kfp_backend)
@@ -252,6 +258,7 @@ def schedule(host: str, cron: str, arguments: dict[str, Any], *, namespace: str 
     """A recurring retraining run: one at a time (max_concurrency 1), no catch-up of missed
     runs, `previous_split=champion` unless given (every item keeps the champion's split).
     With `pipeline` (and `version`), the schedule runs an uploaded version the UI can show."""
+    _check_source(pipeline, kfp_backend)
     arguments = {"previous_split": "champion", **arguments}
     cron = to_kfp_cron(cron)
     kfp_client = client(host, namespace)

@@ -69,12 +69,11 @@ print(json.dumps(report))
 def _protoc_includes() -> list[str]:
     """The well-known protos (grpc_tools) and google/rpc/status.proto (googleapis-common-protos),
     which pipeline_spec.proto imports."""
-    import grpc_tools
-
-    well_known = Path(grpc_tools.__file__).parent / "_proto"
+    grpc_tools = importlib.util.find_spec("grpc_tools")
+    assert grpc_tools is not None and grpc_tools.origin, "grpcio-tools is not installed"
     status = importlib.util.find_spec("google.rpc.status_pb2")
     assert status is not None and status.origin, "googleapis-common-protos is not installed"
-    return [str(well_known), str(Path(status.origin).parents[2])]
+    return [str(Path(grpc_tools.origin).parent / "_proto"), str(Path(status.origin).parents[2])]
 
 
 def _compile_protos(version: str, out: Path) -> Path:

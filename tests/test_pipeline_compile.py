@@ -185,3 +185,44 @@ def test_every_step_requests_and_limits_cpu_and_memory(spec):
     # The metric computations are the heavy steps; the steps that wait on the cluster are light.
     assert _quantity(RESOURCES["evaluate"][0]) > _quantity(RESOURCES["train"][0])
     assert _quantity(RESOURCES["gate"][2]) >= _quantity(RESOURCES["evaluate"][2])
+
+
+# -- --kfp-backend through the CLI ---------------------------------------------------------------
+def _platform(path):
+    return list(yaml.safe_load_all(path.read_text()))[1]["platforms"]["kubernetes"]
+
+
+def test_compile_writes_the_2_16_yaml_by_default_and_the_2_17_one_on_request(tmp_path, capsys):
+    from kubevae.cli import main
+
+    assert main(["pipeline", "compile", "--out", str(tmp_path / "default.yaml")]) == 0
+    assert main(["pipeline", "compile", "--out", str(tmp_path / "new.yaml"), "--kfp-backend", "2.17"]) == 0
+    out = capsys.readouterr().out
+    assert "(for KFP 2.16 and 2.17)" in out and "(for KFP 2.17 only)" in out
+    assert "pipelineConfig" not in _platform(tmp_path / "default.yaml")
+    assert _platform(tmp_path / "new.yaml")["pipelineConfig"]["activeDeadlineSeconds"] == 86400
+
+
+def test_submit_and_schedule_send_the_yaml_of_the_chosen_backend(monkeypatch, tmp_path, capsys):
+    from kfp_api_server import KfpApiServer
+
+    from kubevae.cli import main
+
+    monkeypatch.setenv("KFP_EXISTING_TOKEN", "valid-token")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with KfpApiServer(token="valid-token") as kfp:
+        host = ["--host", kfp.url]
+        assert main(["pipeline", "submit", *host]) == 0
+        assert main(["pipeline", "submit", *host, "--kfp-backend", "2.17"]) == 0
+        assert main(["pipeline", "schedule", *host, "--cron", "0 3 * * 1", "--name", "a"]) == 0
+        assert main(["pipeline", "schedule", *host, "--cron", "0 3 * * 1", "--name", "b",
+                     "--kfp-backend", "2.17"]) == 0
+        # --kfp-backend means nothing for an uploaded version: refused before any request
+        before = len(kfp.requests)
+        assert main(["pipeline", "submit", *host, "--pipeline", "kubevae", "--kfp-backend", "2.16"]) == 2
+        assert "--kfp-backend applies to the package compiled now" in capsys.readouterr().err
+        assert len(kfp.requests) == before
+    assert kfp.violations == []
+    sent = [call["body"]["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]
+            for call in kfp.calls("RunService_CreateRun") + kfp.calls("RecurringRunService_CreateRecurringRun")]
+    assert ["pipelineConfig" in platform for platform in sent] == [False, True, False, True]
