@@ -4,13 +4,19 @@
   they name (../shared/crds), made strict: an object schema with properties accepts no other
   keys unless it says x-kubernetes-preserve-unknown-fields (the API server would silently drop
   them; `kubectl apply --validate=strict` rejects them).
+- Which release's CRDs: `Releases(trainer=..., kserve=...)`, the newest by default (Trainer
+  v2.3.0, KServe 0.20); `KUBEFLOW_26_03` is what Kubeflow 26.03 ships (Trainer v2.1.0, KServe
+  0.16.0). `unknown_fields` lists the fields an API server's strict field validation would name
+  (`spec.runtimePatches`), `prune_unknown` drops them as its default validation does; the fake
+  API (k8s_fake) uses both.
 - A Katib Experiment has no schema (its CRD preserves unknown fields); `katib_violations`
   implements the rules of Katib's validating webhook listed in ../shared/crds/README.md, and
   the trial template's PyTorchJob, with every placeholder substituted as the webhook does,
   validates against the schema of its kind (TrainJob or PyTorchJob).
 - A TrainJob's pods are what the Trainer makes of the runtime it names (../shared/runtimes):
   `trainjob_pod_spec` applies spec.trainer to the runtime's `node` container and the
-  runtimePatches to its pod template, as the Trainer does, and the security checks run on that.
+  runtimePatches (Trainer >= v2.2) or podTemplateOverrides (v2.1) to its pod template, as the
+  Trainer does, and the security checks run on that.
 """
 
 from __future__ import annotations
@@ -19,6 +25,8 @@ import copy
 import functools
 import json
 import re
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -35,6 +43,39 @@ CRD_FILES = {
     ("trainer.kubeflow.org", "ClusterTrainingRuntime"): "trainer.kubeflow.org_clustertrainingruntimes.yaml",
 }
 RUNTIME_FILES = {"torch-distributed": "torch_distributed.yaml"}
+# Where each release's CRDs are (../shared/crds/README.md); the top folder holds the newest.
+TRAINER_RELEASES = {"v2.1.0": CRDS / "trainer-v2.1.0", "v2.2.0": CRDS / "trainer-v2.2.0", "v2.3.0": CRDS}
+KSERVE_RELEASES = {"v0.16.0": CRDS / "kserve-v0.16.0", "v0.20": CRDS}
+FAMILIES = {("trainer.kubeflow.org", "TrainJob"): "trainer",
+            ("trainer.kubeflow.org", "ClusterTrainingRuntime"): "trainer",
+            ("serving.kserve.io", "InferenceService"): "kserve"}
+
+
+@dataclass(frozen=True)
+class Releases:
+    """The controller releases whose CRDs an object is checked against."""
+
+    trainer: str = "v2.3.0"
+    kserve: str = "v0.20"
+
+    def __post_init__(self) -> None:
+        assert self.trainer in TRAINER_RELEASES and self.kserve in KSERVE_RELEASES, self
+
+    def folder(self, group: str, kind: str) -> Path:
+        family = FAMILIES.get((group, kind))
+        if family == "trainer":
+            return TRAINER_RELEASES[self.trainer]
+        if family == "kserve":
+            return KSERVE_RELEASES[self.kserve]
+        return CRDS
+
+    def runtime_file(self, name: str) -> Path:
+        folder = TRAINER_RELEASES[self.trainer]
+        return (RUNTIMES if folder == CRDS else folder) / RUNTIME_FILES[name]
+
+
+NEWEST = Releases()
+KUBEFLOW_26_03 = Releases(trainer="v2.1.0", kserve="v0.16.0")
 # Katib's default suggestion and early-stopping services (katib-config in Katib 0.19).
 KATIB_ALGORITHMS = {"random", "tpe", "multivariate-tpe", "cmaes", "grid", "hyperband",
                     "bayesianoptimization", "sobol", "enas", "darts", "pbt"}
@@ -46,18 +87,21 @@ NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?")
 
 
 @functools.cache
-def crd(group: str, kind: str) -> dict:
-    path = CRDS / CRD_FILES[(group, kind)]
+def crd(group: str, kind: str, releases: Releases = NEWEST) -> dict:
+    path = releases.folder(group, kind) / CRD_FILES[(group, kind)]
     return yaml.load(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 (a safe loader)
 
 
-@functools.cache
-def _validator(group: str, kind: str, version: str) -> jsonschema.Validator:
-    for v in crd(group, kind)["spec"]["versions"]:
+def openapi_schema(group: str, kind: str, version: str, releases: Releases = NEWEST) -> dict:
+    for v in crd(group, kind, releases)["spec"]["versions"]:
         if v["name"] == version:
-            schema = strict(v["schema"]["openAPIV3Schema"])
-            return jsonschema.Draft7Validator(schema)
+            return v["schema"]["openAPIV3Schema"]
     raise AssertionError(f"{kind}: the CRD has no version {version}")
+
+
+@functools.cache
+def _validator(group: str, kind: str, version: str, releases: Releases = NEWEST) -> jsonschema.Validator:
+    return jsonschema.Draft7Validator(strict(openapi_schema(group, kind, version, releases)))
 
 
 def strict(schema: Any) -> Any:
@@ -75,14 +119,14 @@ def strict(schema: Any) -> Any:
     return out
 
 
-def schema_errors(obj: dict) -> list[str]:
+def schema_errors(obj: dict, releases: Releases = NEWEST) -> list[str]:
     group, _, version = obj.get("apiVersion", "").rpartition("/")
-    validator = _validator(group, obj.get("kind", ""), version)
+    validator = _validator(group, obj.get("kind", ""), version, releases)
     return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
             for e in sorted(validator.iter_errors(obj), key=lambda e: list(map(str, e.absolute_path)))]
 
 
-def custom_resource_errors(obj: dict) -> list[str]:
+def custom_resource_errors(obj: dict, releases: Releases = NEWEST) -> list[str]:
     """Every problem the API server (schema) or Katib's webhook would find."""
     group = obj.get("apiVersion", "").rpartition("/")[0]
     kind = obj.get("kind")
@@ -90,11 +134,60 @@ def custom_resource_errors(obj: dict) -> list[str]:
         problems = katib_violations(obj)
         trial = substituted_trial_spec(obj)
         if trial is not None:
-            problems += [f"trialSpec: {p}" for p in schema_errors(trial)]
+            problems += [f"trialSpec: {p}" for p in schema_errors(trial, releases)]
         return problems
     if (group, kind) in CRD_FILES:
-        return schema_errors(obj)
+        return schema_errors(obj, releases)
     raise AssertionError(f"no CRD here for {group}/{kind}")
+
+
+# -- what the API server does with fields its CRD does not know -----------------------------
+def _walk_unknown(obj: Any, schema: dict, path: str, found: list[tuple[Any, Any, str]]) -> None:
+    """(container, key, path) of every field of `obj` that `schema` does not declare."""
+    if not isinstance(schema, dict) or schema.get("x-kubernetes-preserve-unknown-fields") \
+            or schema.get("x-kubernetes-int-or-string"):
+        return
+    if isinstance(obj, dict):
+        props = schema.get("properties")
+        extra = schema.get("additionalProperties")
+        for key, value in obj.items():
+            where = f"{path}.{key}" if path else key
+            if props is not None and key in props:
+                if not path and key == "metadata":
+                    continue  # ObjectMeta: the API server's own rules, not the CRD's schema
+                _walk_unknown(value, props[key], where, found)
+            elif isinstance(extra, dict):
+                _walk_unknown(value, extra, where, found)
+            elif props is not None and extra is not True:
+                found.append((obj, key, where))
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(obj):
+            _walk_unknown(item, schema["items"], f"{path}[{i}]", found)
+
+
+def _unknown(obj: dict, releases: Releases) -> list[tuple[Any, Any, str]]:
+    group, _, version = obj.get("apiVersion", "").rpartition("/")
+    if (group, obj.get("kind")) not in CRD_FILES:
+        return []  # a kind without a CRD here (Trials): nothing known to prune
+    found: list[tuple[Any, Any, str]] = []
+    body = {k: v for k, v in obj.items() if k != "status"}  # status is its own subresource
+    _walk_unknown(body, openapi_schema(group, obj["kind"], version, releases), "", found)
+    return found
+
+
+def unknown_fields(obj: dict, releases: Releases = NEWEST) -> list[str]:
+    """The fields of `obj` its CRD (of these releases) does not declare, as the API server's
+    strict field validation names them: `spec.runtimePatches`, `spec.a[0].b`."""
+    return [where for _, _, where in _unknown(obj, releases)]
+
+
+def prune_unknown(obj: dict, releases: Releases = NEWEST) -> dict:
+    """`obj` without the fields its CRD does not declare: what the API server stores when it
+    is not asked for strict field validation (it answers 201 and at most warns)."""
+    out = copy.deepcopy(obj)
+    for container, key, _ in _unknown(out, releases):
+        container.pop(key, None)
+    return out
 
 
 def substituted_trial_spec(experiment: dict) -> dict | None:
@@ -234,7 +327,7 @@ def _is_meta_reference(ref: str) -> bool:
     return key in KATIB_META_KEYS or bool(sub and sub.group(1) in KATIB_META_KEYS)
 
 
-def pod_templates(obj: dict) -> list[tuple[str, dict]]:
+def pod_templates(obj: dict, releases: Releases = NEWEST) -> list[tuple[str, dict]]:
     """(where, pod spec) for every pod template inside a workload or custom resource."""
     kind = obj.get("kind")
     name = (obj.get("metadata") or {}).get("name", "?")
@@ -243,10 +336,10 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
         return [(f"PyTorchJob {name} {r}", s["template"]["spec"])
                 for r, s in (spec.get("pytorchReplicaSpecs") or {}).items()]
     if kind == "TrainJob":
-        return [(f"TrainJob {name} node", trainjob_pod_spec(obj))]
+        return [(f"TrainJob {name} node", trainjob_pod_spec(obj, releases=releases))]
     if kind == "Experiment":
         trial = substituted_trial_spec(obj)
-        return [(f"Experiment {name} trial {w}", s) for w, s in pod_templates(trial)] if trial else []
+        return [(f"Experiment {name} trial {w}", s) for w, s in pod_templates(trial, releases)] if trial else []
     if kind == "InferenceService":
         predictor = copy.deepcopy(spec.get("predictor") or {})
         return [(f"InferenceService {name} predictor", predictor)]
@@ -260,8 +353,8 @@ def pod_templates(obj: dict) -> list[tuple[str, dict]]:
 
 
 @functools.cache
-def runtime(name: str) -> dict:
-    return yaml.safe_load((RUNTIMES / RUNTIME_FILES[name]).read_text())
+def runtime(name: str, releases: Releases = NEWEST) -> dict:
+    return yaml.safe_load(releases.runtime_file(name).read_text())
 
 
 def _merge_named(base: list[dict], patches: list[dict]) -> list[dict]:
@@ -278,14 +371,30 @@ def _merge_named(base: list[dict], patches: list[dict]) -> list[dict]:
     return out
 
 
-def trainjob_pod_spec(trainjob: dict, replicated_job: str = "node") -> dict:
-    """The pod spec the Trainer makes for `replicated_job` of a TrainJob: the runtime's pod
-    template, spec.trainer on its `node` container (image, command, args, env, resources), then
-    every runtime patch (pod fields replace, containers/volumes merge by name). A patch that
-    names a container the runtime lacks is an error: the Trainer cannot add one."""
+def _pod_patches(spec: dict, replicated_job: str) -> list[dict]:
+    """The pod templates (metadata, spec) that a TrainJob's runtime patches (Trainer >= v2.2)
+    or pod template overrides (v2.1) lay over `replicated_job`'s pods, in order."""
+    patches = []
+    for patch in spec.get("runtimePatches") or []:
+        template = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
+        for rj in template.get("replicatedJobs") or []:
+            if rj["name"] == replicated_job:
+                patches.append(((rj.get("template") or {}).get("spec") or {}).get("template") or {})
+    for override in spec.get("podTemplateOverrides") or []:
+        if replicated_job in {t["name"] for t in override.get("targetJobs") or []}:
+            patches.append(override)
+    return patches
+
+
+def trainjob_pod_spec(trainjob: dict, replicated_job: str = "node", releases: Releases = NEWEST) -> dict:
+    """The pod spec the Trainer (of `releases`) makes for `replicated_job` of a TrainJob: the
+    runtime's pod template, spec.trainer on its `node` container (image, command, args, env,
+    resources), then every runtime patch (Trainer >= v2.2) or pod template override (v2.1):
+    pod fields replace, containers/volumes merge by name. A patch or override that names a
+    container the runtime lacks is an error: the Trainer cannot add one."""
     spec = trainjob["spec"]
     ref = spec["runtimeRef"]
-    rt = runtime(ref["name"])
+    rt = runtime(ref["name"], releases)
     assert (ref.get("kind", "ClusterTrainingRuntime"), ref.get("apiGroup", "trainer.kubeflow.org")) == \
         (rt["kind"], rt["apiVersion"].split("/")[0]), f"runtimeRef {ref} does not name {rt['kind']} {ref['name']}"
     [job] = [j for j in rt["spec"]["template"]["spec"]["replicatedJobs"] if j["name"] == replicated_job]
@@ -297,20 +406,25 @@ def trainjob_pod_spec(trainjob: dict, replicated_job: str = "node") -> dict:
         if key in trainer:
             node[field] = copy.deepcopy(trainer[key])
     node["env"] = _merge_named(node.get("env") or [], trainer.get("env") or [])
-    for patch in spec.get("runtimePatches") or []:
-        template = ((patch.get("trainingRuntimeSpec") or {}).get("template") or {}).get("spec") or {}
-        for rj in template.get("replicatedJobs") or []:
-            if rj["name"] != replicated_job:
-                continue
-            pod_patch = ((rj.get("template") or {}).get("spec") or {}).get("template", {}).get("spec") or {}
-            for key, value in pod_patch.items():
-                if key in ("containers", "initContainers"):
-                    have = {c["name"] for c in pod.get(key) or []}
-                    unknown = {c["name"] for c in value} - have
-                    assert not unknown, f"runtime patch names {key} {sorted(unknown)} the runtime lacks"
-                    pod[key] = _merge_named(pod.get(key) or [], value)
-                elif key == "volumes":
-                    pod[key] = _merge_named(pod.get(key) or [], value)
-                else:
-                    pod[key] = copy.deepcopy(value)
+    for template in _pod_patches(spec, replicated_job):
+        for key, value in (template.get("spec") or {}).items():
+            if key in ("containers", "initContainers"):
+                have = {c["name"] for c in pod.get(key) or []}
+                unknown = {c["name"] for c in value} - have
+                assert not unknown, f"runtime patch names {key} {sorted(unknown)} the runtime lacks"
+                pod[key] = _merge_named(pod.get(key) or [], value)
+            elif key == "volumes":
+                pod[key] = _merge_named(pod.get(key) or [], value)
+            else:
+                pod[key] = copy.deepcopy(value)
     return pod
+
+
+def trainjob_pod_metadata(trainjob: dict, replicated_job: str = "node") -> dict[str, dict[str, str]]:
+    """The labels and annotations that the runtime patches or pod template overrides put on
+    `replicated_job`'s pods (what the NetworkPolicies and Istio read)."""
+    metadata: dict[str, dict[str, str]] = {"labels": {}, "annotations": {}}
+    for template in _pod_patches(trainjob["spec"], replicated_job):
+        for key, values in metadata.items():
+            values.update((template.get("metadata") or {}).get(key) or {})
+    return metadata

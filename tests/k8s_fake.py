@@ -6,6 +6,13 @@ does not know fails the test, so the recorded calls are the complete list that t
 must allow. Objects live in a dict store; statuses are scripted per resource plural and
 delivered one per watch call, and a watch with nothing to deliver advances the fake clock by
 its timeout, as a real watch would block.
+
+Creates and patches meet the CRDs of the releases the fake serves (`releases`, the newest by
+default; k8s_checks.KUBEFLOW_26_03 for Kubeflow 26.03's Trainer v2.1.0 and KServe 0.16.0) as
+an API server does: with fieldValidation=Strict a field the CRD does not declare is refused
+(400, `strict decoding error: unknown field "spec.x"`); without it the field is dropped and the
+request succeeds with a warning (`warnings`). dryRun=All validates and runs the admission
+checks (`admission`) but stores nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
+from k8s_checks import NEWEST, Releases, prune_unknown, unknown_fields
 from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
@@ -37,6 +45,8 @@ class Call:
     namespace: str
     name: str | None
     body: Any = None
+    dry_run: str | None = None
+    field_validation: str | None = None
 
     @property
     def rbac(self) -> tuple[str, str, str]:
@@ -110,8 +120,12 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class FakeCluster:
-    def __init__(self, clock: FakeClock | None = None):
+    def __init__(self, clock: FakeClock | None = None, releases: Releases = NEWEST):
         self.clock = clock or FakeClock()
+        self.releases = releases
+        self.warnings: list[str] = []  # what a real server sends in Warning headers
+        # plural -> check(body) that returns a denial message or None (an admission webhook)
+        self.admission: dict[str, Callable[[dict], str | None]] = {}
         self.calls: list[Call] = []
         self.objects: dict[tuple[str, str, str, str], dict] = {}
         self.scripts: dict[str, deque] = defaultdict(deque)
@@ -154,15 +168,41 @@ class FakeCluster:
         self.logs[(namespace, pod)].append((at, line))
 
     def created(self, plural: str) -> list[dict]:
-        return [c.body for c in self.calls if c.verb == "create" and c.resource == plural]
+        """The bodies of the creates that were meant to persist (not dry runs)."""
+        return [c.body for c in self.calls if c.verb == "create" and c.resource == plural and not c.dry_run]
+
+    def dry_runs(self, plural: str) -> list[dict]:
+        return [c.body for c in self.calls if c.verb == "create" and c.resource == plural and c.dry_run]
 
     def verbs(self) -> set[tuple[str, str, str]]:
         return {c.rbac for c in self.calls}
 
     # -- internals ------------------------------------------------------------------------
     def record(self, verb: str, group: str, version: str, resource: str, namespace: str,
-               name: str | None = None, body: Any = None) -> None:
-        self.calls.append(Call(verb, group, version, resource, namespace, name, copy.deepcopy(body)))
+               name: str | None = None, body: Any = None, dry_run: str | None = None,
+               field_validation: str | None = None) -> None:
+        self.calls.append(Call(verb, group, version, resource, namespace, name, copy.deepcopy(body),
+                               dry_run, field_validation))
+
+    def admit(self, plural: str, obj: dict, field_validation: str | None) -> dict:
+        """What the API server makes of a written object: a strict write with fields the CRD
+        does not declare is refused; otherwise they are dropped (with a warning); then the
+        admission check of `plural` runs."""
+        unknown = unknown_fields(obj, self.releases)
+        kind, version = obj.get("kind", ""), obj.get("apiVersion", "").rpartition("/")[2]
+        if unknown and field_validation == "Strict":
+            raise _status_error(400, "Bad Request", "BadRequest",
+                                f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding '
+                                f'error: {", ".join(f"unknown field {json.dumps(u)}" for u in unknown)}')
+        if unknown:
+            self.warnings += [f"unknown field {json.dumps(u)}" for u in unknown]
+            obj = prune_unknown(obj, self.releases)
+        check = self.admission.get(plural)
+        denial = check(obj) if check else None
+        if denial:
+            raise _status_error(400, "Bad Request", "BadRequest",
+                                f'admission webhook "validate.{plural}" denied the request: {denial}')
+        return obj
 
     def newest(self, plural: str) -> dict | None:
         candidates = [o for (g, p, ns, n), o in self.objects.items() if p == plural]
@@ -170,6 +210,13 @@ class FakeCluster:
 
     def bump(self, obj: dict) -> None:
         obj["metadata"]["resourceVersion"] = str(next(self._versions))
+
+
+def _status_error(status: int, reason: str, status_reason: str, message: str) -> ApiException:
+    e = ApiException(status=status, reason=reason)
+    e.body = json.dumps({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                         "message": message, "reason": status_reason, "code": status})
+    return e
 
 
 def _not_found(kind: str, name: str) -> ApiException:
@@ -182,12 +229,17 @@ class _CustomObjectsApi:
     def __init__(self, cluster: FakeCluster):
         self.c = cluster
 
-    def create_namespaced_custom_object(self, group, version, namespace, plural, body, **kwargs):
+    def create_namespaced_custom_object(self, group, version, namespace, plural, body, dry_run=None,
+                                        field_validation=None, **kwargs):
+        assert dry_run in (None, "All"), f"dryRun={dry_run!r}: the API server accepts only All"
         body = ApiClient().sanitize_for_serialization(body)
         name = body["metadata"]["name"]
-        self.c.record("create", group, version, plural, namespace, name, body)
+        self.c.record("create", group, version, plural, namespace, name, body, dry_run, field_validation)
+        body = self.c.admit(plural, body, field_validation)
         if (group, plural, namespace, name) in self.c.objects:
             raise ApiException(status=409, reason="AlreadyExists")
+        if dry_run:
+            return {**copy.deepcopy(body), "metadata": {**body["metadata"], "namespace": namespace}}
         return copy.deepcopy(self.c.put(group, plural, namespace, body))
 
     def get_namespaced_custom_object(self, group, version, namespace, plural, name, async_req=False, **kwargs):
@@ -227,13 +279,15 @@ class _CustomObjectsApi:
             return _WatchResponse([])
         return _WatchResponse([{"type": "MODIFIED", "object": copy.deepcopy(target)}])
 
-    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, **kwargs):
-        self.c.record("patch", group, version, plural, namespace, name, body)
+    def patch_namespaced_custom_object(self, group, version, namespace, plural, name, body, dry_run=None,
+                                       field_validation=None, **kwargs):
+        assert dry_run is None, "the launchers never dry-run a patch"
+        self.c.record("patch", group, version, plural, namespace, name, body, dry_run, field_validation)
         key = (group, plural, namespace, name)
         if key not in self.c.objects:
             raise _not_found(plural, name)
         obj = self.c.objects[key]
-        patched = merge_patch(obj, body)
+        patched = self.c.admit(plural, merge_patch(obj, body), field_validation)
         if patched.get("spec") != obj.get("spec"):
             patched["metadata"]["generation"] = obj["metadata"].get("generation", 1) + 1
         self.c.objects[key] = patched

@@ -236,8 +236,13 @@ def test_train_submits_a_valid_job_streams_node0s_log_and_downloads_the_model(tm
     assert out.result.training_api == api  # what the model's metadata records
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["config.json", "metrics.json",
                                                                       "model.safetensors"]
-    expected = ["create", "list", "watch", "watch", "watch"] + (["get"] if api == "pytorchjob" else [])
+    # a TrainJob is first dry-run (which shape the cluster's Trainer serves); a PyTorchJob has one
+    expected = (["create"] if api == "trainer" else []) + ["create", "list", "watch", "watch", "watch"] + \
+        (["get"] if api == "pytorchjob" else [])
     assert verbs(out, PLURALS[api]) == expected
+    creates = [c for c in out.cluster.calls if c.verb == "create"]
+    assert [(c.dry_run, c.field_validation) for c in creates] == \
+        ([("All", "Strict")] if api == "trainer" else []) + [(None, "Strict")]
 
 
 @pytest.mark.parametrize("api", APIS)

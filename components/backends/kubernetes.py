@@ -1,5 +1,10 @@
 """The kubernetes backend: a Katib Experiment, a TrainJob (or PyTorchJob) and a KServe InferenceService.
 
+Before it creates a TrainJob or an Experiment with TrainJob trials, a step makes one strict
+server-side dry run of the job (launchers.choose_shape): Trainer >= v2.2 gets runtimePatches
+and activeDeadlineSeconds, Trainer v2.1 (Kubeflow 26.03) podTemplateOverrides, and a Trainer
+that serves neither fails the step before anything is created.
+
 - tune:   a Katib Experiment (tpe by default, medianstop, StdOut metrics) whose trials are
           TrainJobs (or PyTorchJobs: ClusterSettings.training_api) running `kubevae train` on
           the split in object storage; waited on, its optimal trial and every trial read back.
@@ -44,10 +49,10 @@ from components.backends.base import (
 )
 from components.k8s import launchers, to_dict
 from components.k8s.inferenceservice import build_inference_service, storage_uri_for
-from components.k8s.katib import Tuning, build_experiment
+from components.k8s.katib import Tuning, build_experiment, trial_instance
 from components.k8s.pytorchjob import RUN_LABEL, TrainingJob
 from components.k8s.security import Resources
-from components.k8s.training_apis import TrainingApi, training_api
+from components.k8s.training_apis import JobShape, TrainingApi, training_api
 from components.search_space import Parameter
 from kubevae import objectstore
 from kubevae.training.command import train_argv
@@ -88,7 +93,13 @@ class KubernetesBackend:
     # -- tune -----------------------------------------------------------------------------
     def tune(self, request: TuneRequest) -> TuneResult:
         namespace = self._namespace(request.cluster.namespace)
-        experiment = self.tune_experiment(request, namespace, self._name(request.name))
+        name = self._name(request.name)
+        api = training_api(request.cluster.training_api)
+        # Katib creates the trials without strict validation and cannot be asked to dry-run:
+        # one trial's job is dry-run here, and the Experiment gets the shape the cluster accepts.
+        shape = launchers.choose_shape(self.api, namespace, api, lambda s: trial_instance(
+            to_dict(self.tune_experiment(request, namespace, name, s)), f"{name}-dry-run", namespace), self.log)
+        experiment = self.tune_experiment(request, namespace, name, shape)
         katib = launchers.KatibLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
         name = katib.create(experiment)
         katib.wait(name)
@@ -104,8 +115,9 @@ class KubernetesBackend:
                           direction=search_objective(request.objective_metric).direction,
                           best_trial=chosen, algorithm=request.algorithm)
 
-    def tune_experiment(self, request: TuneRequest, namespace: str | None, name: str):
-        """The Katib Experiment that `tune` submits."""
+    def tune_experiment(self, request: TuneRequest, namespace: str | None, name: str,
+                        shape: JobShape | None = None):
+        """The Katib Experiment that `tune` submits, its trials in `shape` (default: the newest)."""
         _require_object_uri("tune: data_uri", request.data_uri)
         space = request.search_space
         tuning = Tuning.for_objective(request.objective_metric, algorithm=request.algorithm,
@@ -125,7 +137,7 @@ class KubernetesBackend:
             checkpoint_claim=self.options.checkpoint_claim, s3_secret=request.cluster.s3_secret,
             env=self._mlflow_env(), component="tune-trial", labels=run_labels(request.cluster))
         return build_experiment(name, namespace, space, trial, tuning, api=api,
-                                labels=dict(run_labels(request.cluster)))
+                                labels=dict(run_labels(request.cluster)), shape=shape)
 
     # -- train ----------------------------------------------------------------------------
     def train(self, request: TrainRequest) -> TrainResult:
@@ -133,7 +145,16 @@ class KubernetesBackend:
 
         namespace = self._namespace(request.cluster.namespace)
         api = training_api(request.cluster.training_api)
-        job = self.train_job(request, namespace, self._name(request.name))
+        name = self._name(request.name)
+        shape = launchers.choose_shape(self.api, namespace, api,
+                                       lambda s: self.train_job(request, namespace, name, s), self.log)
+        job = self.train_job(request, namespace, name, shape)
+        if not shape.job_deadline:
+            self.log(f"{api.kind} {namespace}/{name}: {shape.releases} has no activeDeadlineSeconds; this "
+                     f"step deletes the job if it has not finished within {request.cluster.timeout_seconds}s")
+        if not shape.pod_security:
+            self.log(f"{api.kind} {namespace}/{name}: {shape.releases} cannot set the pods' security "
+                     f"contexts; they run as the image's non-root user with the runtime's defaults")
         launcher = job_launcher(api, self.api, namespace, self._waiting(request.cluster), self.log)
         launcher.wait(launcher.create(job))
         count = objectstore.download(self._store(), request.out_uri, request.out_dir)
@@ -141,8 +162,9 @@ class KubernetesBackend:
         return TrainResult(request.out_dir, read_json(Path(request.out_dir) / "metrics.json"),
                            training_api=api.name)
 
-    def train_job(self, request: TrainRequest, namespace: str | None, name: str):
-        """The TrainJob or PyTorchJob (request.cluster.training_api) that `train` submits."""
+    def train_job(self, request: TrainRequest, namespace: str | None, name: str, shape: JobShape | None = None):
+        """The TrainJob or PyTorchJob (request.cluster.training_api) that `train` submits, in
+        `shape` (default: the newest)."""
         _require_object_uri("train: data_uri", request.data_uri)
         _require_object_uri("train: out_uri", request.out_uri)
         args = tuple(train_argv(train_options(request)))
@@ -154,7 +176,7 @@ class KubernetesBackend:
             checkpoint_claim=self.options.checkpoint_claim, checkpoint_folder=name,
             s3_secret=request.cluster.s3_secret, env=self._mlflow_env(),
             active_deadline_seconds=request.cluster.timeout_seconds, labels=run_labels(request.cluster))
-        return training_api(request.cluster.training_api).build(job, name, namespace)
+        return training_api(request.cluster.training_api).build(job, name, namespace, shape)
 
     # -- deploy ---------------------------------------------------------------------------
     def deploy(self, request: DeployRequest) -> DeployResult:

@@ -14,6 +14,7 @@ any Katib Experiment, PyTorchJob or InferenceService.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -28,3 +29,10 @@ def to_dict(obj: Any) -> Any:
         # models define it; pydantic's BaseModel, all mypy knows of obj here, does not)
         return obj.to_dict()  # type: ignore[attr-defined]
     return ApiClient().sanitize_for_serialization(obj)
+
+
+def unknown_fields(message: str) -> list[str]:
+    """The fields an API server's strict field validation named as unknown in its answer
+    (`strict decoding error: unknown field "spec.runtimePatches", unknown field ...`), in
+    order; the message may be the Status body as JSON text (quotes escaped)."""
+    return re.findall(r'unknown field \\?"([^"\\]+)\\?"', message)

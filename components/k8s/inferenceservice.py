@@ -16,6 +16,9 @@ how a canary works depends on it (components.k8s.launchers.InferenceServiceLaunc
 - Standard-direct: Standard mode without canary support (no Gateway API, or KServe < 0.20,
                    where canaryTrafficPercent is silently ignored): an update replaces the model
                    directly, which must be asked for with canary_percent 0.
+KServe 0.16 (what Kubeflow 26.03 ships) has no spec.canary[] (nor a predictor `name`): the
+launcher writes with strict field validation, so a Standard canary there is refused by the API
+server before anything changes, and `unserved` says what to use instead.
 """
 
 from __future__ import annotations
@@ -55,6 +58,20 @@ CANARY_EXCLUDED = ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "
 
 
 PREDICTOR_RESOURCES = Resources(cpu="1", memory="2Gi")
+# The fields kubevae writes that only some KServe releases serve (Standard mode's canary).
+SPEC_CANARY_RELEASE = "KServe >= 0.20 (0.16, what Kubeflow 26.03 ships, has no spec.canary[])"
+FIELD_RELEASES = {"spec.canary": SPEC_CANARY_RELEASE, "spec.predictor.name": SPEC_CANARY_RELEASE}
+NO_SPEC_CANARY_ADVICE = ("deployment_mode=Standard cannot run a canary on this cluster's KServe; use "
+                         "deployment_mode=Standard-direct with canary_percent=0 (the new model replaces "
+                         "the old one once it passes the smoke test), or deployment_mode=Knative")
+
+
+def unserved(fields: list[str]) -> str:
+    """What to say when the API server refused a strict write naming `fields` as unknown."""
+    needs = sorted({FIELD_RELEASES[f] for f in fields if f in FIELD_RELEASES})
+    text = (f"the cluster's InferenceService CRD does not know {', '.join(fields)}"
+            + (f" (needs {'; '.join(needs)})" if needs else "") + "; nothing was changed")
+    return f"{text}. {NO_SPEC_CANARY_ADVICE}" if needs else text
 
 
 def check_deployment_mode(mode: str) -> str:

@@ -1,8 +1,9 @@
 """A Katib Experiment (kubeflow.org/v1beta1, Katib 0.19) whose trials are TrainJobs or PyTorchJobs.
 
 The trial template is the TrainJob of `components.k8s.trainjob` (Katib 0.19 runs TrainJob
-trials: primaryContainerName `node`, node 0 as the primary pod) or the PyTorchJob of
-`components.k8s.pytorchjob`, as `components.k8s.training_apis` chooses, with the search-space
+trials: primaryContainerName `node`, node 0 as the primary pod), in the shape the cluster's
+Trainer serves, or the PyTorchJob of `components.k8s.pytorchjob`, as
+`components.k8s.training_apis` chooses, with the search-space
 values as `${trialParameters.NAME}` placeholders in the `kubevae train` flags. Katib's StdOut
 collector reads the per-epoch `name=value` lines (`epoch=3 ... val_mig=0.21 ...`),
 timestamped by the container's entry point. The objective's direction (`objective.type`) comes
@@ -41,7 +42,7 @@ from kubernetes.client import V1ObjectMeta
 
 from components.k8s import to_dict
 from components.k8s.pytorchjob import COMMON_LABELS, TrainingJob
-from components.k8s.training_apis import TRAINING_APIS, TrainingApi
+from components.k8s.training_apis import TRAINING_APIS, JobShape, TrainingApi
 from components.search_space import SearchSpace
 
 API_VERSION = "kubeflow.org/v1beta1"
@@ -109,17 +110,20 @@ def trial_placeholders(space: SearchSpace) -> dict[str, str]:
 
 def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial: TrainingJob,
                      tuning: Tuning = Tuning(), api: TrainingApi = TRAINING_APIS["trainer"],
-                     labels: dict[str, str] | None = None) -> V1beta1Experiment:
+                     labels: dict[str, str] | None = None, shape: JobShape | None = None) -> V1beta1Experiment:
     """The Experiment. `trial.train_args` holds the fixed `kubevae train` flags; the
     search-space flags are appended as placeholders. Katib's success and failure conditions
-    and primary pod labels for the kind are written out, so the template says what it does."""
+    and primary pod labels for the kind are written out, so the template says what it does.
+    The trial is the job in `shape` (default: the newest), the one the cluster's controller
+    accepted in the tune step's dry run: Katib creates the trials without strict field
+    validation, so a field the cluster does not know would be dropped silently."""
     _check_algorithm(space, tuning)
     template_job = replace(trial, train_args=(
         *_without_resource_flag(trial.train_args, tuning),
         *space.train_args(trial_placeholders(space)),
         "--run-name", f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}"),
         checkpoint_folder=f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}", component="tune-trial")
-    trial_spec = to_dict(api.build(template_job))  # no metadata: Katib names the trials
+    trial_spec = to_dict(api.build(template_job, shape=shape))  # no metadata: Katib names the trials
     trial_parameters = [V1beta1TrialParameterSpec(name=n, reference=n, description=f"search-space {n}")
                         for n in space.names]
     trial_parameters.append(V1beta1TrialParameterSpec(
@@ -144,6 +148,28 @@ def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial
                 primary_container_name=api.container, primary_pod_labels=dict(api.primary_pod_labels),
                 success_condition=api.success_condition, failure_condition=api.failure_condition,
                 trial_parameters=trial_parameters, trial_spec=trial_spec)))
+
+
+def trial_instance(experiment: dict[str, Any], name: str, namespace: str | None) -> dict[str, Any]:
+    """One trial's job as Katib creates it from the Experiment (JSON): the trialSpec with every
+    `${trialParameters.X}` replaced (search-space parameters by the lower end of their range or
+    their first value, the trial name by `name`), named `name`. What the tune step dry-runs."""
+    import json
+
+    spec = experiment["spec"]
+    values = {TRIAL_NAME_PARAMETER: name}
+    for p in spec.get("parameters") or []:
+        space = p.get("feasibleSpace") or {}
+        values[p["name"]] = str(space["min"] if "min" in space else (space.get("list") or ["0"])[0])
+    text = json.dumps(spec["trialTemplate"]["trialSpec"])
+    for p in spec["trialTemplate"]["trialParameters"]:
+        reference = p["reference"]
+        value = name if reference == "${trialSpec.Name}" else values[reference]
+        text = text.replace(f"${{trialParameters.{p['name']}}}", value)
+    job = json.loads(text)
+    job["metadata"] = {**(job.get("metadata") or {}), "name": name,
+                       **({"namespace": namespace} if namespace else {})}
+    return job
 
 
 def hyperband_min_parallel(space: SearchSpace, tuning: Tuning) -> int:

@@ -18,6 +18,12 @@ the job's node 0 (the PyTorchJob Master, the TrainJob's node-0 pod) are printed.
 with its Complete or Failed condition. A timeout deletes the Experiment or job (so that it stops
 holding GPUs) and raises ResourceTimeout; a failure raises ResourceFailed with the
 resource's own reason, message and where to look.
+
+Every create and patch asks for strict field validation (fieldValidation=Strict): by default an
+API server drops the fields its CRD does not know and answers 201, so a job meant for a newer
+controller would run without its pod settings. `choose_shape` makes one strict server-side dry
+run (dryRun=All) of a training job per shape its TrainingApi knows, newest first, and returns
+the newest the cluster accepts: the tune and train steps call it before they create anything.
 """
 
 from __future__ import annotations
@@ -34,10 +40,13 @@ from kubernetes.client.rest import ApiException
 from components.k8s import inferenceservice as isvc_kind
 from components.k8s import katib as katib_kind
 from components.k8s import pytorchjob as job_kind
-from components.k8s import to_dict
+from components.k8s import to_dict, unknown_fields
 from components.k8s import trainjob as trainjob_kind
+from components.k8s.training_apis import JobShape, TrainingApi
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+# Unknown fields are an error, not silently dropped (the API server's default is Warn).
+STRICT = "Strict"
 # Pod states that never resolve by waiting: fail at once instead of at the timeout.
 FATAL_WAITING = {"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                  "CreateContainerConfigError", "CreateContainerError"}
@@ -209,6 +218,45 @@ def _dummy_configuration():
     return Configuration()  # the SDK clients' own transport is replaced by the KubeApi's
 
 
+# -- which shape of a training job the cluster serves ----------------------------------------
+def choose_shape(api: KubeApi, namespace: str, training: TrainingApi, build: Callable[[JobShape], Any],
+                 log: Callable[[str], None] = print) -> JobShape:
+    """The newest shape of `training`'s job that the cluster accepts. `build(shape)` makes the
+    job (with a name) in that shape; each is created with dryRun=All and strict field
+    validation, so nothing is persisted, and the controller's admission webhook sees it too.
+    A refusal that names the shape's own fields as unknown moves to the next older shape; any
+    other refusal, or one of the last shape, raises ResourceFailed naming the fields and the
+    releases that serve them. An API with one shape needs no dry run."""
+    if len(training.shapes) == 1:
+        return training.shapes[0]
+    refusals: list[tuple[JobShape, list[str]]] = []
+    shape: JobShape | None = training.shapes[0]
+    while shape is not None:
+        body = to_dict(build(shape))
+        where = f"{training.kind} {namespace}/{body['metadata']['name']}"
+        try:
+            api.custom.create_namespaced_custom_object(training.group, training.version, namespace,
+                                                       training.plural, body, dry_run="All",
+                                                       field_validation=STRICT)
+        except ApiException as e:
+            rejected = unknown_fields(f"{e.reason} {e.body}")
+            if e.status != 400 or not rejected:
+                raise ResourceFailed(_describe_api_error(
+                    f"dry run of {where} (nothing was created)", e)) from e
+            refusals.append((shape, rejected))
+            older = training.older_than(shape, rejected)
+            if older is None:
+                raise ResourceFailed(f"dry run of {where} (nothing was created): "
+                                     f"{training.unserved(refusals)}") from e
+            log(f"{where}: the cluster does not know {', '.join(rejected)} ({shape.releases}); "
+                f"trying the {older.name} shape ({older.releases})")
+            shape = older
+            continue
+        log(f"{where}: the cluster accepts the {shape.name} shape ({shape.releases}; dry run)")
+        return shape
+    raise AssertionError("unreachable: the loop returns or raises")
+
+
 # -- Katib ---------------------------------------------------------------------------------
 @dataclass
 class TrialSummary:
@@ -244,8 +292,10 @@ class KatibLauncher:
 
     def create(self, experiment) -> str:
         name = experiment.metadata.name
-        try:
-            self.client.create_experiment(experiment, namespace=self.namespace)
+        try:  # not KatibClient.create_experiment: it cannot ask for strict field validation
+            self.api.custom.create_namespaced_custom_object(
+                EXPERIMENT.group, EXPERIMENT.version, self.namespace, EXPERIMENT.plural, to_dict(experiment),
+                field_validation=STRICT)
         except Exception as e:
             raise ResourceFailed(_describe_api_error(f"creating Experiment {self.namespace}/{name}", e)) from e
         self.log(f"created Experiment {self.namespace}/{name}")
@@ -339,8 +389,10 @@ class PyTorchJobLauncher:
 
     def create(self, job) -> str:
         name = job.metadata.name
-        try:
-            self.client.create_job(job=job, namespace=self.namespace)
+        try:  # not TrainingClient.create_job: it cannot ask for strict field validation
+            self.api.custom.create_namespaced_custom_object(
+                PYTORCHJOB.group, PYTORCHJOB.version, self.namespace, PYTORCHJOB.plural, to_dict(job),
+                field_validation=STRICT)
         except Exception as e:
             raise ResourceFailed(_describe_api_error(f"creating PyTorchJob {self.namespace}/{name}", e)) from e
         self.log(f"created PyTorchJob {self.namespace}/{name}")
@@ -397,7 +449,7 @@ class TrainJobLauncher:
         body = to_dict(job)
         name = body["metadata"]["name"]
         try:
-            self.api.custom.create_namespaced_custom_object(*self._path, body)
+            self.api.custom.create_namespaced_custom_object(*self._path, body, field_validation=STRICT)
         except ApiException as e:
             raise ResourceFailed(_describe_api_error(f"creating TrainJob {self.namespace}/{name}", e)) from e
         self.log(f"created TrainJob {self.namespace}/{name}")
@@ -607,7 +659,7 @@ class InferenceServiceLauncher:
 
     def _first(self, name: str, body: dict, model: str, smoke) -> Rollout:
         try:
-            created = self.api.custom.create_namespaced_custom_object(*self._path, body)
+            created = self.api.custom.create_namespaced_custom_object(*self._path, body, field_validation=STRICT)
         except ApiException as e:
             raise ResourceFailed(_describe_api_error(f"creating InferenceService {self.namespace}/{name}", e)) from e
         self.log(f"created InferenceService {self.namespace}/{name}")
@@ -623,9 +675,14 @@ class InferenceServiceLauncher:
 
     def _patch(self, name: str, patch: dict) -> dict:
         try:
-            return self.api.custom.patch_namespaced_custom_object(*self._path, name, patch)
+            return self.api.custom.patch_namespaced_custom_object(*self._path, name, patch,
+                                                                  field_validation=STRICT)
         except ApiException as e:
-            raise ResourceFailed(_describe_api_error(f"patching InferenceService {self.namespace}/{name}", e)) from e
+            where = f"patching InferenceService {self.namespace}/{name}"
+            rejected = unknown_fields(f"{e.reason} {e.body}") if e.status == 400 else []
+            if rejected:  # a field this cluster's KServe does not serve: nothing was changed
+                raise ResourceFailed(f"{where}: {isvc_kind.unserved(rejected)}") from e
+            raise ResourceFailed(_describe_api_error(where, e)) from e
 
     def _delete(self, name: str) -> None:
         try:

@@ -1,4 +1,4 @@
-"""A TrainJob (trainer.kubeflow.org/v1alpha1, Kubeflow Trainer 2.3) that runs `kubevae train`.
+"""A TrainJob (trainer.kubeflow.org/v1alpha1, Kubeflow Trainer v2.1 to v2.3) that runs `kubevae train`.
 
 The job names the torch runtime in `runtimeRef` (the `torch-distributed` ClusterTrainingRuntime
 a Trainer install provides, ../shared/runtimes/torch_distributed.yaml); the Trainer fills the
@@ -14,10 +14,19 @@ The torch runtime injects PET_NNODES, PET_NPROC_PER_NODE, PET_NODE_RANK, PET_MAS
 PET_MASTER_PORT; kubevae.training.distributed maps them (or torchrun reads them).
 
 What the pod template needs beyond that (service account, pod and container security contexts,
-GPU tolerations, the scratch/data/work/checkpoint volumes and their mounts, the Istio opt-out)
-goes into one `runtimePatches` entry owned by MANAGER. A runtime patch can change containers
-the runtime has but cannot add one, so the split is downloaded by the entry point instead of an
-init container. `activeDeadlineSeconds` is the job's timeout. Every run passes `--resume auto`
+GPU tolerations, the scratch/data/work/checkpoint volumes and their mounts, the Istio opt-out,
+the labels the NetworkPolicies select) comes in the shape the cluster's Trainer serves
+(`shape`; components.k8s.training_apis says which releases serve which, and the launchers find
+out with a dry run):
+  runtimePatches        (Trainer >= v2.2) one `runtimePatches` entry owned by MANAGER, and
+                        `activeDeadlineSeconds` as the job's timeout
+  podTemplateOverrides  (Trainer v2.1) one `podTemplateOverrides` entry for the `node` job: the
+                        same labels, annotations, service account, tolerations, volumes and
+                        mounts, but no security contexts (v2.1 cannot override them: the pods
+                        run as the image's user 10001 under the runtime's defaults) and no
+                        deadline (the launcher deletes the job at its timeout)
+Either can change containers the runtime has but cannot add one, so the split is downloaded by
+the entry point instead of an init container. Every run passes `--resume auto`
 with a checkpoint folder: a restarted container (the runtime's Jobs restart OnFailure) continues
 from its newest valid checkpoint; with a shared claim, so does a replaced pod.
 """
@@ -78,6 +87,7 @@ RUNTIME = "torch-distributed"  # the ClusterTrainingRuntime of a Trainer install
 RUNTIME_KIND = "ClusterTrainingRuntime"
 NODE = "node"  # the runtime's replicated job and container; Katib's primary container
 MANAGER = "kubevae.io/pipeline"  # owner of our runtime patch
+RUNTIME_PATCHES, POD_TEMPLATE_OVERRIDES = "runtimePatches", "podTemplateOverrides"  # the shapes
 # Trainer 2.3's conditions, and the labels of node 0's pod (JobSet's and the Job's).
 SUCCESS, FAILURE = "Complete", "Failed"
 NODE0_LABELS = {"jobset.sigs.k8s.io/replicatedjob-name": NODE,
@@ -86,13 +96,14 @@ JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
 
 
 def build_trainjob(job: TrainingJob, name: str | None = None, namespace: str | None = None,
-                   runtime: str = RUNTIME) -> TrainerV1alpha1TrainJob:
-    """The TrainJob. Without `name` it has no metadata (a Katib trialSpec must not have it)."""
+                   runtime: str = RUNTIME, shape: str = RUNTIME_PATCHES) -> dict[str, Any]:
+    """The TrainJob (JSON) in `shape`. Without `name` it has no metadata (a Katib trialSpec
+    must not have it). Everything but the pod settings is the same in every shape."""
     metadata = None
     if name is not None:
         metadata = IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=name, namespace=namespace,
                                                            labels=job_labels(job))
-    return TrainerV1alpha1TrainJob(
+    body = to_dict(TrainerV1alpha1TrainJob(
         api_version=API_VERSION, kind=KIND, metadata=metadata,
         spec=TrainerV1alpha1TrainJobSpec(
             runtime_ref=TrainerV1alpha1RuntimeRef(api_group=GROUP, kind=RUNTIME_KIND, name=runtime),
@@ -101,9 +112,21 @@ def build_trainjob(job: TrainingJob, name: str | None = None, namespace: str | N
                 env=[_typed(IoK8sApiCoreV1EnvVar, e) for e in trainer_env(job)],
                 num_nodes=job.workers, num_proc_per_node=job.procs_per_pod,
                 resources_per_node=_typed(IoK8sApiCoreV1ResourceRequirements,
-                                          job.resources.requirements())),
-            runtime_patches=[_runtime_patch(job)],
-            active_deadline_seconds=job.active_deadline_seconds))
+                                          job.resources.requirements())))))
+    body["spec"] = dict(sorted({**body["spec"], **pod_settings(job, shape)}.items()))
+    return body
+
+
+def pod_settings(job: TrainingJob, shape: str) -> dict[str, Any]:
+    """The spec fields that carry the pod settings (and the deadline) in `shape`."""
+    if shape == RUNTIME_PATCHES:
+        fields: dict[str, Any] = {RUNTIME_PATCHES: [to_dict(_runtime_patch(job))]}
+        if job.active_deadline_seconds is not None:
+            fields["activeDeadlineSeconds"] = job.active_deadline_seconds
+        return fields
+    if shape == POD_TEMPLATE_OVERRIDES:
+        return {POD_TEMPLATE_OVERRIDES: [_pod_template_override(job)]}
+    raise ValueError(f"TrainJob shape: expected {RUNTIME_PATCHES} or {POD_TEMPLATE_OVERRIDES}, got {shape!r}")
 
 
 def trainer_env(job: TrainingJob) -> list[V1EnvVar]:
@@ -113,13 +136,17 @@ def trainer_env(job: TrainingJob) -> list[V1EnvVar]:
     return [*env_vars(job, with_s3_credentials=True), *mlflow_credentials_env(), *settings]
 
 
-def _runtime_patch(job: TrainingJob) -> TrainerV1alpha1RuntimePatch:
+def _node_mounts(job: TrainingJob) -> list[V1VolumeMount]:
     mounts = [scratch_mount(), V1VolumeMount(name="work", mount_path="/work"),
               V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_ROOT)]
     if job.data_uri:
         mounts.append(V1VolumeMount(name="data", mount_path="/data"))
     if job.resources.gpus:
         mounts.append(V1VolumeMount(name="dshm", mount_path="/dev/shm"))
+    return mounts
+
+
+def _runtime_patch(job: TrainingJob) -> TrainerV1alpha1RuntimePatch:
     pod = TrainerV1alpha1PodSpecPatch(
         service_account_name=job.service_account,
         security_context=_typed(IoK8sApiCoreV1PodSecurityContext, pod_security_context()),
@@ -127,7 +154,7 @@ def _runtime_patch(job: TrainingJob) -> TrainerV1alpha1RuntimePatch:
         volumes=[_typed(IoK8sApiCoreV1Volume, v) for v in volumes(job)],
         containers=[TrainerV1alpha1ContainerPatch(
             name=NODE, security_context=_typed(IoK8sApiCoreV1SecurityContext, container_security_context()),
-            volume_mounts=[_typed(IoK8sApiCoreV1VolumeMount, m) for m in mounts])])
+            volume_mounts=[_typed(IoK8sApiCoreV1VolumeMount, m) for m in _node_mounts(job)])])
     template = TrainerV1alpha1PodTemplatePatch(
         metadata=IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=job_labels(job),
                                                          annotations=dict(POD_ANNOTATIONS)),
@@ -139,6 +166,20 @@ def _runtime_patch(job: TrainingJob) -> TrainerV1alpha1RuntimePatch:
                 replicated_jobs=[TrainerV1alpha1ReplicatedJobPatch(
                     name=NODE, template=TrainerV1alpha1JobTemplatePatch(
                         spec=TrainerV1alpha1JobSpecPatch(template=template)))]))))
+
+
+def _pod_template_override(job: TrainingJob) -> dict[str, Any]:
+    """Trainer v2.1's PodTemplateOverride for the `node` job (the Trainer API models of 2.3 have
+    no type for it): what the runtime patch carries, less the security contexts, which v2.1's
+    override has no field for."""
+    spec: dict[str, Any] = {
+        "serviceAccountName": job.service_account,
+        "tolerations": to_dict(job.resources.tolerations()) or None,
+        "volumes": to_dict(volumes(job)),
+        "containers": [{"name": NODE, "volumeMounts": to_dict(_node_mounts(job))}]}
+    return {"targetJobs": [{"name": NODE}],
+            "metadata": {"labels": job_labels(job), "annotations": dict(POD_ANNOTATIONS)},
+            "spec": {k: v for k, v in spec.items() if v is not None}}
 
 
 def _typed(model: Any, obj: Any) -> Any:
