@@ -18,6 +18,7 @@ checks (`admission`) but stores nothing.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import json
 from collections import defaultdict, deque
@@ -126,6 +127,9 @@ class FakeCluster:
         self.warnings: list[str] = []  # what a real server sends in Warning headers
         # plural -> check(body) that returns a denial message or None (an admission webhook)
         self.admission: dict[str, Callable[[dict], str | None]] = {}
+        # Field paths ("spec.podTemplateOverrides") that the served CRDs lack on top of the
+        # release's: a CRD older than any in ../shared/crds.
+        self.undeclared: set[str] = set()
         self.calls: list[Call] = []
         self.objects: dict[tuple[str, str, str, str], dict] = {}
         self.scripts: dict[str, deque] = defaultdict(deque)
@@ -188,7 +192,7 @@ class FakeCluster:
         """What the API server makes of a written object: a strict write with fields the CRD
         does not declare is refused; otherwise they are dropped (with a warning); then the
         admission check of `plural` runs."""
-        unknown = unknown_fields(obj, self.releases)
+        unknown = unknown_fields(obj, self.releases) + [p for p in sorted(self.undeclared) if _has(obj, p)]
         kind, version = obj.get("kind", ""), obj.get("apiVersion", "").rpartition("/")[2]
         if unknown and field_validation == "Strict":
             raise _status_error(400, "Bad Request", "BadRequest",
@@ -197,6 +201,10 @@ class FakeCluster:
         if unknown:
             self.warnings += [f"unknown field {json.dumps(u)}" for u in unknown]
             obj = prune_unknown(obj, self.releases)
+            for path in self.undeclared:
+                *parents, last = path.split(".")
+                holder = functools.reduce(lambda o, k: o.get(k) or {}, parents, obj)
+                holder.pop(last, None)
         check = self.admission.get(plural)
         denial = check(obj) if check else None
         if denial:
@@ -210,6 +218,14 @@ class FakeCluster:
 
     def bump(self, obj: dict) -> None:
         obj["metadata"]["resourceVersion"] = str(next(self._versions))
+
+
+def _has(obj: Any, path: str) -> bool:
+    for key in path.split("."):
+        if not isinstance(obj, dict) or key not in obj:
+            return False
+        obj = obj[key]
+    return True
 
 
 def _status_error(status: int, reason: str, status_reason: str, message: str) -> ApiException:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from k8s_checks import NEWEST, Releases
 from k8s_fake import GONE, FakeCluster, failed, stamp, status_updates
 
 from components.backends.base import ClusterSettings, DeployRequest, TrainRequest, TuneRequest
@@ -118,8 +119,8 @@ def _trial(name: str, beta: str, dim: str, state: str, value: str | None, create
                        "observation": {"metrics": metrics}}}
 
 
-def tune_succeeds(tmp: Path, api: str = "trainer") -> Outcome:
-    cluster = FakeCluster()
+def tune_succeeds(tmp: Path, api: str = "trainer", releases: Releases = NEWEST) -> Outcome:
+    cluster = FakeCluster(releases=releases)
     out = Outcome(cluster)
     for t in (_trial(f"{EXPERIMENT_NAME}-aaaa", "0.7", "4", "Succeeded", "830.5", 1),
               _trial(f"{EXPERIMENT_NAME}-bbbb", "3.2", "10", "Succeeded", "812.25", 2),
@@ -202,8 +203,8 @@ def _model_in_s3(s3: S3, uri: str) -> None:
         objectstore.upload(s3.client(), tmp, uri)
 
 
-def train_succeeds(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:
-    cluster = FakeCluster()
+def train_succeeds(tmp: Path, s3: S3, api: str = "trainer", releases: Releases = NEWEST) -> Outcome:
+    cluster = FakeCluster(releases=releases)
     out = Outcome(cluster)
     _node0(cluster, api)
     for t, line in enumerate(["epoch=1 step=10 val_neg_elbo=900.1", "epoch=2 step=20 val_neg_elbo=850.2",
@@ -230,8 +231,8 @@ def train_fails(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:
     return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp, api=api)))
 
 
-def train_times_out(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:
-    cluster = FakeCluster()
+def train_times_out(tmp: Path, s3: S3, api: str = "trainer", releases: Releases = NEWEST) -> Outcome:
+    cluster = FakeCluster(releases=releases)
     out = Outcome(cluster)
     _node0(cluster, api)
     cluster.script(PLURALS[api], status_updates("Created", "Running"))
@@ -302,11 +303,11 @@ def _failing_smoke(message: str) -> Callable[[str, str], dict]:
 
 
 def _deploy(tmp: Path, *states: Any, mode: str = "Knative", canary: int = 20, existing: bool = True,
-            smoke_error: str | None = None) -> Outcome:
-    """One deploy on a fake cluster: an InferenceService already serving (unless `existing` is
-    False), the statuses the controller reports after each change (`states`), and a smoke test
-    that passes, or fails with `smoke_error`."""
-    cluster = FakeCluster()
+            smoke_error: str | None = None, releases: Releases = NEWEST) -> Outcome:
+    """One deploy on a fake cluster (serving the CRDs of `releases`): an InferenceService
+    already serving (unless `existing` is False), the statuses the controller reports after
+    each change (`states`), and a smoke test that passes, or fails with `smoke_error`."""
+    cluster = FakeCluster(releases=releases)
     out = Outcome(cluster)
     if existing:
         _existing_service(cluster, mode)
