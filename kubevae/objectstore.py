@@ -244,7 +244,10 @@ class errors:
 def describe(error: BaseException) -> str:
     reason = getattr(error, "reason", None)
     text = f"{type(error).__name__}: {reason or error}"
-    return text if len(text) < 300 else text[:297] + "..."
+    text = text if len(text) < 300 else text[:297] + "..."
+    if "timed out" in text.lower() or "timeout" in text.lower():
+        text += " (each connect and read waits at most S3_TIMEOUT seconds)"
+    return text
 
 
 # --- read ---------------------------------------------------------------------------------------

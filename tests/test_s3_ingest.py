@@ -25,9 +25,11 @@ import socket
 import subprocess
 import threading
 import time
+import unicodedata
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
@@ -39,6 +41,8 @@ from PIL import Image
 
 from kubevae.data.dataset import Dataset
 from kubevae.ingest import SourceError, ingest
+from kubevae.ingest import decode as decode_module
+from kubevae.ingest.sources import S3Source
 
 REGION = "us-east-1"
 KEY, SECRET = "kubevae-test-key", "kubevae-test-secret"
@@ -172,8 +176,10 @@ class FlakyProxy:
     """Forwards HTTP to moto. Listing requests ask for 2 keys per page; `fault(request)` may
     answer a request with "500" or "drop" (close the connection without a response)."""
 
-    def __init__(self, upstream: str, fault: Callable[[dict], str | None]):
-        self.upstream, self.fault = upstream, fault
+    def __init__(self, upstream: str, fault: Callable[[dict], str | None], *, page_size: int | None = 2,
+                 rewrite: Callable[[dict, bytes], bytes] | None = None):
+        self.upstream, self.fault, self.page_size, self.rewrite = upstream, fault, page_size, rewrite
+        self.stop = threading.Event()
         self.log: list[dict] = []
         self.lock = threading.Lock()
         proxy = self
@@ -199,6 +205,7 @@ class FlakyProxy:
         return self
 
     def __exit__(self, *exc):
+        self.stop.set()  # ends the handlers that stall
         self.server.shutdown()
         self.server.server_close()
 
@@ -206,7 +213,8 @@ class FlakyProxy:
         parts = urlsplit(h.path)
         query = parse_qs(parts.query)
         listing = h.command == "GET" and query.get("list-type") == ["2"]
-        path = h.path.replace("max-keys=1000", "max-keys=2") if listing else h.path
+        path = h.path.replace("max-keys=1000", f"max-keys={self.page_size}") \
+            if listing and self.page_size else h.path
         request = {"method": h.command, "path": parts.path, "listing": listing,
                    "continuation": listing and "continuation-token" in query, "time": time.monotonic()}
         with self.lock:
@@ -216,6 +224,19 @@ class FlakyProxy:
         if action == "drop":
             h.close_connection = True
             h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if action == "stall":  # accept the request, never answer
+            self.stop.wait(60)
+            h.close_connection = True
+            return
+        if action == "huge-length":  # a response that declares 1 TB, sends a little, then waits
+            h.send_response(200)
+            h.send_header("Content-Length", str(10**12))
+            h.end_headers()
+            h.wfile.write(b"\x89PNG\r\n\x1a\n")
+            h.wfile.flush()
+            self.stop.wait(60)
+            h.close_connection = True
             return
         if action == "500":
             message = b"<Error><Code>InternalError</Code><Message>injected</Message></Error>"
@@ -230,6 +251,8 @@ class FlakyProxy:
         connection.request(h.command, path, body=body or None, headers=headers)
         response = connection.getresponse()
         data = response.read()
+        if self.rewrite:
+            data = self.rewrite(request, data)
         h.send_response(response.status)
         for k, v in response.getheaders():
             if k.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive"):
@@ -376,3 +399,223 @@ def test_bad_s3_settings_name_the_variable(moto_endpoint, tmp_path, monkeypatch,
     use_env(monkeypatch, {**s3_env(moto_endpoint), **env})
     with pytest.raises(ValueError, match=re.escape(message)):
         ingest("s3://kubevae-any/x", tmp_path / "out")
+
+
+# --- what a bucket can hold (issue 25, section 3) -------------------------------------------
+
+def put_raw(endpoint: str, bucket: str, path: str, data: bytes, content_type: str = "image/png") -> None:
+    """PUT with the URL path exactly as given: the minio SDK refuses '.' and '..' segments, and
+    a key with bytes that are not UTF-8 cannot be spelt through it (moto checks no signature)."""
+    connection = http.client.HTTPConnection(endpoint, timeout=10)
+    connection.request("PUT", f"/{bucket}/{path}", body=data,
+                       headers={"Content-Type": content_type, "Content-Length": str(len(data))})
+    response = connection.getresponse()
+    response.read()
+    connection.close()
+    assert response.status == 200, (path, response.status)
+
+
+def quarantine_rows(out) -> dict[str, tuple[str, str]]:
+    frame = pd.read_csv(out / "quarantine.csv", keep_default_na=False)
+    return {row.item_id: (row.reason, row.detail) for row in frame.itertuples()}
+
+
+NFC, NFD = unicodedata.normalize("NFC", "café.png"), unicodedata.normalize("NFD", "café.png")
+LONG_KEY = "k" * (1024 - len("odd/") - len(".png")) + ".png"  # with odd/: S3's longest key, 1,024 bytes
+ODD_ACCEPTED = ["good-0.png", "good-1.png", "good-2.png", "a%2Fb.png", "a%20b.png", "a+b c.png",
+                "back\\slash.png", "-dash.png", NFC, NFD, LONG_KEY, "typed-as-text.png", ".hidden.png"]
+ODD_REFUSED = {"../escape.png": "'..'", "./dot.png": "'.'", "/double.png": "empty",
+               "a//b.png": "empty", "bad\ufffd.png": "not UTF-8"}
+
+
+@pytest.fixture(scope="module")
+def odd(moto_endpoint):
+    """A bucket whose keys are whatever S3 allows: dot segments, empty segments, a leading
+    slash, folder markers (one named like an image, one holding bytes), 1,024 bytes, percent
+    signs, normalisation twins, bytes that are not UTF-8, and other content types."""
+    bucket = new_bucket()
+    pixels = images(len(ODD_ACCEPTED), seed=11)
+    objects = {f"odd/{name}": encoded(image, "x.png") for name, image in zip(ODD_ACCEPTED, pixels, strict=True)}
+    objects.update({"odd/sub/": b"", "odd/x.png/": b"", "odd/marker-with-bytes/": b"data",
+                    "odd/html.png": b"<html><body>404 Not Found</body></html>", "/lead.png":
+                    encoded(images(1, seed=12)[0], "x.png"), "outside.png": encoded(images(1, seed=13)[0], "x.png")})
+    typed, html = objects.pop("odd/typed-as-text.png"), objects.pop("odd/html.png")
+    upload(moto_endpoint, bucket, objects)
+    put_raw(moto_endpoint, bucket, "odd/typed-as-text.png", typed, "text/plain")
+    put_raw(moto_endpoint, bucket, "odd/html.png", html, "text/html")
+    escape = encoded(images(1, seed=14)[0], "x.png")
+    put_raw(moto_endpoint, bucket, "odd/../escape.png", escape)
+    put_raw(moto_endpoint, bucket, "odd/./dot.png", escape)
+    put_raw(moto_endpoint, bucket, "odd//double.png", escape)
+    put_raw(moto_endpoint, bucket, "odd/a//b.png", escape)
+    put_raw(moto_endpoint, bucket, "odd/bad%FF.png", escape)
+    names = {o.object_name for o in minio_client(moto_endpoint).list_objects(bucket, recursive=True)}
+    # The planted keys are stored as spelt (moto normalises none of them), so the test is real.
+    assert {"odd/../escape.png", "odd/./dot.png", "odd//double.png", "/lead.png", "odd/x.png/",
+            "odd/bad\ufffd.png", f"odd/{LONG_KEY}"} <= names
+    return bucket
+
+
+def test_odd_keys_are_accepted_or_refused_by_name_never_followed(moto_endpoint, odd, tmp_path, monkeypatch):
+    use_env(monkeypatch, s3_env(moto_endpoint))
+    report = ingest(f"s3://{odd}/odd", tmp_path / "out", max_bad_fraction=0.5)
+    assert report.seen == report.accepted + report.quarantined == len(ODD_ACCEPTED) + len(ODD_REFUSED) + 1
+    rows = quarantine_rows(tmp_path / "out")
+    assert rows.pop("html.png")[0] == "undecodable"  # an HTML page named .png, served as text/html
+    for key, word in ODD_REFUSED.items():
+        reason, detail = rows.pop(key)
+        assert reason == "bad_name" and word in detail and repr(key) in detail, (key, detail)
+    assert rows == {}
+    assert report.ignored == 3  # the folder markers: odd/sub/, odd/x.png/ and one holding bytes
+    manifest = Dataset.open(tmp_path / "out").manifest
+    assert sorted(manifest.item_id) == sorted(ODD_ACCEPTED)  # literal ids: %2F stays %2F
+    assert len(manifest.sha256.unique()) == len(ODD_ACCEPTED)  # nothing read twice or swapped
+
+
+def test_a_key_with_a_leading_slash_at_the_bucket_root(moto_endpoint, odd, tmp_path, monkeypatch):
+    use_env(monkeypatch, s3_env(moto_endpoint))
+    report = ingest(f"s3://{odd}", tmp_path / "out", max_bad_fraction=0.5)
+    rows = quarantine_rows(tmp_path / "out")
+    assert rows["/lead.png"][0] == "bad_name" and "empty" in rows["/lead.png"][1]
+    assert report.seen == report.accepted + report.quarantined
+    assert "outside.png" in set(Dataset.open(tmp_path / "out").manifest.item_id)
+
+
+def test_an_object_deleted_between_the_listing_and_the_read(moto_endpoint, tmp_path, monkeypatch):
+    bucket = new_bucket()
+    upload(moto_endpoint, bucket, {f"set/{i}.png": encoded(image, "x.png") for i, image in enumerate(images(5, seed=4))})
+    listed = S3Source.list
+
+    def list_then_delete(self):
+        listing = listed(self)
+        minio_client(moto_endpoint).remove_object(bucket, "set/2.png")
+        return listing
+
+    monkeypatch.setattr(S3Source, "list", list_then_delete)
+    use_env(monkeypatch, s3_env(moto_endpoint))
+    report = ingest(f"s3://{bucket}/set", tmp_path / "out", max_bad_fraction=0.5)
+    assert (report.seen, report.accepted) == (5, 4)
+    reason, detail = quarantine_rows(tmp_path / "out")["2.png"]
+    assert reason == "changed" and "NoSuchKey" in detail and f"s3://{bucket}/set/2.png" in detail
+
+
+def test_objects_too_large_are_refused_on_their_size_before_downloading(moto_endpoint, tmp_path, monkeypatch):
+    """On the listed size (a real object over a lowered limit, and a listing that declares 10 TB)
+    with no GET at all; and on a response's Content-Length (1 TB declared) before its body is
+    read, without waiting for the body that never comes."""
+    bucket = new_bucket()
+    noise = np.random.default_rng(5).integers(0, 256, (64, 64, 3), np.uint8)
+    upload(moto_endpoint, bucket, {**{f"big/{i}.png": encoded(image, "x.png") for i, image in enumerate(images(4, seed=6))},
+                                   "big/noise.png": encoded(noise, "x.png"),
+                                   "big/listed-huge.png": encoded(images(1, seed=7)[0], "x.png"),
+                                   "big/lying-length.png": encoded(images(1, seed=8)[0], "x.png")})
+    limit = len(encoded(noise, "x.png")) - 1
+    monkeypatch.setattr(decode_module, "MAX_IMAGE_FILE_BYTES", limit)
+
+    def declare_10_tb(request: dict, data: bytes) -> bytes:
+        if not request["listing"]:
+            return data
+        return re.sub(rb"(?s)(<Key>big/listed-huge\.png</Key>(?:(?!</Contents>).)*?<Size>)\d+",
+                      rb"\g<1>10000000000000", data)
+
+    def fault(request: dict) -> str | None:
+        return "huge-length" if request["method"] == "GET" and request["path"].endswith("lying-length.png") else None
+
+    with FlakyProxy(moto_endpoint, fault, page_size=None, rewrite=declare_10_tb) as proxy:
+        use_env(monkeypatch, s3_env(proxy.endpoint, S3_TIMEOUT="20"))
+        start = time.monotonic()
+        report = ingest(f"s3://{bucket}/big", tmp_path / "out", max_bad_fraction=0.5)
+        took = time.monotonic() - start
+    rows = quarantine_rows(tmp_path / "out")
+    assert rows["noise.png"][0] == "too_large" and f"{limit + 1} bytes (listed)" in rows["noise.png"][1]
+    assert rows["listed-huge.png"] == ("too_large", f"10000000000000 bytes (listed); the limit for a "
+                                                    f"PNG/JPEG/BMP file is {limit} bytes (an image of "
+                                                    f"{decode_module.MAX_PIXELS} pixels); not read")
+    assert rows["lying-length.png"][0] == "too_large" and "Content-Length" in rows["lying-length.png"][1]
+    assert (report.seen, report.accepted) == (7, 4)
+    gets = [r["path"] for r in proxy.log if r["method"] == "GET" and not r["listing"]]
+    assert not any(p.endswith(("noise.png", "listed-huge.png")) for p in gets)
+    assert took < 15  # the lying response's body was never waited for (S3_TIMEOUT is 20 s)
+
+
+def run_bounded(fn, limit_s: float):
+    """fn() in a thread that must end within limit_s: a hang fails the test instead of the suite."""
+    outcome: dict = {}
+
+    def target():
+        try:
+            outcome["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    start = time.monotonic()
+    thread.start()
+    thread.join(limit_s)
+    assert not thread.is_alive(), f"still waiting after {limit_s} s: S3_TIMEOUT was not applied"
+    return outcome, time.monotonic() - start
+
+
+def test_a_server_that_accepts_and_never_answers_hits_s3_timeout(tmp_path, monkeypatch):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept_and_hold():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    acceptor = threading.Thread(target=accept_and_hold, daemon=True)
+    acceptor.start()
+    endpoint = f"127.0.0.1:{server.getsockname()[1]}"
+    use_env(monkeypatch, s3_env(endpoint, S3_TIMEOUT="1", S3_MAX_RETRIES="1", S3_RETRY_BACKOFF="0"))
+    try:
+        outcome, took = run_bounded(lambda: ingest("s3://kubevae-stalled/x", tmp_path / "out"), 60)
+    finally:
+        stop.set()
+        acceptor.join(5)
+        for connection in held:
+            connection.close()
+        server.close()
+    error = outcome.get("error")
+    assert isinstance(error, SourceError), outcome
+    assert f"http://{endpoint} (S3_ENDPOINT)" in str(error) and "timed out" in str(error).lower()
+    assert "S3_TIMEOUT" in str(error)
+    assert held and took < 20  # 2 tries of 1 s each, not forever
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_object_whose_read_stalls_is_quarantined_after_s3_timeout(moto_endpoint, many, tmp_path, monkeypatch):
+    def fault(request: dict) -> str | None:
+        return "stall" if request["method"] == "GET" and request["path"].endswith("/set/5.png") else None
+
+    with FlakyProxy(moto_endpoint, fault, page_size=None) as proxy:
+        use_env(monkeypatch, s3_env(proxy.endpoint, S3_TIMEOUT="1", S3_MAX_RETRIES="1", S3_RETRY_BACKOFF="0"))
+        outcome, took = run_bounded(lambda: ingest(f"s3://{many}/set", tmp_path / "out", max_bad_fraction=0.2), 60)
+    report = outcome.get("value")
+    assert report is not None, outcome
+    assert (report.seen, report.accepted, report.quarantined) == (7, 6, 1)
+    reason, detail = quarantine_rows(tmp_path / "out")["5.png"]
+    assert reason == "read_error" and "timed out" in detail.lower() and "S3_TIMEOUT" in detail
+    assert took < 30
+
+
+def test_a_listing_of_more_than_1000_keys_is_followed_to_its_last_page(moto_endpoint, tmp_path, monkeypatch):
+    """1,000 other files first (one whole page), then the images: they are all on page 2."""
+    bucket = new_bucket()
+    client = minio_client(moto_endpoint)
+    client.make_bucket(bucket)
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda i: client.put_object(bucket, f"many/a-{i:04d}.txt", io.BytesIO(b"x"), 1), range(1000)))
+    upload(moto_endpoint, bucket, {f"many/z-{i}.png": encoded(image, "x.png") for i, image in enumerate(images(3, seed=9))})
+    with FlakyProxy(moto_endpoint, lambda request: None, page_size=None) as proxy:
+        use_env(monkeypatch, s3_env(proxy.endpoint))
+        report = ingest(f"s3://{bucket}/many", tmp_path / "out")
+    assert (report.seen, report.accepted, report.ignored) == (3, 3, 1000)
+    assert sum(r["listing"] for r in proxy.log) == 2 and proxy.continuation_attempts()

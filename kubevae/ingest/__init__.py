@@ -23,6 +23,7 @@ is removed by the next run (kubevae.storage.remove_stale_temporaries).
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -372,7 +373,7 @@ def _card_markdown(report: IngestReport, info: dict[str, Any]) -> str:
     if report.reasons:
         lines += ["## Quarantine (quarantine.csv)", "", "| reason | files | examples |", "|---|---|---|"]
         for reason, n in sorted(report.reasons.items()):
-            examples = ", ".join(f"`{e}`" for e in report.examples.get(reason, []))
+            examples = ", ".join(f"`{_markdown_safe(e)}`" for e in report.examples.get(reason, []))
             lines.append(f"| {reason} | {n} | {examples} |")
         lines.append("")
     if report.metadata:
@@ -380,3 +381,8 @@ def _card_markdown(report: IngestReport, info: dict[str, Any]) -> str:
                   f"{report.metadata_rows_without_file} without a file ({ORPHANS_FILE}).", ""]
     return "\n".join(lines)
 
+
+def _markdown_safe(name: str) -> str:
+    """An item id as one table cell: control characters escaped (a name may hold a newline or
+    a terminal escape), `|` and backquotes quoted."""
+    return json.dumps(name, ensure_ascii=False)[1:-1].replace("|", "\\|").replace("`", "\\`")

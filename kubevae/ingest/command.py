@@ -9,7 +9,8 @@ Examples:
 
 Accepts PNG, JPEG, BMP and NPY files. Each file that cannot be used goes to OUT/quarantine.csv
 with its reason (zero_byte, undecodable, truncated, wrong_mode, wrong_channels, wrong_size,
-nonfinite, out_of_range, constant, read_error, no_metadata_row, too_large); the step fails only
+nonfinite, out_of_range, constant, read_error, no_metadata_row, too_large, animated, bad_name,
+broken_link, outside_source, not_a_file, changed, decode_error); the step fails only
 when the quarantined fraction exceeds --max-bad-fraction. Counts (seen = accepted + quarantined)
 are printed and written to OUT/card.json and OUT/card.md.
 

@@ -7,9 +7,13 @@ of the reasons below. Nothing is dropped without a reason.
     undecodable      not a PNG, JPEG, BMP or NPY file, or unreadable (detail says why)
     truncated        the file ends before its image data does
     too_large        more than MAX_PIXELS pixels, read from the header before decoding (PNG,
-                     JPEG, BMP, NPY), or a PIL DecompressionBombWarning
+                     JPEG, BMP, NPY), or a PIL DecompressionBombWarning; or a file larger than
+                     any image within that limit can be (max_file_bytes: checked on the listed
+                     size before a byte is read, and again while reading)
     empty            an NPY array with no elements
-    wrong_mode       a pixel mode kubevae does not train on (alpha, 16-bit, float, CMYK, ...)
+    wrong_mode       a pixel mode kubevae does not train on (alpha or a transparent palette,
+                     16-bit, float, CMYK, ...)
+    animated         more than one frame (an animated PNG, a multi-picture JPEG)
     wrong_channels   1 channel where 3 are expected or the other way round (--channels converts)
     wrong_size       not the target size (--image-size resizes)
     nonfinite        NaN or Inf in an NPY array
@@ -20,9 +24,12 @@ of the reasons below. Nothing is dropped without a reason.
     bad_name         the file name is not valid UTF-8 (the item id could not be stored)
     broken_link      a symbolic link whose target does not exist
     outside_source   a symbolic link to a file outside the source folder
+    not_a_file       not a regular file: a FIFO, a socket, a device (never opened: a FIFO
+                     blocks its reader, /dev/zero never ends)
+    changed          deleted, replaced or turned into a link between the listing and the read
     decode_error     any other, unexpected error while decoding (detail names it)
 
-Accepted pixels are uint8 H x W x C. Two hashes are kept per image: `pixel_sha256` (exact
+Accepted pixels are uint8 H x W x C, as a viewer shows them: an EXIF orientation is applied. Two hashes are kept per image: `pixel_sha256` (exact
 duplicates, any file format) and a 64-bit perceptual hash `phash` that is bit-identical to
 `imagehash.phash` (DCT of the 32x32 greyscale image, 8x8 low frequencies against their median),
 computed in batches because the per-image library call costs ~0.4 ms.
@@ -38,7 +45,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.fftpack
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from kubevae.data.dataset import pixel_sha256
 
@@ -48,15 +55,23 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".npy")
 PIL_FORMATS = ["PNG", "JPEG", "BMP"]
 REASONS = ("zero_byte", "undecodable", "truncated", "too_large", "empty", "wrong_mode",
            "wrong_channels", "wrong_size", "nonfinite", "out_of_range", "constant", "read_error",
-           "no_metadata_row", "bad_name", "broken_link", "outside_source", "decode_error")
+           "no_metadata_row", "bad_name", "broken_link", "outside_source", "decode_error",
+           "not_a_file", "changed", "animated")
 # The largest image decoded at all (pixels, from the header): 50 megapixels, a large camera
 # photo (150 MB as RGB), well below PIL's own bomb limit, and far above any model size.
 MAX_PIXELS = 50_000_000
 NPY_MAX_HEADER = 10_000
+# The largest file worth reading, so that a file's size refuses it before a byte is read (a
+# sparse 10 GB file, /dev/zero behind a name): an image within MAX_PIXELS takes at most 4 bytes
+# a pixel in a PNG, JPEG or BMP that kubevae accepts (a 32-bit BMP; a PNG stored uncompressed),
+# plus room for metadata chunks; an NPY array at most 3 channels of 8-byte values.
+MAX_IMAGE_FILE_BYTES = 4 * MAX_PIXELS + (16 << 20)
+MAX_NPY_BYTES = 3 * 8 * MAX_PIXELS + NPY_MAX_HEADER + 16
 # Modes that map onto 1 or 3 channels without losing anything.
 _MODE_CHANNELS = {"1": ("L", 1), "L": ("L", 1), "P": ("RGB", 3), "RGB": ("RGB", 3)}
 _ALPHA_MODES = {"LA": "L", "La": "L", "PA": "RGB", "RGBA": "RGB", "RGBa": "RGB"}
 PHASH_SIZE, PHASH_HIGHFREQ = 8, 4
+ORIENTATION = 0x0112  # the EXIF tag
 
 
 class Rejected(Exception):
@@ -92,6 +107,21 @@ class BatchResult:
     rejected: list[tuple[int, str, str]] = field(default_factory=list)  # (position, reason, detail)
 
 
+def max_file_bytes(name: str) -> int:
+    """The largest file named `name` that is read at all (see MAX_IMAGE_FILE_BYTES)."""
+    return MAX_NPY_BYTES if name.lower().endswith(".npy") else MAX_IMAGE_FILE_BYTES
+
+
+def size_problem(size: int | None, name: str, when: str = "listed") -> Rejected | None:
+    """A too_large rejection for a file of `size` bytes, or None when it may be read."""
+    limit = max_file_bytes(name)
+    if size is None or size <= limit:
+        return None
+    return Rejected("too_large", f"{size} bytes ({when}); the limit for a "
+                                 f"{'.npy' if limit == MAX_NPY_BYTES else 'PNG/JPEG/BMP'} file "
+                                 f"is {limit} bytes (an image of {MAX_PIXELS} pixels); not read")
+
+
 def decode(data: bytes | np.ndarray | Rejected, name: str) -> np.ndarray:
     """File bytes (or an in-memory array) -> uint8 H x W x C with C in (1, 3). Raises Rejected,
     also for a payload that is already a Rejected (a fetch that failed)."""
@@ -111,12 +141,20 @@ def _decode_pil(data: bytes) -> np.ndarray:
         with warnings.catch_warnings():
             # PIL only warns between its limit and twice it, and then decodes anyway.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)  # reads the header only
+            image: Image.Image = Image.open(io.BytesIO(data), formats=PIL_FORMATS)  # the header only
             width, height = image.size
             if width * height > MAX_PIXELS:
                 raise Rejected("too_large", f"{width}x{height} = {width * height} pixels (from "
                                             f"the header); the limit is {MAX_PIXELS}")
+            frames = getattr(image, "n_frames", 1)
+            if frames != 1:
+                raise Rejected("animated", f"{image.format} with {frames} frames; expected one "
+                                           "still image")
             image.load()
+            # What a viewer shows (and a person labelled): a phone's photo is stored sideways
+            # with an EXIF orientation tag.
+            if image.getexif().get(ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(image)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise Rejected("too_large", str(e)) from None
     except UnidentifiedImageError:
@@ -130,8 +168,11 @@ def _decode_pil(data: bytes) -> np.ndarray:
 
 def _pil_to_array(image: Image.Image) -> np.ndarray:
     if image.mode in _ALPHA_MODES:
-        raise Rejected("wrong_mode", f"mode {image.mode} has an alpha channel; expected L or RGB "
-                                     "(--channels converts, dropping alpha)")
+        raise Rejected("wrong_mode", f"mode {image.mode} has an alpha channel; expected L or RGB")
+    if image.mode in _MODE_CHANNELS and "transparency" in image.info:
+        raise Rejected("wrong_mode", f"mode {image.mode} with a transparent "
+                                     f"{'palette entry' if image.mode == 'P' else 'colour'} "
+                                     "(tRNS, an alpha channel); expected L or RGB")
     if image.mode not in _MODE_CHANNELS:
         raise Rejected("wrong_mode", f"mode {image.mode}; expected 8-bit L or RGB")
     mode, channels = _MODE_CHANNELS[image.mode]
@@ -156,8 +197,12 @@ def _load_npy(data: bytes) -> np.ndarray:
         raise
     except Exception as e:  # a malformed header, whatever numpy raises for it
         raise Rejected("undecodable", f"NPY header: {type(e).__name__}: {e}") from None
-    if dtype.hasobject:
-        raise Rejected("undecodable", f"NPY dtype {dtype} holds Python objects (pickles)")
+    if dtype.hasobject:  # never unpickled: the header alone refuses it
+        raise Rejected("undecodable", f"NPY dtype {dtype} holds Python objects (pickles); "
+                                      "never unpickled")
+    if dtype.names is not None or dtype.subdtype is not None or dtype.kind not in "biuf":
+        raise Rejected("undecodable", f"NPY dtype {dtype}; expected bool, integer or float "
+                                      "(not structured)")
     count = int(np.prod(shape, dtype=object))
     pixels = int(np.prod(shape[:2], dtype=object)) if len(shape) >= 2 else count
     if count == 0:
@@ -167,6 +212,9 @@ def _load_npy(data: bytes) -> np.ndarray:
                                     f"{MAX_PIXELS} pixels")
     body = memoryview(data)[stream.tell():]
     needed = count * dtype.itemsize
+    if needed > MAX_NPY_BYTES:
+        raise Rejected("too_large", f"NPY header declares {needed} bytes of {dtype} {shape}; "
+                                    f"the limit is {MAX_NPY_BYTES} bytes")
     if len(body) < needed:
         raise Rejected("truncated", f"NPY header declares {needed} bytes of {dtype} {shape}, "
                                     f"the file holds {len(body)}")

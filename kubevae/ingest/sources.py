@@ -15,7 +15,9 @@ data is appended, which is what keeps split assignments stable.
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from kubevae import objectstore
-from kubevae.ingest.decode import IMAGE_EXTENSIONS, Rejected
+from kubevae.ingest.decode import IMAGE_EXTENSIONS, Rejected, max_file_bytes, size_problem
 from kubevae.objectstore import ObjectStoreError, S3Config
 
 S3_SCHEMES = objectstore.SCHEMES
@@ -116,61 +118,192 @@ class LocalSource(Source):
         self.uri = str(self.root)
 
     def list(self) -> Listing:
-        """Every file below the root. Links: a link to a file is followed only when its target
-        lies inside the root (else it is refused as outside_source, or broken_link when the
-        target is missing); links to folders are never followed, only counted, since following
-        them could leave the root or list the same files twice. A name that is not valid UTF-8
-        is refused as bad_name (its id could not be stored)."""
+        """Every entry below the root, walked without recursion (any depth) and classified by
+        lstat before anything is opened:
+
+        - a regular file with an image extension is a candidate; a file larger than any image
+          within the limits (decode.max_file_bytes: a sparse 10 GB file) is refused as too_large;
+        - anything else with an image extension (a FIFO, a socket, a device) is refused as
+          not_a_file and never opened (opening a FIFO blocks; /dev/zero never ends);
+        - a link to a file is followed only to a regular file inside the root (else it is refused
+          as outside_source, not_a_file, or broken_link when it leads nowhere or loops); links to
+          folders are never followed, only counted (following them could leave the root or loop);
+        - a name that is not valid UTF-8 is refused as bad_name (its id could not be stored);
+        - a folder that cannot be listed is a read_error row (its files were not seen);
+        - every other name is ignored (counted). Hidden files are entries like any other."""
         if not self.root.is_dir():
             raise SourceError(f"--source {self.root}: not a folder (expected a folder of images, "
                               "s3://, minio:// or builtin://)")
         listing = Listing([])
-        for dirpath, dirnames, filenames in os.walk(self.root):
-            dirnames.sort()
-            for name in list(dirnames):
-                if os.path.islink(os.path.join(dirpath, name)):
-                    listing.linked_folders.append(_printable(
-                        (Path(dirpath) / name).relative_to(self.root).as_posix()))
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                key = path.relative_to(self.root).as_posix()
-                if not is_image_name(name):
-                    listing.ignored.append(_printable(key))
-                    continue
-                problem = self._problem(path, key)
-                if problem:
-                    entry = Entry(_printable(key), _printable(path.as_uri()))
-                    listing.refused.append((entry, *problem))
-                else:
-                    listing.entries.append(Entry(key, path.as_uri(), path.stat().st_size))
+        pending = [""]  # folders (relative paths) still to list, depth first
+        while pending:
+            folder = pending.pop()
+            where = os.path.join(self.root, folder)
+            try:
+                with os.scandir(where) as scan:
+                    children = sorted(scan, key=lambda child: child.name)
+            except OSError as e:
+                listing.refused.append((self._entry(folder + "/"), "read_error",
+                                        f"a folder that cannot be listed ({_os_error(e)}); the "
+                                        "files in it were not seen"))
+                continue
+            folders = []
+            for child in children:
+                key = f"{folder}/{child.name}" if folder else child.name
+                try:
+                    if child.is_dir(follow_symlinks=False):
+                        folders.append(key)
+                    else:
+                        self._classify(child, key, listing)
+                except OSError as e:  # an entry that vanished, a name too long for the system
+                    if is_image_name(child.name):
+                        listing.refused.append((self._entry(key), "read_error", _os_error(e)))
+                    else:
+                        listing.ignored.append(_printable(key))
+            pending.extend(reversed(folders))
         listing.entries.sort(key=lambda e: e.key)
         listing.ignored.sort()
         return listing
 
-    def _problem(self, path: Path, key: str) -> tuple[str, str] | None:
+    def _entry(self, key: str, size: int | None = None) -> Entry:
+        return Entry(_printable(key), _printable((self.root / key).as_uri()), size)
+
+    def _classify(self, child: os.DirEntry, key: str, listing: Listing) -> None:
+        image = is_image_name(child.name)
+        if child.is_symlink():
+            try:
+                target = os.stat(child.path)  # follows the link: stat opens nothing
+            except OSError as e:
+                if image:
+                    listing.refused.append((self._entry(key), "broken_link", _link_problem(child.path, e)))
+                else:
+                    listing.ignored.append(_printable(key))
+                return
+            if stat.S_ISDIR(target.st_mode):
+                listing.linked_folders.append(_printable(key))
+                return
+        elif image:
+            target = child.stat(follow_symlinks=False)
+        if not image:
+            listing.ignored.append(_printable(key))
+            return
+        problem = self._problem(child, key, target)
+        if problem:
+            listing.refused.append((self._entry(key), problem.reason, problem.detail))
+        else:
+            listing.entries.append(Entry(key, (self.root / key).as_uri(), target.st_size))
+
+    def _problem(self, child: os.DirEntry, key: str, target: os.stat_result) -> Rejected | None:
         if _printable(key) != key:
-            return "bad_name", f"the file name is not valid UTF-8: {ascii(os.fsencode(path.name))}"
-        if not path.is_symlink():
-            return None
-        target = path.resolve()
-        if not target.exists():
-            return "broken_link", f"a link to {_printable(str(target))}, which does not exist"
-        if not target.is_relative_to(self.root):
-            return "outside_source", f"a link to {_printable(str(target))}, outside {self.root}"
-        return None
+            return Rejected("bad_name", "the file name is not valid UTF-8: "
+                                        f"{ascii(os.fsencode(child.name))}")
+        if child.is_symlink():
+            real = os.path.realpath(child.path)
+            if not _inside(real, self.root):
+                return Rejected("outside_source", f"a link to {_printable(real)}, outside {self.root}")
+            if not stat.S_ISREG(target.st_mode):
+                return Rejected("not_a_file", f"a link to {_printable(real)}, {_file_kind(target.st_mode)}, "
+                                              "not a regular file; not opened")
+        elif not stat.S_ISREG(target.st_mode):
+            return Rejected("not_a_file", f"{_file_kind(target.st_mode)}, not a regular file; not opened")
+        return size_problem(target.st_size, child.name)
 
     def fetch(self, keys: Sequence[str]) -> Fetched:
-        out: Fetched = []
-        for key in keys:
-            path = self.root / key
-            try:
-                if not path.resolve().is_relative_to(self.root):  # changed since the listing
-                    out.append(Rejected("outside_source", f"{path} now leads outside {self.root}"))
-                    continue
-                out.append(path.read_bytes())
-            except OSError as e:
-                out.append(Rejected("read_error", f"{type(e).__name__}: {e}"))
-        return out
+        return [self._read(key) for key in keys]
+
+    def _read(self, key: str) -> bytes | Rejected:
+        """The bytes of one listed file, read without following anything out of the root: the
+        link-free path is opened one folder at a time (O_NOFOLLOW), so a folder or file swapped
+        for a link after the listing is refused, not followed; what is not a regular file is
+        never opened, and the read stops past the size limit (a file that keeps growing)."""
+        path = os.path.join(self.root, key)
+        try:
+            real = os.path.realpath(path)
+            if not _inside(real, self.root):
+                return Rejected("outside_source", f"{key} now leads to {_printable(real)}, outside "
+                                                  f"{self.root} (changed since the listing)")
+            parts = Path(real).relative_to(self.root).parts
+            return _read_below(self.root, parts, key)
+        except FileNotFoundError:
+            return Rejected("changed", f"{key} no longer exists (removed after the listing)")
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                return Rejected("changed", f"{key}: its path changed after the listing (a part of "
+                                           f"it is now a link or a file: {_os_error(e)}); not followed")
+            return Rejected("read_error", f"{key}: {_os_error(e)}")
+
+
+_NOFOLLOW = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _read_below(root: Path, parts: tuple[str, ...], key: str) -> bytes | Rejected:
+    if not parts:
+        return Rejected("not_a_file", f"{key} now leads to the source folder itself")
+    folder = os.open(root, _NOFOLLOW | os.O_DIRECTORY)
+    try:
+        for part in parts[:-1]:
+            inner = os.open(part, _NOFOLLOW | os.O_DIRECTORY, dir_fd=folder)
+            os.close(folder)
+            folder = inner
+        info = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
+        if stat.S_ISLNK(info.st_mode):
+            return Rejected("changed", f"{key} became a link after the listing; not followed")
+        if not stat.S_ISREG(info.st_mode):
+            return Rejected("not_a_file", f"{key} is now {_file_kind(info.st_mode)}, not a regular "
+                                          "file (changed after the listing); not opened")
+        # O_NONBLOCK: should it have become a FIFO in between, opening it does not wait for a writer.
+        fd = os.open(parts[-1], _NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=folder)
+    finally:
+        os.close(folder)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return Rejected("not_a_file", f"{key} is now {_file_kind(info.st_mode)}, not a regular "
+                                          "file (changed after the listing)")
+        too_large = size_problem(info.st_size, key, "when opened")
+        if too_large:
+            return too_large
+        limit = max_file_bytes(key)
+        chunks, total = [], 0
+        while total <= limit:
+            chunk = os.read(fd, min(8 << 20, limit + 1 - total))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > limit:
+            return Rejected("too_large", f"{key} grew past {limit} bytes while it was read; not read further")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _inside(path: str, root: Path) -> bool:
+    return path == str(root) or path.startswith(str(root).rstrip(os.sep) + os.sep)
+
+
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISSOCK, "a UNIX socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+             (stat.S_ISDIR, "a folder"), (stat.S_ISREG, "a regular file"))
+    return next((text for test, text in kinds if test(mode)), f"file type {oct(stat.S_IFMT(mode))}")
+
+
+def _link_problem(path: str, error: OSError) -> str:
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    if error.errno == errno.ELOOP:
+        return f"a link to {_printable(target)} that loops back on itself (ELOOP)"
+    if isinstance(error, FileNotFoundError):
+        return f"a link to {_printable(os.path.realpath(path))}, which does not exist"
+    return f"a link to {_printable(target)} that cannot be followed ({_os_error(error)})"
+
+
+def _os_error(error: OSError) -> str:
+    """`error` without its file name (which the row already names)."""
+    return f"{type(error).__name__}: {error.strerror or error}"
 
 
 def _printable(text: str) -> str:
@@ -202,38 +335,77 @@ class S3Source(Source):
                                   kind=SourceError)
 
     def list(self) -> Listing:
+        """Every object below the prefix. Folder markers (keys ending in /) and other names are
+        ignored; image keys that could not be a relative path (an empty, `.` or `..` segment: a
+        client or server that normalises the path would read another object, perhaps outside
+        the prefix) are refused as bad_name, and objects larger than the size limit as
+        too_large, on their listed size, before a byte is downloaded."""
         client = objectstore.client_for(self.config)
         with self._errors(self.uri, "listing"):
             if not client.bucket_exists(self.bucket):
                 raise SourceError(f"{self.uri}: bucket {self.bucket!r} does not exist at "
                                   f"{self.config.url} (S3_ENDPOINT)")
-            objects = [o for o in client.list_objects(self.bucket, prefix=self.prefix,
-                                                      recursive=True) if not o.is_dir]
-        entries, ignored = [], []
+            objects = list(client.list_objects(self.bucket, prefix=self.prefix, recursive=True))
+        listing = Listing([])
         for obj in objects:
-            key = obj.object_name[len(self.prefix):]
-            if is_image_name(key):
-                entries.append(Entry(key, f"{self.scheme}://{self.bucket}/{obj.object_name}", obj.size))
+            name = obj.object_name or ""
+            key = name[len(self.prefix):] if name.startswith(self.prefix) else name
+            entry = Entry(key, f"{self.scheme}://{self.bucket}/{name}", obj.size)
+            if name.endswith("/") or not is_image_name(key):  # a folder marker, or not an image
+                listing.ignored.append(key)
+                continue
+            problem = _key_problem(key) or size_problem(obj.size, key)
+            if problem:
+                listing.refused.append((entry, problem.reason, problem.detail))
             else:
-                ignored.append(key)
-        entries.sort(key=lambda e: e.key)
-        return Listing(entries, sorted(ignored))
+                listing.entries.append(entry)
+        listing.entries.sort(key=lambda e: e.key)
+        listing.ignored.sort()
+        return listing
 
     def fetch(self, keys: Sequence[str]) -> Fetched:
         return [self._get(self.prefix + key) for key in keys]
 
     def _get(self, name: str) -> bytes | Rejected:
+        """One object, its size checked on the response's Content-Length before the body is
+        read and its body read no further than the limit. Every read waits at most S3_TIMEOUT
+        (and is retried S3_MAX_RETRIES times)."""
         client = objectstore.client_for(self.config)
+        where = f"{self.scheme}://{self.bucket}/{name}"
+        limit = max_file_bytes(name)
         response = None
         try:
             response = client.get_object(self.bucket, name)
-            return response.read()
+            length = response.headers.get("Content-Length")
+            too_large = size_problem(int(length), name, "the response's Content-Length") \
+                if length and length.isdigit() else None
+            if too_large:
+                return too_large
+            data = response.read(limit + 1)
+            if len(data) > limit:
+                return Rejected("too_large", f"{where}: the body runs past {limit} bytes; not "
+                                             "read further")
+            return data
         except Exception as e:  # one bad object is quarantined, not fatal; retries happened below
-            return Rejected("read_error", f"{self.scheme}://{self.bucket}/{name}: {objectstore.describe(e)}")
+            if getattr(e, "code", None) == "NoSuchKey":
+                return Rejected("changed", f"{where} no longer exists (NoSuchKey: removed after "
+                                           "the listing)")
+            return Rejected("read_error", f"{where}: {objectstore.describe(e)}")
         finally:
             if response is not None:
                 response.close()
                 response.release_conn()
+
+
+def _key_problem(key: str) -> Rejected | None:
+    parts = key.split("/")
+    if "" in parts or "." in parts or ".." in parts:
+        return Rejected("bad_name", f"the object key {key!r} (below the prefix) has an empty, '.' "
+                                    "or '..' segment: it is not a relative path, and a client "
+                                    "that normalises it would read another object")
+    if "\ufffd" in key:
+        return Rejected("bad_name", f"the object key {key!r} holds bytes that are not UTF-8")
+    return None
 
 
 # --- built-in data ----------------------------------------------------------------------------
