@@ -561,3 +561,15 @@ def test_a_pickle_payload_is_never_loaded_even_with_a_plain_extension(tmp_path):
     report = ingest(str(src), tmp_path / "out", workers=1, max_bad_fraction=0.5)
     rows = reconciled(report, tmp_path / "out")
     assert rows["raw-pickle.npy"][0] == "undecodable" and not (tmp_path / "pwned").exists()
+
+
+def test_a_link_loop_beside_a_metadata_file_is_not_fatal(tmp_path):
+    """With --metadata, ignored names are compared with the metadata file's path: a loop among
+    them (Path.resolve raises on one on Python 3.11) is still just an ignored file."""
+    src = good_folder(tmp_path / "src")
+    (src / "loop.csv").symlink_to("loop.csv")
+    meta = src / "meta.csv"
+    pd.DataFrame({"path": [f"good-{i}.png" for i in range(GOOD)], "group_id": "g"}).to_csv(meta, index=False)
+    report = ingest(str(src), tmp_path / "out", workers=1, metadata=str(meta))
+    reconciled(report, tmp_path / "out")
+    assert (report.accepted, report.ignored) == (GOOD, 1)  # loop.csv; meta.csv is the metadata

@@ -16,6 +16,11 @@ Hostile input is quarantined, never fatal: headers are read and bounded before a
 decoded (kubevae.ingest.decode.MAX_PIXELS), any unexpected decode error becomes a row with
 reason decode_error, links that leave the source folder or lead nowhere are refused, links to
 folders are counted (linked_folders) but not followed, and names that are not UTF-8 are refused.
+Whatever else a source holds, ingest finishes: a FIFO, a socket or a device is refused without
+being opened (not_a_file), a file larger than any image within the limits is refused on its
+size before it is read (a sparse 10 GB file; an object's listed size or Content-Length), a file
+or object that changes after the listing is refused (changed) and never followed out of the
+source, and every S3 request waits at most S3_TIMEOUT (kubevae.ingest.sources lists the rules).
 The metadata file is bounded (kubevae.ingest.metadata.MAX_METADATA_BYTES), not streamed. The
 scratch folder (OUT's sibling `.OUT.scratch-...`) is removed at the end, and a killed run's
 is removed by the next run (kubevae.storage.remove_stale_temporaries).
@@ -24,6 +29,7 @@ is removed by the next run (kubevae.storage.remove_stale_temporaries).
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -216,7 +222,9 @@ def _parent(out_dir: Path) -> Path:
 
 def _same_file(source: Source, key: str, metadata: str) -> bool:
     root = getattr(source, "root", None)
-    return root is not None and (root / key).resolve() == Path(metadata).expanduser().resolve()
+    # realpath, not Path.resolve: on Python 3.11 that raises on a symbolic link loop
+    return root is not None and os.path.realpath(root / key) == \
+        os.path.realpath(Path(metadata).expanduser())
 
 
 def _match_metadata(meta: Metadata, entries: list[Entry], ignored: list[str]):
