@@ -71,7 +71,7 @@ def planted_dataset(path, originals: np.ndarray, per_kind: int, seed: int = 0):
     gray = originals.astype(np.float32).mean(axis=-1)
     textured = np.flatnonzero(gray.reshape(len(gray), -1).std(axis=1) >= 20)
     images, ids, copies = [*originals], [f"orig-{i:04d}" for i in range(len(originals))], []
-    for kind in planted.KINDS:
+    for kind in planted.SHIFT_AND_PHOTOMETRIC:
         for base in rng.choice(textured, per_kind, replace=False):
             images.append(planted.make_copy(originals[base], kind, seed=len(ids)))
             copies.append((f"copy-{len(ids):04d}", f"orig-{base:04d}", kind))
@@ -140,7 +140,7 @@ def test_appended_near_copies_inherit_their_originals_split(tmp_path):
     split(tmp_path / "v1", tmp_path / "s1", salt="first")
     first = pd.read_csv(tmp_path / "s1" / "assignments.csv").set_index("item_id")["split"]
     textured = [i for i in range(len(originals)) if originals[i].std() >= 20][:30]
-    kinds = list(planted.KINDS)
+    kinds = list(planted.SHIFT_AND_PHOTOMETRIC)
     new = np.stack([planted.make_copy(originals[i], kinds[k % len(kinds)], seed=k)
                     for k, i in enumerate(textured)])
     new_ids = [f"new-{k:03d}" for k in range(len(new))]

@@ -37,6 +37,7 @@ Because every merge is verified, a loose candidate search cannot chain distinct 
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -77,8 +78,16 @@ CALIBRATION_MIN_STD = 20.0    # grey levels: calibrate on images with contrast t
 RESIDUAL_LEVELS = 3.0         # low-contrast pairs: merged when they differ by this little
 RESIDUAL_MIN_NCC = 0.5
 MIN_STD_RATIO = 0.7            # contrast edits of a copy: at most 30% either way
+DETAIL_MIN = 1.5              # grey levels of band-pass detail: below, an image is smooth
+ALIGNED_MIN, ALIGNED_MAX = 0.95, 0.99    # bounds of the aligned stage's threshold (above: off)
+FALSE_MERGE_BUDGET = 0.0      # share of distinct look-alikes the aligned stage may merge
+ALIGNED_MARGIN = 0.005
+ALIGN_BUDGET_PAIRS = 12_000   # aligned verifications per split (about 3 ms each on one core)
+ALIGN_PER_ITEM = 2            # each image's best neighbours (and its mirror's), if mutual
+ALIGNED_SAMPLE = 48           # calibration images whose copies go through the aligned stage
 MAX_LEVEL_SHIFT = 64.0        # brightness edits of a copy: at most 64 grey levels
 CHUNK = 8192
+DISTINCT_RANK = 2             # calibration's look-alike: each sampled image's second nearest
 CHUNK_VALUES = 4_000_000       # per chunk of working_images: 16 MB as float32
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -91,6 +100,8 @@ class NearDuplicates:
     threshold_source: str
     calibration: dict[str, Any]
     search: dict[str, Any]
+    aligned_threshold: float = 1.0
+    mirrors: bool = True
     near_misses: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     near_miss_similarity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
 
@@ -129,6 +140,20 @@ def _statistics(work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         means[start:start + CHUNK] = block.mean(1)
         stds[start:start + CHUNK] = block.std(1)
     return means, stds
+
+
+def detail(work: np.ndarray) -> np.ndarray:
+    """Per image, the std (grey levels) of what four more binomial passes take away: the
+    band-pass detail. Sky, blurred backgrounds and gradients have almost none; two of them look
+    alike only when their levels do, whatever their correlation (DETAIL_MIN)."""
+    out = np.empty(len(work), np.float32)
+    for start in range(0, len(work), CHUNK):
+        x = np.asarray(work[start:start + CHUNK], np.float32)
+        blurred = x
+        for _ in range(4):
+            blurred = _smooth(blurred)
+        out[start:start + CHUNK] = (x - blurred).reshape(len(x), -1).std(1)
+    return out
 
 
 def _pooling(size: int, bins: int) -> np.ndarray:
@@ -218,8 +243,8 @@ def _index(base: np.ndarray) -> tuple[Any, str, tuple[np.ndarray, np.ndarray] | 
 
 
 def _select(rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, gate: float, per_item: int,
-            margin: float) -> np.ndarray:
-    """Directed pairs (row, id) from one block of search results (sorted by similarity): each
+            margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """Directed pairs (row, id) from one block of search results, with their cosine: each
     row's best `per_item` other items at or above `gate` and within `margin` of its best one."""
     other = (ids >= 0) & (ids != rows[:, None])
     sims = np.where(other, sims, -np.inf)
@@ -227,7 +252,7 @@ def _select(rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, gate: float, pe
     sims, ids = np.take_along_axis(sims, order, 1), np.take_along_axis(ids, order, 1)
     keep = (sims >= gate) & (sims >= sims[:, :1] - margin)
     keep[:, per_item:] = False
-    return np.stack([np.broadcast_to(rows[:, None], ids.shape)[keep], ids[keep]], axis=1)
+    return np.stack([np.broadcast_to(rows[:, None], ids.shape)[keep], ids[keep]], axis=1), sims[keep]
 
 
 def verification_plan(n: int, pixels: int) -> tuple[int, float]:
@@ -242,10 +267,15 @@ def verification_plan(n: int, pixels: int) -> tuple[int, float]:
     return int(per_item), 1.0
 
 
-def candidate_pairs(work: np.ndarray, gate: float) -> tuple[np.ndarray, dict[str, Any]]:
+def candidate_pairs(work: np.ndarray, gate: float, mirrors: bool = True,
+                    aligned_per_item: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Unique pairs (i < j) to verify: for each image, its few best neighbours in descriptor
     space (verification_plan), at or above `gate`. One query per image, in blocks, so memory
-    holds one block's neighbour lists at a time."""
+    holds one block's neighbour lists at a time.
+
+    Also the pairs for the aligned stage, with their cosine: each image's best
+    `aligned_per_item` neighbours above MIN_GATE and, with mirrors, those of its mirror image
+    (one more query per image), whose descriptor matches the original's."""
     import faiss
 
     start = time.monotonic()
@@ -253,31 +283,62 @@ def candidate_pairs(work: np.ndarray, gate: float) -> tuple[np.ndarray, dict[str
     per_item, margin = verification_plan(n, work.shape[1] * work.shape[2])
     faiss.omp_set_num_threads(max(1, min(2, torch.get_num_threads())))
     base = descriptors(work)
+    flipped = descriptors(np.ascontiguousarray(work[:, :, ::-1])) if mirrors and aligned_per_item else None
     described = time.monotonic()
     index, kind, coarse = _index(base)
     indexed = time.monotonic()
-    k = min(per_item + 1, n)
-    found, above = [], 0
+    k = min(max(per_item, aligned_per_item) + 1, n)
+    found, aligned, aligned_cos, above = [], [], [], 0
+
+    def search(query: np.ndarray, q0: int, filed: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        if coarse is None:
+            return index.search(query, k)
+        if filed:         # an indexed item's cells were found when it was filed
+            cells, cell_sims = (c[q0:q0 + len(query)] for c in coarse)
+        else:             # a mirror query finds its own
+            cell_sims, cells = index.quantizer.search(query, index.nprobe)
+        return index.search_preassigned(query, k, cells, cell_sims)
+
     for q0 in range(0, n, QUERY_BLOCK):
         query = base[q0:q0 + QUERY_BLOCK]
-        if coarse is None:
-            sims, ids = index.search(query, k)
-        else:
-            cells, cell_sims = (c[q0:q0 + QUERY_BLOCK] for c in coarse)
-            sims, ids = index.search_preassigned(query, k, cells, cell_sims)
+        rows = np.arange(q0, q0 + len(query))
+        sims, ids = search(query, q0)
         above += int(((sims >= gate) & (ids >= 0)).sum()) - len(sims)
-        pairs = _select(np.arange(q0, q0 + len(ids)), sims, ids, gate, per_item, margin)
+        pairs, _ = _select(rows, sims, ids, gate, per_item, margin)
         found.append(np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1]))
-    del index
+        if aligned_per_item:
+            results = [(sims, ids)]
+            if flipped is not None:
+                results.append(search(np.ascontiguousarray(flipped[q0:q0 + len(query)]), q0, filed=False))
+            for kind, (block_sims, block_ids) in enumerate(results):
+                extra, cos = _select(rows, block_sims, block_ids, MIN_GATE, aligned_per_item, 2.0)
+                aligned.append(np.stack([extra[:, 0], extra[:, 1], np.full(len(extra), kind)], 1))
+                aligned_cos.append(cos)
     keys = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     pairs = np.stack([keys // n, keys % n], axis=1).astype(np.int64)
-    return pairs, {"index": kind, "descriptor": DESCRIPTOR, "descriptor_dims": int(base.shape[1]),
-                   "queries_per_image": 1, "neighbours": k - 1, "gate": round(float(gate), 4),
-                   "per_item": per_item, "margin": margin,
-                   "neighbours_above_gate": max(0, int(above)), "candidates": int(len(pairs)),
-                   "describe_seconds": round(described - start, 3),
-                   "index_seconds": round(indexed - described, 3),
-                   "search_seconds": round(time.monotonic() - start, 3)}
+    if aligned:
+        # Mutual neighbours only (i among j's best and j among i's, in the same query kind):
+        # copies are; a chain of look-alikes, each the next one's best, rarely is.
+        directed, acos = np.concatenate(aligned), np.concatenate(aligned_cos)
+        forward = (directed[:, 0] * n + directed[:, 1]) * 2 + directed[:, 2]
+        backward = (directed[:, 1] * n + directed[:, 0]) * 2 + directed[:, 2]
+        mutual = np.isin(forward, backward)
+        directed, acos = directed[mutual], acos[mutual]
+        keys_ = np.minimum(directed[:, 0], directed[:, 1]) * n + np.maximum(directed[:, 0], directed[:, 1])
+        order = np.argsort(-acos, kind="stable")
+        akeys, first = np.unique(keys_[order], return_index=True)
+        akeys = akeys[np.argsort(first, kind="stable")]        # best cosine first
+    else:
+        akeys = np.zeros(0, np.int64)
+    aligned_pairs = np.stack([akeys // n, akeys % n], axis=1).astype(np.int64)
+    return pairs, aligned_pairs, {
+        "index": kind, "descriptor": DESCRIPTOR, "descriptor_dims": int(base.shape[1]),
+        "queries_per_image": 2 if flipped is not None else 1, "neighbours": k - 1,
+        "gate": round(float(gate), 4), "per_item": per_item, "margin": margin,
+        "neighbours_above_gate": max(0, int(above)), "candidates": int(len(pairs)),
+        "describe_seconds": round(described - start, 3),
+        "index_seconds": round(indexed - described, 3),
+        "search_seconds": round(time.monotonic() - start, 3)}
 
 
 def _window_sums(y: np.ndarray, tops: np.ndarray, hc: int, wc: int) -> tuple[np.ndarray, np.ndarray]:
@@ -318,9 +379,10 @@ def max_ncc(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndar
 
 
 def similarity(work: np.ndarray, pairs: np.ndarray, means: np.ndarray, stds: np.ndarray,
-               batch_pixels: int = VERIFY_BATCH_PIXELS) -> np.ndarray:
-    """Verified similarity of each pair: max NCC; 1 or 0 for near-blank images. In batches of
-    about batch_pixels pixels, so that memory stays bounded whatever the number of pairs."""
+               details: np.ndarray | None = None, batch_pixels: int = VERIFY_BATCH_PIXELS) -> np.ndarray:
+    """Verified similarity of each pair: max NCC over +-MAX_SHIFT px; 1 or 0 for near-blank and
+    smooth images, which are copies only when their levels agree. In batches of about
+    batch_pixels pixels, so that memory stays bounded whatever the number of pairs."""
     out = np.zeros(len(pairs), np.float32)
     batch = max(64, batch_pixels // max(1, work.shape[1] * work.shape[2]))
     for start in range(0, len(pairs), batch):
@@ -336,140 +398,266 @@ def similarity(work: np.ndarray, pairs: np.ndarray, means: np.ndarray, stds: np.
         ratio = np.minimum(stds[i], stds[j]) / np.maximum(np.maximum(stds[i], stds[j]), 1e-6)
         edited = (ratio >= MIN_STD_RATIO) & (np.abs(means[i] - means[j]) <= MAX_LEVEL_SHIFT)
         s = np.where(edited, s, np.minimum(s, 0.0))
+        if details is not None:
+            # Smooth images (sky, blurred backgrounds) correlate with any similar gradient: they
+            # are copies only when they look the same, i.e. when the RMS difference of their
+            # mean-free pixels at the best shift is at most RESIDUAL_LEVELS grey levels.
+            smooth = np.minimum(details[i], details[j]) < DETAIL_MIN
+            apart = np.sqrt(np.clip(stds[i] ** 2 + stds[j] ** 2 - 2 * s * stds[i] * stds[j], 0, None))
+            s = np.where(smooth, np.where(apart <= RESIDUAL_LEVELS, 1.0, 0.0), s)
         flat_i, flat_j = stds[i] < FLAT_STD, stds[j] < FLAT_STD
-        both = flat_i & flat_j
         s = np.where(flat_i | flat_j, 0.0, s)
-        s = np.where(both & (np.abs(means[i] - means[j]) <= FLAT_LEVELS), 1.0, s)
+        s = np.where(flat_i & flat_j & (_flat_bin(means[i]) == _flat_bin(means[j])), 1.0, s)
         out[start:start + batch] = s
     return out
 
 
+def _flat_bin(levels: np.ndarray) -> np.ndarray:
+    return np.floor(np.asarray(levels) / FLAT_LEVELS).astype(np.int64)
+
+
 def flat_pairs(means: np.ndarray, stds: np.ndarray) -> np.ndarray:
-    """Near-blank images whose levels differ by at most FLAT_LEVELS: consecutive by level."""
+    """Near-blank images in the same band of FLAT_LEVELS grey levels, as star edges: bands
+    instead of a chain by level, so that blank frames of every level never join one group."""
     flat = np.flatnonzero(stds < FLAT_STD)
     if len(flat) < 2:
         return np.zeros((0, 2), np.int64)
-    order = flat[np.argsort(means[flat], kind="stable")]
-    close = np.diff(means[order]) <= FLAT_LEVELS
-    a, b = order[:-1][close], order[1:][close]
+    bins = _flat_bin(means[flat])
+    order = np.argsort(bins, kind="stable")
+    flat, bins = flat[order], bins[order]
+    heads = flat[np.searchsorted(bins, bins, side="left")]
+    keep = heads != flat
+    a, b = heads[keep], flat[keep]
     return np.stack([np.minimum(a, b), np.maximum(a, b)], axis=1).astype(np.int64)
+
+
+def _sample(candidates: np.ndarray, size: int, keys: np.ndarray | None, seed: int) -> np.ndarray:
+    """Up to `size` of the candidate rows, chosen by a hash of their content key when keys are
+    given: appending images changes the sample only where a new image's hash ranks among the
+    chosen, so the calibration moves little when data is appended."""
+    if len(candidates) <= size:
+        return np.sort(candidates)
+    if keys is None:
+        return np.sort(np.random.default_rng(seed).choice(candidates, size, replace=False))
+    ranks = np.array([hashlib.sha256(f"{seed}:{keys[r]}".encode()).digest()[:8] for r in candidates])
+    return np.sort(candidates[np.argsort(ranks, kind="stable")[:size]])
 
 
 def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SAMPLE,
               seed: int = 0, rows_of: np.ndarray | None = None,
-              threshold: float | None = None) -> dict[str, Any]:
-    """Copies of every planted kind of a sample of the data set's own (non-blank) images:
-    their descriptor cosine and verified similarity to their originals.
+              threshold: float | None = None, details: np.ndarray | None = None,
+              keys: np.ndarray | None = None, mirrors: bool = True) -> dict[str, Any]:
+    """Copies of every planted kind of a sample of the data set's own (non-blank) images, and
+    each sampled image's nearest distinct neighbour among the sample.
 
-    Threshold (unless given): the similarities' 0.5th percentile less CALIBRATION_MARGIN, within
-    [MIN_THRESHOLD, MAX_THRESHOLD]. Candidate gate: the cosines' GATE_QUANTILE less GATE_MARGIN,
-    within [MIN_GATE, MAX_GATE]; sharp, varied data (textures) gets a high gate and few
-    candidates, dense data (digits) a looser one."""
-    from kubevae.split import planted
+    Threshold (unless given): the similarities of the copies of the shift and photometric
+    kinds, their 0.5th percentile less CALIBRATION_MARGIN, within [MIN_THRESHOLD,
+    MAX_THRESHOLD]. Aligned threshold: the (1 - FALSE_MERGE_BUDGET) quantile of the aligned
+    scores of distinct nearest neighbours, within [ALIGNED_MIN, ALIGNED_MAX], so that at most
+    that share of look-alikes merge. Candidate gate: the cosines' GATE_QUANTILE less
+    GATE_MARGIN, within [MIN_GATE, MAX_GATE]. Then, per kind, how many copies the two stages
+    together find (found/planted), and how many distinct neighbours they merge."""
+    from kubevae.split import align, planted
 
-    usable = np.flatnonzero(stds >= CALIBRATION_MIN_STD)
+    details = np.full(len(stds), np.inf, np.float32) if details is None else details
+    given = threshold
+    usable = np.flatnonzero((stds >= CALIBRATION_MIN_STD) & (details >= DETAIL_MIN))
+    if len(usable) < 20:
+        usable = np.flatnonzero((stds >= FLAT_STD) & (details >= DETAIL_MIN))
     if len(usable) < 20:
         usable = np.flatnonzero(stds >= FLAT_STD)
     if len(usable) == 0:
         return {"threshold": MAX_THRESHOLD if threshold is None else threshold, "gate": MIN_GATE,
-                "sampled_images": 0, "per_kind": {},
+                "aligned_threshold": 1.0, "sampled_images": 0, "per_kind": {},
                 "reason": "every image is near-blank; only blank images are merged"}
-    rows = np.sort(np.random.default_rng(seed).choice(usable, min(sample, len(usable)), replace=False))
-    if rows_of is not None:   # stds are of a subset of the images: rows_of maps it back
-        rows = rows_of[rows]
+    picked = _sample(usable, sample, keys, seed)
+    rows = picked if rows_of is None else rows_of[picked]   # stds may be of a subset of the images
     originals = np.asarray(images[rows])
-    per_kind: dict[str, dict[str, float]] = {}
-    pooled, cosines = [], []
+    work_o = working_images(originals)
+    per_kind: dict[str, dict[str, Any]] = {}
+    cheap: dict[str, np.ndarray] = {}
+    cosines = []
     pairs = np.stack([np.arange(len(rows)), np.arange(len(rows)) + len(rows)], axis=1)
+    aligned_rows = np.arange(min(ALIGNED_SAMPLE, len(rows)))
+    copies_work: dict[str, np.ndarray] = {}
     for kind in planted.KINDS:
         copies = np.stack([planted.make_copy(im, kind, seed=int(r)) for im, r in zip(originals, rows, strict=True)])
-        both = working_images(np.concatenate([originals, copies]))
+        both = np.concatenate([work_o, working_images(copies)])
         d = descriptors(both)
+        if kind in planted.MIRROR:   # found by the mirror query
+            d[len(rows):] = descriptors(np.ascontiguousarray(both[len(rows):, :, ::-1]))
         cos = (d[pairs[:, 0]] * d[pairs[:, 1]]).sum(1)
-        cosines.append(cos)
-        per_kind[kind] = {"descriptor_cos_min": round(float(cos.min()), 4)}
-        if threshold is None:
-            m, s = _statistics(both)
-            sims = similarity(both, pairs, m, s)
-            pooled.append(sims)
-            per_kind[kind].update({"min": round(float(sims.min()), 4),
-                                   "p0.5": round(float(np.quantile(sims, CALIBRATION_QUANTILE)), 4),
-                                   "median": round(float(np.median(sims)), 4)})
-    allcos = np.concatenate(cosines)
-    gate = float(np.clip(np.quantile(allcos, GATE_QUANTILE) - GATE_MARGIN, MIN_GATE, MAX_GATE))
+        if kind in planted.SHIFT_AND_PHOTOMETRIC:
+            cosines.append(cos)
+        m, sd = _statistics(both)
+        cheap[kind] = similarity(both, pairs, m, sd, detail(both))
+        copies_work[kind] = both[len(rows):]
+        per_kind[kind] = {"descriptor_cos_min": round(float(cos.min()), 4),
+                          "cheap_median": round(float(np.median(cheap[kind])), 4)}
+    gate = float(np.clip(np.quantile(np.concatenate(cosines), GATE_QUANTILE) - GATE_MARGIN, MIN_GATE, MAX_GATE))
     out: dict[str, Any] = {"gate": round(gate, 4), "sampled_images": int(len(rows)),
+                           "aligned_sampled_images": int(len(aligned_rows)),
                            "gate_rule": f"{GATE_QUANTILE * 100:g}th percentile of the copies' "
                                         f"descriptor cosine - {GATE_MARGIN}, within "
                                         f"[{MIN_GATE}, {MAX_GATE}]"}
-    if threshold is not None:
-        return {**out, "threshold": threshold, "per_kind": per_kind,
-                "reason": "threshold given, not calibrated; candidate gate calibrated"}
-    low = float(np.quantile(np.concatenate(pooled), CALIBRATION_QUANTILE))
-    threshold = float(np.clip(low - CALIBRATION_MARGIN, MIN_THRESHOLD, MAX_THRESHOLD))
-    return {**out, "threshold": round(threshold, 4), "copies_p0.5": round(low, 4),
-            "per_kind": per_kind,
-            "rule": f"0.5th percentile of the copies' similarity - {CALIBRATION_MARGIN}, within "
-                    f"[{MIN_THRESHOLD}, {MAX_THRESHOLD}]"}
+    # Distinct look-alikes: each sampled image's nearest other sampled image (by descriptor).
+    d = descriptors(work_o)
+    cos = d @ d.T
+    np.fill_diagonal(cos, -np.inf)
+    content = pd.factorize(pd.Series([w.tobytes() for w in work_o]))[0]
+    cos[content[:, None] == content[None, :]] = -np.inf      # equal working images: not distinct
+    # The second nearest, not the nearest: where the data holds copies, an image's nearest
+    # neighbour is often its own copy, which would pass for a look-alike.
+    rank = min(DISTINCT_RANK, len(rows) - 1) if len(rows) > 1 else 0
+    neighbour = np.argsort(-cos, axis=1, kind="stable")[:, max(0, rank - 1)] if rank else np.zeros(len(rows), np.int64)
+    valid = np.isfinite(cos[np.arange(len(rows)), neighbour]) if rank else np.zeros(len(rows), bool)
+    distinct = np.stack([np.arange(len(rows)), neighbour], axis=1)[valid]
+    m, sd = _statistics(work_o)
+    det = detail(work_o)
+    distinct_cheap = similarity(work_o, distinct, m, sd, det)
+    if threshold is None:
+        pooled = np.concatenate([cheap[k] for k in planted.SHIFT_AND_PHOTOMETRIC])
+        low = float(np.quantile(pooled, CALIBRATION_QUANTILE))
+        threshold = float(np.clip(low - CALIBRATION_MARGIN, MIN_THRESHOLD, MAX_THRESHOLD))
+        out.update({"copies_p0.5": round(low, 4),
+                    "rule": f"0.5th percentile of the shift and photometric copies' similarity - "
+                            f"{CALIBRATION_MARGIN}, within [{MIN_THRESHOLD}, {MAX_THRESHOLD}]"})
+    else:
+        out["reason"] = "threshold given, not calibrated; candidate gate and aligned stage calibrated"
+    sel = distinct[:ALIGNED_SAMPLE]
+    detailed = (det[sel[:, 0]] >= DETAIL_MIN) & (det[sel[:, 1]] >= DETAIL_MIN)
+    distinct_aligned = np.zeros(len(sel), np.float32)
+    if detailed.any():
+        distinct_aligned[detailed] = align.aligned_similarity(work_o[sel[detailed, 0]], work_o[sel[detailed, 1]],
+                                                              mirrors=mirrors).score
+    aligned_threshold, aligned_off = ALIGNED_MAX, None
+    if len(sel):
+        wanted = float(np.quantile(distinct_aligned, 1 - FALSE_MERGE_BUDGET)) + ALIGNED_MARGIN
+        # A given threshold binds both stages: --near-dup-threshold 1 merges only identical pixels.
+        aligned_threshold = max(wanted, ALIGNED_MIN, given if given is not None else 0.0)
+        if wanted > ALIGNED_MAX:
+            # Distinct images of this data set align as well as copies do (a sprite at another
+            # place or size is another sample, not a copy): the aligned stage would chain them.
+            aligned_threshold = 2.0
+            aligned_off = (f"aligned stage off: distinct look-alikes of this data set align at "
+                           f"{wanted - ALIGNED_MARGIN:.4f} (the {(1 - FALSE_MERGE_BUDGET) * 100:g}th "
+                           f"percentile), above {ALIGNED_MAX}; geometric edits here make new "
+                           "samples, not copies")
+    for kind in planted.KINDS:
+        found = cheap[kind] >= threshold
+        a_rows = aligned_rows[~found[aligned_rows]]
+        a_scores = np.zeros(len(aligned_rows), np.float32)
+        if len(a_rows):
+            a_scores[~found[aligned_rows]] = align.aligned_similarity(
+                work_o[a_rows], copies_work[kind][a_rows], mirrors=mirrors).score
+        hit = found[aligned_rows] | (a_scores >= aligned_threshold)
+        counts = kind not in planted.MIRROR or mirrors
+        per_kind[kind].update({"found": int(hit.sum()), "planted": int(len(aligned_rows)),
+                               "recall": round(float(hit.mean()), 4) if len(hit) else None,
+                               "counts_as_copy": counts})
+    merged = (distinct_cheap[:len(sel)] >= threshold) | (distinct_aligned >= aligned_threshold)
+    out.update({"threshold": round(threshold, 4), "aligned_threshold": round(aligned_threshold, 4),
+                "aligned_off": aligned_off,
+                "aligned_rule": f"{(1 - FALSE_MERGE_BUDGET) * 100:g}th percentile of distinct "
+                                f"look-alikes' aligned score + {ALIGNED_MARGIN}, within "
+                                f"[{ALIGNED_MIN}, {ALIGNED_MAX}]",
+                "false_merges": {"merged": int(merged.sum()), "pairs": int(len(sel)),
+                                 "what": "each sampled image and its second-nearest other sampled image "
+                                         "(a look-alike; distinct unless the data holds two "
+                                         "copies of it)"},
+                "mirrors": mirrors, "per_kind": per_kind})
+    return out
 
 
-def method() -> str:
+def method(mirrors: bool = True) -> str:
     """The method in one sentence, for the leakage report."""
-    return (f"candidates: faiss nearest neighbours (one query per image) of a descriptor: "
+    from kubevae.split import align
+
+    return (f"candidates: faiss nearest neighbours (one query per image"
+            f"{', one per mirror image' if mirrors else ''}) of a descriptor: "
             f"{DESCRIPTOR}; each image's best {VERIFY_PER_ITEM} within {VERIFY_MARGIN} cosine of "
             f"its best one (up to {MAX_PER_ITEM}, any cosine, where n x per-image x pixels stays "
             f"within {VERIFY_BUDGET_PIXELS:,}), above a gate calibrated on planted copies (one "
-            f"image per set of exact copies); verification: max normalised cross-correlation over +-{MAX_SHIFT} "
-            f"px of the smoothed luma (at most {WORK_MAX_SIDE} px a side); near-blank images "
-            f"(std < {FLAT_STD} levels) by mean level, faint pairs by residual <= "
-            f"{RESIDUAL_LEVELS} levels")
+            f"image per set of exact copies); verification, stage 1: max normalised "
+            f"cross-correlation over +-{MAX_SHIFT} px of the smoothed luma (at most "
+            f"{WORK_MAX_SIDE} px a side); stage 2, for each image's best {ALIGN_PER_ITEM} "
+            f"neighbours that stage 1 did not merge (at most {ALIGN_BUDGET_PAIRS:,} pairs): "
+            f"{align.describe(mirrors)}; near-blank images (std < {FLAT_STD} levels) by "
+            f"{FLAT_LEVELS:g}-level bands of their mean, smooth images (detail < {DETAIL_MIN} "
+            f"levels) only when their mean-free pixels differ by <= {RESIDUAL_LEVELS} levels RMS")
 
 
 def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
                          threshold_source: str = "given",
-                         keys: np.ndarray | None = None) -> NearDuplicates:
+                         keys: np.ndarray | None = None, mirrors: bool = True) -> NearDuplicates:
     """Verified near-duplicate pairs of uint8 N x H x W x C images (a memmap is fine).
 
     keys: per item, a key equal for exact copies (the pixels' sha256); only the first item of
-    each key is searched and verified (its copies are grouped with it by the exact relation)."""
+    each key is searched and verified (its copies are grouped with it by the exact relation).
+    mirrors: mirror images count as copies (the default: saved flips are augmentations)."""
+    from kubevae.split import align
+
     start = time.monotonic()
     n = len(images)
     work = working_images(images)
     reps = np.arange(n)
+    rep_keys = None if keys is None else np.asarray(keys)
     if keys is not None and n:
         codes = pd.factorize(pd.Series(keys).reset_index(drop=True))[0]
         _, first = np.unique(codes, return_index=True)
         if len(first) < n:
             reps = np.sort(first)
             work = work[reps]
+        rep_keys = np.asarray(keys)[reps]
     means, stds = _statistics(work)
+    details = detail(work)
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1], got {threshold}")
-    calibration = calibrate(images, stds, rows_of=reps, threshold=threshold)
+    calibration = calibrate(images, stds, rows_of=reps, threshold=threshold, details=details,
+                            keys=rep_keys, mirrors=mirrors)
     if threshold is None:
         threshold_source = "calibrated on this data set"
     threshold = float(calibration["threshold"])
+    aligned_threshold = float(calibration.get("aligned_threshold", 1.0))
     if len(work) < 2:
-        pairs = np.zeros((0, 2), np.int64)
+        pairs, aligned_pairs = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
         search: dict[str, Any] = {"candidates": 0}
     else:
-        pairs, search = candidate_pairs(work, calibration["gate"])
+        pairs, aligned_pairs, search = candidate_pairs(work, calibration["gate"], mirrors, ALIGN_PER_ITEM)
     verify_start = time.monotonic()
-    sims = similarity(work, pairs, means, stds)
+    sims = similarity(work, pairs, means, stds, details)
     merged = sims >= threshold
+    # The aligned stage: pairs the shift stage did not merge, both with detail, best first.
+    done = set((pairs[merged, 0] * len(work) + pairs[merged, 1]).tolist())
+    todo = aligned_pairs[[(i * len(work) + j) not in done for i, j in aligned_pairs.tolist()]] \
+        if len(aligned_pairs) else aligned_pairs
+    todo = todo[(details[todo[:, 0]] >= DETAIL_MIN) & (details[todo[:, 1]] >= DETAIL_MIN)
+                & (stds[todo[:, 0]] >= FLAT_STD) & (stds[todo[:, 1]] >= FLAT_STD)]
+    skipped = max(0, len(todo) - ALIGN_BUDGET_PAIRS)
+    todo = todo[:ALIGN_BUDGET_PAIRS] if aligned_threshold <= 1.0 else todo[:0]
+    aligned_start = time.monotonic()
+    scores = align.aligned_similarity(work[todo[:, 0]], work[todo[:, 1]], mirrors=mirrors).score \
+        if len(todo) else np.zeros(0, np.float32)
+    aligned_merged = scores >= aligned_threshold
     # Pairs just below the threshold: shown in the report so that a user can judge it.
     near = (sims < threshold) & (sims >= threshold - 0.05)
     flat = flat_pairs(means, stds)
-    pairs_out = np.concatenate([pairs[merged], flat])
-    sims_out = np.concatenate([sims[merged], np.ones(len(flat), np.float32)])
+    pairs_out = np.concatenate([pairs[merged], todo[aligned_merged], flat])
+    sims_out = np.concatenate([sims[merged], scores[aligned_merged], np.ones(len(flat), np.float32)])
     if len(pairs_out):
         _, first_pair = np.unique(pairs_out[:, 0] * n + pairs_out[:, 1], return_index=True)
         pairs_out, sims_out = pairs_out[first_pair], sims_out[first_pair]
     search.update({"searched_images": int(len(work)), "exact_copies_skipped": int(n - len(work)),
                    "verified": int(len(pairs)), "merged_pairs": int(len(pairs_out)),
+                   "aligned_verified": int(len(todo)), "aligned_merged": int(aligned_merged.sum()),
+                   "aligned_skipped_over_budget": int(skipped),
+                   "aligned_seconds": round(time.monotonic() - aligned_start, 3),
                    "near_blank_images": int((stds < FLAT_STD).sum()),
+                   "smooth_images": int(((details < DETAIL_MIN) & (stds >= FLAT_STD)).sum()),
                    "verify_seconds": round(time.monotonic() - verify_start, 3),
                    "seconds": round(time.monotonic() - start, 3),
                    "working_size": list(work.shape[1:])})
     return NearDuplicates(reps[pairs_out].reshape(-1, 2).astype(np.int64),
                           sims_out.astype(np.float32), float(threshold), threshold_source,
-                          calibration, search, reps[pairs[near]].reshape(-1, 2), sims[near])
+                          calibration, search, aligned_threshold, mirrors,
+                          reps[pairs[near]].reshape(-1, 2), sims[near])

@@ -110,7 +110,7 @@ def _near_search(ctx: Context) -> dict[str, Any]:
     with_near = np.bincount(ctx.grouping.labels, minlength=n)[ctx.grouping.labels]
     without = np.bincount(ctx.grouping.exact_labels, minlength=n)[ctx.grouping.exact_labels]
     return {
-        "method": neardup.method(),
+        "method": neardup.method(near.mirrors),
         "threshold": round(near.threshold, 4), "threshold_source": near.threshold_source,
         "calibration": near.calibration, **near.search,
         "items_merged_only_by_near_duplicates": int((with_near > without).sum()),
@@ -286,15 +286,29 @@ def markdown(report: dict[str, Any]) -> str:
               f"({search.get('search_seconds', 0)} s search, {search.get('verify_seconds', 0)} s "
               "verification)"]
     if calibration.get("rule"):
-        lines += [f"- calibration: copies of {calibration['sampled_images']} of this data set's own "
-                  f"images, of each kind below; rule: {calibration['rule']}; their 0.5th percentile "
-                  f"is {calibration['copies_p0.5']}", "",
-                  "| copy kind | min | 0.5th percentile | median | min descriptor cosine |",
-                  "|---|---|---|---|---|"]
-        lines += [f"| {k} | {v['min']} | {v['p0.5']} | {v['median']} | {v['descriptor_cos_min']} |"
-                  for k, v in calibration["per_kind"].items()]
+        lines.append(f"- calibration: copies of {calibration['sampled_images']} of this data set's "
+                     f"own images, of each kind below; rule: {calibration['rule']}; the copies' "
+                     f"0.5th percentile is {calibration['copies_p0.5']}")
     elif calibration.get("reason"):
         lines.append(f"- calibration: {calibration['reason']}")
+    if "aligned_threshold" in calibration:
+        lines.append("- aligned stage: " + (calibration.get("aligned_off") or
+                     f"merges at >= {calibration['aligned_threshold']} ({calibration['aligned_rule']})"))
+    if calibration.get("false_merges"):
+        false = calibration["false_merges"]
+        lines.append(f"- false merges among distinct look-alikes: {false['merged']}/{false['pairs']} "
+                     f"({false['what']})")
+    if calibration.get("per_kind") and "found" in next(iter(calibration["per_kind"].values())):
+        lines += ["", f"Recall per copy kind: planted copies of {calibration['aligned_sampled_images']} "
+                  "sampled images, found by either stage at the thresholds above"
+                  + ("" if calibration.get("mirrors", True) else "; mirror images do not count as "
+                     "copies here (--no-mirror-copies)") + ":", "",
+                  "| copy kind | found/planted | stage 1 median | min descriptor cosine |",
+                  "|---|---|---|---|"]
+        lines += [f"| {k}{'' if v['counts_as_copy'] else ' (not a copy)'} | {v['found']}/{v['planted']} | "
+                  f"{v['cheap_median']} | {v['descriptor_cos_min']} |"
+                  for k, v in calibration["per_kind"].items()]
+        lines.append("")
     if calibration.get("gate_rule"):
         lines.append(f"- candidate gate: descriptor cosine >= {calibration['gate']} "
                      f"({calibration['gate_rule']})")

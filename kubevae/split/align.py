@@ -1,0 +1,179 @@
+"""Aligned verification: copies that moved more than a shift (re-crops, zooms, rotations,
+aspect changes, letterboxing, mirror images) or carry an overlay (a watermark, a caption).
+
+For a batch of candidate pairs (a, b) it finds the map that best lays b over a and scores the
+pair by the correlation of what then overlaps, less the worst-matching pixels:
+
+1. Both images, luma, area-resized to FINE_SIDE (and COARSE_SIDE for the first pass), each
+   standardised (mean 0, std 1): brightness and contrast edits do not matter.
+2. The map is a rotation of an axis-aligned stretch plus a shift, after a left-right flip when
+   mirrored, kept within the bounds of a copy's edits (rotation, size, aspect, shift). It
+   starts at the identity and, with mirror matching on, also at the mirror image; a coarse pass
+   (Adam on the correlation over the overlap) runs from both and keeps the better start, then a
+   fine pass refines it. Only the overlap counts (b's frame where it lands on a), so bars and
+   borders fall away.
+3. Score: the Pearson correlation over the overlap after dropping the TRIM share of pixels
+   that disagree most (an overlay covering under a tenth of the frame), or 0 when the overlap
+   is under MIN_OVERLAP of the frame. A copy scores near 1; the threshold is set against
+   distinct images of the same data set (kubevae.split.neardup.calibrate).
+
+Batched in torch (grid_sample and autograd).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+COARSE_SIDE, FINE_SIDE = 16, 32
+COARSE_STEPS, FINE_STEPS = 20, 12
+LEARNING_RATE = (0.03, 0.01)     # per pass, in normalised units (translation: 1 = half a frame)
+TRIM = 0.10                      # share of the overlap dropped: an overlay under a tenth
+MIN_OVERLAP = 0.45               # of a's frame
+MAX_ROTATION_DEG = 15.0
+SCALE_RANGE = (0.7, 1.45)        # a copy's content at 0.7x to 1.45x the original's size
+MAX_ASPECT = 1.4                 # ratio of the map's two scales (a one-sided letterbox: 1.33)
+MAX_TRANSLATION = 0.35           # half-frames
+BATCH_PAIRS = 2048
+_EPS = 1e-6
+
+_LOG_SCALE = (-math.log(SCALE_RANGE[1]), -math.log(SCALE_RANGE[0]))  # theta's scale is 1/size
+_LOG_ASPECT = math.log(MAX_ASPECT) / 2
+_LOWER = torch.tensor([_LOG_SCALE[0], -math.radians(MAX_ROTATION_DEG), -_LOG_ASPECT,
+                       -MAX_TRANSLATION, -MAX_TRANSLATION])
+_UPPER = torch.tensor([_LOG_SCALE[1], math.radians(MAX_ROTATION_DEG), _LOG_ASPECT,
+                       MAX_TRANSLATION, MAX_TRANSLATION])
+
+
+@dataclass
+class Aligned:
+    score: np.ndarray        # P: trimmed correlation after alignment (0: too little overlap)
+    mirrored: np.ndarray     # P: bool, the better start was the mirror image
+    overlap: np.ndarray      # P: share of a's frame covered by b after the map
+
+
+def _prepared(work: np.ndarray, side: int) -> torch.Tensor:
+    x = torch.from_numpy(np.ascontiguousarray(work, np.float32))[:, None]
+    if x.shape[-2:] != (side, side):
+        if min(x.shape[-2:]) >= side:
+            x = F.interpolate(x, size=(side, side), mode="area")
+        else:
+            x = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False)
+    x = x - x.mean(dim=(2, 3), keepdim=True)
+    return x / x.std(dim=(2, 3), keepdim=True).clamp_min(1e-3)
+
+
+def _weighted_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    sw = w.sum(dim=(1, 2, 3)).clamp_min(_EPS)
+    ma = (w * a).sum(dim=(1, 2, 3)) / sw
+    mb = (w * b).sum(dim=(1, 2, 3)) / sw
+    da, db = a - ma[:, None, None, None], b - mb[:, None, None, None]
+    cov = (w * da * db).sum(dim=(1, 2, 3))
+    va, vb = (w * da * da).sum(dim=(1, 2, 3)), (w * db * db).sum(dim=(1, 2, 3))
+    return cov / torch.sqrt(va * vb + _EPS)
+
+
+def _theta(params: torch.Tensor, mirrored: torch.Tensor) -> torch.Tensor:
+    """Affine maps (a's coordinates -> b's) from (log scale, angle, log aspect, tx, ty). No
+    shear: a copy's edits do not carry one, and every freedom lets distinct images match."""
+    log_s, angle, log_a, tx, ty = params.unbind(1)
+    sx, sy = torch.exp(log_s + log_a), torch.exp(log_s - log_a)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    flip = torch.where(mirrored, -1.0, 1.0)
+    row0 = torch.stack([cos * sx * flip, -sin * sy, tx], 1)
+    row1 = torch.stack([sin * sx * flip, cos * sy, ty], 1)
+    return torch.stack([row0, row1], 1)
+
+
+def _warp(b: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    grid = F.affine_grid(theta, list(b.shape), align_corners=False)
+    warped = F.grid_sample(b, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    inside = (grid.abs() <= 1).all(dim=-1).float()[:, None]
+    return warped, inside
+
+
+def _fit(a: torch.Tensor, b: torch.Tensor, params: torch.Tensor, mirrored: torch.Tensor,
+         steps: int, lr: float, robust: bool = False) -> torch.Tensor:
+    """Adam on the correlation over the overlap; the parameters are put back within the bounds
+    of a copy's edits after every step. Robust: each step leaves out the TRIM share of pixels
+    that disagree most, so that an overlay does not pull the map."""
+    params = params.clone().requires_grad_(True)
+    optimiser = torch.optim.Adam([params], lr=lr)
+    ones = torch.ones_like(b)
+    for _ in range(steps):
+        optimiser.zero_grad()
+        grid = F.affine_grid(_theta(params, mirrored), list(b.shape), align_corners=False)
+        warped = F.grid_sample(b, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weight = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        if robust:
+            with torch.no_grad():
+                weight = weight * _agreeing(a, warped, (weight > 0.99).float())
+        (-_weighted_ncc(a, warped, weight).sum()).backward()
+        optimiser.step()
+        with torch.no_grad():
+            params.copy_(torch.maximum(torch.minimum(params, _UPPER), _LOWER))
+    return params.detach()
+
+
+def _agreeing(a: torch.Tensor, warped: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """1 where the standardised residual is within its (1 - TRIM) quantile over the overlap."""
+    sw = inside.sum(dim=(1, 2, 3)).clamp_min(_EPS)
+
+    def standard(x: torch.Tensor) -> torch.Tensor:
+        m = (inside * x).sum(dim=(1, 2, 3)) / sw
+        d = x - m[:, None, None, None]
+        s = torch.sqrt((inside * d * d).sum(dim=(1, 2, 3)) / sw).clamp_min(1e-3)
+        return d / s[:, None, None, None]
+
+    residual = (standard(a) - standard(warped)).abs()
+    flat = torch.where(inside > 0, residual, torch.full_like(residual, float("nan"))).flatten(1)
+    cut = torch.nan_to_num(torch.nanquantile(flat, 1 - TRIM, dim=1), nan=0.0)
+    return (residual <= cut[:, None, None, None]).float()
+
+
+def _trimmed_score(a: torch.Tensor, b: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    warped, inside = _warp(b, theta)
+    return _weighted_ncc(a, warped, inside * _agreeing(a, warped, inside)), inside.mean(dim=(1, 2, 3))
+
+
+def aligned_similarity(a: np.ndarray, b: np.ndarray, mirrors: bool = True,
+                       batch_pairs: int = BATCH_PAIRS) -> Aligned:
+    """a, b: P x h x w working images (uint8 luma). The trimmed correlation after the best map
+    of b onto a within the bounds of a copy's edits."""
+    p = len(a)
+    scores, flips, overlaps = np.zeros(p, np.float32), np.zeros(p, bool), np.zeros(p, np.float32)
+    for start in range(0, p, batch_pairs):
+        sl = slice(start, start + batch_pairs)
+        ac, bc = _prepared(a[sl], COARSE_SIDE), _prepared(b[sl], COARSE_SIDE)
+        k = len(ac)
+        fits, values = [], []
+        for flag in ([False, True] if mirrors else [False]):
+            mirrored = torch.full((k,), flag)
+            params = _fit(ac, bc, torch.zeros(k, 5), mirrored, COARSE_STEPS, LEARNING_RATE[0])
+            with torch.no_grad():
+                warped, inside = _warp(bc, _theta(params, mirrored))
+                values.append(_weighted_ncc(ac, warped, inside))
+            fits.append(params)
+        best = torch.stack(values).argmax(0)
+        params, mirrored = torch.stack(fits)[best, torch.arange(k)], best.bool()
+        af, bf = _prepared(a[sl], FINE_SIDE), _prepared(b[sl], FINE_SIDE)
+        params = _fit(af, bf, params, mirrored, FINE_STEPS, LEARNING_RATE[1], robust=True)
+        with torch.no_grad():
+            score, overlap = _trimmed_score(af, bf, _theta(params, mirrored))
+            ok = (overlap >= MIN_OVERLAP) & torch.isfinite(score)
+            score = torch.where(ok, score.clamp(-1, 1), torch.zeros_like(score))
+        scores[sl], flips[sl], overlaps[sl] = score.numpy(), mirrored.numpy(), overlap.numpy()
+    return Aligned(scores, flips, overlaps)
+
+
+def describe(mirrors: bool = True) -> str:
+    starts = "identity and mirror starts" if mirrors else "identity start, no mirror images"
+    return (f"alignment by rotation, scale, aspect and shift ({starts}; {COARSE_STEPS}+"
+            f"{FINE_STEPS} Adam steps at {COARSE_SIDE} and {FINE_SIDE} px; rotation <= "
+            f"{MAX_ROTATION_DEG:g} deg, size x{SCALE_RANGE[0]}-{SCALE_RANGE[1]}, aspect <= "
+            f"{MAX_ASPECT}, overlap >= {MIN_OVERLAP:.0%}), then the correlation without the "
+            f"{TRIM:.0%} worst-matching pixels")
