@@ -30,6 +30,9 @@ import pytest
 import yaml
 from conftest import CRDS
 from k8s_scenarios import BUCKET, s3
+from test_mlflow_auth import PASSWORD as REAL_MLFLOW_PASSWORD
+from test_mlflow_auth import USER as REAL_MLFLOW_USER
+from test_mlflow_auth import mlflow_url  # the real `mlflow server --app-name basic-auth` (opt-in)
 
 from components.k8s import preflight
 from kubevae import cli
@@ -322,12 +325,10 @@ def stock_istio_policies() -> list[dict]:
 
 
 def admin_policy() -> dict:
-    """The cluster admin's step: the namespace may reach the cluster-local gateway on 8081."""
-    return {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-            "metadata": {"name": f"allow-{NS}-to-cluster-local-gateway"},
-            "spec": {"podSelector": {"matchLabels": {"app": "cluster-local-gateway"}}, "policyTypes": ["Ingress"],
-                     "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": NS}}}],
-                                  "ports": [{"protocol": "TCP", "port": 8081}]}]}}
+    """The cluster admin's step A2 (docs/cluster.md): the namespace's step pods may reach the
+    cluster-local gateway on 8081."""
+    text = (REPO / "manifests" / "cluster-admin" / "istio-system-allow-kubevae-to-cluster-local-gateway.yaml").read_text()
+    return yaml.safe_load(text.replace("REPLACE_WITH_NAMESPACE", NS))
 
 
 @pytest.fixture
@@ -406,7 +407,8 @@ EXPECTED_ROWS = {
 
 def test_a_healthy_cluster_is_all_ok_and_nothing_but_the_marker_is_written(setup, s3, capsys):
     code, rows, out = run_check(capsys)
-    assert set(rows) == EXPECTED_ROWS - {"Kubernetes API"}, out
+    assert set(rows) == EXPECTED_ROWS, out
+    assert rows["Kubernetes API"] == ("ok", f"{setup.api_url} as {CALLER}.")
     assert {check: status for check, (status, _) in rows.items() if status != "ok"} == {}, out
     assert code == 0
     assert "wrote and deleted s3://mlpipeline/private-artifacts/team-a/v2/artifacts/kubevae-preflight/" \
@@ -435,7 +437,7 @@ def test_trainer_2_1_warns_that_runtime_patches_would_be_dropped(setup, capsys):
     status, detail = rows["TrainJob fields (Trainer>=2.2)"]
     assert status == "warn", out
     assert "Trainer 2.1" in detail and "runtimePatches" in detail and "activeDeadlineSeconds" in detail
-    assert 'docs/cluster.md "Cluster admin steps"' in detail
+    assert "docs/cluster.md step A1" in detail
     assert rows["CRD TrainJob trainer.kubeflow.org"][0] == "ok"  # v1alpha1 is served all the same
     assert code == 0  # a warning, not a missing piece
 
@@ -458,7 +460,7 @@ def test_missing_kserve_annotations_on_the_s3_secret(setup, s3, capsys):
     assert status == "missing", out
     assert "serving.kserve.io/s3-endpoint" in detail and "serving.kserve.io/s3-usehttps" in detail
     assert f"kubectl -n {NS} annotate secret kubevae-s3 serving.kserve.io/s3-endpoint={s3.env['S3_ENDPOINT']}" in detail
-    assert 'docs/cluster.md "Namespace setup"' in detail
+    assert "docs/cluster.md step B2" in detail
     assert code == 1
 
 
@@ -488,7 +490,7 @@ def test_a_role_without_kfp_launcher_is_missing(setup, capsys):
     status, detail = rows["RBAC configmaps kfp-launcher"]
     assert status == "missing", out
     assert f"system:serviceaccount:{NS}:{SA} may not get" in detail
-    assert "resourceNames: [kfp-launcher]" in detail and 'docs/cluster.md "Namespace setup"' in detail
+    assert "resourceNames: [kfp-launcher]" in detail and "docs/cluster.md step B4" in detail
     assert rows["RBAC secrets mlpipeline-minio-artifact"][0] == "ok"
     assert rows["RBAC trainjobs.trainer.kubeflow.org"][0] == "ok"
     assert code == 1
@@ -589,7 +591,7 @@ def test_discovery_finds_an_unserved_crd_missing(setup, capsys):
     code, rows, out = run_check(capsys)
     status, detail = rows["CRD Experiment kubeflow.org"]
     assert status == "missing", out
-    assert "v1beta1 is not served" in detail and 'docs/cluster.md "Cluster admin steps"' in detail
+    assert "v1beta1 is not served" in detail and 'docs/cluster.md "A. Cluster admin"' in detail
     assert rows["ClusterTrainingRuntime torch-distributed"][0] == "could not check"  # forbidden here
     assert code == 1
 
@@ -626,6 +628,7 @@ def test_stock_kubeflow_istio_policies_block_the_smoke_test(setup, capsys):
     assert status == "missing", out
     assert "default-allow-same-namespace-istio-system" in detail and "allow-knative-to-istio-gateways" in detail
     assert "kubernetes.io/metadata.name: team-a on TCP 8081" in detail
+    assert "istio-system-allow-kubevae-to-cluster-local-gateway.yaml (docs/cluster.md step A2)" in detail
     assert code == 1
 
 
@@ -707,12 +710,40 @@ def test_the_step_pod_labels_match_the_pipeline():
     assert preflight.STEP_POD_LABELS[key] == value
 
 
-def test_required_calls_are_the_roles_and_kfps():
+def test_required_calls_are_the_roles_and_kfps(tmp_path):
     needs = {(n.group, n.resource, n.name): n.verbs for n in preflight.required_calls(preflight.RBAC_FILE)}
-    for _, rule in role_rules():
+    for _, rule in role_rules():  # every Role in manifests/base/rbac.yaml
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for name in rule.get("resourceNames") or [None]:
                     assert set(rule["verbs"]) <= set(needs[(group, resource, name)])
+    # KFP's two reads are checked even against a Role file that lacks them
+    only_kubevae = tmp_path / "rbac.yaml"
+    only_kubevae.write_text(yaml.safe_dump_all([d for d in load_all(MANIFESTS / "rbac.yaml")
+                                                if d["metadata"]["name"] == "kubevae-pipeline-runner"]))
+    needs = {(n.group, n.resource, n.name): n.verbs for n in preflight.required_calls(only_kubevae)}
     assert needs[("", "configmaps", "kfp-launcher")] == ("get",)
     assert needs[("", "secrets", "mlpipeline-minio-artifact")] == ("get",)
+    assert ("trainer.kubeflow.org", "trainjobs", None) in needs
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("KUBEVAE_MLFLOW_SERVER_TESTS"),
+                    reason="starts a real MLflow server (minutes here); set KUBEVAE_MLFLOW_SERVER_TESTS=1")
+def test_against_a_real_mlflow_server(setup, mlflow_url, capsys):
+    """The stand-in's answers are MLflow's: the manifest's basic-auth server, its admin user."""
+    def secret(password: str) -> None:
+        setup.cluster.secret(preflight.MLFLOW_CREDENTIALS, {"MLFLOW_TRACKING_USERNAME": REAL_MLFLOW_USER,
+                                                            "MLFLOW_TRACKING_PASSWORD": password,
+                                                            "MLFLOW_FLASK_SERVER_SECRET_KEY": "0" * 32})
+
+    secret(REAL_MLFLOW_PASSWORD)
+    code, rows, out = run_check(capsys, "--mlflow-url", mlflow_url)
+    assert rows["MLflow /health"][0] == "ok", out
+    assert rows["MLflow credentials"] == ("ok", f"an API call as {REAL_MLFLOW_USER!r} succeeds; without "
+                                          "credentials HTTP 401."), out
+    assert code == 0
+    secret("not-the-password")
+    code, rows, out = run_check(capsys, "--mlflow-url", mlflow_url)
+    assert rows["MLflow credentials"][0] == "missing" and "HTTP 401" in rows["MLflow credentials"][1], out
+    assert code == 1

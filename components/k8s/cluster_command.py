@@ -7,7 +7,7 @@
 
 Uses the kubeconfig's current context, or the pod's service account inside a pod. Prints one
 table: each check, its status (ok / missing / warn / could not check) and what to change,
-pointing into docs/cluster.md ("Cluster admin steps", "Namespace setup"). Exit status 0 when
+pointing into docs/cluster.md (the cluster admin's steps A1-A5, the namespace owner's B1-B4). Exit status 0 when
 nothing is missing, 1 otherwise. It changes nothing in the cluster; the only write is one small
 marker object under the pipeline root's `kubevae-preflight/` folder, deleted at once (skip it
 with --no-write). See components/k8s/preflight.py for every check.

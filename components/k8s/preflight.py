@@ -74,8 +74,14 @@ from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS, S3_S
 from kubevae import objectstore
 
 OK, MISSING, WARN, UNKNOWN = "ok", "missing", "warn", "could not check"
-ADMIN = 'docs/cluster.md "Cluster admin steps"'
-NAMESPACE_SETUP = 'docs/cluster.md "Namespace setup"'
+# Where each fix is described: docs/cluster.md, "A. Cluster admin" and "B. Namespace owner".
+ADMIN = 'docs/cluster.md "A. Cluster admin"'
+TRAINER_STEP = "docs/cluster.md step A1"
+GATEWAY_STEP = "docs/cluster.md step A2"
+NAMESPACE_SETUP = 'docs/cluster.md "B. Namespace owner"'
+SECRETS_STEP = "docs/cluster.md step B2"
+APPLY_STEP = "docs/cluster.md step B4"
+MANIFEST_GATEWAY_POLICY = "manifests/cluster-admin/istio-system-allow-kubevae-to-cluster-local-gateway.yaml"
 
 SERVICE_ACCOUNT = "kubevae-pipeline-runner"
 RBAC_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "rbac.yaml"
@@ -248,6 +254,8 @@ def check(kube: Kube, options: Options) -> list[Row]:
     who = _whoami(client.AuthenticationV1Api(ac))
     if isinstance(who, Row):  # no API server, or it refuses these credentials
         return [who]
+    rows.append(Row("Kubernetes API", OK, f"{ac.configuration.host} as {who or 'an unnamed user'}"
+                    f"{' (in-cluster)' if kube.in_cluster else ''}."))
     rows += crd_rows(client.ApiextensionsV1Api(ac), client.CustomObjectsApi(ac), options)
     rows.append(runtime_row(client.CustomObjectsApi(ac), options))
     core = client.CoreV1Api(ac)
@@ -363,10 +371,10 @@ def _trainjob_fields(spec: dict | None, why: str) -> Row:
         return Row(label, WARN, "Trainer 2.1: the served TrainJob has podTemplateOverrides but no "
                    f"{' or '.join(sorted(wanted - fields))}; kubevae's runtimePatches (volumes, "
                    "security contexts, labels) and timeout would be dropped and its training pods "
-                   f"fail. Upgrade Kubeflow Trainer to >= 2.2 (2.3 validated; {ADMIN}), or use "
+                   f"fail. Upgrade Kubeflow Trainer to >= 2.2 (2.3 validated; {TRAINER_STEP}), or use "
                    "--training-api pytorchjob with the Training Operator.")
     return Row(label, WARN, f"the served TrainJob lacks {', '.join(sorted(wanted - fields))}: "
-               f"an unknown Trainer version; upgrade to 2.3 ({ADMIN}).")
+               f"an unknown Trainer version; upgrade to 2.3 ({TRAINER_STEP}).")
 
 
 def _canary_field(spec: dict | None, why: str) -> Row:
@@ -392,7 +400,7 @@ def runtime_row(custom: Any, options: Options) -> Row:
                                                            trainjob_kind.RUNTIME))
     except NotFound:
         return Row(label, MISSING, f"not found: the Trainer's default runtimes are not installed; "
-                   f"install them with the Trainer ({ADMIN}).")
+                   f"install them with the Trainer ({TRAINER_STEP}).")
     except Forbidden as e:
         return Row(label, UNKNOWN, f"reading ClusterTrainingRuntimes is forbidden ({e}); ask a "
                    f"cluster admin: kubectl get clustertrainingruntime {trainjob_kind.RUNTIME}.")
@@ -408,14 +416,14 @@ def config_map_row(core: Any, namespace: str) -> tuple[dict[str, str] | None, Ro
         cm = _api_call(lambda: core.read_namespaced_config_map(SETTINGS_CONFIG_MAP, namespace))
     except NotFound:
         return None, Row(label, MISSING, f"not found in {namespace}: apply the kustomize overlay "
-                         f"(manifests/overlays/...; {NAMESPACE_SETUP}).")
+                         f"(kubectl apply -k manifests/overlays/kubeflow; {APPLY_STEP}).")
     except (Forbidden, Unreachable) as e:
         return None, Row(label, UNKNOWN, f"cannot read it: {e}")
     data = dict(cm.data or {})
     absent = [k for k in SETTINGS_KEYS if not data.get(k)]
     if absent:
         return data, Row(label, MISSING, f"lacks {', '.join(absent)}: set them in "
-                         f"manifests/base/settings.env or an overlay ({NAMESPACE_SETUP}).")
+                         f"manifests/base/settings.env or an overlay, and apply it ({APPLY_STEP}).")
     return data, Row(label, OK, f"has {', '.join(SETTINGS_KEYS)}.")
 
 
@@ -426,7 +434,7 @@ def _read_secret(core: Any, namespace: str, name: str) -> tuple[Any, Row | None]
     except NotFound:
         return None, Row(label, MISSING, f"not found in {namespace}: create it from "
                          f"manifests/base/{'s3' if name == S3_SECRET else 'mlflow-auth'}"
-                         f"-secret.template.yaml ({NAMESPACE_SETUP}).")
+                         f"-secret.template.yaml ({SECRETS_STEP}).")
     except (Forbidden, Unreachable) as e:
         return None, Row(label, UNKNOWN, f"cannot read it: {e}")
 
@@ -463,7 +471,7 @@ def s3_secret_rows(core: Any, namespace: str, settings: dict[str, str] | None
     rows = []
     problems = _key_problems(values, S3_SECRET_KEYS)
     rows.append(Row(f"Secret {S3_SECRET}", MISSING if problems else OK,
-                    f"{'; '.join(problems)}: set the object store's keys ({NAMESPACE_SETUP})."
+                    f"{'; '.join(problems)}: set the object store's keys ({SECRETS_STEP})."
                     if problems else f"has {', '.join(S3_SECRET_KEYS)}."))
     annotations = dict(secret.metadata.annotations or {}) if secret.metadata else {}
     label = f"Secret {S3_SECRET} KServe annotations"
@@ -473,7 +481,7 @@ def s3_secret_rows(core: Any, namespace: str, settings: dict[str, str] | None
     fix = (f"kubectl -n {namespace} annotate secret {S3_SECRET} "
            f"serving.kserve.io/s3-endpoint={expected or 'HOST:PORT'} serving.kserve.io/s3-usehttps="
            f"{(settings or {}).get('S3_USE_HTTPS', '0')} serving.kserve.io/s3-region="
-           f"{(settings or {}).get('AWS_REGION', 'us-east-1')} ({NAMESPACE_SETUP}).")
+           f"{(settings or {}).get('AWS_REGION', 'us-east-1')} ({SECRETS_STEP}).")
     if KSERVE_S3_ANNOTATIONS[0] in absent or KSERVE_S3_ANNOTATIONS[1] in absent:
         rows.append(Row(label, MISSING, f"no {', '.join(absent)}: KServe's storage initializer "
                         f"then calls AWS instead of the cluster's store. {fix}"))
@@ -497,7 +505,7 @@ def mlflow_secret_row(core: Any, namespace: str) -> tuple[dict[str, str] | None,
     if problems:
         return values, Row(f"Secret {MLFLOW_CREDENTIALS}", MISSING,
                            f"{'; '.join(problems)}: see manifests/base/mlflow-auth-secret.template.yaml "
-                           f"({NAMESPACE_SETUP}).")
+                           f"({SECRETS_STEP}).")
     return values, Row(f"Secret {MLFLOW_CREDENTIALS}", OK, f"has {', '.join(keys)}.")
 
 
@@ -568,7 +576,7 @@ def rbac_rows(authz: Any, options: Options, who: str | None) -> list[Row]:
                     + f"verbs: [{', '.join(need.verbs)}]}}")
             rows.append(Row(need.label, MISSING, f"{user} may not {', '.join(denied)} "
                             f"({need.who} needs it): add {rule} to the Role bound to {sa} "
-                            f"({NAMESPACE_SETUP}; manifests/base/rbac.yaml)."))
+                            f"(manifests/base/rbac.yaml; {APPLY_STEP})."))
         else:
             rows.append(Row(need.label, OK, f"{', '.join(need.verbs)} allowed ({reviewer.how})."))
     return rows
@@ -706,7 +714,7 @@ def s3_rows_live(kube: Kube, core: Any, options: Options, settings: dict[str, st
             next(iter(s3.list_objects(bucket, prefix=f"{prefix}/" if prefix else None)), None)
     except objectstore.ObjectStoreError as e:
         return [Row(label, MISSING, f"{e} (prefix from {source}). Check the keys in the {S3_SECRET} "
-                    f"Secret and their policy ({NAMESPACE_SETUP})."), skipped]
+                    f"Secret and their policy ({SECRETS_STEP})."), skipped]
     rows = [Row(label, OK, f"{config.url} answers; the {S3_SECRET} keys may list {where} ({source}).")]
     if not options.write:
         return rows + [Row(write_label, UNKNOWN, "skipped (--no-write): whether the keys may write "
@@ -720,7 +728,7 @@ def s3_rows_live(kube: Kube, core: Any, options: Options, settings: dict[str, st
     except objectstore.ObjectStoreError as e:
         return rows + [Row(write_label, MISSING, f"{e}. The pipeline writes its artifacts and "
                            f"models under {where}: give the {S3_SECRET} keys write access there, "
-                           f"or point the pipeline root there ({NAMESPACE_SETUP}).")]
+                           f"or point the pipeline root there ({SECRETS_STEP}).")]
     try:
         with objectstore.errors(marker, config.url, "deleting"):
             s3.remove_object(bucket, key)
@@ -784,7 +792,7 @@ def mlflow_rows_live(kube: Kube, core: Any, options: Options, settings: dict[str
     except (OSError, ValueError) as e:
         return [Row(label, MISSING, f"{base}/health: {_describe(e)}; is the kubevae-mlflow "
                     f"Deployment running? (kubectl -n {options.namespace} get pods -l "
-                    f"app.kubernetes.io/name=kubevae-mlflow; {NAMESPACE_SETUP})"), skipped]
+                    f"app.kubernetes.io/name=kubevae-mlflow; {APPLY_STEP})"), skipped]
     if health != 200:
         return [Row(label, MISSING, f"{base}/health answered HTTP {health}"), skipped]
     rows = [Row(label, OK, f"{base}/health answers 200.")]
@@ -801,14 +809,14 @@ def mlflow_rows_live(kube: Kube, core: Any, options: Options, settings: dict[str
         return rows + [Row(auth_label, MISSING, f"MLflow refuses the {MLFLOW_CREDENTIALS} Secret's "
                            f"user {user!r} (HTTP {with_auth}): the Secret changed after MLflow made its "
                            "admin user; set the password with MLflow's update-password API or "
-                           f"recreate the Secret and MLflow's user store ({NAMESPACE_SETUP}).")]
+                           f"recreate the Secret and MLflow's user store ({SECRETS_STEP}).")]
     if with_auth != 200:
         return rows + [Row(auth_label, MISSING, f"{api} answered HTTP {with_auth} with the Secret's "
                            "credentials.")]
     if anonymous == 200:
         return rows + [Row(auth_label, WARN, "the Secret's credentials work, but MLflow answers "
                            "without credentials too: it does not run the basic-auth app "
-                           f"(manifests/base/mlflow.yaml, --app-name basic-auth; {NAMESPACE_SETUP}).")]
+                           f"(manifests/base/mlflow.yaml, --app-name basic-auth; {APPLY_STEP}).")]
     return rows + [Row(auth_label, OK, f"an API call as {user!r} succeeds; without credentials "
                        f"HTTP {anonymous}.")]
 
@@ -954,11 +962,11 @@ def network_row(networking: Any, core: Any, namespace: str) -> Row:
         return Row(label, UNKNOWN, f"{namespace}'s policies allow the smoke test's call, but "
                    f"NetworkPolicies in {ISTIO_NAMESPACE} cannot be read ({e}); Kubeflow's own "
                    f"there admit only istio-system and knative-serving: ask a cluster admin to "
-                   f"check, or to add the policy in {ADMIN}.")
+                   f"check, or to add {MANIFEST_GATEWAY_POLICY} ({GATEWAY_STEP}).")
     ingress, ingress_by, allowed_by = allows(istio, "Ingress", gateway, step, GATEWAY_PORT, gateway)
     fix = (f"a cluster admin adds a NetworkPolicy in {ISTIO_NAMESPACE} selecting "
            f"{GATEWAY_SELECTOR} with ingress from namespaceSelector {NAME_LABEL}: {namespace} "
-           f"on TCP {GATEWAY_PORT} ({ADMIN}).")
+           f"on TCP {GATEWAY_PORT}: {MANIFEST_GATEWAY_POLICY} ({GATEWAY_STEP}).")
     if ingress is False:
         return Row(label, MISSING, f"{', '.join(ingress_by)} in {ISTIO_NAMESPACE} isolate the "
                    f"cluster-local gateway ({gateway_note}) and admit nothing from {namespace} on "
