@@ -83,7 +83,10 @@ ALIGNED_MIN, ALIGNED_MAX = 0.95, 0.99    # bounds of the aligned stage's thresho
 FALSE_MERGE_BUDGET = 0.0      # share of distinct look-alikes the aligned stage may merge
 ALIGNED_MARGIN = 0.005
 ALIGN_BUDGET_PAIRS = 12_000   # aligned verifications per split (about 3 ms each on one core)
-ALIGN_PER_ITEM = 2            # each image's best neighbours (and its mirror's), if mutual
+ALIGN_PER_ITEM = 1            # each image's best neighbour (and its mirror's), if mutual
+# Off by default until it stops chaining look-alike faces (tests/test_dedup.py, 25 px LFW):
+# the calibration then reports stage 1's recall per kind alone.
+ALIGNED_STAGE = False
 ALIGNED_SAMPLE = 48           # calibration images whose copies go through the aligned stage
 MAX_LEVEL_SHIFT = 64.0        # brightness edits of a copy: at most 64 grey levels
 CHUNK = 8192
@@ -310,9 +313,9 @@ def candidate_pairs(work: np.ndarray, gate: float, mirrors: bool = True,
             results = [(sims, ids)]
             if flipped is not None:
                 results.append(search(np.ascontiguousarray(flipped[q0:q0 + len(query)]), q0, filed=False))
-            for kind, (block_sims, block_ids) in enumerate(results):
+            for query_kind, (block_sims, block_ids) in enumerate(results):
                 extra, cos = _select(rows, block_sims, block_ids, MIN_GATE, aligned_per_item, 2.0)
-                aligned.append(np.stack([extra[:, 0], extra[:, 1], np.full(len(extra), kind)], 1))
+                aligned.append(np.stack([extra[:, 0], extra[:, 1], np.full(len(extra), query_kind)], 1))
                 aligned_cos.append(cos)
     keys = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     pairs = np.stack([keys // n, keys % n], axis=1).astype(np.int64)
@@ -527,11 +530,15 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
     sel = distinct[:ALIGNED_SAMPLE]
     detailed = (det[sel[:, 0]] >= DETAIL_MIN) & (det[sel[:, 1]] >= DETAIL_MIN)
     distinct_aligned = np.zeros(len(sel), np.float32)
-    if detailed.any():
+    if detailed.any() and ALIGNED_STAGE:
         distinct_aligned[detailed] = align.aligned_similarity(work_o[sel[detailed, 0]], work_o[sel[detailed, 1]],
                                                               mirrors=mirrors).score
     aligned_threshold, aligned_off = ALIGNED_MAX, None
-    if len(sel):
+    if not ALIGNED_STAGE:
+        aligned_threshold, aligned_off = 2.0, "aligned stage off (kubevae.split.neardup.ALIGNED_STAGE)"
+        sel = sel[:0]
+        distinct_aligned = distinct_aligned[:0]
+    elif len(sel):
         wanted = float(np.quantile(distinct_aligned, 1 - FALSE_MERGE_BUDGET)) + ALIGNED_MARGIN
         # A given threshold binds both stages: --near-dup-threshold 1 merges only identical pixels.
         aligned_threshold = max(wanted, ALIGNED_MIN, given if given is not None else 0.0)
@@ -547,7 +554,7 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
         found = cheap[kind] >= threshold
         a_rows = aligned_rows[~found[aligned_rows]]
         a_scores = np.zeros(len(aligned_rows), np.float32)
-        if len(a_rows):
+        if len(a_rows) and ALIGNED_STAGE:
             a_scores[~found[aligned_rows]] = align.aligned_similarity(
                 work_o[a_rows], copies_work[kind][a_rows], mirrors=mirrors).score
         hit = found[aligned_rows] | (a_scores >= aligned_threshold)
@@ -580,8 +587,9 @@ def method(mirrors: bool = True) -> str:
             f"within {VERIFY_BUDGET_PIXELS:,}), above a gate calibrated on planted copies (one "
             f"image per set of exact copies); verification, stage 1: max normalised "
             f"cross-correlation over +-{MAX_SHIFT} px of the smoothed luma (at most "
-            f"{WORK_MAX_SIDE} px a side); stage 2, for each image's best {ALIGN_PER_ITEM} "
-            f"neighbours that stage 1 did not merge (at most {ALIGN_BUDGET_PAIRS:,} pairs): "
+            f"{WORK_MAX_SIDE} px a side); stage 2, for mutual best neighbours that stage 1 did "
+            f"not merge (at most {ALIGN_BUDGET_PAIRS:,} pairs; an image with two aligned "
+            f"partners merges with neither): "
             f"{align.describe(mirrors)}; near-blank images (std < {FLAT_STD} levels) by "
             f"{FLAT_LEVELS:g}-level bands of their mean, smooth images (detail < {DETAIL_MIN} "
             f"levels) only when their mean-free pixels differ by <= {RESIDUAL_LEVELS} levels RMS")
@@ -639,6 +647,10 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     scores = align.aligned_similarity(work[todo[:, 0]], work[todo[:, 1]], mirrors=mirrors).score \
         if len(todo) else np.zeros(0, np.float32)
     aligned_merged = scores >= aligned_threshold
+    # One aligned partner per image: a copy pairs with its original, while a face or a digit
+    # that aligns with several others is a look-alike hub, and its edges would chain a group.
+    degree = np.bincount(todo[aligned_merged].ravel(), minlength=len(work))
+    aligned_merged &= (degree[todo[:, 0]] == 1) & (degree[todo[:, 1]] == 1)
     # Pairs just below the threshold: shown in the report so that a user can judge it.
     near = (sims < threshold) & (sims >= threshold - 0.05)
     flat = flat_pairs(means, stds)
