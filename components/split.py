@@ -6,7 +6,8 @@ from components.base import component
 @component
 def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
           test_fraction: float, group_column: str, previous_split: str, model_name: str,
-          splits: Output[Dataset], leakage_report: Output[Markdown]):
+          splits: Output[Dataset], leakage_report: Output[Markdown],
+          pinned_copies: str = "exclude", mirror_copies: bool = True):
     """Leakage-safe split: groups, exact and near duplicates, stable under appended data.
 
     Args:
@@ -20,6 +21,17 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
             `champion`: the split recorded on the registered model `model_name`@champion (none
             yet: split fresh). The leakage report says which it was.
         model_name: The registered model whose champion's split `champion` pins.
+        pinned_copies: What to do when new data shows pinned items of different splits to be
+            copies or one group (a link the earlier split missed): `exclude` (the default)
+            keeps the later split's items (test > val > train) and excludes the others,
+            naming each pair in the leakage report; `fail` fails the step. Exclude is the
+            default because a scheduled retraining (previous_split=champion) pins the same
+            items every run, so `fail` would fail every run on a link in old data; excluding
+            the train-side copy keeps the new model from training on a copy of a frozen test
+            item, while the test split stays the same for champion and challenger (the
+            champion trained on the copy: the report says so).
+        mirror_copies: Mirror images count as copies (saved flips are augmentations in many
+            data sets); false: only unflipped edits do.
 
     Returns:
         splits: The split folder: train/, val/ and test/ dataset folders, assignments.csv,
@@ -47,7 +59,8 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
             how = f"champion version {found[1]}" if found else "no champion"
         report = run_split(dataset.path, splits.path,
                            fractions=(train_fraction, val_fraction, test_fraction),
-                           group_column=group_column or None, previous_split=pinned)
+                           group_column=group_column or None, previous_split=pinned,
+                           pinned_copies=pinned_copies, mirror_copies=mirror_copies)
         pinned_items = int(report.report.get("how_assigned", {}).get("pinned", 0))
         if how == "no champion":
             text = (f"`previous_split=champion`, but `models:/{model_name}@champion` does not "
@@ -55,6 +68,10 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
         elif pinned:
             text = (f"Pinned to `{pinned}` ({how}): {pinned_items} existing items keep their "
                     "split; new items join their group's split or are placed by hash.")
+            copies = report.report.get("pinned_copies") or {}
+            if copies.get("excluded_items"):
+                text += (f" {copies['excluded_items']} earlier items were excluded as copies of "
+                         "items pinned to a later split (see Pinned items found to be copies).")
         else:
             text = "A fresh split (no previous_split)."
         note = {"requested": previous_split or "", "resolved": pinned or "", "source": how,

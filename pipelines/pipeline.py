@@ -95,6 +95,8 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "test_fraction": (0.1, "Fraction of groups in the frozen test split (gate)."),
     "group_column": ("", "Metadata column that groups images (patient, device, session); empty for none."),
     "previous_split": ("", "Pins every existing item to an earlier split: `champion` (the split recorded on the registered champion; none yet: a fresh split; the default of `kubevae pipeline schedule`), the URI of an earlier assignments.csv, or empty for a fresh split."),
+    "pinned_copies": ("exclude", "With previous_split: when new data shows items pinned to different splits to be copies or one group, `exclude` keeps the later split's items (test > val > train; the frozen test items stay) and excludes the others, naming them in the leakage report, so a scheduled retraining does not fail on every run over a link in old data; `fail` fails the split step."),
+    "mirror_copies": (True, "Mirror images count as copies in the split (saved flips are augmentations in many data sets); false: only unflipped edits do."),
     "backend": ("kubernetes", "Where cluster-facing steps run: kubernetes (Katib, a TrainJob or PyTorchJob, KServe) or local."),
     "training_api": ("trainer", "Training job on the cluster, for training and Katib trials: trainer (a Kubeflow Trainer v2 TrainJob on the torch-distributed runtime) or pytorchjob (Training Operator 1.9)."),
     "algorithm": ("tpe", "Search algorithm: tpe, random, grid, bayesianoptimization or hyperband (Katib's; locally Optuna's TPE, random, GP, GridSampler, HyperbandPruner over steps)."),
@@ -138,6 +140,8 @@ def _pipeline(
     test_fraction: float = PARAMETERS["test_fraction"][0],
     group_column: str = PARAMETERS["group_column"][0],
     previous_split: str = PARAMETERS["previous_split"][0],
+    pinned_copies: str = PARAMETERS["pinned_copies"][0],
+    mirror_copies: bool = PARAMETERS["mirror_copies"][0],
     backend: str = PARAMETERS["backend"][0],
     training_api: str = PARAMETERS["training_api"][0],
     algorithm: str = PARAMETERS["algorithm"][0],
@@ -182,7 +186,8 @@ def _pipeline(
         splits = step(split(dataset=raw.outputs["dataset"], train_fraction=train_fraction,
                             val_fraction=val_fraction, test_fraction=test_fraction,
                             group_column=group_column, previous_split=previous_split,
-                            model_name=model_name), cache=False)
+                            model_name=model_name, pinned_copies=pinned_copies,
+                            mirror_copies=mirror_copies), cache=False)
         study = step(tune(splits=splits.outputs["splits"], backend=backend, algorithm=algorithm,
                      objective_metric=objective_metric, beta_min=beta_min, beta_max=beta_max,
                      latent_dims=latent_dims, lr=lr, tune_lr=tune_lr,

@@ -161,17 +161,25 @@ def test_new_item_bridging_two_pinned_splits_is_excluded(tmp_path):
     assert "pinned to different splits (train, test)" in excluded.reason[0]
 
 
-def test_pinned_duplicates_in_two_splits_fail_and_publish_nothing(tmp_path):
+def test_pinned_duplicates_in_two_splits_fail_or_leave_the_earlier_split_out(tmp_path):
     manifest = frame(6)
     manifest.loc[5, "sha256"] = manifest.loc[0, "sha256"]
     write(tmp_path / "raw", manifest)
     pd.DataFrame({"item_id": ["item-00000", "item-00005"], "split": ["train", "test"]}
                  ).to_csv(tmp_path / "old.csv", index=False)
     with pytest.raises(LeakageError, match="Duplicates across splits") as caught:
-        split(tmp_path / "raw", tmp_path / "s", previous_split=tmp_path / "old.csv")
+        split(tmp_path / "raw", tmp_path / "s", previous_split=tmp_path / "old.csv",
+              pinned_copies="fail")
     assert caught.value.report["cross_split"]["exact_duplicates"] == 1
+    assert caught.value.report["cross_split"]["pinned_copies"] == 1
     assert not (tmp_path / "s").exists()
     assert "FAILED" in (tmp_path / "s.leakage_report.md").read_text()
+    # The default: the test item stays, its train copy leaves this split.
+    report = split(tmp_path / "raw", tmp_path / "s", previous_split=tmp_path / "old.csv")
+    assert report.passed and report.excluded == 1
+    assert assignments(tmp_path / "s").set_index("item_id").loc["item-00005", "split"] == "test"
+    reason = pd.read_csv(tmp_path / "s" / "excluded.csv").set_index("item_id").loc["item-00000", "reason"]
+    assert "pinned to train" in reason and "partner item-00005 by exact duplicate" in reason
 
 
 def test_time_mode_val_and_test_are_strictly_newer(tmp_path):

@@ -3,6 +3,12 @@
     report = split("data/raw", "data/split", fractions=(0.8, 0.1, 0.1), group_column="patient",
                    previous_split="data/split-last-week/assignments.csv")
 
+With `previous_split`, pinned items of different splits that new data shows to be linked (copies
+or one group: a link the earlier split missed) are named in the report; `pinned_copies` "exclude"
+(default) keeps the latest split's items (test > val > train) and leaves the others out
+(excluded.csv names the partner), "fail" raises LeakageError. `mirror_copies` (default True):
+mirror images are copies.
+
 Output folder:
     assignments.csv        one row per assigned item: item_id, source_uri, group_id (the key of
                            its leakage group: metadata group + exact + near duplicates), sha256,
@@ -36,13 +42,17 @@ from kubevae.split import report as leakage
 from kubevae.split.assign import (
     ASSIGNMENTS_FILE,
     EXCLUDED,
+    PINNED_COPIES,
     SPLITS,
     assign,
     check_fractions,
+    find_pinned_links,
     group_keys,
     member_keys,
-    read_previous,
+    read_previous_report,
+    read_previous_table,
 )
+from kubevae.split.assign import pinned_rows as pinned_split_of
 from kubevae.split.grouping import group_items
 from kubevae.split.stats import STATS_FILE, channel_stats
 from kubevae.storage import atomic_dir, atomic_write_json, atomic_write_text
@@ -100,9 +110,13 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
           fractions: Sequence[float] = (0.8, 0.1, 0.1), group_column: str | None = None,
           time_column: str | None = None, time_cutoffs: Sequence[Any] | None = None,
           previous_split: str | Path | None = None, near_dup_threshold: float | None = None,
-          salt: str = DEFAULT_SALT, max_group_fraction: float | None = None) -> SplitReport:
+          salt: str = DEFAULT_SALT, max_group_fraction: float | None = None,
+          pinned_copies: str = "exclude", mirror_copies: bool = True) -> SplitReport:
     start = time.monotonic()
     fractions = check_fractions(fractions)
+    if pinned_copies not in PINNED_COPIES:
+        raise ValueError(f"--pinned-copies: expected one of {', '.join(PINNED_COPIES)}, got "
+                         f"{pinned_copies!r}")
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     dataset = Dataset.open(data_dir)
     if len(dataset) == 0:
@@ -113,17 +127,29 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
     threshold, source = _threshold(near_dup_threshold, dataset)
 
     grouping = group_items(manifest, dataset.images, group_column=group_column, threshold=threshold,
-                           threshold_source=source)
+                           threshold_source=source, mirrors=mirror_copies)
     threshold, source = grouping.near.threshold, grouping.near.threshold_source
-    pinned = read_previous(previous_split, manifest["item_id"]) if previous_split else None
+    previous = read_previous_table(previous_split, manifest["item_id"]) if previous_split else None
+    pinned = previous["split"] if previous is not None else None
     if times is None:
         pinned_rows = np.flatnonzero(manifest["item_id"].isin(pinned.index)) if pinned is not None \
             else np.zeros(0, np.int64)
         _check_group_sizes(grouping, fractions, max_group_fraction, manifest, group_column,
                            pinned_rows)
     keys = member_keys(manifest, group_column)
+    links, dropped, pin_labels = None, {}, None
+    if pinned is not None:
+        links = find_pinned_links(grouping, pinned_split_of(pinned, manifest["item_id"]),
+                                  manifest["item_id"],
+                                  manifest[group_column] if group_column else None)
+        if pinned_copies == "exclude" and links.exclusions:
+            dropped = links.exclusions
+            keep = np.ones(len(manifest), bool)
+            keep[list(dropped)] = False
+            pin_labels = grouping.labels_among(keep)
     result = assign(grouping.labels, keys, fractions=fractions, salt=salt, pinned=pinned,
-                    item_ids=manifest["item_id"], times=times, cutoffs=cutoffs)
+                    item_ids=manifest["item_id"], times=times, cutoffs=cutoffs,
+                    dropped=dropped, pin_labels=pin_labels)
     kept = result.split != EXCLUDED
     if not kept.all():
         # Excluded items (e.g. a new item bridging groups pinned to different splits) no longer
@@ -141,7 +167,12 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
                           group_key=result.group_key, grouping=grouping, group_column=group_column,
                           time_column=time_column, cutoffs=cutoffs, fractions=fractions,
                           threshold_source=source, stats=stats, images=dataset.images,
-                          previous_split=str(previous_split) if previous_split else None, salt=salt)
+                          previous_split=str(previous_split) if previous_split else None, salt=salt,
+                          pinned_copies=pinned_copies, pinned_links=links, keys=keys,
+                          previous_groups=previous["group_id"] if previous is not None
+                          and "group_id" in previous else None,
+                          previous_report=read_previous_report(previous_split) if previous_split
+                          else None)
     report = leakage.build(ctx)
     report["data"] = str(data_dir)
     report["seconds"] = round(time.monotonic() - start, 2)

@@ -10,8 +10,11 @@ Groups: the metadata --group-column, exact duplicates (same pixels) and near dup
 (nearest-neighbour candidates verified by max normalised cross-correlation over +-2 px shifts,
 at a threshold calibrated on the data or set with --near-dup-threshold) are merged by union-find; each group goes
 to one split by a salted sha256 of its key (stable when data is appended). --previous-split pins
-every earlier assignment; new items joining a pinned group inherit its split. Time mode puts
-items older than the first cutoff in train and newer ones in val/test.
+every earlier assignment; new items joining a pinned group inherit its split. When new data
+shows pinned items of different splits to be copies (or one group), --pinned-copies exclude (the
+default) keeps the later split's items (test > val > train) and excludes the others, naming
+them in the report; --pinned-copies fail fails instead. --no-mirror-copies: mirror images are
+not copies. Time mode puts items older than the first cutoff in train and newer ones in val/test.
 
 Writes assignments.csv, train/ val/ test/, stats.json (fit on train only), leakage_report.json
 and leakage_report.md. Fails when any group, exact or near duplicate is shared across splits.
@@ -25,6 +28,7 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     from kubevae.split import DEFAULT_SALT
+    from kubevae.split.assign import PINNED_COPIES
 
     p.add_argument("--data", required=True, help="a dataset folder (kubevae ingest)")
     p.add_argument("--out", required=True, help="the split folder to write")
@@ -47,6 +51,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-group-fraction", type=float, default=None,
                    help="fail when one group holds more than this fraction of the items "
                         "(unset: the smallest split fraction)")
+    p.add_argument("--pinned-copies", choices=PINNED_COPIES, default="exclude",
+                   help="with --previous-split, when pinned items of different splits turn out "
+                        "to be copies or one group (a link the earlier split missed): exclude "
+                        "(default) keeps the later split's items (test > val > train; the frozen "
+                        "test items stay) and excludes the others; fail publishes nothing")
+    p.add_argument("--mirror-copies", action=argparse.BooleanOptionalAction, default=True,
+                   help="mirror images count as copies (default; saved flips are augmentations "
+                        "in many data sets)")
     p.add_argument("--salt", default=DEFAULT_SALT, help="salt of the group-key hash (changes every split)")
 
 
@@ -57,7 +69,8 @@ def run(a: argparse.Namespace) -> int:
         report = split(a.data, a.out, fractions=a.fractions, group_column=a.group_column,
                        time_column=a.time_column, time_cutoffs=a.time_cutoff,
                        previous_split=a.previous_split, near_dup_threshold=a.near_dup_threshold,
-                       salt=a.salt, max_group_fraction=a.max_group_fraction)
+                       salt=a.salt, max_group_fraction=a.max_group_fraction,
+                       pinned_copies=a.pinned_copies, mirror_copies=a.mirror_copies)
     except LeakageError as e:
         print(f"kubevae split: error: {e}", file=sys.stderr)
         return 1

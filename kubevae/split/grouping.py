@@ -10,7 +10,8 @@ their union, computed by scipy.sparse.csgraph in C rather than a Python loop):
    at a threshold that is given or calibrated on the data set itself.
 
 Since every near-duplicate edge is verified, the candidate search can be loose without chaining
-distinct images together. A group larger than the smallest split is refused by the split step,
+distinct images together. `mirrors` (default True) makes mirror images copies: saved flips are
+augmentations in many data sets. A group larger than the smallest split is refused by the split step,
 which says whether duplicate chaining or a metadata group made it.
 """
 
@@ -61,6 +62,8 @@ class Grouping:
     group_edges: np.ndarray            # star edges between equal metadata group values
     duplicate_labels: np.ndarray       # groups of the two duplicate relations alone
     exact_labels: np.ndarray           # groups of exact duplicates (and metadata groups) alone
+    exact_codes: np.ndarray | None = None   # per item: a code equal for equal sha256
+    group_codes: np.ndarray | None = None   # per item: a code equal for equal metadata group, -1: none
 
     @property
     def threshold(self) -> float:
@@ -72,20 +75,63 @@ class Grouping:
 
     def labels_among(self, keep: np.ndarray) -> np.ndarray:
         """The groups again, with the items where keep is False taken out of the graph (they
-        become singletons): what remains connected without them."""
-        edges = [e[keep[e[:, 0]] & keep[e[:, 1]]] for e in
-                 (self.group_edges, self.exact_edges, self.near.pairs)]
+        become singletons): what remains connected without them. Equal metadata groups and
+        equal pixels stay linked among the kept items even when the item their star edges
+        pointed to is gone, and a near-duplicate pair (searched among one item per sha256)
+        links the kept copies of its two images."""
+        keep = np.asarray(keep, bool)
+        if self.exact_codes is None:
+            edges = [e[keep[e[:, 0]] & keep[e[:, 1]]] for e in
+                     (self.group_edges, self.exact_edges, self.near.pairs)]
+            return components(len(self.labels), edges)
+        rows = np.flatnonzero(keep)
+        edges = [_star_edges(self.exact_codes, rows)]
+        if self.group_codes is not None:
+            edges.append(_star_edges(self.group_codes, rows))
+        pairs = self.near.pairs
+        if len(pairs):
+            # A kept item of each pair end's exact-copy class stands for that end.
+            codes = self.exact_codes
+            coded = rows[codes[rows] >= 0][::-1]
+            first = np.full(int(codes.max()) + 1, -1, np.int64)
+            first[codes[coded]] = coded
+            ends = np.where(codes[pairs] >= 0, first[np.maximum(codes[pairs], 0)],
+                            np.where(keep[pairs], pairs, -1))
+            edges.append(ends[(ends >= 0).all(axis=1)])
         return components(len(self.labels), edges)
 
 
+def _star_edges(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Edges (row, first row of the same code) among `rows` (ascending); code -1 joins nothing."""
+    rows = rows[codes[rows] >= 0]
+    if not len(rows):
+        return np.zeros((0, 2), np.int64)
+    values, first = np.unique(codes[rows], return_index=True)
+    heads = rows[first][np.searchsorted(values, codes[rows])]
+    mask = heads != rows
+    return np.stack([rows[mask], heads[mask]], axis=1)
+
+
+def _codes(values: Sequence | pd.Series) -> np.ndarray:
+    values = pd.Series(values).reset_index(drop=True)
+    codes = np.full(len(values), -1, np.int64)
+    present = values.notna().to_numpy()
+    codes[present] = pd.factorize(values[present])[0]
+    return codes
+
+
 def group_items(manifest: pd.DataFrame, images: np.ndarray, *, group_column: str | None,
-                threshold: float | None, threshold_source: str = "given") -> Grouping:
-    """threshold None: calibrated on `images` (kubevae.split.neardup.calibrate)."""
+                threshold: float | None, threshold_source: str = "given",
+                mirrors: bool = True) -> Grouping:
+    """threshold None: calibrated on `images` (kubevae.split.neardup.calibrate). mirrors: a
+    mirror image of an image is its copy (False: only the unflipped edits count)."""
     n = len(manifest)
     exact = equal_value_edges(manifest["sha256"])
     near = find_near_duplicates(images, threshold, threshold_source,
-                                keys=manifest["sha256"].to_numpy())
+                                keys=manifest["sha256"].to_numpy(), mirrors=mirrors)
     groups = equal_value_edges(manifest[group_column]) if group_column else np.zeros((0, 2), np.int64)
     return Grouping(labels=components(n, [groups, exact, near.pairs]), exact_edges=exact, near=near,
                     group_edges=groups, duplicate_labels=components(n, [exact, near.pairs]),
-                    exact_labels=components(n, [groups, exact]))
+                    exact_labels=components(n, [groups, exact]),
+                    exact_codes=_codes(manifest["sha256"]),
+                    group_codes=_codes(manifest[group_column]) if group_column else None)

@@ -4,7 +4,10 @@ Written as leakage_report.json (for machines) and leakage_report.md (plain GitHu
 HTML, so that it renders as a KFP Markdown visualization). The cross-split counts are computed
 again from the final assignments, independently of how the groups were built: shared metadata
 groups, exact duplicates (equal sha256) and near duplicates (every verified near-duplicate
-pair). All must be 0, else the split step fails. The near-duplicate section states the method,
+pair; with --previous-split also the links between pinned items of different splits). All must
+be 0, else the split step fails. With --previous-split the report names the pinned items that
+new data shows to be linked across splits (and what was done about them), and says which earlier
+groups this run's grouping merged or split; it always records the settings the groups depend on. The near-duplicate section states the method,
 its threshold and how it was calibrated, and shows pairs on either side of the threshold as
 images beside each other (PNG data URIs, so the report stays one file).
 
@@ -23,13 +26,15 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from kubevae.split.assign import EXCLUDED, SPLITS
+from kubevae.split.assign import EXCLUDED, SPLITS, PinnedLinks, describe_link, group_keys
 from kubevae.split.grouping import Grouping
 
 REPORT_JSON = "leakage_report.json"
 REPORT_MD = "leakage_report.md"
 TOP_CLUSTERS = 10
 EXAMPLE_PAIRS = 3  # on each side of the threshold
+SHOWN_LINKS = 20   # links between pinned items named in the report
+SHOWN_CHANGES = 10  # earlier groups that changed, named in the report
 
 
 @dataclass
@@ -48,6 +53,11 @@ class Context:
     previous_split: str | None
     salt: str
     images: Any = None  # N x H x W x C uint8, for the example pairs
+    pinned_copies: str = "exclude"
+    pinned_links: PinnedLinks | None = None          # with --previous-split
+    keys: list[str] | None = None                    # member keys (group names)
+    previous_groups: pd.Series | None = None         # item_id -> earlier group_id
+    previous_report: tuple[dict[str, Any] | None, str] | None = None  # earlier report, where
 
 
 def build(ctx: Context) -> dict[str, Any]:
@@ -63,6 +73,9 @@ def build(ctx: Context) -> dict[str, Any]:
         "exact_duplicates": _shared(frame["sha256"], ctx.split),
         "near_duplicates": _near_across(ctx.grouping, ctx.split),
     }
+    pinned = _pinned_copies(ctx, ctx.pinned_links) if ctx.pinned_links is not None else None
+    if pinned is not None:
+        cross["pinned_copies"] = pinned["remaining_across_splits"]
     temporal = _temporal(ctx) if ctx.time_column else None
     total = int(assigned.sum())
     report: dict[str, Any] = {
@@ -78,7 +91,9 @@ def build(ctx: Context) -> dict[str, Any]:
         "time_cutoffs": [str(c) for c in ctx.cutoffs] if ctx.cutoffs else None,
         "temporal": temporal, "previous_split": ctx.previous_split, "salt": ctx.salt,
         "stats": {k: ctx.stats[k] for k in ("fit_on", "num_items", "mean", "std")},
+        "pinned_copies": pinned,
     }
+    report["stability"] = _stability(ctx, report)
     report["checklist"] = _checklist(ctx, report)
     report["passed"] = all(c["status"] != "FAIL" for c in report["checklist"])
     return report
@@ -92,12 +107,156 @@ def _shared(values: pd.Series, split: np.ndarray) -> int:
 
 
 def _near_across(grouping: Grouping, split: np.ndarray) -> int:
-    """Verified near-duplicate pairs whose items sit in different splits (excluded items aside)."""
+    """Verified near-duplicate pairs whose items sit in different splits (excluded items aside).
+    A pair's ends stand for their exact copies (only one item per sha256 is searched): the pair
+    counts when any assigned copy of one end sits in another split than any of the other's."""
     pairs = grouping.near.pairs
     if not len(pairs):
         return 0
-    a, b = split[pairs[:, 0]], split[pairs[:, 1]]
-    return int(((a != b) & (a != EXCLUDED) & (b != EXCLUDED)).sum())
+    codes = grouping.exact_codes
+    if codes is None or (codes < 0).any():
+        a, b = split[pairs[:, 0]], split[pairs[:, 1]]
+        return int(((a != b) & (a != EXCLUDED) & (b != EXCLUDED)).sum())
+    assigned = np.flatnonzero(split != EXCLUDED)
+    low = np.full(int(codes.max()) + 1, len(SPLITS), np.int64)
+    high = np.full(len(low), -1, np.int64)
+    np.minimum.at(low, codes[assigned], split[assigned])
+    np.maximum.at(high, codes[assigned], split[assigned])
+    a, b = codes[pairs[:, 0]], codes[pairs[:, 1]]
+    present = (high[a] >= 0) & (high[b] >= 0)
+    same = (low[a] == high[a]) & (low[b] == high[b]) & (high[a] == high[b])
+    return int((present & ~same).sum())
+
+
+def _pinned_copies(ctx: Context, links: PinnedLinks) -> dict[str, Any]:
+    """Links between pinned items of different splits, what became of them, and how many of
+    them still join published items of different splits (must be 0)."""
+    ids = ctx.manifest["item_id"].astype(str).to_numpy()
+    shown: list[dict[str, Any]] = []
+    remaining = 0
+    for link in links.links:
+        rows = np.concatenate(list(link["rows"].values()))
+        published = ctx.split[rows][ctx.split[rows] != EXCLUDED]
+        across = len(set(published.tolist())) > 1
+        remaining += int(across)
+        if len(shown) < SHOWN_LINKS:
+            entry: dict[str, Any] = {"evidence": link["evidence"], "why": describe_link(link)}
+            if "group" in link:
+                entry["group"] = link["group"]
+            if "similarity" in link:
+                entry["similarity"] = link["similarity"]
+            entry["items"] = [{"item_id": str(ids[r]), "pinned": SPLITS[s], "now": _name(ctx.split[r])}
+                              for s, members in sorted(link["rows"].items()) for r in members[:5].tolist()]
+            entry["items_total"] = int(len(rows))
+            entry["still_across_splits"] = across
+            shown.append(entry)
+    left = [r for r in links.exclusions if ctx.split[r] == EXCLUDED]
+    pinned_split = pd.Series([SPLITS[int(links.pinned_split[r])] for r in left], dtype=object)
+    by_split = {k: int(v) for k, v in pinned_split.value_counts().items()}
+    if not links.links:
+        note = "No items pinned to different splits are linked: every earlier assignment stands."
+    elif ctx.pinned_copies == "fail":
+        note = (f"{len(links.links)} link(s) between items pinned to different splits (links the "
+                "earlier split missed). --pinned-copies fail: the step fails and publishes "
+                "nothing; --pinned-copies exclude would keep the later split's items and leave "
+                "the others out.")
+    else:
+        trained = by_split.get("train", 0)
+        note = (f"{len(links.links)} link(s) between items pinned to different splits (links the "
+                f"earlier split missed) in {links.linked_sets} linked set(s). --pinned-copies "
+                "exclude: each set keeps the items of its latest split (test > val > train); its "
+                f"other {len(left)} item(s) leave this split (excluded.csv names each one's "
+                "partner). The test split keeps every pinned test item, so champion and "
+                "challenger are still compared on the same test items. The earlier model (with "
+                f"previous_split=champion, the champion) was trained on {trained} of the excluded "
+                "items, copies of val or test items: its scores on their partners may be "
+                "flattering, while this run's model does not train on them.")
+    return {"treatment": ctx.pinned_copies, "pinned_items": links.pinned_items,
+            "links": len(links.links), "linked_sets": links.linked_sets,
+            "excluded_items": len(left), "excluded_by_pinned_split": by_split,
+            "remaining_across_splits": remaining, "shown": shown, "note": note}
+
+
+def _stability(ctx: Context, report: dict[str, Any]) -> dict[str, Any]:
+    """The settings the groups depend on, and with --previous-split: whether they changed since
+    the earlier split's report, and which earlier groups this run merged or split."""
+    search = report["near_duplicate_search"]
+    calibration = search.get("calibration") or {}
+    settings = {"near_dup_threshold": search["threshold"],
+                "threshold_source": search["threshold_source"],
+                "candidate_gate": calibration.get("gate"),
+                "candidate_gate_rule": calibration.get("gate_rule"),
+                "mirror_copies": bool(calibration.get("mirrors", ctx.grouping.near.mirrors)),
+                "group_column": ctx.group_column, "salt": ctx.salt}
+    out: dict[str, Any] = {
+        "guarantee": ("With --previous-split every earlier item keeps its split unless it is "
+                      "linked to an item pinned to a later split (see pinned_copies). The groups, "
+                      "and so where a new or unpinned item goes, depend on these settings; a "
+                      "calibrated threshold and candidate gate are computed anew from each run's "
+                      "data."),
+        "settings": settings, "previous_report": None, "threshold_changed": None,
+        "settings_changed": None, "earlier_groups": None}
+    if not ctx.previous_split:
+        return out
+    previous, where = ctx.previous_report or (None, "")
+    if previous is None:
+        out["previous_report"] = {"found": False, "where": where}
+    else:
+        old_search = previous.get("near_duplicate_search") or {}
+        old_calibration = old_search.get("calibration") or {}
+        old = {"near_dup_threshold": old_search.get("threshold"),
+               "threshold_source": old_search.get("threshold_source"),
+               "candidate_gate": old_calibration.get("gate"),
+               "mirror_copies": old_calibration.get("mirrors"),
+               "group_column": previous.get("group_column"), "salt": previous.get("salt")}
+        out["previous_report"] = {"found": True, "where": where, "settings": old}
+        out["threshold_changed"] = old["near_dup_threshold"] != settings["near_dup_threshold"]
+        out["settings_changed"] = [k for k, v in old.items() if v is not None and v != settings[k]]
+    out["earlier_groups"] = _earlier_groups(ctx)
+    return out
+
+
+def _earlier_groups(ctx: Context) -> dict[str, Any]:
+    """The earlier grouping of the earlier items against this run's grouping restricted to
+    them: earlier groups now joined with others (merged) or spread over several (split)."""
+    if ctx.previous_groups is None:
+        return {"compared": False, "reason": "the previous assignments.csv has no group_id column"}
+    ids = ctx.manifest["item_id"].astype(str)
+    rows = np.flatnonzero(ids.isin(ctx.previous_groups.index).to_numpy())
+    earlier = ctx.previous_groups.reindex(ids.iloc[rows]).to_numpy(dtype=object)
+    missing = pd.isna(earlier)
+    earlier[missing] = ["item-without-group:" + i for i in ids.iloc[rows][missing]]
+    labels = ctx.grouping.labels
+    frame = pd.DataFrame({"earlier": earlier, "now": labels[rows], "row": rows})
+    spread = frame.groupby("earlier")["now"].nunique()
+    spread = spread[spread > 1]
+    joined = frame.groupby("now")["earlier"].nunique()
+    joined = joined[joined > 1]
+    changed = set(spread.index) | set(frame.loc[frame["now"].isin(joined.index), "earlier"])
+    names = group_keys(labels, ctx.keys) if ctx.keys is not None else {}
+    among_earlier = ctx.grouping.labels_among(np.isin(np.arange(len(labels)), rows))
+    examples: list[dict[str, Any]] = []
+    sizes = frame.groupby("now").size()
+    for label in sorted(joined.index, key=lambda g: -int(sizes[g]))[:SHOWN_CHANGES]:
+        part = frame[frame["now"] == label]
+        direct = len(set(among_earlier[part["row"].to_numpy()].tolist())) == 1
+        examples.append({"change": "merged", "earlier_groups": sorted(set(part["earlier"]))[:5],
+                         "earlier_groups_total": int(part["earlier"].nunique()),
+                         "now": names.get(int(label), str(label)),
+                         "items": ids.iloc[part["row"].to_numpy()[:5]].tolist(),
+                         "cause": "the earlier items link directly now (the near-duplicate "
+                                  "search or its settings changed)" if direct else
+                                  "new items link them"})
+    for group in list(spread.index)[:max(0, SHOWN_CHANGES - len(examples))]:
+        part = frame[frame["earlier"] == group]
+        examples.append({"change": "split", "earlier_group": str(group),
+                         "now": sorted({names.get(int(g), str(g)) for g in part["now"]})[:5],
+                         "items": ids.iloc[part["row"].to_numpy()[:5]].tolist(),
+                         "cause": "the earlier items no longer link (the near-duplicate search or "
+                                  "its settings changed, or a linking item is gone)"})
+    return {"compared": True, "earlier_items": int(len(rows)),
+            "earlier_groups": int(frame["earlier"].nunique()), "changed": len(changed),
+            "merged": int(len(joined)), "split": int(len(spread)), "examples": examples}
 
 
 def _near_search(ctx: Context) -> dict[str, Any]:
@@ -238,6 +397,19 @@ def _checklist(ctx: Context, report: dict[str, Any]) -> list[dict[str, str]]:
                       "evidence": f"newest train {temporal['newest_train']} < oldest val/test "
                                   f"{temporal['oldest_val_or_test']}",
                       "status": "PASS" if temporal["val_and_test_strictly_newer"] else "FAIL"})
+    pinned = report["pinned_copies"]
+    if pinned is not None:
+        handling = ("--pinned-copies exclude: a set of pinned items linked across splits keeps "
+                    "its latest split's items (test > val > train), the others are excluded"
+                    if ctx.pinned_copies == "exclude" else
+                    "--pinned-copies fail: a link between pinned items of different splits fails "
+                    "the step")
+        items.append({"leakage": "Copies among pinned items (links the earlier split missed)",
+                      "handling": handling,
+                      "evidence": f"{pinned['links']} links between items pinned to different "
+                                  f"splits; {pinned['excluded_items']} items excluded; "
+                                  f"{pinned['remaining_across_splits']} links left across splits",
+                      "status": "PASS" if pinned["remaining_across_splits"] == 0 else "FAIL"})
     stats = ctx.stats
     fit_ok = stats.get("fit_on") == "train" and stats.get("num_items") == report["items"]["train"]
     items.append({"leakage": "Preprocessing fit on test data",
@@ -266,6 +438,8 @@ def markdown(report: dict[str, Any]) -> str:
               "| leakage type | how it is handled | evidence | result |", "|---|---|---|---|"]
     for c in report["checklist"]:
         lines.append(f"| {c['leakage']} | {c['handling']} | {c['evidence']} | **{c['status']}** |")
+    lines += _pinned_markdown(report.get("pinned_copies"))
+    lines += _stability_markdown(report.get("stability"))
     clusters = report["duplicate_clusters"]
     search = report["near_duplicate_search"]
     calibration = search["calibration"]
@@ -337,3 +511,62 @@ def markdown(report: dict[str, Any]) -> str:
               f"fit on {stats['fit_on']} ({stats['num_items']} items): mean "
               f"{[round(m, 4) for m in stats['mean']]}, std {[round(s, 4) for s in stats['std']]}", ""]
     return "\n".join(lines)
+
+
+def _pinned_markdown(pinned: dict[str, Any] | None) -> list[str]:
+    if pinned is None:
+        return []
+    lines = ["", "## Pinned items found to be copies", "", pinned["note"]]
+    if pinned["shown"]:
+        lines += ["", "| evidence | items (pinned to -> now) | still across splits |", "|---|---|---|"]
+        for link in pinned["shown"]:
+            items = ", ".join(f"`{i['item_id']}` ({i['pinned']} -> {i['now']})" for i in link["items"])
+            more = f" and {link['items_total'] - len(link['items'])} more" \
+                if link["items_total"] > len(link["items"]) else ""
+            lines.append(f"| {link['why']} | {items}{more} | "
+                         f"{'**yes**' if link['still_across_splits'] else 'no'} |")
+        if pinned["links"] > len(pinned["shown"]):
+            lines.append(f"\n({pinned['links'] - len(pinned['shown'])} more links in leakage_report.json's count only.)")
+    return lines
+
+
+def _stability_markdown(stability: dict[str, Any] | None) -> list[str]:
+    if stability is None:
+        return []
+    settings = stability["settings"]
+    lines = ["", "## Stability", "", stability["guarantee"], "",
+             f"- near-duplicate threshold: {settings['near_dup_threshold']} ({settings['threshold_source']})",
+             f"- candidate gate: {settings['candidate_gate']}"
+             + (f" ({settings['candidate_gate_rule']})" if settings.get("candidate_gate_rule") else ""),
+             f"- mirror images count as copies: {'yes' if settings['mirror_copies'] else 'no'}",
+             f"- group column: {settings['group_column'] or 'none'}; salt: `{settings['salt']}`"]
+    previous = stability.get("previous_report")
+    if previous is not None:
+        if not previous["found"]:
+            lines.append(f"- earlier split's report: not found at `{previous['where']}`, so a "
+                         "change of settings cannot be told")
+        else:
+            old = previous["settings"]
+            changed = stability["settings_changed"] or []
+            lines.append(f"- since the earlier split (`{previous['where']}`): threshold "
+                         + (f"**changed** from {old['near_dup_threshold']} ({old['threshold_source']})"
+                            if stability["threshold_changed"] else "unchanged")
+                         + ("; also changed: " + ", ".join(c for c in changed if c != "near_dup_threshold")
+                            if [c for c in changed if c != "near_dup_threshold"] else ""))
+    earlier = stability.get("earlier_groups")
+    if earlier is not None:
+        if not earlier["compared"]:
+            lines.append(f"- earlier groups: not compared ({earlier['reason']})")
+        else:
+            lines.append(f"- earlier groups: {earlier['changed']} of {earlier['earlier_groups']} "
+                         f"changed ({earlier['merged']} merged into others, {earlier['split']} "
+                         f"split apart) over {earlier['earlier_items']} earlier items")
+            if earlier["examples"]:
+                lines += ["", "| change | earlier group(s) | now | items (first 5) | cause |",
+                          "|---|---|---|---|---|"]
+                for e in earlier["examples"]:
+                    before = e.get("earlier_group") or ", ".join(e["earlier_groups"])
+                    now = e["now"] if isinstance(e["now"], str) else ", ".join(e["now"])
+                    lines.append(f"| {e['change']} | {before} | {now} | "
+                                 + ", ".join(f"`{i}`" for i in e["items"]) + f" | {e['cause']} |")
+    return lines
