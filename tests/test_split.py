@@ -180,6 +180,11 @@ def test_pinned_duplicates_in_two_splits_fail_or_leave_the_earlier_split_out(tmp
     assert assignments(tmp_path / "s").set_index("item_id").loc["item-00005", "split"] == "test"
     reason = pd.read_csv(tmp_path / "s" / "excluded.csv").set_index("item_id").loc["item-00000", "reason"]
     assert "pinned to train" in reason and "partner item-00005 by exact duplicate" in reason
+    # An old.csv without group_id and without a report beside it: said, not guessed.
+    stability = report.report["stability"]
+    assert stability["earlier_groups"] == {"compared": False,
+                                           "reason": "the previous assignments.csv has no group_id column"}
+    assert stability["previous_report"]["found"] is False and stability["threshold_changed"] is None
 
 
 def test_time_mode_val_and_test_are_strictly_newer(tmp_path):

@@ -141,6 +141,7 @@ def test_the_report_names_the_links_and_counts_them_across_splits(runs):
     assert {(item(12), "train", "excluded"), (item(6), "val", "val")} in by_evidence["metadata group"]
     assert {(item(11), "train", "excluded"), (item(5), "val", "val")} in by_evidence["exact duplicate"]
     assert "trained on 5 of the excluded items" in pinned["note"]
+    assert "pinned items linked across splits: 4 links, 5 items excluded" in runs["report"].summary()
     row = next(c for c in report["checklist"] if c["leakage"].startswith("Copies among pinned"))
     assert row["status"] == "PASS" and "4 links" in row["evidence"]
     md = (runs["tmp"] / "s2" / "leakage_report.md").read_text()

@@ -99,9 +99,13 @@ class SplitReport:
     def summary(self) -> str:
         per = ", ".join(f"{k}={v} ({self.groups[k]} groups)" for k, v in self.items.items())
         cross = ", ".join(f"{k}={v}" for k, v in self.cross_split.items())
+        pinned = self.report.get("pinned_copies") or {}
+        copies = [f"pinned items linked across splits: {pinned['links']} links, "
+                  f"{pinned['excluded_items']} items excluded (--pinned-copies "
+                  f"{pinned['treatment']}; see the leakage report)"] if pinned.get("links") else []
         return "\n".join([f"split -> {self.out_dir}: {'PASSED' if self.passed else 'FAILED'}",
                           f"items: {per}; excluded={self.excluded}",
-                          f"across splits (all must be 0): {cross}",
+                          f"across splits (all must be 0): {cross}", *copies,
                           f"near-duplicate threshold: max NCC >= {self.near_dup_threshold:.4f} "
                           f"({self.threshold_source}); {self.seconds:.1f}s"])
 

@@ -204,14 +204,17 @@ def _stability(ctx: Context, report: dict[str, Any]) -> dict[str, Any]:
     else:
         old_search = previous.get("near_duplicate_search") or {}
         old_calibration = old_search.get("calibration") or {}
-        old = {"near_dup_threshold": old_search.get("threshold"),
-               "threshold_source": old_search.get("threshold_source"),
-               "candidate_gate": old_calibration.get("gate"),
-               "mirror_copies": old_calibration.get("mirrors"),
-               "group_column": previous.get("group_column"), "salt": previous.get("salt")}
+        # Only what the earlier report recorded (an older report may lack a key).
+        sources = {"near_dup_threshold": (old_search, "threshold"),
+                   "threshold_source": (old_search, "threshold_source"),
+                   "candidate_gate": (old_calibration, "gate"),
+                   "mirror_copies": (old_calibration, "mirrors"),
+                   "group_column": (previous, "group_column"), "salt": (previous, "salt")}
+        old = {name: part[key] for name, (part, key) in sources.items() if key in part}
         out["previous_report"] = {"found": True, "where": where, "settings": old}
-        out["threshold_changed"] = old["near_dup_threshold"] != settings["near_dup_threshold"]
-        out["settings_changed"] = [k for k, v in old.items() if v is not None and v != settings[k]]
+        if "near_dup_threshold" in old:
+            out["threshold_changed"] = old["near_dup_threshold"] != settings["near_dup_threshold"]
+        out["settings_changed"] = [k for k, v in old.items() if v != settings[k]]
     out["earlier_groups"] = _earlier_groups(ctx)
     return out
 
@@ -549,8 +552,11 @@ def _stability_markdown(stability: dict[str, Any] | None) -> list[str]:
             old = previous["settings"]
             changed = stability["settings_changed"] or []
             lines.append(f"- since the earlier split (`{previous['where']}`): threshold "
-                         + (f"**changed** from {old['near_dup_threshold']} ({old['threshold_source']})"
-                            if stability["threshold_changed"] else "unchanged")
+                         + (f"**changed** from {old['near_dup_threshold']} "
+                            f"({old.get('threshold_source', 'source not recorded')})"
+                            if stability["threshold_changed"] else
+                            "not recorded there" if stability["threshold_changed"] is None
+                            else "unchanged")
                          + ("; also changed: " + ", ".join(c for c in changed if c != "near_dup_threshold")
                             if [c for c in changed if c != "near_dup_threshold"] else ""))
     earlier = stability.get("earlier_groups")
