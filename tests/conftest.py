@@ -5,12 +5,29 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 REPO = Path(__file__).resolve().parents[1]
 CRDS = REPO.parent / "shared" / "crds"
 
 # Two cores are shared by everything a test starts; one thread per process keeps them fair.
 torch.set_num_threads(1)
+
+# Hypothesis profiles. `ci`, the suite's default: fixed seeds (derandomize) and no example
+# database, so the same examples run every time and a red CI means the behaviour changed; each
+# test keeps its own example count (the split properties: tests/test_split_properties.py's
+# `examples`). `long` (make test-properties, --hypothesis-profile=long): at least 500 examples per
+# property, fresh random seeds every run, and failures kept in .hypothesis/ and replayed first
+# next time. `ci` is loaded unless another profile is already active (--hypothesis-profile is
+# applied after this file is read, and wins; CI=1 makes hypothesis load its own `ci`, replaced here).
+LONG_EXAMPLES = 500
+# No deadline in ci (as hypothesis's own ci profile): a slow shared machine is not a change.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("long", derandomize=False, max_examples=LONG_EXAMPLES, print_blob=True,
+                          database=DirectoryBasedExampleDatabase(str(REPO / ".hypothesis" / "examples")))
+if settings.get_current_profile_name() == "default":
+    settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
