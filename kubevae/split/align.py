@@ -12,9 +12,10 @@ pair by the correlation of what then overlaps, less the worst-matching pixels:
    (Adam on the correlation over the overlap) runs from both and keeps the better start, then a
    fine pass refines it. Only the overlap counts (b's frame where it lands on a), so bars and
    borders fall away.
-3. Score: the Pearson correlation over the overlap after dropping the TRIM share of pixels
-   that disagree most (an overlay covering under a tenth of the frame), or 0 when the overlap
-   is under MIN_OVERLAP of the frame. A copy scores near 1; the threshold is set against
+3. Score: the Pearson correlation of the two images' band-pass detail over the overlap, after
+   dropping the TRIM share of pixels that disagree most (an overlay covering under a tenth of
+   the frame), or 0 when the overlap is under MIN_OVERLAP of the frame. Detail, because distinct
+   look-alikes (faces, digits) share a coarse layout that the map lines up. A copy scores near 1; the threshold is set against
    distinct images of the same data set (kubevae.split.neardup.calibrate).
 
 Batched in torch (grid_sample and autograd).
@@ -135,9 +136,25 @@ def _agreeing(a: torch.Tensor, warped: torch.Tensor, inside: torch.Tensor) -> to
     return (residual <= cut[:, None, None, None]).float()
 
 
+def _detail(x: torch.Tensor) -> torch.Tensor:
+    """What two passes of a 3x3 binomial filter take away: the band-pass detail."""
+    kernel = torch.tensor([1.0, 2.0, 1.0])
+    kernel = (kernel[:, None] * kernel[None, :] / 16)[None, None]
+    blurred = x
+    for _ in range(2):
+        blurred = F.conv2d(F.pad(blurred, (1, 1, 1, 1), mode="replicate"), kernel)
+    return x - blurred
+
+
 def _trimmed_score(a: torch.Tensor, b: torch.Tensor, theta: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(score, overlap): the correlation of the aligned pair's band-pass detail over the overlap
+    (less a pixel at its edge), without the TRIM share that disagrees most. Detail, not the
+    pixels: distinct faces or digits share their coarse layout, which a map lines up, while a
+    copy keeps the fine structure too (measured: docs/split.md)."""
     warped, inside = _warp(b, theta)
-    return _weighted_ncc(a, warped, inside * _agreeing(a, warped, inside)), inside.mean(dim=(1, 2, 3))
+    da, dw = _detail(a), _detail(warped)
+    core = (F.avg_pool2d(inside, 3, 1, 1) > 0.999).float()
+    return _weighted_ncc(da, dw, core * _agreeing(da, dw, core)), inside.mean(dim=(1, 2, 3))
 
 
 def aligned_similarity(a: np.ndarray, b: np.ndarray, mirrors: bool = True,
@@ -175,5 +192,5 @@ def describe(mirrors: bool = True) -> str:
     return (f"alignment by rotation, scale, aspect and shift ({starts}; {COARSE_STEPS}+"
             f"{FINE_STEPS} Adam steps at {COARSE_SIDE} and {FINE_SIDE} px; rotation <= "
             f"{MAX_ROTATION_DEG:g} deg, size x{SCALE_RANGE[0]}-{SCALE_RANGE[1]}, aspect <= "
-            f"{MAX_ASPECT}, overlap >= {MIN_OVERLAP:.0%}), then the correlation without the "
-            f"{TRIM:.0%} worst-matching pixels")
+            f"{MAX_ASPECT}, overlap >= {MIN_OVERLAP:.0%}), then the correlation of band-pass detail "
+            f"without the {TRIM:.0%} worst-matching pixels")

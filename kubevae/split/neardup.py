@@ -79,18 +79,14 @@ RESIDUAL_LEVELS = 3.0         # low-contrast pairs: merged when they differ by t
 RESIDUAL_MIN_NCC = 0.5
 MIN_STD_RATIO = 0.7            # contrast edits of a copy: at most 30% either way
 DETAIL_MIN = 1.5              # grey levels of band-pass detail: below, an image is smooth
-ALIGNED_MIN, ALIGNED_MAX = 0.95, 0.99    # bounds of the aligned stage's threshold (above: off)
-FALSE_MERGE_BUDGET = 0.0      # share of distinct look-alikes the aligned stage may merge
+ALIGNED_MIN, ALIGNED_MAX = 0.90, 0.97    # bounds of the aligned stage's threshold (above: off)
 ALIGNED_MARGIN = 0.005
 ALIGN_BUDGET_PAIRS = 12_000   # aligned verifications per split (about 3 ms each on one core)
-ALIGN_PER_ITEM = 1            # each image's best neighbour (and its mirror's), if mutual
-# Off by default until it stops chaining look-alike faces (tests/test_dedup.py, 25 px LFW):
-# the calibration then reports stage 1's recall per kind alone.
-ALIGNED_STAGE = False
+CENTRE_SHARE = 0.6            # the centre view of the aligned stage's search
+ALIGNED_STAGE = True          # False: stage 1 alone (the report says so)
 ALIGNED_SAMPLE = 48           # calibration images whose copies go through the aligned stage
 MAX_LEVEL_SHIFT = 64.0        # brightness edits of a copy: at most 64 grey levels
 CHUNK = 8192
-DISTINCT_RANK = 2             # calibration's look-alike: each sampled image's second nearest
 CHUNK_VALUES = 4_000_000       # per chunk of working_images: 16 MB as float32
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -270,78 +266,144 @@ def verification_plan(n: int, pixels: int) -> tuple[int, float]:
     return int(per_item), 1.0
 
 
-def candidate_pairs(work: np.ndarray, gate: float, mirrors: bool = True,
-                    aligned_per_item: int = 0) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+class _Searcher:
+    """A faiss index of descriptors that answers each indexed item's own query from the cells it
+    was filed in, and any other query (a mirror image, another view) from its own cells."""
+
+    def __init__(self, base: np.ndarray):
+        self.base = base
+        self.index, self.kind, self.coarse = _index(base)
+
+    def search(self, query: np.ndarray, k: int, q0: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.coarse is None:
+            return self.index.search(query, k)
+        if q0 is not None:       # the indexed items q0.. themselves
+            cells, cell_sims = (c[q0:q0 + len(query)] for c in self.coarse)
+        else:
+            cell_sims, cells = self.index.quantizer.search(query, self.index.nprobe)
+        return self.index.search_preassigned(query, k, cells, cell_sims)
+
+
+def candidate_pairs(work: np.ndarray, gate: float, searcher: _Searcher | None = None
+                    ) -> tuple[np.ndarray, dict[str, Any]]:
     """Unique pairs (i < j) to verify: for each image, its few best neighbours in descriptor
     space (verification_plan), at or above `gate`. One query per image, in blocks, so memory
-    holds one block's neighbour lists at a time.
-
-    Also the pairs for the aligned stage, with their cosine: each image's best
-    `aligned_per_item` neighbours above MIN_GATE and, with mirrors, those of its mirror image
-    (one more query per image), whose descriptor matches the original's."""
+    holds one block's neighbour lists at a time. searcher: the index of work's descriptors,
+    when already built."""
     import faiss
 
     start = time.monotonic()
     n = len(work)
     per_item, margin = verification_plan(n, work.shape[1] * work.shape[2])
     faiss.omp_set_num_threads(max(1, min(2, torch.get_num_threads())))
-    base = descriptors(work)
-    flipped = descriptors(np.ascontiguousarray(work[:, :, ::-1])) if mirrors and aligned_per_item else None
-    described = time.monotonic()
-    index, kind, coarse = _index(base)
-    indexed = time.monotonic()
-    k = min(max(per_item, aligned_per_item) + 1, n)
-    found, aligned, aligned_cos, above = [], [], [], 0
-
-    def search(query: np.ndarray, q0: int, filed: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        if coarse is None:
-            return index.search(query, k)
-        if filed:         # an indexed item's cells were found when it was filed
-            cells, cell_sims = (c[q0:q0 + len(query)] for c in coarse)
-        else:             # a mirror query finds its own
-            cell_sims, cells = index.quantizer.search(query, index.nprobe)
-        return index.search_preassigned(query, k, cells, cell_sims)
-
+    if n * (n - 1) // 2 * work.shape[1] * work.shape[2] <= VERIFY_BUDGET_PIXELS:
+        # Small enough to verify every pair: no copy is lost to the descriptor or the gate (a
+        # 2-px shift of a 16-px image moves its spectrum below any gate; seen in the tests).
+        i, j = np.triu_indices(n, 1)
+        return np.stack([i, j], axis=1).astype(np.int64), {
+            "index": "none: every pair verified", "descriptor": DESCRIPTOR, "gate": round(float(gate), 4),
+            "candidates": int(len(i)), "per_item": n - 1, "search_seconds": round(time.monotonic() - start, 3)}
+    searcher = _Searcher(descriptors(work)) if searcher is None else searcher
+    base = searcher.base
+    described = indexed = time.monotonic()
+    k = min(per_item + 1, n)
+    found, above = [], 0
     for q0 in range(0, n, QUERY_BLOCK):
         query = base[q0:q0 + QUERY_BLOCK]
         rows = np.arange(q0, q0 + len(query))
-        sims, ids = search(query, q0)
+        sims, ids = searcher.search(query, k, q0)
         above += int(((sims >= gate) & (ids >= 0)).sum()) - len(sims)
         pairs, _ = _select(rows, sims, ids, gate, per_item, margin)
         found.append(np.minimum(pairs[:, 0], pairs[:, 1]) * n + np.maximum(pairs[:, 0], pairs[:, 1]))
-        if aligned_per_item:
-            results = [(sims, ids)]
-            if flipped is not None:
-                results.append(search(np.ascontiguousarray(flipped[q0:q0 + len(query)]), q0, filed=False))
-            for query_kind, (block_sims, block_ids) in enumerate(results):
-                extra, cos = _select(rows, block_sims, block_ids, MIN_GATE, aligned_per_item, 2.0)
-                aligned.append(np.stack([extra[:, 0], extra[:, 1], np.full(len(extra), query_kind)], 1))
-                aligned_cos.append(cos)
     keys = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     pairs = np.stack([keys // n, keys % n], axis=1).astype(np.int64)
-    if aligned:
-        # Mutual neighbours only (i among j's best and j among i's, in the same query kind):
-        # copies are; a chain of look-alikes, each the next one's best, rarely is.
-        directed, acos = np.concatenate(aligned), np.concatenate(aligned_cos)
-        forward = (directed[:, 0] * n + directed[:, 1]) * 2 + directed[:, 2]
-        backward = (directed[:, 1] * n + directed[:, 0]) * 2 + directed[:, 2]
-        mutual = np.isin(forward, backward)
-        directed, acos = directed[mutual], acos[mutual]
-        keys_ = np.minimum(directed[:, 0], directed[:, 1]) * n + np.maximum(directed[:, 0], directed[:, 1])
-        order = np.argsort(-acos, kind="stable")
-        akeys, first = np.unique(keys_[order], return_index=True)
-        akeys = akeys[np.argsort(first, kind="stable")]        # best cosine first
-    else:
-        akeys = np.zeros(0, np.int64)
-    aligned_pairs = np.stack([akeys // n, akeys % n], axis=1).astype(np.int64)
-    return pairs, aligned_pairs, {
-        "index": kind, "descriptor": DESCRIPTOR, "descriptor_dims": int(base.shape[1]),
-        "queries_per_image": 2 if flipped is not None else 1, "neighbours": k - 1,
-        "gate": round(float(gate), 4), "per_item": per_item, "margin": margin,
+    return pairs, {
+        "index": searcher.kind, "descriptor": DESCRIPTOR, "descriptor_dims": int(base.shape[1]),
+        "neighbours": k - 1, "gate": round(float(gate), 4), "per_item": per_item, "margin": margin,
         "neighbours_above_gate": max(0, int(above)), "candidates": int(len(pairs)),
         "describe_seconds": round(described - start, 3),
         "index_seconds": round(indexed - described, 3),
         "search_seconds": round(time.monotonic() - start, 3)}
+
+
+def centre_view(work: np.ndarray) -> np.ndarray:
+    """The middle CENTRE_SHARE of each working image (each way): what letterbox bars, rotated
+    corners, corner watermarks and caption bars leave alone."""
+    h, w = work.shape[1:]
+    dh, dw = round(h * (1 - CENTRE_SHARE) / 2), round(w * (1 - CENTRE_SHARE) / 2)
+    return np.ascontiguousarray(work[:, dh:h - dh, dw:w - dw])
+
+
+class AlignedViews:
+    """Where the aligned stage looks for candidates: the whole image, its mirror image (queried
+    against the whole images) and its centre (an index of its own). A pair is a candidate when
+    the two are each other's best match in one view: a copy and its original are, while a chain
+    of look-alikes, each the next one's best, rarely is."""
+
+    def __init__(self, work: np.ndarray, full: _Searcher, mirrors: bool = True):
+        self.work, self.full, self.mirrors = work, full, mirrors
+        self.centre = _Searcher(descriptors(centre_view(work)))
+        self.names = ["whole", *(["mirror"] if mirrors else []), "centre"]
+
+    def queries(self, work: np.ndarray) -> list[tuple[_Searcher, np.ndarray]]:
+        """Per view, the index searched and the descriptors of `work` that query it."""
+        out = [(self.full, descriptors(work))]
+        if self.mirrors:
+            out.append((self.full, descriptors(np.ascontiguousarray(work[:, :, ::-1]))))
+        out.append((self.centre, descriptors(centre_view(work))))
+        return out
+
+    def indexed(self, work: np.ndarray) -> list[np.ndarray]:
+        """Per view, the descriptors `work` would be filed under."""
+        whole = descriptors(work)
+        return [whole, *([whole] if self.mirrors else []), descriptors(centre_view(work))]
+
+    def mutual_pairs(self) -> tuple[np.ndarray, dict[str, Any]]:
+        """Mutual best pairs (i < j) over the views, best descriptor cosine first."""
+        start = time.monotonic()
+        n = len(self.work)
+        keys_all, cos_all = [], []
+        bests = [np.full(n, -1, np.int64) for _ in self.names]
+        best_cos = [np.full(n, -np.inf, np.float32) for _ in self.names]
+        for q0 in range(0, n, QUERY_BLOCK):
+            block = self.work[q0:q0 + QUERY_BLOCK]
+            rows = np.arange(q0, q0 + len(block))
+            for v, (searcher, query) in enumerate(self.queries(block)):
+                sims, ids = searcher.search(query, min(2, n))
+                sims = np.where((ids >= 0) & (ids != rows[:, None]), sims, -np.inf)
+                top = sims.argmax(1)
+                bests[v][rows] = ids[np.arange(len(rows)), top]
+                best_cos[v][rows] = sims[np.arange(len(rows)), top]
+        for best, cos in zip(bests, best_cos, strict=True):
+            ok = (best >= 0) & (cos >= MIN_GATE)
+            mutual = ok & (best[np.clip(best, 0, None)] == np.arange(n))
+            i = np.flatnonzero(mutual & (np.arange(n) < best))
+            keys_all.append(i * n + best[i])
+            cos_all.append(cos[i])
+        keys = np.concatenate(keys_all) if keys_all else np.zeros(0, np.int64)
+        cos = np.concatenate(cos_all) if cos_all else np.zeros(0, np.float32)
+        order = np.argsort(-cos, kind="stable")
+        keys, first = np.unique(keys[order], return_index=True)
+        keys = keys[np.argsort(first, kind="stable")]
+        return np.stack([keys // n, keys % n], axis=1).astype(np.int64), {
+            "aligned_views": self.names, "aligned_candidates": int(len(keys)),
+            "aligned_search_seconds": round(time.monotonic() - start, 3)}
+
+    def retrieved(self, rows: np.ndarray, copies: np.ndarray) -> np.ndarray:
+        """Per planted copy (working image) of the indexed image at `rows`: would the two be
+        mutual best matches in some view, were the copy in the data set?"""
+        out = np.zeros(len(rows), bool)
+        copy_queries, copy_filed = self.queries(copies), self.indexed(copies)
+        original_queries = self.queries(self.work[rows])
+        for (searcher, q_copy), (_, q_orig), filed in zip(copy_queries, original_queries, copy_filed,
+                                                           strict=True):
+            sims, ids = searcher.search(q_copy, 1)
+            copy_best = ids[:, 0] == rows
+            sims, ids = searcher.search(q_orig, min(3, len(self.work)))
+            rival = np.where((ids >= 0) & (ids != rows[:, None]), sims, -np.inf).max(1)
+            original_best = (q_orig * filed).sum(1) > rival
+            out |= copy_best & original_best
+        return out
 
 
 def _window_sums(y: np.ndarray, tops: np.ndarray, hc: int, wc: int) -> tuple[np.ndarray, np.ndarray]:
@@ -446,20 +508,46 @@ def _sample(candidates: np.ndarray, size: int, keys: np.ndarray | None, seed: in
     return np.sort(candidates[np.argsort(ranks, kind="stable")[:size]])
 
 
+def look_alikes(base: np.ndarray, rows: np.ndarray, rank: int = 2) -> np.ndarray:
+    """Pairs (row, its `rank`-th nearest other image by descriptor, over the whole data set).
+    The second nearest, not the nearest: where the data holds copies, an image's nearest
+    neighbour is often its own copy. Over the whole data set, not a sample: the look-alikes the
+    verification meets are as close as the data's size makes them."""
+    if len(base) <= rank or not len(rows):
+        return np.zeros((0, 2), np.int64)
+    best = np.full((len(rows), rank + 1), -np.inf, np.float32)
+    ids = np.zeros((len(rows), rank + 1), np.int64)
+    query = base[rows]
+    for start in range(0, len(base), QUERY_BLOCK):
+        cos = query @ base[start:start + QUERY_BLOCK].T
+        cos[rows[:, None] == np.arange(start, start + cos.shape[1])[None, :]] = -np.inf
+        both = np.concatenate([best, cos], axis=1)
+        both_ids = np.concatenate([ids, np.broadcast_to(np.arange(start, start + cos.shape[1]),
+                                                        cos.shape)], axis=1)
+        order = np.argsort(-both, axis=1, kind="stable")[:, :rank + 1]
+        best, ids = np.take_along_axis(both, order, 1), np.take_along_axis(both_ids, order, 1)
+    return np.stack([rows, ids[:, rank - 1]], axis=1)
+
+
 def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SAMPLE,
               seed: int = 0, rows_of: np.ndarray | None = None,
               threshold: float | None = None, details: np.ndarray | None = None,
-              keys: np.ndarray | None = None, mirrors: bool = True) -> dict[str, Any]:
+              keys: np.ndarray | None = None, mirrors: bool = True,
+              work: np.ndarray | None = None, views: AlignedViews | None = None) -> dict[str, Any]:
     """Copies of every planted kind of a sample of the data set's own (non-blank) images, and
-    each sampled image's nearest distinct neighbour among the sample.
+    look-alikes: each of ALIGNED_SAMPLE sampled images and its second-nearest image of the data
+    set (work: the searched images' working images; views: their aligned-stage indexes, None
+    when the aligned stage is off). A planted copy counts as found by the aligned stage only
+    if the views would also pair it with its original (AlignedViews.retrieved).
 
     Threshold (unless given): the similarities of the copies of the shift and photometric
-    kinds, their 0.5th percentile less CALIBRATION_MARGIN, within [MIN_THRESHOLD,
-    MAX_THRESHOLD]. Aligned threshold: the (1 - FALSE_MERGE_BUDGET) quantile of the aligned
-    scores of distinct nearest neighbours, within [ALIGNED_MIN, ALIGNED_MAX], so that at most
-    that share of look-alikes merge. Candidate gate: the cosines' GATE_QUANTILE less
-    GATE_MARGIN, within [MIN_GATE, MAX_GATE]. Then, per kind, how many copies the two stages
-    together find (found/planted), and how many distinct neighbours they merge."""
+    kinds (planted.SHIFT_AND_PHOTOMETRIC), their 0.5th percentile less CALIBRATION_MARGIN,
+    within [MIN_THRESHOLD, MAX_THRESHOLD]. Candidate gate: those copies' cosines' GATE_QUANTILE
+    less GATE_MARGIN, within [MIN_GATE, MAX_GATE]. Aligned threshold: the highest aligned score
+    of a look-alike plus ALIGNED_MARGIN, at least ALIGNED_MIN (and at least a given threshold);
+    above ALIGNED_MAX the aligned stage is off, since distinct images of this data set align as
+    well as copies. Then, per kind, how many of ALIGNED_SAMPLE copies the two stages together
+    find (found/planted), and how many look-alikes they merge (false merges)."""
     from kubevae.split import align, planted
 
     details = np.full(len(stds), np.inf, np.float32) if details is None else details
@@ -471,53 +559,41 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
         usable = np.flatnonzero(stds >= FLAT_STD)
     if len(usable) == 0:
         return {"threshold": MAX_THRESHOLD if threshold is None else threshold, "gate": MIN_GATE,
-                "aligned_threshold": 1.0, "sampled_images": 0, "per_kind": {},
+                "aligned_threshold": 2.0, "aligned_off": "every image is near-blank",
+                "sampled_images": 0, "per_kind": {},
                 "reason": "every image is near-blank; only blank images are merged"}
     picked = _sample(usable, sample, keys, seed)
     rows = picked if rows_of is None else rows_of[picked]   # stds may be of a subset of the images
     originals = np.asarray(images[rows])
     work_o = working_images(originals)
+    few = min(ALIGNED_SAMPLE, len(rows))          # the kinds left to the aligned stage: fewer
     per_kind: dict[str, dict[str, Any]] = {}
     cheap: dict[str, np.ndarray] = {}
-    cosines = []
-    pairs = np.stack([np.arange(len(rows)), np.arange(len(rows)) + len(rows)], axis=1)
-    aligned_rows = np.arange(min(ALIGNED_SAMPLE, len(rows)))
     copies_work: dict[str, np.ndarray] = {}
+    cosines = []
     for kind in planted.KINDS:
-        copies = np.stack([planted.make_copy(im, kind, seed=int(r)) for im, r in zip(originals, rows, strict=True)])
-        both = np.concatenate([work_o, working_images(copies)])
+        k = len(rows) if kind in planted.SHIFT_AND_PHOTOMETRIC else few
+        copies = np.stack([planted.make_copy(im, kind, seed=int(r))
+                           for im, r in zip(originals[:k], rows[:k], strict=True)])
+        both = np.concatenate([work_o[:k], working_images(copies)])
+        pairs = np.stack([np.arange(k), np.arange(k) + k], axis=1)
         d = descriptors(both)
         if kind in planted.MIRROR:   # found by the mirror query
-            d[len(rows):] = descriptors(np.ascontiguousarray(both[len(rows):, :, ::-1]))
+            d[k:] = descriptors(np.ascontiguousarray(both[k:, :, ::-1]))
         cos = (d[pairs[:, 0]] * d[pairs[:, 1]]).sum(1)
         if kind in planted.SHIFT_AND_PHOTOMETRIC:
             cosines.append(cos)
         m, sd = _statistics(both)
         cheap[kind] = similarity(both, pairs, m, sd, detail(both))
-        copies_work[kind] = both[len(rows):]
+        copies_work[kind] = both[k:]
         per_kind[kind] = {"descriptor_cos_min": round(float(cos.min()), 4),
                           "cheap_median": round(float(np.median(cheap[kind])), 4)}
     gate = float(np.clip(np.quantile(np.concatenate(cosines), GATE_QUANTILE) - GATE_MARGIN, MIN_GATE, MAX_GATE))
     out: dict[str, Any] = {"gate": round(gate, 4), "sampled_images": int(len(rows)),
-                           "aligned_sampled_images": int(len(aligned_rows)),
+                           "aligned_sampled_images": int(few),
                            "gate_rule": f"{GATE_QUANTILE * 100:g}th percentile of the copies' "
                                         f"descriptor cosine - {GATE_MARGIN}, within "
                                         f"[{MIN_GATE}, {MAX_GATE}]"}
-    # Distinct look-alikes: each sampled image's nearest other sampled image (by descriptor).
-    d = descriptors(work_o)
-    cos = d @ d.T
-    np.fill_diagonal(cos, -np.inf)
-    content = pd.factorize(pd.Series([w.tobytes() for w in work_o]))[0]
-    cos[content[:, None] == content[None, :]] = -np.inf      # equal working images: not distinct
-    # The second nearest, not the nearest: where the data holds copies, an image's nearest
-    # neighbour is often its own copy, which would pass for a look-alike.
-    rank = min(DISTINCT_RANK, len(rows) - 1) if len(rows) > 1 else 0
-    neighbour = np.argsort(-cos, axis=1, kind="stable")[:, max(0, rank - 1)] if rank else np.zeros(len(rows), np.int64)
-    valid = np.isfinite(cos[np.arange(len(rows)), neighbour]) if rank else np.zeros(len(rows), bool)
-    distinct = np.stack([np.arange(len(rows)), neighbour], axis=1)[valid]
-    m, sd = _statistics(work_o)
-    det = detail(work_o)
-    distinct_cheap = similarity(work_o, distinct, m, sd, det)
     if threshold is None:
         pooled = np.concatenate([cheap[k] for k in planted.SHIFT_AND_PHOTOMETRIC])
         low = float(np.quantile(pooled, CALIBRATION_QUANTILE))
@@ -527,51 +603,59 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
                             f"{CALIBRATION_MARGIN}, within [{MIN_THRESHOLD}, {MAX_THRESHOLD}]"})
     else:
         out["reason"] = "threshold given, not calibrated; candidate gate and aligned stage calibrated"
-    sel = distinct[:ALIGNED_SAMPLE]
-    detailed = (det[sel[:, 0]] >= DETAIL_MIN) & (det[sel[:, 1]] >= DETAIL_MIN)
-    distinct_aligned = np.zeros(len(sel), np.float32)
-    if detailed.any() and ALIGNED_STAGE:
-        distinct_aligned[detailed] = align.aligned_similarity(work_o[sel[detailed, 0]], work_o[sel[detailed, 1]],
-                                                              mirrors=mirrors).score
-    aligned_threshold, aligned_off = ALIGNED_MAX, None
-    if not ALIGNED_STAGE:
-        aligned_threshold, aligned_off = 2.0, "aligned stage off (kubevae.split.neardup.ALIGNED_STAGE)"
-        sel = sel[:0]
-        distinct_aligned = distinct_aligned[:0]
-    elif len(sel):
-        wanted = float(np.quantile(distinct_aligned, 1 - FALSE_MERGE_BUDGET)) + ALIGNED_MARGIN
-        # A given threshold binds both stages: --near-dup-threshold 1 merges only identical pixels.
-        aligned_threshold = max(wanted, ALIGNED_MIN, given if given is not None else 0.0)
+    # Look-alikes over the whole data set (the searched images).
+    if work is None:
+        work = working_images(images)
+    base = views.full.base if views is not None else descriptors(work)
+    sample_rows = picked[:few]
+    distinct = look_alikes(base, sample_rows)
+    m, sd = _statistics(work[distinct.ravel()]) if len(distinct) else (np.zeros(0), np.zeros(0))
+    pair_index = np.arange(2 * len(distinct)).reshape(-1, 2)
+    pair_work = work[distinct.ravel()]
+    det = detail(pair_work) if len(distinct) else np.zeros(0, np.float32)
+    distinct_cheap = similarity(pair_work, pair_index, m, sd, det) if len(distinct) else np.zeros(0)
+    detailed = (det[pair_index[:, 0]] >= DETAIL_MIN) & (det[pair_index[:, 1]] >= DETAIL_MIN) \
+        if len(distinct) else np.zeros(0, bool)
+    distinct_aligned = np.zeros(len(distinct), np.float32)
+    if views is not None and detailed.any():
+        distinct_aligned[detailed] = align.aligned_similarity(
+            pair_work[pair_index[detailed, 0]], pair_work[pair_index[detailed, 1]], mirrors=mirrors).score
+    aligned_threshold, aligned_off = 2.0, None
+    if views is None:
+        aligned_off = "aligned stage off (kubevae.split.neardup.ALIGNED_STAGE, or under 2 images)"
+    elif not len(distinct):
+        aligned_off = "aligned stage off: too few images to measure look-alikes"
+    else:
+        wanted = float(distinct_aligned.max()) + ALIGNED_MARGIN
         if wanted > ALIGNED_MAX:
             # Distinct images of this data set align as well as copies do (a sprite at another
             # place or size is another sample, not a copy): the aligned stage would chain them.
-            aligned_threshold = 2.0
-            aligned_off = (f"aligned stage off: distinct look-alikes of this data set align at "
-                           f"{wanted - ALIGNED_MARGIN:.4f} (the {(1 - FALSE_MERGE_BUDGET) * 100:g}th "
-                           f"percentile), above {ALIGNED_MAX}; geometric edits here make new "
-                           "samples, not copies")
+            aligned_off = (f"aligned stage off: a look-alike of this data set aligns at "
+                           f"{wanted - ALIGNED_MARGIN:.4f}, above {ALIGNED_MAX - ALIGNED_MARGIN:g}; "
+                           "here geometric edits make new samples, not copies")
+        else:
+            # A given threshold binds both stages: --near-dup-threshold 1 merges identical pixels only.
+            aligned_threshold = max(wanted, ALIGNED_MIN, given if given is not None else 0.0)
     for kind in planted.KINDS:
-        found = cheap[kind] >= threshold
-        a_rows = aligned_rows[~found[aligned_rows]]
-        a_scores = np.zeros(len(aligned_rows), np.float32)
-        if len(a_rows) and ALIGNED_STAGE:
-            a_scores[~found[aligned_rows]] = align.aligned_similarity(
-                work_o[a_rows], copies_work[kind][a_rows], mirrors=mirrors).score
-        hit = found[aligned_rows] | (a_scores >= aligned_threshold)
-        counts = kind not in planted.MIRROR or mirrors
-        per_kind[kind].update({"found": int(hit.sum()), "planted": int(len(aligned_rows)),
-                               "recall": round(float(hit.mean()), 4) if len(hit) else None,
-                               "counts_as_copy": counts})
-    merged = (distinct_cheap[:len(sel)] >= threshold) | (distinct_aligned >= aligned_threshold)
+        found = cheap[kind][:few] >= threshold
+        scores = np.zeros(few, np.float32)
+        if aligned_off is None and views is not None and (~found).any():
+            scores[~found] = align.aligned_similarity(work_o[:few][~found], copies_work[kind][:few][~found],
+                                                      mirrors=mirrors).score
+            scores[~found] *= views.retrieved(sample_rows[~found], copies_work[kind][:few][~found])
+        hit = found | (scores >= aligned_threshold)
+        per_kind[kind].update({"found": int(hit.sum()), "planted": int(few),
+                               "recall": round(float(hit.mean()), 4) if few else None,
+                               "counts_as_copy": kind not in planted.MIRROR or mirrors})
+    merged = (distinct_cheap >= threshold) | (distinct_aligned >= aligned_threshold)
     out.update({"threshold": round(threshold, 4), "aligned_threshold": round(aligned_threshold, 4),
                 "aligned_off": aligned_off,
-                "aligned_rule": f"{(1 - FALSE_MERGE_BUDGET) * 100:g}th percentile of distinct "
-                                f"look-alikes' aligned score + {ALIGNED_MARGIN}, within "
-                                f"[{ALIGNED_MIN}, {ALIGNED_MAX}]",
-                "false_merges": {"merged": int(merged.sum()), "pairs": int(len(sel)),
-                                 "what": "each sampled image and its second-nearest other sampled image "
-                                         "(a look-alike; distinct unless the data holds two "
-                                         "copies of it)"},
+                "aligned_rule": f"the highest aligned score of {len(distinct)} look-alikes + "
+                                f"{ALIGNED_MARGIN}, at least {ALIGNED_MIN}; off above {ALIGNED_MAX}",
+                "false_merges": {"merged": int(merged.sum()), "pairs": int(len(distinct)),
+                                 "what": "sampled images and their second-nearest image of the "
+                                         "data set (look-alikes; distinct unless the data holds "
+                                         "two copies of one)"},
                 "mirrors": mirrors, "per_kind": per_kind})
     return out
 
@@ -580,16 +664,19 @@ def method(mirrors: bool = True) -> str:
     """The method in one sentence, for the leakage report."""
     from kubevae.split import align
 
-    return (f"candidates: faiss nearest neighbours (one query per image"
+    return (f"candidates: every pair while pairs x pixels stay within {VERIFY_BUDGET_PIXELS:,}, "
+            f"else faiss nearest neighbours (one query per image"
             f"{', one per mirror image' if mirrors else ''}) of a descriptor: "
             f"{DESCRIPTOR}; each image's best {VERIFY_PER_ITEM} within {VERIFY_MARGIN} cosine of "
             f"its best one (up to {MAX_PER_ITEM}, any cosine, where n x per-image x pixels stays "
             f"within {VERIFY_BUDGET_PIXELS:,}), above a gate calibrated on planted copies (one "
             f"image per set of exact copies); verification, stage 1: max normalised "
             f"cross-correlation over +-{MAX_SHIFT} px of the smoothed luma (at most "
-            f"{WORK_MAX_SIDE} px a side); stage 2, for mutual best neighbours that stage 1 did "
-            f"not merge (at most {ALIGN_BUDGET_PAIRS:,} pairs; an image with two aligned "
-            f"partners merges with neither): "
+            f"{WORK_MAX_SIDE} px a side); stage 2, for pairs that stage 1 did not merge and "
+            f"that are each other's best match in the whole image"
+            f"{', its mirror image' if mirrors else ''} or its centre {CENTRE_SHARE:.0%} (at "
+            f"most {ALIGN_BUDGET_PAIRS:,} pairs; an image with two aligned partners merges with "
+            f"neither): "
             f"{align.describe(mirrors)}; near-blank images (std < {FLAT_STD} levels) by "
             f"{FLAT_LEVELS:g}-level bands of their mean, smooth images (detail < {DETAIL_MIN} "
             f"levels) only when their mean-free pixels differ by <= {RESIDUAL_LEVELS} levels RMS")
@@ -621,8 +708,10 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     details = detail(work)
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1], got {threshold}")
+    searcher = _Searcher(descriptors(work)) if len(work) >= 2 else None
+    views = AlignedViews(work, searcher, mirrors) if searcher is not None and ALIGNED_STAGE else None
     calibration = calibrate(images, stds, rows_of=reps, threshold=threshold, details=details,
-                            keys=rep_keys, mirrors=mirrors)
+                            keys=rep_keys, mirrors=mirrors, work=work, views=views)
     if threshold is None:
         threshold_source = "calibrated on this data set"
     threshold = float(calibration["threshold"])
@@ -631,7 +720,11 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
         pairs, aligned_pairs = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
         search: dict[str, Any] = {"candidates": 0}
     else:
-        pairs, aligned_pairs, search = candidate_pairs(work, calibration["gate"], mirrors, ALIGN_PER_ITEM)
+        pairs, search = candidate_pairs(work, calibration["gate"], searcher)
+        aligned_pairs = np.zeros((0, 2), np.int64)
+        if views is not None and float(calibration.get("aligned_threshold", 2.0)) <= 1.0:
+            aligned_pairs, found = views.mutual_pairs()
+            search.update(found)
     verify_start = time.monotonic()
     sims = similarity(work, pairs, means, stds, details)
     merged = sims >= threshold
