@@ -81,6 +81,7 @@ MIN_STD_RATIO = 0.7            # contrast edits of a copy: at most 30% either wa
 DETAIL_MIN = 1.5              # grey levels of band-pass detail: below, an image is smooth
 ALIGNED_MIN, ALIGNED_MAX = 0.90, 0.97    # bounds of the aligned stage's threshold (above: off)
 ALIGNED_MARGIN = 0.005
+LOOK_ALIKE_QUANTILE = 1.0     # of the look-alikes' aligned scores: the aligned threshold
 ALIGN_BUDGET_PAIRS = 12_000   # aligned verifications per split (about 3 ms each on one core)
 CENTRE_SHARE = 0.6            # the centre view of the aligned stage's search
 ALIGNED_STAGE = True          # False: stage 1 alone (the report says so)
@@ -543,8 +544,8 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
     Threshold (unless given): the similarities of the copies of the shift and photometric
     kinds (planted.SHIFT_AND_PHOTOMETRIC), their 0.5th percentile less CALIBRATION_MARGIN,
     within [MIN_THRESHOLD, MAX_THRESHOLD]. Candidate gate: those copies' cosines' GATE_QUANTILE
-    less GATE_MARGIN, within [MIN_GATE, MAX_GATE]. Aligned threshold: the highest aligned score
-    of a look-alike plus ALIGNED_MARGIN, at least ALIGNED_MIN (and at least a given threshold);
+    less GATE_MARGIN, within [MIN_GATE, MAX_GATE]. Aligned threshold: the LOOK_ALIKE_QUANTILE of
+    the look-alikes' aligned scores plus ALIGNED_MARGIN, at least ALIGNED_MIN (and at least a given threshold);
     above ALIGNED_MAX the aligned stage is off, since distinct images of this data set align as
     well as copies. Then, per kind, how many of ALIGNED_SAMPLE copies the two stages together
     find (found/planted), and how many look-alikes they merge (false merges)."""
@@ -626,12 +627,15 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
     elif not len(distinct):
         aligned_off = "aligned stage off: too few images to measure look-alikes"
     else:
-        wanted = float(distinct_aligned.max()) + ALIGNED_MARGIN
+        # A high quantile, not the maximum: an image with two copies in the data has a copy for
+        # its second-nearest image too, and one such image must not switch the stage off.
+        wanted = float(np.quantile(distinct_aligned, LOOK_ALIKE_QUANTILE)) + ALIGNED_MARGIN
         if wanted > ALIGNED_MAX:
             # Distinct images of this data set align as well as copies do (a sprite at another
             # place or size is another sample, not a copy): the aligned stage would chain them.
-            aligned_off = (f"aligned stage off: a look-alike of this data set aligns at "
-                           f"{wanted - ALIGNED_MARGIN:.4f}, above {ALIGNED_MAX - ALIGNED_MARGIN:g}; "
+            aligned_off = (f"aligned stage off: look-alikes of this data set align at "
+                           f"{wanted - ALIGNED_MARGIN:.4f} ({LOOK_ALIKE_QUANTILE:.0%} quantile), above "
+                           f"{ALIGNED_MAX - ALIGNED_MARGIN:g}; "
                            "here geometric edits make new samples, not copies")
         else:
             # A given threshold binds both stages: --near-dup-threshold 1 merges identical pixels only.
@@ -650,8 +654,9 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
     merged = (distinct_cheap >= threshold) | (distinct_aligned >= aligned_threshold)
     out.update({"threshold": round(threshold, 4), "aligned_threshold": round(aligned_threshold, 4),
                 "aligned_off": aligned_off,
-                "aligned_rule": f"the highest aligned score of {len(distinct)} look-alikes + "
-                                f"{ALIGNED_MARGIN}, at least {ALIGNED_MIN}; off above {ALIGNED_MAX}",
+                "aligned_rule": f"the {LOOK_ALIKE_QUANTILE:.0%} quantile of {len(distinct)} look-alikes' "
+                                f"aligned scores + {ALIGNED_MARGIN}, at least {ALIGNED_MIN}; off "
+                                f"above {ALIGNED_MAX}",
                 "false_merges": {"merged": int(merged.sum()), "pairs": int(len(distinct)),
                                  "what": "sampled images and their second-nearest image of the "
                                          "data set (look-alikes; distinct unless the data holds "
