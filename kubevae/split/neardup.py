@@ -81,7 +81,7 @@ MIN_STD_RATIO = 0.7            # contrast edits of a copy: at most 30% either wa
 DETAIL_MIN = 1.5              # grey levels of band-pass detail: below, an image is smooth
 ALIGNED_MIN, ALIGNED_MAX = 0.90, 0.97    # bounds of the aligned stage's threshold (above: off)
 ALIGNED_MARGIN = 0.005
-LOOK_ALIKE_QUANTILE = 1.0     # of the look-alikes' aligned scores: the aligned threshold
+LOOK_ALIKE_QUANTILE = 1.0     # of the look-alikes' aligned scores (+ margin): the aligned threshold
 ALIGN_BUDGET_PAIRS = 12_000   # aligned verifications per split (about 3 ms each on one core)
 CENTRE_SHARE = 0.6            # the centre view of the aligned stage's search
 ALIGNED_STAGE = True          # False: stage 1 alone (the report says so)
@@ -627,8 +627,9 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
     elif not len(distinct):
         aligned_off = "aligned stage off: too few images to measure look-alikes"
     else:
-        # A high quantile, not the maximum: an image with two copies in the data has a copy for
-        # its second-nearest image too, and one such image must not switch the stage off.
+        # The maximum (LOOK_ALIKE_QUANTILE 1): a 90% quantile let 108 of 500 distinct digits
+        # merge. An image with two copies in the data counts its second copy as a look-alike
+        # and may switch the stage off: it errs towards merging less.
         wanted = float(np.quantile(distinct_aligned, LOOK_ALIKE_QUANTILE)) + ALIGNED_MARGIN
         if wanted > ALIGNED_MAX:
             # Distinct images of this data set align as well as copies do (a sprite at another
