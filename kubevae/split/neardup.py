@@ -671,8 +671,7 @@ def method(mirrors: bool = True) -> str:
     from kubevae.split import align
 
     return (f"candidates: every pair while pairs x pixels stay within {VERIFY_BUDGET_PIXELS:,}, "
-            f"else faiss nearest neighbours (one query per image"
-            f"{', one per mirror image' if mirrors else ''}) of a descriptor: "
+            f"else faiss nearest neighbours (one query per image) of a descriptor: "
             f"{DESCRIPTOR}; each image's best {VERIFY_PER_ITEM} within {VERIFY_MARGIN} cosine of "
             f"its best one (up to {MAX_PER_ITEM}, any cosine, where n x per-image x pixels stays "
             f"within {VERIFY_BUDGET_PIXELS:,}), above a gate calibrated on planted copies (one "

@@ -477,7 +477,9 @@ def markdown(report: dict[str, Any]) -> str:
                      f"({false['what']})")
     if calibration.get("per_kind") and "found" in next(iter(calibration["per_kind"].values())):
         lines += ["", f"Recall per copy kind: planted copies of {calibration['aligned_sampled_images']} "
-                  "sampled images, found by either stage at the thresholds above"
+                  "sampled images, found by either stage at the thresholds above (stage 2 counts a copy only "
+                  "if the search would pair it with its original: where the data already holds a copy "
+                  "of a sampled image, the two compete, so this is a lower bound)"
                   + ("" if calibration.get("mirrors", True) else "; mirror images do not count as "
                      "copies here (--no-mirror-copies)") + ":", "",
                   "| copy kind | found/planted | stage 1 median | min descriptor cosine |",
