@@ -424,10 +424,12 @@ def max_ncc(a: np.ndarray, b: np.ndarray, max_shift: int = MAX_SHIFT) -> np.ndar
     """Max over shifts |dy|, |dx| <= max_shift of the Pearson correlation between the centre of
     each a (cropped by max_shift + 1) and the window of b at that shift. a, b: P x h x w."""
     p, h, w = a.shape
-    r = max(0, min(max_shift, (h - 3) // 2, (w - 3) // 2))
+    # Small images shift less: the compared centre keeps at least about half the pixels (an
+    # 8-px image compared over a 2 x 2 centre merged random noise).
+    r = max(0, min(max_shift, (min(h, w) - 6) // 4))
     # One pixel more than the shifts: no window touches b's border, where the smoothing saw
-    # padding instead of the neighbours the same content has inside a.
-    m = r + 1 if min(h, w) >= 3 else 0
+    # padding instead of the neighbours the same content has inside a. Without shifts, none.
+    m = r + 1 if r else 0
     centre = np.asarray(a[:, m:h - m, m:w - m], np.float32)
     hc, wc = centre.shape[1:]
     centre = centre - centre.mean(axis=(1, 2), keepdims=True)
