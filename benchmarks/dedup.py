@@ -9,21 +9,55 @@
 Data (made in memory, not timed): `digits` are 28x28 digit-like images (scikit-learn's 1,797
 real digits, each drawn many times under a random rotation, scale, shear, stroke weight and
 position; at 1,000,000 draws, 556 of each digit, some pairs of draws land within a copy's
-tolerance of each other and count as false merges); `textures` are 64x64 colour textures
-(kubevae.ingest.synthetic.textures' recipe, made by textures_fast). 2% of the items are planted copies of others, of every kind
-in kubevae.split.planted (shifts of 1-2 px, JPEG 70, brightness, contrast, noise, resampling).
+tolerance of each other and count as false merges: draws of one digit are geometric edits of
+each other, the very kind the aligned stage is built to find); `textures` are 64x64 colour
+textures (kubevae.ingest.synthetic.textures' recipe, made by textures_fast). 2% of the items
+are planted copies of others, of every kind in kubevae.split.planted.KINDS in turn (23 kinds:
+shifts, JPEG 70 and 30, brightness, contrast, noise, resampling, blur, sharpening, re-crops,
+rotations, aspect changes, letterboxes, watermarks, captions, mirror images and combinations;
+mirror images count as copies, the split's default). Cached data (--data-cache, --cache) is
+keyed by a hash of planted.py, so copies of older kinds are not reused.
 Timed in a fresh process (its peak RSS is its own): kubevae.split.grouping.group_items, i.e.
-the calibration, the faiss candidate search, the verification and union-find. Printed: time,
-peak memory, planted copies found (copy in its source's group), false merges (verified pairs
-joining two different originals, and the items in groups holding more than one original), and
-the largest group.
+the detector (kubevae.split.neardup.find_near_duplicates) and union-find. Printed (a table
+after the JSON): per copy kind, found/planted (a copy is found when it ends in its source's
+group) beside the calibration's own per-kind recall on its sample; false merges (verified pairs
+joining two different originals, the items in groups holding more than one original, the
+largest group); seconds by phase: calibration (neardup.calibrate, timed by wrapping it),
+stage-1 search and verification, aligned search and verification (NearDuplicates.search),
+preparation (working images, descriptors, indexes: the rest of the detector) and outside the
+detector; peak RSS; the load average at the start and end of the timed part.
 
 --compare-search N times the candidate search on N digit descriptors with faiss (the index the
 split uses) against an exact hand-written numpy search (blocked matrix products + top-k), and
 the recall of faiss against the exact neighbours.
---ingest writes textures as PNG files and times `kubevae ingest` plus grouping (the 60 s goal).
+--ingest writes textures and their planted copies as PNG files and times `kubevae ingest` plus
+grouping (the 60 s goal), with the same per-kind recall and false merges.
 
-Measured 2026-12-02 on the shared 2 cores (load average beside each; other jobs running):
+Measured 2026-12-07 (UTC) on the shared 2 cores of an "Intel(R) Xeon(R) Processor" (lscpu:
+avx512_bf16, amx_bf16, amx_int8, amx_tile; 23 GiB), other engineers' tests running: load average
+(1 min) at the start -> end of the timed part beside each; CPU seconds are the load-independent
+side. kubevae/split at 8567d72 to 3cf420f (the same detector on these sizes); all 23 planted
+kinds, mirror images counted; per-kind tables and phases in docs/split.md, "Near-duplicate
+grouping at scale". Each command ran twice, with the same copies found.
+- textures 100,000: 199.2 s (163 CPU s; load 4.7 -> 3.5) = calibration 30.7 + stage-1 search
+  6.5 + stage-1 verification 0.2 + aligned search 37.3 + aligned verification 74.0 (12,000 pairs,
+  the budget; 30,888 skipped) + preparation 50.4 (statistics and detail 27.6, working images 11.5);
+  1,374/2,000 copies (every shift/photometric kind, blur, sharpen, caption, mirror 87/87; crop_zoom
+  18/87, rotate 27/87, letterbox 9/87, rotate_crop 2/87); 221 false-merge pairs, all by the
+  aligned stage (threshold 0.90), largest group 2; peak RSS 2.8 GiB. First run: 272.2 s (load
+  6.3 -> 7.0).
+- ingest + grouping, 100,000 PNG textures: 222.2 s (load 3.4 -> 3.2) = ingest 47.6 (48 CPU s) +
+  grouping 174.6 (180 CPU s); 1,388/2,000 copies, 225 false-merge pairs (all aligned), peak RSS
+  3.0 GiB. First run: 262.4 s (load 8.9 -> 4.1). The 60 s goal is missed by about 4x.
+- digits 1,000,000: 193.9 s (216 CPU s; load 2.1 -> 1.9) = calibration 9.9 + stage-1 search 71.8
+  + stage-1 verification 19.3 (2,100,279 pairs) + preparation 92.2 (27.3 of it the aligned
+  stage's centre view and index, built before the stage turns itself off); first run 296.8 s
+  (259 CPU s; load 3.4 -> 4.8; verification 103.7). The aligned stage is off (look-alike draws
+  align at 0.996 > 0.965), so 8,648/20,000 copies: the shift and photometric kinds 847-870/870,
+  blur 567, caption 262, sharpen 7, every geometric kind and mirror 0-3/869; 42,765
+  false-merge pairs (stage 1: draws of one digit), 78,343 items in 35,828 groups with several
+  originals, largest group 14; peak RSS 3.8 GiB.
+Not re-measured (2026-12-02, commit b59a5d8, stage 1 only, the 8 old shift/photometric kinds):
 - digits 10,000: 42.5 s with the 25-shift 8x8 search (commit 18b5032) -> 4.5 s (load 4.3-5.1)
 - digits 100,000: 17.7 s, 1,999/2,000 copies, peak RSS 642 MiB (load 4.2-4.9); 386 s before
 - textures 100,000: 35.3 s, 1,996/2,000 copies, 0 false merges (load 3.6-4.2)
@@ -45,16 +79,16 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 REPO = Path(__file__).resolve().parents[1]
 PER_FOLDER = 1000
 PLANTED_FRACTION = 0.02
-VARIANTS = ("jpeg", "shift", "bright", "copy")
 
 
 def generate(cache: Path, n: int, size: int, workers: int) -> Path:
     """n image files under cache/n{n}-s{size}/ (idempotent): distinct textures + planted copies."""
-    root = cache / f"n{n}-s{size}-v2"  # v2: six waves and three discs per texture
+    root = cache / f"n{n}-s{size}-v3-{_kinds_version()}"  # v3: copies of every planted kind
     done = root / "DONE.json"
     if done.is_file():
         return root
@@ -94,27 +128,33 @@ def _write_textures(task) -> None:
 
 
 def _write_planted(task) -> list[dict]:
+    """Copies of the kinds in kubevae.split.planted, in turn, each saved as PNG (the JPEG kinds
+    hold their JPEG round trip)."""
     from PIL import Image
 
-    from kubevae.ingest import synthetic
+    from kubevae.split import planted
 
     root, sources, numbers, size = task
     folder = root / "planted"
     folder.mkdir(parents=True, exist_ok=True)
+    kinds = list(planted.KINDS)
     rows = []
     for source, number in zip(sources, numbers, strict=False):
         image = np.asarray(Image.open(root / _texture_name(int(source))))
-        kind = VARIANTS[int(number) % len(VARIANTS)]
-        name = f"planted/p-{int(number):06d}-{kind}" + (".jpg" if kind == "jpeg" else ".png")
-        if kind == "jpeg":
-            Image.fromarray(image).save(root / name, "JPEG", quality=90)
-        else:
-            variant = {"shift": lambda im: synthetic.shift(im, 0, 1),
-                       "bright": lambda im: synthetic.brighten(im, 8),
-                       "copy": lambda im: im}[kind](image)
-            Image.fromarray(variant).save(root / name, compress_level=1)
+        kind = kinds[int(number) % len(kinds)]
+        name = f"planted/p-{int(number):06d}-{kind.replace('/', '-')}.png"
+        Image.fromarray(planted.make_copy(image, kind, seed=int(number))).save(root / name, compress_level=1)
         rows.append({"file": name, "source": _texture_name(int(source)), "kind": kind})
     return rows
+
+
+def _kinds_version() -> str:
+    """A short hash of kubevae/split/planted.py: a cache made with other copy kinds is not reused."""
+    import hashlib
+
+    from kubevae.split import planted
+
+    return hashlib.sha256(Path(planted.__file__).read_bytes()).hexdigest()[:8]
 
 
 class PeakMemory:
@@ -212,7 +252,7 @@ def make_data(kind: str, n: int, seed: int = 0, cache: str | None = None
     With `cache`, kept there as .npy files (the images memory-mapped) and reused."""
     from kubevae.split import planted
 
-    folder = Path(cache) / f"data-{kind}-n{n}-s{seed}" if cache else None
+    folder = Path(cache) / f"data-{kind}-n{n}-s{seed}-k{_kinds_version()}" if cache else None
     if folder is not None and (folder / "DONE").is_file():
         return (np.load(folder / "images.npy", mmap_mode="r"), np.load(folder / "family.npy"),
                 json.loads((folder / "kinds.json").read_text()))
@@ -246,40 +286,139 @@ def make_data(kind: str, n: int, seed: int = 0, cache: str | None = None
     return images, family, labels
 
 
+class PhaseClock:
+    """Seconds in the detector's steps, timed by wrapping them while in use; only the outermost
+    wrapped call counts (the working images that calibrate makes are calibration). The searches
+    and verifications come from NearDuplicates.search; this adds the calibration, which it does
+    not report, and what the preparation before it is made of."""
+
+    STEPS = (("calibration", None, "calibrate"), ("working_images", None, "working_images"),
+             ("statistics_and_detail", None, "_statistics"), ("statistics_and_detail", None, "detail"),
+             ("descriptors", None, "descriptors"), ("whole_index", "_Searcher", "__init__"),
+             ("centre_view_and_index", "AlignedViews", "__init__"),
+             ("stage1_search", None, "candidate_pairs"), ("aligned_search", "AlignedViews", "mutual_pairs"))
+
+    def __enter__(self):
+        from kubevae.split import neardup
+
+        self.seconds: dict[str, float] = {}
+        self._saved, self._depth = [], 0
+        for label, owner_name, name in self.STEPS:
+            owner = neardup if owner_name is None else getattr(neardup, owner_name)
+            original = getattr(owner, name)
+            self._saved.append((owner, name, original))
+            setattr(owner, name, self._timed(label, original))
+        return self
+
+    def _timed(self, label, original):
+        def timed(*args, **kwargs):
+            self._depth += 1
+            start = time.monotonic()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds[label] = self.seconds.get(label, 0.0) + time.monotonic() - start
+        return timed
+
+    def __exit__(self, *exc):
+        for owner, name, original in reversed(self._saved):
+            setattr(owner, name, original)
+
+
+def false_merges_by_stage(images: np.ndarray, pairs: np.ndarray, threshold: float) -> dict:
+    """Which stage merged the given pairs (after the timed part): stage 1 when their shift
+    similarity (or the near-blank rule) reaches the threshold, else the aligned stage."""
+    from kubevae.split import neardup
+
+    if not len(pairs):
+        return {"stage1": 0, "aligned": 0}
+    work = neardup.working_images(np.asarray(images[np.sort(np.unique(pairs))]))
+    rows = np.searchsorted(np.sort(np.unique(pairs)), pairs)
+    means, stds = neardup._statistics(work)
+    stage1 = neardup.similarity(work, rows, means, stds, neardup.detail(work)) >= threshold
+    return {"stage1": int(stage1.sum()), "aligned": int((~stage1).sum())}
+
+
+def _cpu_seconds(since: os.times_result) -> float:
+    """CPU seconds (user + system, this process and its finished children, e.g. ingest's
+    workers) since `since`: on a shared machine, the load-independent side of a wall time."""
+    now = os.times()
+    return sum(getattr(now, f) - getattr(since, f) for f in ("user", "system", "children_user", "children_system"))
+
+
+def summarise(grouping, family: np.ndarray, copy_rows: np.ndarray, copy_kinds: list[str],
+              grouping_s: float, clock: dict[str, float], images: np.ndarray) -> dict:
+    """Recall per copy kind, false merges and seconds by phase of one grouping. family: per
+    item, the row of its original (its own row for an original); copy_rows: the planted copies."""
+    labels, near = grouping.labels, grouping.near
+    found = labels[copy_rows] == labels[family[copy_rows]]
+    calibrated = near.calibration.get("per_kind", {})
+    recall = {}
+    for kind in dict.fromkeys(copy_kinds):
+        mine = np.asarray(copy_kinds) == kind
+        c = calibrated.get(kind, {})
+        recall[kind] = {"found": int(found[mine].sum()), "planted": int(mine.sum()),
+                        "recall": round(float(found[mine].mean()), 4),
+                        "calibration_found": c.get("found"), "calibration_planted": c.get("planted")}
+    pairs = near.pairs
+    wrong = family[pairs[:, 0]] != family[pairs[:, 1]] if len(pairs) else np.zeros(0, bool)
+    false_pairs = int(wrong.sum())
+    frame = pd.DataFrame({"label": labels, "family": family})
+    families_per_group = frame.groupby("label")["family"].nunique()
+    sizes = frame.groupby("label").size()
+    search = near.search
+    aligned_verify = float(search.get("aligned_seconds", 0.0))
+    phases = {"calibration": clock.get("calibration", 0.0),
+              "stage1_search": float(search.get("search_seconds", 0.0)),
+              "stage1_verify": float(search.get("verify_seconds", 0.0)) - aligned_verify,
+              "aligned_search": float(search.get("aligned_search_seconds", 0.0)),
+              "aligned_verify": aligned_verify}
+    # Working images, statistics, descriptors and the faiss indexes (whole, centre) before the
+    # calibration; outside find_near_duplicates: the sha256 relation and union-find.
+    phases["preparation"] = float(search.get("seconds", grouping_s)) - sum(phases.values())
+    parts = ("working_images", "statistics_and_detail", "descriptors", "whole_index", "centre_view_and_index")
+    preparation = {k: round(clock.get(k, 0.0), 2) for k in parts}
+    preparation["rest"] = round(phases["preparation"] - sum(preparation.values()), 2)
+    phases["outside_detector"] = grouping_s - float(search.get("seconds", grouping_s))
+    return {"threshold": near.threshold, "threshold_source": near.threshold_source,
+            "aligned_threshold": near.aligned_threshold,
+            "aligned_off": near.calibration.get("aligned_off"),
+            "planted_copies": len(copy_rows), "copies_found": int(found.sum()),
+            "recall_by_kind": recall, "false_merge_pairs": false_pairs,
+            "false_merge_pairs_by_stage": false_merges_by_stage(images, pairs[wrong], near.threshold),
+            "items_in_groups_with_several_originals": int(sizes[families_per_group > 1].sum()),
+            "groups_with_several_originals": int((families_per_group > 1).sum()),
+            "largest_group": int(sizes.max()), "largest_group_fraction": round(float(sizes.max()) / len(labels), 5),
+            "calibration_false_merges": near.calibration.get("false_merges"),
+            "seconds_by_phase": {k: round(v, 2) for k, v in phases.items()},
+            "preparation_seconds": preparation,
+            "clock_seconds": {k: round(v, 2) for k, v in clock.items()},
+            "search": search}
+
+
 def measure(kind: str, n: int, threshold: float | None, cache: str | None) -> dict:
     """The timed part, in its own process: group_items on the made data."""
-    import pandas as pd
-
     from kubevae.split.grouping import group_items
 
     made = time.monotonic()
     images, family, kinds = make_data(kind, n, cache=cache)
     made = time.monotonic() - made
     manifest = pd.DataFrame({"sha256": [f"s{i}" for i in range(n)]})
-    with PeakMemory() as memory:
-        start = time.monotonic()
+    load_before = os.getloadavg()
+    with PeakMemory() as memory, PhaseClock() as clock:
+        start, cpu = time.monotonic(), os.times()
         grouping = group_items(manifest, images, group_column=None, threshold=threshold)
-        seconds = time.monotonic() - start
-    labels, originals = grouping.labels, n - len(kinds)
-    found = labels[originals:] == labels[family[originals:]]
-    by_kind = pd.Series(found).groupby(pd.Series(kinds)).mean().round(4).to_dict()
-    pairs = grouping.near.pairs
-    false_pairs = int((family[pairs[:, 0]] != family[pairs[:, 1]]).sum()) if len(pairs) else 0
-    frame = pd.DataFrame({"label": labels, "family": family})
-    families_per_group = frame.groupby("label")["family"].nunique()
-    sizes = frame.groupby("label").size()
-    mixed = sizes[families_per_group > 1]
-    near = grouping.near
+        seconds, cpu = time.monotonic() - start, _cpu_seconds(cpu)
+    originals = n - len(kinds)
     return {"kind": kind, "n": n, "image_shape": list(images.shape[1:]), "data_made_s": round(made, 1),
-            "grouping_s": round(seconds, 2), "peak_rss_mib": round(memory.peak / 2**20),
+            "grouping_s": round(seconds, 2), "grouping_cpu_s": round(cpu, 1),
+            "peak_rss_mib": round(memory.peak / 2**20),
             "peak_private_mib": round(memory.peak_private / 2**20),
             "images_mib": round(images.nbytes / 2**20),
-            "threshold": near.threshold, "threshold_source": near.threshold_source,
-            "planted_copies": len(kinds), "copies_found": int(found.sum()),
-            "copies_found_by_kind": by_kind, "false_merge_pairs": false_pairs,
-            "items_in_groups_with_several_originals": int(mixed.sum()),
-            "largest_group": int(sizes.max()), "largest_group_fraction": round(float(sizes.max()) / n, 5),
-            "search": near.search, "load_average": os.getloadavg()}
+            **summarise(grouping, family, np.arange(originals, n), kinds, seconds, clock.seconds, images),
+            "load_average_before": load_before, "load_average": os.getloadavg()}
 
 
 def compare_search(n: int) -> dict:
@@ -322,25 +461,71 @@ def compare_search(n: int) -> dict:
 
 
 def measure_ingest(folder: Path, out: Path, workers: int) -> dict:
-    import pandas as pd
-
     from kubevae.data.dataset import Dataset
     from kubevae.ingest import ingest
     from kubevae.split.grouping import group_items
 
-    with PeakMemory() as memory:
-        start = time.monotonic()
+    load_before = os.getloadavg()
+    with PeakMemory() as memory, PhaseClock() as clock:
+        start, cpu_start = time.monotonic(), os.times()
         report = ingest(str(folder), out, workers=workers, max_bad_fraction=0.0)
-        ingested = time.monotonic()
+        ingested, cpu_ingested = time.monotonic(), os.times()
         dataset = Dataset.open(out)
-        grouping = group_items(pd.read_parquet(out / "manifest.parquet"), dataset.images,
-                               group_column=None, threshold=None)
-        grouped = time.monotonic()
-    sizes = np.bincount(grouping.labels)
-    return {"images": report.accepted, "ingest_s": round(ingested - start, 2),
-            "grouping_s": round(grouped - ingested, 2), "total_s": round(grouped - start, 2),
-            "peak_rss_tree_mib": round(memory.peak / 2**20), "largest_group": int(sizes.max()),
-            "threshold": grouping.near.threshold, "load_average": os.getloadavg()}
+        manifest = pd.read_parquet(out / "manifest.parquet")
+        grouping = group_items(manifest, dataset.images, group_column=None, threshold=None)
+        grouped, cpu_grouping = time.monotonic(), _cpu_seconds(cpu_ingested)
+    cpu_ingest = _cpu_seconds(cpu_start) - cpu_grouping
+    row = pd.Series(np.arange(len(manifest)), index=manifest["item_id"].to_numpy())
+    planted_rows = json.loads((folder / "planted.json").read_text())
+    copy_rows = row[[r["file"] for r in planted_rows]].to_numpy()
+    family = np.arange(len(manifest))
+    family[copy_rows] = row[[r["source"] for r in planted_rows]].to_numpy()
+    return {"images": report.accepted, "image_shape": list(dataset.images.shape[1:]),
+            "ingest_s": round(ingested - start, 2), "grouping_s": round(grouped - ingested, 2),
+            "total_s": round(grouped - start, 2), "ingest_cpu_s": round(cpu_ingest, 1),
+            "grouping_cpu_s": round(cpu_grouping, 1), "peak_rss_tree_mib": round(memory.peak / 2**20),
+            "peak_rss_main_mib": round(memory.peak_main / 2**20),
+            **summarise(grouping, family, copy_rows, [r["kind"] for r in planted_rows],
+                        grouped - ingested, clock.seconds, dataset.images),
+            "load_average_before": load_before, "load_average": os.getloadavg()}
+
+
+def text(result: dict) -> str:
+    """The figures in a few lines: recall per copy kind, false merges, seconds by phase, memory."""
+    shape = "x".join(map(str, result.get("image_shape", [])))
+    what = f"ingest + grouping of {result['images']:,} PNG textures" if "ingest_s" in result \
+        else f"{result['kind']} n={result['n']:,}"
+    lines = [f"{what} ({shape}); threshold {result['threshold']:.4f} ({result['threshold_source']}); "
+             f"aligned stage: " + (result["aligned_off"] or f"threshold {result['aligned_threshold']:.4f}"),
+             f"{'copy kind':<22}{'found/planted':>15}{'recall':>8}   calibration sample"]
+    for kind, r in result["recall_by_kind"].items():
+        calib = f"{r['calibration_found']}/{r['calibration_planted']}" if r["calibration_planted"] else "-"
+        lines.append(f"{kind:<22}{r['found']:>9}/{r['planted']:<5}{r['recall']:>8.3f}   {calib}")
+    lines.append(f"{'all kinds':<22}{result['copies_found']:>9}/{result['planted_copies']:<5}"
+                 f"{result['copies_found'] / max(1, result['planted_copies']):>8.3f}")
+    stages = result["false_merge_pairs_by_stage"]
+    lines.append(f"false merges: {result['false_merge_pairs']} verified pairs join two originals "
+                 f"({stages['stage1']} by stage 1, {stages['aligned']} by the aligned stage); "
+                 f"{result['items_in_groups_with_several_originals']} items in "
+                 f"{result['groups_with_several_originals']} groups holding more than one original; "
+                 f"largest group {result['largest_group']}")
+    s = result["search"]
+    lines.append(f"stage 1: {s.get('candidates', 0):,} candidates, {s.get('verified', 0):,} verified; aligned "
+                 f"stage: {s.get('aligned_candidates', 0):,} candidates, {s.get('aligned_verified', 0):,} "
+                 f"verified, {s.get('aligned_skipped_over_budget', 0):,} skipped over the budget, "
+                 f"{s.get('aligned_merged', 0):,} merged")
+    phases = " + ".join(f"{k.replace('_', ' ')} {v:.1f}" for k, v in result["seconds_by_phase"].items())
+    head = f"ingest {result['ingest_s']:.1f} s + " if "ingest_s" in result else ""
+    cpu = f"ingest {result['ingest_cpu_s']:.0f} + " if "ingest_cpu_s" in result else ""
+    lines.append(f"seconds: {head}grouping {result['grouping_s']:.1f} = {phases} "
+                 f"(CPU seconds: {cpu}grouping {result['grouping_cpu_s']:.0f})")
+    lines.append("preparation: " + ", ".join(f"{k.replace('_', ' ')} {v:.1f}"
+                                             for k, v in result["preparation_seconds"].items()))
+    rss = result.get("peak_rss_mib", result.get("peak_rss_tree_mib"))
+    before = " ".join(f"{x:.2f}" for x in result["load_average_before"])
+    after = " ".join(f"{x:.2f}" for x in result["load_average"])
+    lines.append(f"peak RSS {rss:,} MiB; load average {before} (start) -> {after} (end)")
+    return "\n".join(lines)
 
 
 def child(args: list[str]) -> dict:
@@ -371,7 +556,8 @@ def main() -> int:
         print(json.dumps(compare_search(a.compare_search)))
         return 0
     if a.child == "ingest":
-        print(json.dumps(measure_ingest(Path(a.cache) / f"n{a.n}-s64-v2", Path(a.cache) / "ingested", a.workers)))
+        folder = Path(a.cache) / f"n{a.n}-s64-v3-{_kinds_version()}"
+        print(json.dumps(measure_ingest(folder, Path(a.cache) / "ingested", a.workers)))
         return 0
     if a.compare_search:
         result = child(["--child", "compare", "--compare-search", str(a.compare_search)])
@@ -385,6 +571,8 @@ def main() -> int:
         extra += ["--data-cache", a.data_cache] if a.data_cache else []
         result = child(["--child", "group", "--kind", a.kind, "--n", str(a.n), *extra])
     print(json.dumps(result, indent=2))
+    if "recall_by_kind" in result:
+        print(text(result))
     return 0
 
 
