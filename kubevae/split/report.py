@@ -475,6 +475,11 @@ def markdown(report: dict[str, Any]) -> str:
         false = calibration["false_merges"]
         lines.append(f"- false merges among distinct look-alikes: {false['merged']}/{false['pairs']} "
                      f"({false['what']})")
+        if false.get("held_out"):
+            held = false["held_out"]
+            lines.append(f"- the aligned threshold set on half of them ({held['threshold']}) merges "
+                         f"{held['merged']}/{held['pairs']} of the other half: the share of unseen "
+                         "look-alikes the stage may merge")
     if calibration.get("per_kind") and "found" in next(iter(calibration["per_kind"].values())):
         lines += ["", f"Recall per copy kind: planted copies of {calibration['aligned_sampled_images']} "
                   "sampled images, found by either stage at the thresholds above (stage 2 counts a copy only "
