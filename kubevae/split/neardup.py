@@ -743,27 +743,27 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     if threshold is None:
         threshold_source = "calibrated on this data set"
     threshold = float(calibration["threshold"])
-    aligned_threshold = float(calibration.get("aligned_threshold", 1.0))
+    aligned_threshold = float(calibration.get("aligned_threshold", 2.0))
     if len(work) < 2:
         pairs, aligned_pairs = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
         search: dict[str, Any] = {"candidates": 0}
     else:
         pairs, search = candidate_pairs(work, calibration["gate"], searcher)
         aligned_pairs = np.zeros((0, 2), np.int64)
-        if views is not None and float(calibration.get("aligned_threshold", 2.0)) <= 1.0:
+        if views is not None and aligned_threshold <= 1.0:
             aligned_pairs, found = views.mutual_pairs()
             search.update(found)
     verify_start = time.monotonic()
     sims = similarity(work, pairs, means, stds, details)
     merged = sims >= threshold
     # The aligned stage: pairs the shift stage did not merge, both with detail, best first.
-    done = set((pairs[merged, 0] * len(work) + pairs[merged, 1]).tolist())
-    todo = aligned_pairs[[(i * len(work) + j) not in done for i, j in aligned_pairs.tolist()]] \
-        if len(aligned_pairs) else aligned_pairs
+    m = len(work)
+    todo = aligned_pairs[~np.isin(aligned_pairs[:, 0] * m + aligned_pairs[:, 1],
+                                  pairs[merged, 0] * m + pairs[merged, 1])]
     todo = todo[(details[todo[:, 0]] >= DETAIL_MIN) & (details[todo[:, 1]] >= DETAIL_MIN)
                 & (stds[todo[:, 0]] >= FLAT_STD) & (stds[todo[:, 1]] >= FLAT_STD)]
     skipped = max(0, len(todo) - ALIGN_BUDGET_PAIRS)
-    todo = todo[:ALIGN_BUDGET_PAIRS] if aligned_threshold <= 1.0 else todo[:0]
+    todo = todo[:ALIGN_BUDGET_PAIRS]        # best cosine first
     aligned_start = time.monotonic()
     scores = align.aligned_similarity(work[todo[:, 0]], work[todo[:, 1]], mirrors=mirrors).score \
         if len(todo) else np.zeros(0, np.float32)
