@@ -11,7 +11,7 @@ IMAGE ?= ghcr.io/kubevae/kubevae:$(VERSION)
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
 
-.PHONY: install install-dev browser lint typecheck run test test-properties bench compile manifests image image-cuda push clean
+.PHONY: install install-dev browser lint typecheck run test test-quick test-properties bench compile manifests image image-cuda push clean
 
 # install: what `make run` and the benchmarks need; install-dev adds the test and lint tools
 # (9 s more in a fresh clone).
@@ -56,10 +56,13 @@ run: install
 	$(BIN)/kubevae pipeline run --local --profile quick --run-dir $(RUN_DIR)
 
 # The lint gate (.ci/run runs it before the tests): ruff with pyflakes, bugbear, import order,
-# pyupgrade and bandit's security rules, then the type check.
+# pyupgrade and bandit's security rules, then the type check, then the layer contracts
+# (import-linter; [tool.importlinter] in pyproject.toml: dependencies point inward, no cluster SDK
+# in kubevae/, no import cycles).
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 # The type check alone: mypy on kubevae/, components/, pipelines/ and serving/ (settings in
 # pyproject.toml), the second half of `make lint`.
@@ -72,6 +75,11 @@ typecheck: install-dev
 TEST_WORKERS ?= 2
 test: install-dev browser
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
+# The quick tier: the suite without the tests marked `slow` (end-to-end runs, training, servers
+# under load), for the edit-test loop; `make test` stays the full suite. No browser needed.
+test-quick: install-dev
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not slow"
 
 # The split's property tests with the `long` hypothesis profile (tests/conftest.py): 500 examples
 # per property instead of `make test`'s few, fresh random seeds every run (no --hypothesis-seed:
