@@ -3,6 +3,7 @@
   kubevae pipeline compile --out kubevae_pipeline.yaml        # upload in the Kubeflow UI
   kubevae pipeline compile --kfp-backend 2.17                  # + the run's deadline and TTLs
   kubevae pipeline run --local --profile quick                 # the whole DAG on this machine
+  kubevae pipeline run --local                                 # the cluster defaults: hours
   kubevae pipeline upload --host URL --name kubevae            # a pipeline (version) for the UI
   kubevae pipeline submit --host URL [--param name=value ...]  # a run on a cluster
   kubevae pipeline schedule --host URL --cron "0 3 * * 1"      # recurring retraining
@@ -29,6 +30,7 @@ names the parameter, its type and the value.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pipelines.kfp_versions import DEFAULT_KFP_BACKEND, KFP_BACKENDS
 from pipelines.profiles import PROFILES, profile
@@ -97,6 +99,19 @@ def arguments_from(a: argparse.Namespace) -> dict:
     return values
 
 
+def cluster_defaults_warning(arguments: dict) -> str:
+    """What a local run without --profile is in for: the defaults size a GPU cluster's run."""
+    from pipelines.pipeline import PARAMETERS
+
+    def value(name: str):
+        return arguments.get(name, PARAMETERS[name][0])
+
+    return (f"kubevae pipeline run: warning: no --profile, so this run uses the cluster defaults "
+            f"({value('max_trials')} trials of {value('trial_steps'):,} steps, a final run of "
+            f"{value('train_steps'):,} steps on {value('source_uri')}), which take hours on a "
+            f"laptop. --profile quick (what `make run` uses) runs the whole pipeline in minutes.")
+
+
 def run(a: argparse.Namespace) -> int:
     from pipelines import submit
 
@@ -107,6 +122,8 @@ def run(a: argparse.Namespace) -> int:
         from pipelines.local_run import print_summary, run_local
 
         arguments = {"backend": "local", **arguments_from(a)}
+        if a.profile is None:
+            print(cluster_defaults_warning(arguments), file=sys.stderr, flush=True)
         print_summary(run_local(arguments, a.run_dir))
     elif a.action == "upload":
         done = submit.upload(a.host, a.name, namespace=a.namespace, version=a.version,
