@@ -39,99 +39,31 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-COLLAPSED_SCORE = -1.0
-MIN_RATE_NATS = 0.5
+# The objective table, its test-split counterparts and the collapse rule are core types now
+# (kubevae.study); these names stay importable from here for the callers not yet moved.
+from kubevae.study import (  # noqa: E402,F401
+    ALL_COLLAPSED_ADVICE,
+    COLLAPSED_SCORE,
+    MIN_RATE_NATS,
+    OBJECTIVES,
+    TEST_METRIC,
+    Direction,
+    SearchObjective,
+    all_collapsed,
+    default_objective,
+    guarded,
+    is_collapsed,
+    least_collapsed,
+    objective,
+)
+
 SELECTION_SEED = 0
 SELECTION_IMAGES = 2_000  # MIG / DCI / FactorVAE sample from the validation split
 UDR_IMAGES = 1_000  # disentanglement_lib's num_data_points
-
-Direction = Literal["maximize", "minimize"]
-
-
-@dataclass(frozen=True)
-class SearchObjective:
-    name: str
-    direction: Direction
-    needs_factors: bool
-    test_metric: str | None  # the evaluate step's test-split counterpart (the gate compares it)
-    description: str
-
-    def better(self, a: float, b: float) -> bool:
-        return a > b if self.direction == "maximize" else a < b
-
-
-OBJECTIVES: dict[str, SearchObjective] = {o.name: o for o in (
-    SearchObjective("val_mig", "maximize", True, "mig",
-                    "MIG on a fixed seeded validation sample (needs factor columns)"),
-    SearchObjective("val_factor_vae", "maximize", True, "factor_vae",
-                    "FactorVAE score on a fixed seeded validation sample (needs factor columns)"),
-    SearchObjective("val_dci", "maximize", True, "dci_disentanglement",
-                    "DCI disentanglement on a fixed seeded validation sample (needs factor columns)"),
-    SearchObjective("udr", "maximize", False, None,
-                    "UDR over udr_seeds seeds per trial; no labels needed"),
-    SearchObjective("val_neg_elbo", "minimize", False, "neg_elbo",
-                    "negative ELBO at beta=1; prefers beta ~ 1 (tune latent size or lr at a fixed beta)"),
-    SearchObjective("val_iwae_nll", "minimize", False, "iwae_nll",
-                    "IWAE-16 NLL; prefers beta ~ 1 (tune latent size or lr at a fixed beta)"),
-)}
-
-
-def objective(name: str, *, parameter: str = "objective_metric") -> SearchObjective:
-    if name not in OBJECTIVES:
-        raise ValueError(f"{parameter}: expected one of {sorted(OBJECTIVES)}, got {name!r}")
-    return OBJECTIVES[name]
-
-
-def default_objective(has_factors: bool) -> str:
-    return "val_mig" if has_factors else "udr"
-
-
-def is_collapsed(active_units: float | None, kl: float | None) -> bool:
-    return (active_units is not None and active_units < 1) or (kl is not None and kl < MIN_RATE_NATS)
-
-
-def guarded(name: str, value: float, active_units: float | None, kl: float | None) -> dict[str, float]:
-    """{name: value, "collapsed": 0/1}, value replaced by COLLAPSED_SCORE for a collapsed model
-    when the objective is maximized (see the module docstring)."""
-    collapsed = is_collapsed(active_units, kl)
-    if collapsed and objective(name).direction == "maximize":
-        value = COLLAPSED_SCORE
-    return {name: float(value), "collapsed": float(collapsed)}
-
-
-# -- when every trial collapsed ----------------------------------------------------------------
-ALL_COLLAPSED_ADVICE = (
-    f"every completed trial collapsed (no active unit, or a rate below {MIN_RATE_NATS} nats per "
-    "image): "
-    "their scores say nothing about disentanglement, so none was chosen on the objective. The "
-    "trial with the highest rate (validation KL) was taken instead, as the one closest to "
-    "encoding something; the final run trains it for longer, and the gate judges the model "
-    "it gives. To get a real choice: lower beta_max (high beta on a short budget collapses "
-    "first), raise trial_steps, or raise the learning rate.")
-
-
-def all_collapsed(lines: list[dict[str, float]]) -> bool:
-    """True when there is at least one completed trial and every one of them collapsed, read
-    from each trial's last metric line (its `collapsed` flag, else its active units and KL)."""
-    def collapsed(line: dict[str, float]) -> bool:
-        if "collapsed" in line:
-            return line["collapsed"] >= 0.5
-        return is_collapsed(line.get("val_active_units"), line.get("val_kl"))
-    return bool(lines) and all(collapsed(line) for line in lines)
-
-
-def least_collapsed(lines: list[dict[str, float]]) -> int:
-    """The index of the line with the highest rate (val_kl), ties broken by the lower negative
-    ELBO: the trial nearest to leaving collapse."""
-    def key(i: int) -> tuple[float, float]:
-        line = lines[i]
-        return (line.get("val_kl", float("-inf")), -line.get("val_neg_elbo", float("inf")))
-    return max(range(len(lines)), key=key)
 
 
 # -- per-epoch scores during training ----------------------------------------------------------
