@@ -53,6 +53,12 @@ Direction = Literal["maximize", "minimize"]
 COLLAPSED_SCORE = -1.0
 MIN_RATE_NATS = 0.5
 INTERVAL_LEVEL = 0.95
+# How the objectives are measured (kubevae.training.scoring, kubevae.training.selection): on a
+# fixed seeded sample of the validation split, the same for every epoch and every trial.
+SELECTION_SEED = 0
+SELECTION_IMAGES = 2_000  # MIG / DCI / FactorVAE sample from the validation split
+UDR_IMAGES = 1_000  # disentanglement_lib's num_data_points
+INTERVAL_RESAMPLES = 200  # bootstrap resamples of the sample for a trial's interval
 
 
 # -- the objective table -------------------------------------------------------------------
@@ -76,6 +82,9 @@ class SearchObjective:
     direction: Direction
     needs_factors: bool
     description: str
+    interval: str = ""  # how a trial's interval is drawn; "" = none
+    interval_level: float | None = INTERVAL_LEVEL  # None: a range, with no stated confidence
+
 
     @property
     def test_metric(self) -> str | None:
@@ -86,15 +95,19 @@ class SearchObjective:
         return a > b if self.direction == "maximize" else a < b
 
 
+BOOTSTRAP = (f"{INTERVAL_LEVEL:.0%} percentile bootstrap over the {SELECTION_IMAGES} validation "
+             f"images ({INTERVAL_RESAMPLES} resamples)")
 OBJECTIVES: dict[str, SearchObjective] = {o.name: o for o in (
     SearchObjective("val_mig", "maximize", True,
-                    "MIG on a fixed seeded validation sample (needs factor columns)"),
+                    "MIG on a fixed seeded validation sample (needs factor columns)", BOOTSTRAP),
     SearchObjective("val_factor_vae", "maximize", True,
-                    "FactorVAE score on a fixed seeded validation sample (needs factor columns)"),
+                    "FactorVAE score on a fixed seeded validation sample (needs factor columns)",
+                    BOOTSTRAP),
     SearchObjective("val_dci", "maximize", True,
                     "DCI disentanglement on a fixed seeded validation sample (needs factor columns)"),
     SearchObjective("udr", "maximize", False,
-                    "UDR over udr_seeds seeds per trial; no labels needed"),
+                    "UDR over udr_seeds seeds per trial; no labels needed",
+                    "the range of the seeds' own UDR scores (one score per seed)", None),
     SearchObjective("val_neg_elbo", "minimize", False,
                     "negative ELBO at beta=1; prefers beta ~ 1 (tune latent size or lr at a fixed beta)"),
     SearchObjective("val_iwae_nll", "minimize", False,
@@ -164,11 +177,11 @@ def least_collapsed(lines: list[dict[str, float]]) -> int:
 @dataclass(frozen=True)
 class Interval:
     """A trial's objective lies in [low, high] with confidence `level`; `method` says how the
-    interval was drawn (e.g. "bootstrap over 2000 validation images, 200 resamples")."""
+    interval was drawn (SearchObjective.interval)."""
 
     low: float
     high: float
-    level: float = INTERVAL_LEVEL
+    level: float | None = INTERVAL_LEVEL  # None: a range (e.g. over seeds), no stated confidence
     method: str = ""
 
     def __post_init__(self) -> None:
@@ -204,14 +217,15 @@ class Trial:
 
 
 def trial_from_line(number: int, params: dict[str, Any], value: float | None, state: str,
-                    line: dict[str, float], objective_metric: str, method: str = "") -> Trial:
+                    line: dict[str, float], objective_metric: str) -> Trial:
     """A trial from its last metric line: the interval comes from `<objective>_lo/_hi`, when
     the line has them (a collapsed trial's score is a flag, not an estimate: no interval)."""
     lo, hi = interval_keys(objective_metric)
     interval = None
     if lo in line and hi in line and not line_collapsed(line) and \
             all(math.isfinite(line[k]) for k in (lo, hi)):
-        interval = Interval(float(line[lo]), float(line[hi]), method=method)
+        spec = objective(objective_metric)
+        interval = Interval(float(line[lo]), float(line[hi]), spec.interval_level, spec.interval)
     return Trial(number, dict(params), value, state, dict(line), interval)
 
 
@@ -302,7 +316,7 @@ class Study:
             notes.append(
                 f"the chosen trial {chosen.number} ({self.objective_metric} {chosen.value:.4g} "
                 f"{chosen.interval}) cannot be told apart from {others}: their "
-                f"{INTERVAL_LEVEL:.0%} intervals overlap, so which of them came first is noise "
+                "intervals overlap, so which of them came first is noise "
                 "of the validation sample, not a better beta; more trial steps, more "
                 "validation images or more seeds narrow the intervals")
         elif chosen.interval is None and self.objective.direction == "maximize" and len(self.complete) > 1:

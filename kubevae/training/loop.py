@@ -28,7 +28,7 @@ from kubevae.evaluation.bounds import evaluate_images
 from kubevae.model import VAE, kl_divergence, save_model
 from kubevae.objectives import Objective, with_schedule
 from kubevae.progress import progress
-from kubevae.training import checkpoint, distributed, selection
+from kubevae.training import checkpoint, distributed, scoring
 from kubevae.training.data import TrainingData, load
 from kubevae.training.throughput import Meter, train_step_flops_per_image
 
@@ -56,7 +56,7 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
     on_cuda = dist.device.type == "cuda"
     plan = StepPlan.make(cfg, len(data.train), dist.world_size)
     cfg = dataclasses.replace(cfg, objective=with_schedule(cfg.objective, plan.total_steps))
-    score_objective = selection.validation_scorer(cfg, data)  # the search objective, if any
+    score_objective = scoring.validation_scorer(cfg, data)  # the search objective, if any
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_lr_steps, plan.total_steps))
     objective = Objective(cfg.objective)

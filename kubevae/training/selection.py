@@ -1,131 +1,33 @@
-"""Search objectives: what a tuning trial reports every epoch, and which way is better.
+"""Selection by UDR: one trial trains several seeds of the same setting, then scores them
+together (kubevae.metrics.udr). The objective table, the collapse rule and the study are
+kubevae.study; the per-epoch scorer of the other objectives is kubevae.training.scoring.
 
-beta has a purpose (disentanglement), so the search must optimize that purpose, not a bound
-that prefers beta = 1 by construction. The objectives, each with its direction (Katib's
-`objective.type` and the Optuna study's direction both read it from OBJECTIVES):
-
-    val_mig         maximize  MIG (disentanglement_lib: mean codes, 20 bins) on a fixed, seeded
-                              sample of the validation split; the default when the data has
-                              factor columns (factor_*), e.g. the built-in sprites
-    val_factor_vae  maximize  the FactorVAE score, same sample and the evaluate step's protocol
-    val_dci         maximize  DCI disentanglement, same sample, random-forest importances
-    udr             maximize  Unsupervised Disentanglement Ranking (kubevae.metrics.udr) of
-                              `udr_seeds` seeds of the same setting; the default without factors
-    val_neg_elbo    minimize  negative ELBO at beta = 1: prefers beta ~ 1; for latent size or
-                              learning rate at a fixed beta
-    val_iwae_nll    minimize  the IWAE-16 bound: the same caveat
-
-Collapse guard: a model whose posterior collapsed to the prior (no active unit, or a rate
-below MIN_RATE_NATS nats per image) can score deceptively on a disentanglement score (UDR is
-high when the few latents that remain agree; MIG's histogram of a constant code is noise), so
-for every maximized objective such a trial reports COLLAPSED_SCORE = -1, below any real score
-(all lie in [0, 1]), and `collapsed=1` on its metric line. The minimized bounds need no guard: a
-collapsed model has a poor bound.
-
-When every trial collapsed, the search has no real choice: its "best" score is -1 like all the
-others. The tune step then says so (the study's `all_collapsed`, the summary, the study report
-and the step's metrics), takes the trial with the highest rate (least_collapsed) rather than an
-arbitrary one, and the pipeline goes on: the final run trains longer than a trial (a collapse
-early in training often ends: active units rise from 0 once the decoder has learnt the mean
-image), and the gate judges the model it gives on the test split, so a model that is still
-collapsed loses to any working champion (with none yet, it is registered like any first model,
-its study marked). ALL_COLLAPSED_ADVICE says what to change.
-
-The sample is the same for every epoch and every trial (SELECTION_SEED, not the trial's seed),
-so trials are compared on identical images.
+The trial's metric line gets `udr`, its interval over seeds (`udr_lo`, `udr_hi`: the lowest and
+highest of the seeds' own scores, each seed's median agreement with the others), the median
+bounds of the seeds, and `collapsed`. The images are a fixed seeded sample of the validation
+split (UDR_IMAGES, SELECTION_SEED), the same for every trial.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-# The objective table, its test-split counterparts and the collapse rule are core types now
-# (kubevae.study); these names stay importable from here for the callers not yet moved.
-from kubevae.study import (  # noqa: E402,F401
+# The objective table and the collapse rule live in kubevae.study; these names stay importable
+# from here for the callers not yet moved (kubevae.registry, components.k8s.katib, the train
+# command).
+from kubevae.study import (  # noqa: F401
     ALL_COLLAPSED_ADVICE,
     COLLAPSED_SCORE,
-    MIN_RATE_NATS,
     OBJECTIVES,
-    TEST_METRIC,
-    Direction,
-    SearchObjective,
-    all_collapsed,
-    default_objective,
+    SELECTION_SEED,
+    UDR_IMAGES,
     guarded,
-    is_collapsed,
-    least_collapsed,
+    interval_keys,
     objective,
 )
-
-SELECTION_SEED = 0
-SELECTION_IMAGES = 2_000  # MIG / DCI / FactorVAE sample from the validation split
-UDR_IMAGES = 1_000  # disentanglement_lib's num_data_points
-
-
-# -- per-epoch scores during training ----------------------------------------------------------
-Scorer = Callable[[Any, dict, Any], dict]
-
-
-def validation_scorer(cfg, data) -> Scorer:
-    """A function (vae, val_metrics, device) -> the objective's entries of the epoch's metric
-    line; nothing when the run has no objective (or it is udr: scored after all seeds)."""
-    name = cfg.objective_metric
-    if name is None or name == "udr":
-        return lambda vae, val_metrics, device: {}
-    spec = objective(name, parameter="--objective-metric")
-    if spec.direction == "minimize":
-        return lambda vae, val_metrics, device: {"collapsed": float(is_collapsed(
-            val_metrics.get("val_active_units"), val_metrics.get("val_kl")))}
-    ground_truth = data.val_ground_truth
-    if ground_truth is None:
-        raise ValueError(f"--objective-metric {name}: the validation split has no factor columns "
-                         f"(factor_*); use udr, val_neg_elbo or val_iwae_nll")
-    sample = selection_sample(ground_truth)
-
-    def score(vae, val_metrics: dict, device) -> dict:
-        value = factor_score(name, vae, sample, device)
-        return guarded(name, value, val_metrics.get("val_active_units"), val_metrics.get("val_kl"))
-    return score
-
-
-def selection_sample(ground_truth, n: int = SELECTION_IMAGES):
-    """The fixed seeded subset of the validation split that the objectives score."""
-    from kubevae.metrics import GroundTruthData
-
-    if len(ground_truth) <= n:
-        return ground_truth
-    keep = np.sort(np.random.default_rng(SELECTION_SEED).choice(len(ground_truth), n, replace=False))
-    return GroundTruthData(np.asarray(ground_truth.images[keep]), ground_truth.factors[keep],
-                           factor_sizes=ground_truth.factor_sizes,
-                           factor_names=ground_truth.factor_names)
-
-
-def factor_score(name: str, vae, sample, device) -> float:
-    from kubevae.evaluation.full import mean_representation
-    from kubevae.metrics import CachedRepresentation, MetricProtocol, dci, factor_vae_score, mig
-
-    was_training = vae.training
-    vae.eval()
-    try:
-        represent = CachedRepresentation(sample, mean_representation(vae, str(device)))
-        everything = np.arange(len(sample))
-        if name == "val_mig":
-            return mig(represent(everything), sample.factors, MetricProtocol().mig_num_bins)
-        rng = np.random.default_rng(SELECTION_SEED)
-        if name == "val_dci":
-            train, test = sample.sample_disjoint(len(sample) * 2 // 3, len(sample) // 3, rng)
-            return dci(represent(train), sample.factors[train], represent(test), sample.factors[test],
-                       importance_model="random_forest", random_state=SELECTION_SEED)["disentanglement"]
-        if name == "val_factor_vae":
-            return factor_vae_score(sample, represent, rng, num_train=2_000, num_eval=1_000,
-                                    num_variance_estimate=len(sample))["eval_accuracy"]
-    finally:
-        vae.train(was_training)
-    raise ValueError(f"--objective-metric: {name!r} is not a factor score")
 
 
 # -- udr: one trial, several seeds -------------------------------------------------------------
@@ -174,22 +76,18 @@ def udr_record(cfg, finals: list[dict[str, Any]]) -> dict[str, Any]:
     record = {"epoch": last.get("epoch", 0), "step": last.get("step", 0), **median,
               "udr_min_model": min(details["model_scores"]),
               **guarded("udr", details["udr"], median.get("val_active_units"), median.get("val_kl"))}
+    if not record["collapsed"]:  # a collapsed trial's score is a flag, not an estimate
+        record.update(zip(interval_keys("udr"), (min(details["model_scores"]),
+                                                 max(details["model_scores"])), strict=True))
     record["settings"] = udr_settings("lasso", len(pick))  # written to udr.json, not printed
     record["model_scores"] = details["model_scores"]
     return record
 
 
-def mean_codes_and_kl(vae, images_uint8, batch_size: int = 256):
-    """Mean codes [N, D] and the mean KL per latent [D] of uint8 images (a tensor)."""
-    import torch
+def mean_codes_and_kl(vae, images_uint8) -> tuple[np.ndarray, np.ndarray]:
+    """Mean codes [N, D] and the mean KL per latent [D] of uint8 images."""
+    from kubevae.evaluation.encoding import encode
+    from kubevae.metrics.unsupervised import kl_per_dimension
 
-    from kubevae.model import VAE, kl_divergence
-
-    vae.eval()
-    mus, kls = [], []
-    with torch.no_grad():
-        for start in range(0, len(images_uint8), batch_size):
-            mu, logvar = vae.encode(VAE.to_unit(images_uint8[start:start + batch_size]))
-            mus.append(mu.double().numpy())
-            kls.append(kl_divergence(mu.float(), logvar.float()).double().numpy())
-    return np.concatenate(mus), np.concatenate(kls).mean(axis=0)
+    mu, logvar = encode(vae, images_uint8)
+    return mu, kl_per_dimension(mu, logvar)
