@@ -23,83 +23,87 @@ spelled two ways.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping
+import dataclasses
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from functools import lru_cache
 from typing import Any
 
 from kubevae.config import ModelConfig, ObjectiveConfig, TrainConfig
 
 PROG = "kubevae train"
+# The help sections, in order, that the config fields' `group` metadata names.
+GROUPS = {"data": "data", "output": "output and checkpoints", "model": "model",
+          "objective": "objective (see kubevae.config.ObjectiveConfig and kubevae.objectives)",
+          "budget": "budget and optimization",
+          "validation": "validation, search objective and tracking"}
+SECTIONS = ((TrainConfig, None), (ModelConfig, "model"), (ObjectiveConfig, "objective"))
+
+
+@dataclasses.dataclass(frozen=True)
+class ConfigOption:
+    """One `kubevae train` option and the config field it sets (section None: TrainConfig)."""
+
+    section: str | None
+    field: dataclasses.Field
+    flag: str
+
+    @property
+    def dest(self) -> str:
+        return self.flag.removeprefix("--").replace("-", "_")
+
+    @property
+    def negated(self) -> bool:
+        return bool(self.field.metadata.get("negated"))
+
+
+def config_options() -> Iterator[ConfigOption]:
+    """Every config field with option metadata (kubevae.config.option), TrainConfig's first."""
+    for cls, section in SECTIONS:
+        for f in dataclasses.fields(cls):
+            if "help" in f.metadata:
+                yield ConfigOption(section, f, f.metadata.get("flag", "--" + f.name.replace("_", "-")))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The parser, derived from the config dataclasses: type, default and choices from each
+    field, help and section from its metadata."""
     from kubevae.training.selection import OBJECTIVES
 
-    d, m, o = TrainConfig(), ModelConfig(), ObjectiveConfig()
-    data = p.add_argument_group("data")
-    src = data.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", help="a dataset folder (kubevae ingest) or split folder (kubevae split)")
-    src.add_argument("--dataset", choices=["sprites"], help="a built-in dataset")
-    data.add_argument("--dataset-size", type=int, default=d.dataset_size,
-                      help="how many built-in images to generate (737280 = the full sprites factorial)")
-    out = p.add_argument_group("output and checkpoints")
-    out.add_argument("--out", default=d.out, help="the model folder to write")
-    out.add_argument("--checkpoint-dir", default=None, help="where checkpoints go (default: OUT.ckpt)")
-    out.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help="steps between checkpoints")
-    out.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)
-    out.add_argument("--resume", default=None,
-                     help="'auto': continue from the newest valid checkpoint; or a checkpoint path")
-    model = p.add_argument_group("model")
-    model.add_argument("--latent-dim", type=int, default=m.latent_dim)
-    model.add_argument("--likelihood", choices=["bernoulli", "gaussian_fixed", "gaussian_learned"],
-                       default=m.likelihood)
-    model.add_argument("--gaussian-sigma", type=float, default=m.gaussian_sigma)
-    model.add_argument("--conv-channels", type=conv_channels, default=m.conv_channels,
-                       metavar="C1,C2,C3,C4",
-                       help="encoder conv widths, first to last; the decoder mirrors them "
-                            f"(default {','.join(map(str, m.conv_channels))}: Burgess et al. 2018)")
-    obj = p.add_argument_group("objective (see kubevae.config.ObjectiveConfig for the sources)")
-    obj.add_argument("--objective", choices=["beta", "capacity"], default=o.kind)
-    obj.add_argument("--beta", type=float, default=o.beta)
-    obj.add_argument("--gamma", type=float, default=o.gamma, help="capacity objective weight")
-    obj.add_argument("--capacity-max", type=float, default=o.capacity_max, help="C_max in nats")
-    obj.add_argument("--capacity-steps", type=int, default=o.capacity_steps,
-                     help="steps for C to reach C_max (0: a third of the run)")
-    obj.add_argument("--warmup-steps", type=int, default=o.warmup_steps, help="KL warm-up steps (0 = off)")
-    opt = p.add_argument_group("budget and optimization")
-    opt.add_argument("--steps", type=int, default=None,
-                     help="optimizer steps for the whole run; wins over --epochs")
-    opt.add_argument("--epochs", type=int, default=d.epochs, help="full passes, when --steps is not given")
-    opt.add_argument("--batch-size", type=int, default=d.batch_size,
-                     help="the GLOBAL batch, split evenly over the processes")
-    opt.add_argument("--lr", type=float, default=d.lr)
-    opt.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    opt.add_argument("--seed", type=int, default=d.seed)
-    opt.add_argument("--deterministic", action="store_true", help="use deterministic algorithms only")
-    opt.add_argument("--device", choices=["auto", "cpu", "cuda"], default=d.device)
-    opt.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=d.precision,
-                     help="auto: bf16 autocast where the CPU (avx512_bf16, AMX) or GPU has it, "
-                          "else fp32; fp32 under --deterministic")
-    ev = p.add_argument_group("validation, search objective and tracking")
-    ev.add_argument("--iwae-k", type=int, default=d.iwae_k,
-                    help="importance samples for val IWAE (0 = off; 16 when the objective is val_iwae_nll)")
-    ev.add_argument("--val-every", type=int, default=d.val_every, metavar="STEPS",
-                    help="validate at the end of the epochs that reach a multiple of STEPS, and "
-                         "after the last step (0: every epoch; a trial's median stopping reads "
-                         "the objective each time it is validated)")
-    ev.add_argument("--objective-metric", choices=sorted(OBJECTIVES), default=None,
-                    help="the search objective to compute and print every epoch")
-    ev.add_argument("--udr-seeds", type=int, default=d.udr_seeds,
-                    help="seeds trained for --objective-metric udr")
-    ev.add_argument("--experiment", default=d.experiment, help="MLflow experiment name")
-    ev.add_argument("--run-name", default="train", help="MLflow run name")
-    ev.add_argument("--parent-run-id", default=None,
-                    help="the MLflow run this run nests under (the tuning run for a trial; "
-                         "default: the process's enclosing run, kubevae.tracking)")
-    ev.add_argument("--require-tracking", action="store_true",
-                    help="fail if MLflow is unreachable (default: warn and go on)")
-    ev.add_argument("--no-tracking", action="store_true", help="do not log to MLflow at all")
-    ev.add_argument("--no-mlflow-model", action="store_true", help="do not log the pyfunc model to MLflow")
+    # Choices that live outside kubevae.config, with the table that owns them.
+    outside_choices = {"objective_metric": sorted(OBJECTIVES)}
+    groups = {name: p.add_argument_group(title) for name, title in GROUPS.items()}
+    source = groups["data"].add_mutually_exclusive_group(required=True)
+    for option in config_options():
+        f, meta = option.field, option.field.metadata
+        target = source if meta.get("source") else groups[meta["group"]]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        if option.negated or isinstance(default, bool):
+            target.add_argument(option.flag, action="store_true", help=meta["help"])
+            continue
+        kind, choices = _argument_type(_field_type(option))
+        target.add_argument(option.flag, type=kind, default=default, help=meta["help"],
+                            choices=meta.get("choices") or outside_choices.get(f.name) or choices,
+                            metavar=meta.get("metavar"))
+    groups["validation"].add_argument("--run-name", default="train", help="MLflow run name")
+
+
+def _field_type(option: ConfigOption) -> Any:
+    cls = {None: TrainConfig, "model": ModelConfig, "objective": ObjectiveConfig}[option.section]
+    return typing.get_type_hints(cls)[option.field.name]
+
+
+def _argument_type(annotation: Any) -> tuple[Any, list[Any] | None]:
+    """(argparse type, choices) for a field's annotation; Optional[X] is X."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(args) == 1:
+        annotation, args = args[0], list(typing.get_args(args[0]))
+    if typing.get_origin(annotation) is typing.Literal:
+        return type(args[0]), list(args)
+    if typing.get_origin(annotation) is tuple:
+        return conv_channels, None
+    return annotation, None
 
 
 @lru_cache(maxsize=1)
@@ -177,23 +181,16 @@ def flag(dest: str) -> str:
 
 
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
-    iwae_k = a.iwae_k if a.iwae_k or a.objective_metric != "val_iwae_nll" else 16
-    return TrainConfig(
-        data=a.data, dataset=a.dataset, dataset_size=a.dataset_size, out=a.out,
-        checkpoint_dir=a.checkpoint_dir, checkpoint_every=a.checkpoint_every,
-        keep_checkpoints=a.keep_checkpoints, resume=a.resume, epochs=a.epochs,
-        steps=a.steps, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-        seed=a.seed, deterministic=a.deterministic, device=a.device, precision=a.precision,
-        iwae_k=iwae_k, val_every=a.val_every, objective_metric=a.objective_metric,
-        udr_seeds=a.udr_seeds,
-        tracking=not a.no_tracking, require_tracking=a.require_tracking, experiment=a.experiment,
-        parent_run_id=a.parent_run_id,
-        log_mlflow_model=not a.no_mlflow_model,
-        model=ModelConfig(latent_dim=a.latent_dim, likelihood=a.likelihood,
-                          gaussian_sigma=a.gaussian_sigma, conv_channels=a.conv_channels),
-        objective=ObjectiveConfig(kind=a.objective, beta=a.beta, gamma=a.gamma,
-                                  capacity_max=a.capacity_max, capacity_steps=a.capacity_steps,
-                                  warmup_steps=a.warmup_steps))
+    """The TrainConfig the parsed options describe: each option sets the field it came from."""
+    values: dict[str | None, dict[str, Any]] = {None: {}, "model": {}, "objective": {}}
+    for option in config_options():
+        value = getattr(a, option.dest)
+        values[option.section][option.field.name] = not value if option.negated else value
+    train = values[None]
+    if not train["iwae_k"] and train["objective_metric"] == "val_iwae_nll":
+        train["iwae_k"] = 16  # the objective needs its bound
+    return TrainConfig(**train, model=ModelConfig(**values["model"]),
+                       objective=ObjectiveConfig(**values["objective"]))
 
 
 def run(a: argparse.Namespace) -> int:

@@ -24,9 +24,10 @@ from torch.utils.data.distributed import DistributedSampler
 
 from kubevae import hardware, tracking
 from kubevae.config import TrainConfig, to_dict
+from kubevae.errors import ParameterError
 from kubevae.evaluation.bounds import evaluate_images
-from kubevae.model import VAE, kl_divergence, save_model
-from kubevae.objectives import Objective, with_schedule
+from kubevae.model import VAE, save_model
+from kubevae.objectives import Objective, Posterior, with_schedule
 from kubevae.progress import progress
 from kubevae.training import checkpoint, distributed, scoring
 from kubevae.training.data import TrainingData, load
@@ -55,15 +56,18 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
     vae = VAE(model_config_for(cfg, data)).to(dist.device, memory_format=precision.memory_format)  # type: ignore[call-overload]
     on_cuda = dist.device.type == "cuda"
     plan = StepPlan.make(cfg, len(data.train), dist.world_size)
-    cfg = dataclasses.replace(cfg, objective=with_schedule(cfg.objective, plan.total_steps))
+    cfg = dataclasses.replace(cfg, objective=with_schedule(cfg.objective, plan.total_steps,
+                                                           len(data.train)))
     score_objective = scoring.validation_scorer(cfg, data)  # the search objective, if any
     optimizer = torch.optim.Adam(vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg.warmup_lr_steps, plan.total_steps))
-    objective = Objective(cfg.objective)
+    objective = Objective(cfg.objective, vae.config.latent_dim, dist.device)
     ckpt_dir = Path(cfg.checkpoint_dir or f"{cfg.out}.ckpt")
-    step, history = resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist)
-    model = DistributedDataParallel(vae, device_ids=[dist.device] if on_cuda else None) \
-        if dist.enabled else vae
+    step, history = resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist, objective)
+    model = vae
+    if dist.enabled:
+        model = DistributedDataParallel(vae, device_ids=[dist.device] if on_cuda else None)
+        objective.distribute(lambda m: DistributedDataParallel(m, device_ids=[dist.device] if on_cuda else None))
 
     images = data.train.to(dist.device) if on_cuda else data.train
     # DistributedSampler reads only len() of its dataset, so the indices stand in for it.
@@ -88,7 +92,7 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                 break
             sampler.set_epoch(epoch)
             order = torch.tensor(list(iter(sampler)))
-            sums = torch.zeros(3, dtype=torch.float64)
+            sums = torch.zeros(4 if objective.estimates_tc else 3, dtype=torch.float64)
             first = step - epoch * plan.steps_per_epoch
             batches = range(first, min(plan.steps_per_epoch, first + plan.total_steps - step))
             meter.start()
@@ -101,10 +105,12 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
                 terms = train_step(model, vae, objective, optimizer, x, eps, step, autocast)
                 scheduler.step()
                 step += 1
-                sums += torch.tensor([float(terms.loss.detach()), float(terms.recon), float(terms.kl)],
+                sums += torch.tensor([float(terms.loss.detach()), float(terms.recon), float(terms.kl),
+                                      *([] if terms.tc is None else [float(terms.tc)])],
                                      dtype=torch.float64)
                 if step % cfg.checkpoint_every == 0:
-                    save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist)
+                    save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist,
+                                    objective)
             train_metrics = {**reduce_means(sums, len(batches), dist),
                              **meter.rates(len(batches) * cfg.batch_size)}
             val_metrics = {}
@@ -118,7 +124,8 @@ def _train(cfg: TrainConfig, dist: distributed.Distributed, run_name: str) -> di
             if dist.is_main:
                 print_metrics(record)
                 tracker.log_metrics(record, step=step)
-            save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist)
+            save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist,
+                            objective)
         final = {**(history[-1] if history else {}), "history": history}
         if dist.is_main:
             finish(cfg, vae, data, final, tracker, dist)
@@ -160,15 +167,17 @@ def hardware_params(precision: hardware.Precision, meter: Meter, threads: int) -
 
 def train_step(model, vae: VAE, objective: Objective, optimizer, x: torch.Tensor,
                eps: torch.Tensor, step: int, autocast) -> Any:
-    """One optimizer step; `model` is the VAE or its DDP wrapper. Returns the loss terms."""
+    """One optimizer step; `model` is the VAE or its DDP wrapper. Returns the loss terms.
+    The objective's own step (FactorVAE's discriminator) follows the VAE's."""
     with autocast:
         params, mu, logvar = model(x, eps)
     recon = -vae.log_likelihood(x, params)
-    kl = kl_divergence(mu.float(), logvar.float()).sum(dim=1)
-    terms = objective(recon, kl, step)
+    posterior = Posterior.sample(mu, logvar, eps)  # the z the decoder saw, in fp32
+    terms = objective(recon, posterior, step)
     optimizer.zero_grad(set_to_none=True)
     terms.loss.backward()
     optimizer.step()
+    objective.update(posterior)
     return terms
 
 
@@ -184,13 +193,14 @@ class StepPlan:
 
     @classmethod
     def make(cls, cfg: TrainConfig, num_images: int, world_size: int) -> StepPlan:
+        # Named by field: the CLI says --batch-size, a pipeline step batch_size (kubevae.errors).
         if cfg.batch_size % world_size:
-            raise ValueError(f"--batch-size {cfg.batch_size} (the global batch) must divide evenly "
-                             f"over WORLD_SIZE={world_size} processes")
+            raise ParameterError("batch_size", f"a global batch that divides evenly over "
+                                 f"WORLD_SIZE={world_size} processes", cfg.batch_size)
         steps_per_epoch = num_images // cfg.batch_size
         if steps_per_epoch == 0:
-            raise ValueError(f"--batch-size {cfg.batch_size} is larger than the {num_images} "
-                             f"training images")
+            raise ParameterError("batch_size", f"at most the {num_images} training images",
+                                 cfg.batch_size)
         total = cfg.steps if cfg.steps is not None else steps_per_epoch * cfg.epochs
         return cls(cfg.batch_size // world_size, steps_per_epoch, total)
 
@@ -225,7 +235,8 @@ def reduce_means(sums: torch.Tensor, n_batches: int, dist: distributed.Distribut
         torch.distributed.all_reduce(sums)
         sums = sums.cpu() / dist.world_size
     means = (sums / max(1, n_batches)).tolist()
-    return dict(zip(("train_loss", "train_recon", "train_kl"), means, strict=True))
+    names = ("train_loss", "train_recon", "train_kl", "train_tc")
+    return dict(zip(names[:len(means)], means, strict=True))
 
 
 def validation_due(every: int, before: int, after: int, total: int) -> bool:
@@ -259,13 +270,15 @@ def print_metrics(record: dict[str, Any]) -> None:
                    for k, v in record.items()), flush=True)
 
 
-def save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist) -> None:
+def save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, history, dist,
+                    objective: Objective | None = None) -> None:
     if not dist.is_main:
         return
     state = {"model": vae.state_dict(), "optimizer": optimizer.state_dict(),
              "scheduler": scheduler.state_dict(), "step": step, "epoch": epoch,
              "rng_cpu": torch.get_rng_state(), "history": history,
-             "model_config": to_dict(vae.config)}
+             "model_config": to_dict(vae.config),
+             "objective": objective.state_dict() if objective is not None else {}}
     if torch.cuda.is_available():
         state["rng_cuda"] = torch.cuda.get_rng_state_all()
     checkpoint.save(ckpt_dir, step, state, keep=cfg.keep_checkpoints)
@@ -274,7 +287,8 @@ def save_checkpoint(cfg, ckpt_dir, step, epoch, vae, optimizer, scheduler, histo
 RESUMED = ("model", "optimizer", "scheduler", "rng_cpu", "step")  # what resume() reads
 
 
-def resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist) -> tuple[int, list[dict[str, Any]]]:
+def resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist,
+           objective: Objective | None = None) -> tuple[int, list[dict[str, Any]]]:
     """Restore the newest valid checkpoint. Only rank 0 reads it (it alone writes them, and
     other pods may not see its disk); the others receive the same state from it, so every
     process resumes at the same step instead of waiting for each other forever."""
@@ -295,6 +309,8 @@ def resume(cfg, ckpt_dir, vae, optimizer, scheduler, dist) -> tuple[int, list[di
     vae.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if objective is not None:
+        objective.load_state_dict(state.get("objective", {}))  # FactorVAE's discriminator
     torch.set_rng_state(state["rng_cpu"].cpu())
     if "rng_cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["rng_cuda"]])
