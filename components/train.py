@@ -4,8 +4,9 @@ from components.base import component
 
 
 @component
-def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, train_steps: int,
-          batch_size: int, lr: float, conv_channels: list, val_every_steps: int, workers: int,
+def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, objective: str,
+          train_steps: int, batch_size: int, lr: float, conv_channels: list, val_every_steps: int,
+          workers: int,
           gpus_per_worker: int, namespace: str, image: str, seed: int, training_api: str,
           run_id: str, model: Output[Model], metrics: Output[Metrics]):
     """Train the final model with the best parameters: a TrainJob (or PyTorchJob), or torchrun
@@ -15,6 +16,7 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, tr
         splits: The split folder; training reads train/ and validates on val/.
         best_params: The tuning study (TuneResult JSON); its best_params set beta, latent size, ...
         backend: kubernetes (a TrainJob or PyTorchJob) or local (torchrun).
+        objective: The training objective, as the trials had it: beta, tcvae or factor.
         train_steps: Optimizer steps of the final training run.
         batch_size: Global batch size, split over all training processes.
         lr: Adam learning rate (a learning rate the search chose wins).
@@ -42,7 +44,7 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, tr
     result = get_backend(backend).train(TrainRequest(
         name="train", data_dir=splits.path, data_uri=splits.uri, params=study.best_params,
         out_dir=model.path, out_uri=model.uri, steps=train_steps, batch_size=batch_size,
-        options={"lr": lr, "conv_channels": [int(c) for c in conv_channels],
+        options={"objective": objective, "lr": lr, "conv_channels": [int(c) for c in conv_channels],
                  "val_every": val_every_steps},
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
         parent_run_id=tracking.enclosing_run_id(),
@@ -51,6 +53,7 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, tr
     model.metadata.update(dict(study.best_params))
     model.metadata["framework"] = "pytorch"
     model.metadata["objective_metric"] = study.objective_metric
+    model.metadata["objective"] = objective
     model.metadata["training_api"] = result.training_api
     for name, value in result.metrics.items():
         if isinstance(value, (int, float)):

@@ -44,6 +44,9 @@ class TuneRequest:
     # One of kubevae.training.selection.OBJECTIVES, each with its direction; never the
     # beta-weighted training loss.
     objective_metric: str = "val_mig"
+    # The training objective of every trial (kubevae.objectives): the searched `beta` is its
+    # weight (objectives.SEARCHED_WEIGHT).
+    objective: str = "beta"
     max_trials: int = 8
     parallel_trials: int = 1
     max_failed_trials: int = 2
@@ -141,6 +144,7 @@ def trial_options(request: TuneRequest) -> dict[str, Any]:
     search-space values, data, output and run name come on top)."""
     options: dict[str, Any] = {"steps": request.trial_steps, "batch_size": request.batch_size,
                                "seed": request.seed, "objective_metric": request.objective_metric,
+                               "objective": request.objective,
                                "no_mlflow_model": True, "parent_run_id": request.parent_run_id}
     if request.lr is not None and "lr" not in {p.name for p in request.search_space.parameters}:
         options["lr"] = request.lr  # a searched lr comes with each trial's parameters instead
