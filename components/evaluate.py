@@ -4,7 +4,7 @@ from components.base import component
 
 
 @component
-def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Artifact],
+def evaluate(model: Input[Model], splits: Input[Dataset], study: Input[Artifact],
              iwae_k: int, metric_protocol: str, seed: int, metrics: Output[Metrics],
              report: Output[HTML],
              evaluation: Output[Artifact]):
@@ -13,7 +13,8 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
     Args:
         model: The trained model folder.
         splits: The split folder; evaluation reads test/ only.
-        best_params: The tuning study (TuneResult JSON; its trials feed the report's tuning plots).
+        study: The tuning study (kubevae.study.Study JSON; its trials feed the report's tuning
+            plots).
         iwae_k: Importance samples for the IWAE bound.
         metric_protocol: Disentanglement metric settings: disentanglement_lib or fast.
         seed: Seed of every sampled quantity.
@@ -28,17 +29,17 @@ def evaluate(model: Input[Model], splits: Input[Dataset], best_params: Input[Art
     import shutil
     from pathlib import Path
 
-    from components.backends.base import TuneResult
     from kubevae import tracking
     from kubevae.evaluation.full import evaluate_model
     from kubevae.evaluation.report import scalar_metrics
     from kubevae.hardware import pick_device
+    from kubevae.study import Study
 
-    study = TuneResult.read(best_params.path)
+    tuning = Study.read(study.path)
     out = Path(evaluation.path)
     with tracking.start_run("evaluate", tags={"kubevae.step": "evaluate"}) as tracker:
         results = evaluate_model(model.path, splits.path, out, split="test", iwae_k=iwae_k,
-                                 seed=seed, tuning_results=study.to_dict(), tracker=tracker,
+                                 seed=seed, tuning_results=tuning, tracker=tracker,
                                  protocol=metric_protocol,
                                  device=str(pick_device("auto")))
         tracker.log_data_inputs(splits.path, ("test",), uri=splits.uri)

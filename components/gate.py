@@ -4,7 +4,7 @@ from components.base import component
 
 
 @component
-def gate(model: Input[Model], splits: Input[Dataset], best_params: Input[Artifact],
+def gate(model: Input[Model], splits: Input[Dataset], study: Input[Artifact],
          model_name: str, margin: float, elbo_tolerance: float, metric_protocol: str, seed: int,
          schedule_time: str, metrics: Output[Metrics], decision_report: Output[Markdown]) -> str:
     """Register the model; promote it to `champion` only if it beats the champion on the test
@@ -15,7 +15,7 @@ def gate(model: Input[Model], splits: Input[Dataset], best_params: Input[Artifac
     Args:
         model: The trained model folder (the candidate).
         splits: The split folder; candidate and champion are scored on the same test/.
-        best_params: The tuning study (TuneResult JSON): its objective sets the criterion.
+        study: The tuning study (kubevae.study.Study JSON): its objective sets the criterion.
         model_name: The registered model in the MLflow Model Registry.
         margin: How much the candidate must beat the champion by on the criterion.
         elbo_tolerance: How much worse (a fraction) the candidate's test negative ELBO may be.
@@ -33,13 +33,13 @@ def gate(model: Input[Model], splits: Input[Dataset], best_params: Input[Artifac
 
     import pandas as pd
 
-    from components.backends.base import TuneResult
     from kubevae import tracking
     from kubevae.registry import gate as run_gate
     from kubevae.registry import record_split
+    from kubevae.study import Study
     from kubevae.version_notes import describe_version
 
-    study = TuneResult.read(best_params.path)
+    tuning = Study.read(study.path)
     when = tracking.schedule_time(schedule_time)
     assignments = splits.uri.rstrip("/") + "/assignments.csv"
     rows = pd.read_csv(Path(splits.path) / "assignments.csv", dtype=str)
@@ -48,8 +48,8 @@ def gate(model: Input[Model], splits: Input[Dataset], best_params: Input[Artifac
     counts = {"kubevae.test_items": len(test), "kubevae.test_items_frozen": int((test["how"] == "pinned").sum())}
     with tracking.start_run("gate", require=True, tags={"kubevae.step": "gate"}) as tracker:
         decision = run_gate(model.path, splits.path, model_name=model_name, margin=margin,
-                            tracker=tracker, seed=seed, objective_metric=study.objective_metric,
-                            study_score=study.best_value, elbo_tolerance=elbo_tolerance,
+                            tracker=tracker, seed=seed, objective_metric=tuning.objective_metric,
+                            study_score=tuning.best_value, elbo_tolerance=elbo_tolerance,
                             protocol=metric_protocol)
         record_split(model_name, decision.version, assignments, schedule_time=when, tags=counts)
         tracker.set_tags({"kubevae.split_assignments": assignments, "kubevae.schedule_time": when,

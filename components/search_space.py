@@ -22,6 +22,7 @@ KINDS = ("double", "int", "categorical")
 # The `kubevae train` options a search may vary (their dest names; train_argv spells the flags).
 # `steps` is the resource Katib's hyperband varies.
 SEARCHABLE = ("beta", "latent_dim", "lr", "capacity_max", "gamma", "steps")
+MAX_GRID_POINTS = 5  # values per double range in a grid search, at most
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,17 @@ class SearchSpace:
         """This space plus one parameter (replacing one of the same name)."""
         kept = [p for p in self.parameters if p.name != parameter.name]
         return replace(self, parameters=(*kept, parameter))
+
+    def grid_points(self, max_trials: int) -> int:
+        """Values per double range in a grid search: as many as let max_trials trials cover
+        the grid (so that two trials of a one-double grid try its two ends), at least 2 and at
+        most MAX_GRID_POINTS."""
+        doubles = [p for p in self.parameters if p.kind == "double"]
+        if not doubles:
+            return MAX_GRID_POINTS
+        others = math.prod(len(p.grid(2)) for p in self.parameters if p.kind != "double")
+        per_double = int((max(1, max_trials) / others) ** (1 / len(doubles)) + 1e-9)
+        return min(MAX_GRID_POINTS, max(2, per_double))
 
     # -- Katib ---------------------------------------------------------------------------
     def to_katib(self, grid_points: int | None = None) -> list[Any]:

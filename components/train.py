@@ -4,7 +4,7 @@ from components.base import component
 
 
 @component
-def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, objective: str,
+def train(splits: Input[Dataset], study: Input[Artifact], backend: str, objective: str,
           train_steps: int, batch_size: int, lr: float, conv_channels: list, val_every_steps: int,
           workers: int,
           gpus_per_worker: int, namespace: str, image: str, seed: int, training_api: str,
@@ -14,7 +14,8 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ob
 
     Args:
         splits: The split folder; training reads train/ and validates on val/.
-        best_params: The tuning study (TuneResult JSON); its best_params set beta, latent size, ...
+        study: The tuning study (kubevae.study.Study as JSON); its chosen trial's parameters
+            set beta, latent size, ...
         backend: kubernetes (a TrainJob or PyTorchJob) or local (torchrun).
         objective: The training objective, as the trials had it: beta, tcvae or factor.
         train_steps: Optimizer steps of the final training run.
@@ -37,22 +38,24 @@ def train(splits: Input[Dataset], best_params: Input[Artifact], backend: str, ob
         metrics: The last epoch's training and validation metrics (val_neg_elbo, ...).
     """
     from components.backends import get_backend
-    from components.backends.base import ClusterSettings, TrainRequest, TuneResult
+    from components.backends.base import ClusterSettings, TrainingOverrides, TrainRequest
     from kubevae import tracking
+    from kubevae.study import Study
 
-    study = TuneResult.read(best_params.path)
+    chosen = Study.read(study.path)
     result = get_backend(backend).train(TrainRequest(
-        name="train", data_dir=splits.path, data_uri=splits.uri, params=study.best_params,
+        name="train", data_dir=splits.path, data_uri=splits.uri, params=chosen.best_params,
         out_dir=model.path, out_uri=model.uri, steps=train_steps, batch_size=batch_size,
-        options={"objective": objective, "lr": lr, "conv_channels": [int(c) for c in conv_channels],
-                 "val_every": val_every_steps},
+        overrides=TrainingOverrides(objective=objective, lr=lr,
+                                    conv_channels=tuple(int(c) for c in conv_channels) or None,
+                                    val_every=val_every_steps),
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
         parent_run_id=tracking.enclosing_run_id(),
         cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,
                                 run_id=run_id)))
-    model.metadata.update(dict(study.best_params))
+    model.metadata.update(chosen.best_params)
     model.metadata["framework"] = "pytorch"
-    model.metadata["objective_metric"] = study.objective_metric
+    model.metadata["objective_metric"] = chosen.objective_metric
     model.metadata["objective"] = objective
     model.metadata["training_api"] = result.training_api
     for name, value in result.metrics.items():

@@ -5,13 +5,12 @@ from components.base import component
 
 @component
 def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric: str,
-         objective: str, beta_min: float, beta_max: float, latent_dims: list, lr: float,
-         tune_lr: bool,
+         objective: str, beta_min: float, beta_max: float, latent_dims: list, lr: float, tune_lr: bool,
          conv_channels: list,
          max_trials: int, parallel_trials: int, max_failed_trials: int, trial_steps: int,
          udr_seeds: int, batch_size: int, trial_workers: int, gpus_per_worker: int,
          namespace: str, image: str, seed: int, training_api: str, run_id: str,
-         best_params: Output[Artifact], metrics: Output[Metrics], study_plot: Output[HTML]):
+         study: Output[Artifact], metrics: Output[Metrics], study_plot: Output[HTML]):
     """Search beta and latent size: Katib on a cluster, an Optuna study locally.
 
     Args:
@@ -43,50 +42,51 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         run_id: The KFP run; labels what the step creates so that the exit handler finds it.
 
     Returns:
-        best_params: The study (components.backends.base.TuneResult as JSON): the objective
-            and its direction, the chosen trial, the best parameters and every trial.
-        metrics: The best objective value (best_<objective>), the best parameters
-            (best_beta, best_latent_dim, ...) and all_trials_collapsed (1 when every trial
-            collapsed: then the least-collapsed trial is taken, the run goes on, and the
-            study report says what to change).
-        study_plot: The study as a page: the objective over beta x latent size, the objective
-            against the negative ELBO, every trial.
+        study: The study (kubevae.study.Study as JSON): the objective and its direction,
+            every trial with its objective's interval, the chosen trial and its parameters.
+        metrics: The best objective value (best_<objective>) and its interval
+            (best_<objective>_lo, _hi), the best parameters (best_beta, best_latent_dim, ...),
+            indistinguishable_trials (how many other trials' intervals overlap the chosen
+            one's) and all_trials_collapsed (1 when every trial collapsed: then the
+            least-collapsed trial is taken, the run goes on, and the study report says what
+            to change).
+        study_plot: The study as a page: the objective against beta with intervals, the rate
+            against the distortion, every trial.
     """
     from pathlib import Path
 
     from components.backends import get_backend
-    from components.backends.base import ClusterSettings, TuneRequest
+    from components.backends.base import ClusterSettings, TrainingOverrides, TuneRequest
     from components.search_space import default_search_space
-    from components.study import resolve_objective, study_report, with_collapse_rule
+    from components.study import resolve_objective, study_metrics, study_report
     from kubevae import tracking
     from kubevae.objectives import searched_weight
 
     searched_weight(objective)  # refuses an objective that beta does not weigh (capacity)
     objective_metric = resolve_objective(objective_metric, splits.path)
     space = default_search_space(beta_min, beta_max, [int(d) for d in latent_dims], tune_lr=tune_lr)
-    work = Path(best_params.path).parent / "trials"
+    work = Path(study.path).parent / "trials"
     with tracking.start_run("tune", tags={"kubevae.step": "tune"}) as tracker:
         result = get_backend(backend).tune(TuneRequest(
             name="kubevae-tune", data_dir=splits.path, data_uri=splits.uri, search_space=space,
             work_dir=str(work), algorithm=algorithm, objective_metric=objective_metric,
-            objective=objective,
-            lr=lr, conv_channels=tuple(int(c) for c in conv_channels),
+            overrides=TrainingOverrides(objective=objective, lr=lr,
+                                        conv_channels=tuple(int(c) for c in conv_channels) or None),
             max_trials=max_trials, parallel_trials=parallel_trials,
             max_failed_trials=max_failed_trials, trial_steps=trial_steps, udr_seeds=udr_seeds,
             batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
             seed=seed, parent_run_id=tracker.run_id,  # every trial nests under this run
             cluster=ClusterSettings(namespace=namespace, image=image,
                                                training_api=training_api, run_id=run_id)))
-        result = with_collapse_rule(result)
+        result = result.with_collapse_rule()
+        verdict = result.verdict()
+        if verdict:
+            print(f"tune: WARNING: {verdict}", flush=True)
         if result.all_collapsed:
-            from kubevae.training.selection import ALL_COLLAPSED_ADVICE
-
-            print(f"tune: WARNING: {ALL_COLLAPSED_ADVICE}", flush=True)
             tracker.set_tags({"kubevae.all_trials_collapsed": "true"})
+        summary = study_metrics(result)
         tracker.log_params({f"best.{k}": v for k, v in result.best_params.items()})
-        tracker.log_metrics({"best_" + objective_metric: result.best_value,
-                             "trials": len(result.trials),
-                             "all_trials_collapsed": float(result.all_collapsed)})
+        tracker.log_metrics({**summary, "trials": len(result.trials)})
         tracker.log_dict(result.to_dict(), "study.json")
         html = study_report(result)
         tracker.log_text(html, "study.html")
@@ -94,9 +94,10 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
                        + ("all collapsed · took " if result.all_collapsed else "best ")
                        + " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
                                   for k, v in result.best_params.items()))
-    result.write(best_params.path)
+    result.write(study.path)
     Path(study_plot.path).write_text(html)
-    metrics.log_metric("best_" + objective_metric, result.best_value)
-    metrics.log_metric("all_trials_collapsed", float(result.all_collapsed))
+    for name, value in summary.items():
+        metrics.log_metric(name, value)
     for name, value in result.best_params.items():
         metrics.log_metric("best_" + name, float(value))
+

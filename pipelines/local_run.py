@@ -18,6 +18,7 @@ from typing import Any
 from kfp import dsl, local
 from kfp.local import placeholder_utils
 
+from components.study import objective_text
 from kubevae import tracking
 from pipelines.pipeline import kubevae_pipeline
 
@@ -87,23 +88,24 @@ def _run(arguments: dict[str, Any], run_dir: Path) -> dict[str, Any]:
 
 
 def summarize(run_root: Path, start: float) -> dict[str, Any]:
-    """Read what each step wrote: best parameters, test metrics, the gate, the smoke test."""
-    from components.backends.base import TuneResult
+    """Read what each step wrote: the study, test metrics, the gate, the smoke test."""
+    from components.study import has_factors
+    from kubevae.study import Study
 
     tasks = {p.name: p for p in run_root.iterdir() if p.is_dir()}
-    study = TuneResult.read(tasks["tune"] / "best_params")
+    study = Study.read(tasks["tune"] / "study")
     evaluation = json.loads((tasks["evaluate"] / "evaluation" / "metrics.json").read_text())
     summary: dict[str, Any] = {
         "run_root": str(run_root),
+        "study": study.to_dict(),
         "best_params": study.best_params,
         "objective": {study.objective_metric: study.best_value},
-        "direction": study.direction,
         "chosen_trial": study.best_trial,
         "all_trials_collapsed": study.all_collapsed,
-        "trials": [{"number": t.number, "state": t.state, "value": t.value, **t.params,
-                    "val_neg_elbo": t.metrics.get("val_neg_elbo")} for t in study.trials],
+        "verdict": study.verdict(),
         "report": str(tasks["evaluate"] / "report"),
         "test_metrics": {k: v for k, v in evaluation.items() if isinstance(v, (int, float))},
+        "not_applicable": not_applicable(has_factors(tasks["split"] / "splits")),
         "gate": _output(tasks["gate"]),
         "gate_report": (tasks["gate"] / "decision_report").read_text(),
         "model_path": str(tasks["train"] / "model"),
@@ -115,6 +117,21 @@ def summarize(run_root: Path, start: float) -> dict[str, Any]:
         summary["smoke_report"] = (tasks["smoke-test"] / "result").read_text()
         summary["inference_service"] = str(tasks["deploy"] / "inference_service")
     return summary
+
+
+# The test metrics the summary shows, and which of them need factor columns.
+SHOWN_METRICS = (("mig", "MIG", True), ("factor_vae", "FactorVAE", True),
+                 ("psnr", "PSNR dB", False), ("kl", "rate (KL)", False),
+                 ("active_units", "active units", False), ("neg_elbo", "neg. ELBO", False))
+
+
+def not_applicable(factors: bool) -> dict[str, str]:
+    """{metric: why it does not apply to this data}."""
+    if factors:
+        return {}
+    why = ("the data has no factor columns (factor_*), so there is no ground truth to score "
+           "disentanglement against")
+    return {name: why for name, _, needs_factors in SHOWN_METRICS if needs_factors}
 
 
 def step_seconds(tasks: dict[str, Path], start: float) -> dict[str, float]:
@@ -134,42 +151,45 @@ def _output(task_dir: Path) -> Any:
     return output.get("parameterValues", {}).get("Output")
 
 
-def _trial_line(t: dict[str, Any], name: str, chosen: Any, collapsed: bool = False) -> str:
-    value = "-" if t["value"] is None else f"{t['value']:.4f}"
-    elbo = "" if t.get("val_neg_elbo") is None else f"  val_neg_elbo={t['val_neg_elbo']:.1f}"
-    beta = _fmt_param(t.get("beta"))
-    mark = ("  <- taken (least collapsed)" if collapsed else "  <- chosen") \
-        if t["number"] == chosen else ""
-    return (f"  trial {t['number']}: beta={beta} latent_dim={t.get('latent_dim')}  "
-            f"{name}={value} ({t['state'].lower()}){elbo}{mark}")
+def _trial_line(trial, study, mark: str) -> str:
+    m = trial.metrics
+    return (f"  trial {trial.number}: beta={_fmt(trial.params.get('beta'))} "
+            f"latent={trial.params.get('latent_dim')}  rate={_fmt(m.get('val_kl'), '.1f')} "
+            f"active={_fmt(m.get('val_active_units'), '.0f')} PSNR={_fmt(m.get('val_psnr'), '.1f')}  "
+            f"{study.objective_metric}={objective_text(trial) or '-'} ({trial.state.lower()}){mark}")
 
 
-def _fmt_param(value: Any) -> Any:
-    return f"{value:.3g}" if isinstance(value, float) else value
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    return format(value, spec) if isinstance(value, float) else str(value)
 
 
 def print_summary(summary: dict[str, Any]) -> None:
-    from kubevae.training.selection import ALL_COLLAPSED_ADVICE
+    from kubevae.study import Study
 
-    name = next(iter(summary["objective"]))
-    collapsed = bool(summary.get("all_trials_collapsed"))
-    params = summary["best_params"]
+    study = Study.from_dict(summary["study"], source="summary")
+    collapsed = study.all_collapsed
     test = summary["test_metrics"]
+    skipped = summary.get("not_applicable", {})
+    mark = "  <- taken (least collapsed)" if collapsed else "  <- chosen"
+    chosen = study.chosen
+    shown = [f"{label}={test[k]:.4g}" for k, label, _ in SHOWN_METRICS
+             if k not in skipped and isinstance(test.get(k), (int, float))]
+    reasons = sorted(set(skipped.values()))
     lines = ["", "=" * 72, "kubevae pipeline: summary", "=" * 72,
-             f"search          : {name} ({summary.get('direction', '')}), "
-             f"{len(summary.get('trials', []))} trials",
-             *[_trial_line(t, name, summary.get("chosen_trial"), collapsed)
-               for t in summary.get("trials", [])],
-             *([f"WARNING         : {ALL_COLLAPSED_ADVICE}"] if collapsed else []),
-             f"{'taken' if collapsed else 'chosen':<16}: beta={_fmt_param(params.get('beta'))} "
-             f"latent_dim={params.get('latent_dim')} ({name}={summary['objective'][name]:.4f})",
-             f"final model     : test MIG={test.get('mig', float('nan')):.4f} "
-             f"FactorVAE={test.get('factor_vae', float('nan')):.4f} "
-             f"PSNR={test.get('psnr', float('nan')):.2f} dB",
+             f"search          : {study.objective_metric} ({study.direction}d), "
+             f"{len(study.trials)} trials, algorithm {study.algorithm or '?'}",
+             *[_trial_line(t, study, mark if t.number == study.best_trial else "") for t in study.trials],
+             *([f"intervals       : {study.objective.interval}"] if study.objective.interval else []),
+             f"{'taken' if collapsed else 'chosen':<16}: " + " ".join(
+                 f"{k}={_fmt(v)}" for k, v in study.best_params.items())
+             + (f" ({study.objective_metric}={objective_text(chosen)})" if chosen else ""),
+             *([f"WARNING         : {summary['verdict']}"] if summary.get("verdict") else []),
+             "final model     : test " + ", ".join(shown),
+             *([f"not applicable  : {', '.join(label for k, label, _ in SHOWN_METRICS if k in skipped)}: "
+                + "; ".join(reasons)] if skipped else []),
              f"report          : {summary.get('report', '')}",
-             "test metrics    : " + ", ".join(f"{k}={v:.4g}" for k, v in summary["test_metrics"].items()
-                                              if k in ("neg_elbo", "iwae_nll", "recon", "kl", "psnr",
-                                                       "active_units", "mig", "factor_vae")),
              f"gate decision   : {summary['gate']}  (branch taken: {summary['branch']})",
              f"model           : {summary['model_path']}",
              f"smoke test      : {summary.get('smoke_test', 'not run (model not promoted)')}",
@@ -178,3 +198,4 @@ def print_summary(summary: dict[str, Any]) -> None:
              f"step seconds    : {summary['step_seconds']}",
              "=" * 72]
     print("\n".join(lines), flush=True)
+

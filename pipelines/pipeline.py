@@ -200,17 +200,17 @@ def _pipeline(
                      trial_workers=trial_workers,
                      gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
                      training_api=training_api, run_id=run_id))
-        trained = step(train(splits=splits.outputs["splits"], best_params=study.outputs["best_params"],
+        trained = step(train(splits=splits.outputs["splits"], study=study.outputs["study"],
                         backend=backend, objective=objective, train_steps=train_steps, batch_size=batch_size, lr=lr,
                         conv_channels=conv_channels, val_every_steps=val_every_steps,
                         workers=workers,
                         gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
                         training_api=training_api, run_id=run_id))
         step(evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
-                 best_params=study.outputs["best_params"], iwae_k=iwae_k,
+                 study=study.outputs["study"], iwae_k=iwae_k,
                  metric_protocol=metric_protocol, seed=seed), s3=False)
         decision = step(gate(model=trained.outputs["model"], splits=splits.outputs["splits"],
-                             best_params=study.outputs["best_params"], model_name=model_name,
+                             study=study.outputs["study"], model_name=model_name,
                              margin=gate_margin, elbo_tolerance=gate_elbo_tolerance,
                              metric_protocol=metric_protocol, seed=seed,
                              schedule_time=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER),

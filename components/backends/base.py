@@ -2,20 +2,20 @@
 
 Two backends implement this: `local` (Optuna, torchrun, the KServe ModelServer on loopback) and
 `kubernetes` (a Katib Experiment, a PyTorchJob, a KServe InferenceService). The pipeline
-components only ever see these dataclasses and `components.backends.get_backend(name)`.
+components only ever see these dataclasses, the study they get back (kubevae.study.Study), and
+`components.backends.get_backend(name)`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 from components.base import IMAGE
 from components.k8s.security import S3_SECRET
 from components.search_space import SearchSpace
+from kubevae.study import Study
 
 
 @dataclass
@@ -33,6 +33,33 @@ class ClusterSettings:
     run_id: str = ""  # the KFP run: labels what it creates, so that its exit handler finds it
 
 
+@dataclass(frozen=True)
+class TrainingOverrides:
+    """The `kubevae train` options a step sets on top of the trainer's defaults, typed, for the
+    trials (TuneRequest) and the final run (TrainRequest) alike. Names are the trainer's
+    (its parser's dest names); None leaves the trainer's default."""
+
+    objective: str | None = None  # the training objective (kubevae.objectives); None: beta
+    lr: float | None = None  # a searched lr wins over this one in a trial
+    conv_channels: tuple[int, ...] | None = None  # encoder widths; None: the model's default
+    val_every: int | None = None  # validate every N steps (0: every epoch); None: the default
+
+    def __post_init__(self) -> None:
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr: expected a positive learning rate, got {self.lr}")
+        if self.conv_channels is not None:
+            widths = tuple(int(c) for c in self.conv_channels)
+            if not widths or any(c < 1 for c in widths):
+                raise ValueError(f"conv_channels: expected positive widths, got {list(self.conv_channels)}")
+            object.__setattr__(self, "conv_channels", widths)
+        if self.val_every is not None and self.val_every < 0:
+            raise ValueError(f"val_every_steps: expected 0 or more steps, got {self.val_every}")
+
+    def options(self) -> dict[str, Any]:
+        """{dest: value} of the options set (kubevae.training.command.train_argv takes it)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
 @dataclass
 class TuneRequest:
     name: str
@@ -41,84 +68,23 @@ class TuneRequest:
     search_space: SearchSpace
     work_dir: str  # scratch for trial outputs
     algorithm: str = "tpe"
-    # One of kubevae.training.selection.OBJECTIVES, each with its direction; never the
-    # beta-weighted training loss.
+    # One of kubevae.study.OBJECTIVES, each with its direction; never the beta-weighted
+    # training loss.
     objective_metric: str = "val_mig"
-    # The training objective of every trial (kubevae.objectives): the searched `beta` is its
-    # weight (objectives.SEARCHED_WEIGHT).
-    objective: str = "beta"
     max_trials: int = 8
     parallel_trials: int = 1
     max_failed_trials: int = 2
     trial_steps: int = 300  # optimizer steps per trial (hyperband's resource)
     udr_seeds: int = 3  # seeds per trial when objective_metric is udr
     batch_size: int = 64
-    lr: float | None = None  # None: the trainer's default; a searched lr wins
-    conv_channels: tuple[int, ...] | None = None  # None: the model's default widths
+    # The training options every trial shares; its `objective` (kubevae.objectives) is the
+    # loss whose weight the searched `beta` sets (objectives.SEARCHED_WEIGHT).
+    overrides: TrainingOverrides = field(default_factory=TrainingOverrides)
     trial_workers: int = 1
     gpus_per_worker: int = 0
     seed: int = 0
     parent_run_id: str | None = None  # the MLflow run every trial nests under (the tune step's)
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
-
-
-@dataclass
-class TrialRecord:
-    number: int
-    params: dict[str, Any]
-    value: float | None
-    state: str  # COMPLETE, PRUNED, FAIL
-    # The trial's last metric line: val_neg_elbo, val_recon, val_kl, val_active_units, step, ...
-    metrics: dict[str, float] = field(default_factory=dict)
-
-
-STUDY_FORMAT = "kubevae-study/1"
-
-
-@dataclass
-class TuneResult:
-    """The study: what the tune step writes and the train and evaluate steps (and the local
-    run's summary) read back. One typed definition; `write` / `read` round-trip it as JSON."""
-
-    best_params: dict[str, Any]
-    best_value: float
-    trials: list[TrialRecord]
-    objective_metric: str = "val_mig"
-    direction: str = "maximize"
-    best_trial: int | None = None  # the chosen trial's number
-    algorithm: str = ""
-    # Every completed trial collapsed: best_* is the least-collapsed trial, not a choice on the
-    # objective (kubevae.training.selection.ALL_COLLAPSED_ADVICE).
-    all_collapsed: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format": STUDY_FORMAT, **dataclasses.asdict(self)}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], *, source: str = "study") -> TuneResult:
-        if not isinstance(d, dict) or d.get("format") != STUDY_FORMAT:
-            raise ValueError(f"{source}: expected a {STUDY_FORMAT} study (written by the tune step), "
-                             f"got format {d.get('format') if isinstance(d, dict) else type(d).__name__!r}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        missing = sorted({"best_params", "best_value", "trials", "objective_metric"} - set(d))
-        if missing:
-            raise ValueError(f"{source}: missing field(s) {missing}")
-        values = {k: v for k, v in d.items() if k in known}
-        values["trials"] = [TrialRecord(**t) for t in d["trials"]]
-        return cls(**values)
-
-    def write(self, path: str | Path) -> None:
-        from kubevae.storage import atomic_write_text
-
-        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2))
-
-    @classmethod
-    def read(cls, path: str | Path) -> TuneResult:
-        return cls.from_dict(json.loads(Path(path).read_text()), source=str(path))
-
-    @property
-    def chosen(self) -> TrialRecord | None:
-        return next((t for t in self.trials if t.number == self.best_trial), None)
 
 
 @dataclass
@@ -134,7 +100,7 @@ class TrainRequest:
     workers: int = 1
     gpus_per_worker: int = 0
     seed: int = 0
-    options: dict[str, Any] = field(default_factory=dict)  # more `kubevae train` options (dest: value)
+    overrides: TrainingOverrides = field(default_factory=TrainingOverrides)
     parent_run_id: str | None = None  # the MLflow run the training run nests under
     cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
@@ -142,14 +108,12 @@ class TrainRequest:
 def trial_options(request: TuneRequest) -> dict[str, Any]:
     """The `kubevae train` options every trial of a study shares, on either backend (the
     search-space values, data, output and run name come on top)."""
-    options: dict[str, Any] = {"steps": request.trial_steps, "batch_size": request.batch_size,
+    options: dict[str, Any] = {**request.overrides.options(),
+                               "steps": request.trial_steps, "batch_size": request.batch_size,
                                "seed": request.seed, "objective_metric": request.objective_metric,
-                               "objective": request.objective,
                                "no_mlflow_model": True, "parent_run_id": request.parent_run_id}
-    if request.lr is not None and "lr" not in {p.name for p in request.search_space.parameters}:
-        options["lr"] = request.lr  # a searched lr comes with each trial's parameters instead
-    if request.conv_channels:
-        options["conv_channels"] = request.conv_channels
+    for name in request.search_space.names:  # a searched value comes with each trial instead
+        options.pop(name, None)
     if request.objective_metric == "udr":
         options["udr_seeds"] = request.udr_seeds
     return options
@@ -159,7 +123,7 @@ def train_options(request: TrainRequest) -> dict[str, Any]:
     """The `kubevae train` options of the final training run, on either backend."""
     return {"steps": request.steps, "batch_size": request.batch_size, "seed": request.seed,
             "run_name": request.name, "parent_run_id": request.parent_run_id,
-            **request.options, **request.params}
+            **request.overrides.options(), **request.params}
 
 
 @dataclass
@@ -190,7 +154,7 @@ class DeployResult:
 class Backend(Protocol):
     name: str
 
-    def tune(self, request: TuneRequest) -> TuneResult: ...
+    def tune(self, request: TuneRequest) -> Study: ...
 
     def train(self, request: TrainRequest) -> TrainResult: ...
 

@@ -41,9 +41,7 @@ from components.backends.base import (
     DeployResult,
     TrainRequest,
     TrainResult,
-    TrialRecord,
     TuneRequest,
-    TuneResult,
     train_options,
     trial_options,
 )
@@ -55,8 +53,8 @@ from components.k8s.security import Resources
 from components.k8s.training_apis import JobShape, TrainingApi, training_api
 from components.search_space import Parameter
 from kubevae import objectstore
+from kubevae.study import Study
 from kubevae.training.command import train_argv
-from kubevae.training.selection import objective as search_objective
 
 # MLflow settings a step's pod may have (from KFP's MLflow integration or the ConfigMap) that
 # the training pods should share. Credentials are never copied into a resource's spec; the
@@ -91,7 +89,7 @@ class KubernetesBackend:
         self._env = os.environ if env is None else env
 
     # -- tune -----------------------------------------------------------------------------
-    def tune(self, request: TuneRequest) -> TuneResult:
+    def tune(self, request: TuneRequest) -> Study:
         namespace = self._namespace(request.cluster.namespace)
         name = self._name(request.name)
         api = training_api(request.cluster.training_api)
@@ -103,17 +101,16 @@ class KubernetesBackend:
         katib = launchers.KatibLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
         name = katib.create(experiment)
         katib.wait(name)
-        study = katib.results(name, request.objective_metric)
-        best = request.search_space.parse(study.best_params)  # its own names: not hyperband's steps
-        records = [TrialRecord(number=i, params=_parse_known(request.search_space, t.params),
-                               value=t.value, state=t.state, metrics=dict(t.metrics))
-                   for i, t in enumerate(study.trials)]
-        self.log(f"best trial {study.best_trial}: {best} {request.objective_metric}={study.best_value:.6g}")
-        chosen = next((r.number for r, t in zip(records, study.trials, strict=True) if t.name == study.best_trial), None)
-        return TuneResult(best_params=best, best_value=study.best_value, trials=records,
-                          objective_metric=request.objective_metric,
-                          direction=search_objective(request.objective_metric).direction,
-                          best_trial=chosen, algorithm=request.algorithm)
+        space = request.search_space
+        study = katib.results(name, request.objective_metric, lambda a: _parse_known(space, a),
+                              request.algorithm)
+        missing = sorted(set(space.names) - set(study.best_params))
+        if missing:
+            raise launchers.ResourceFailed(f"Experiment {namespace}/{name}: the optimal trial has no "
+                                           f"value for search-space parameter(s) {missing}")
+        self.log(f"best trial {study.best_trial}: {study.best_params} "
+                 f"{request.objective_metric}={study.best_value:.6g}")
+        return study
 
     def tune_experiment(self, request: TuneRequest, namespace: str | None, name: str,
                         shape: JobShape | None = None):

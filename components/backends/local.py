@@ -1,11 +1,12 @@
 """The local backend: the same `kubevae` commands the cluster runs, on this machine.
 
-- tune:   an Optuna study in the objective's direction (kubevae.training.selection). The
+- tune:   an Optuna study in the objective's direction (kubevae.study). The
           algorithms map to Optuna's own pieces, as Katib's do to its suggestion services:
               tpe                   TPESampler                      (Katib tpe)
               random                RandomSampler                   (Katib random)
               bayesianoptimization  GPSampler                       (Katib bayesianoptimization)
-              grid                  GridSampler over the grid        (Katib grid, same values)
+              grid                  GridSampler over the grid        (Katib grid)
+                                    (SearchSpace.grid_points values per range)
               hyperband             TPESampler + HyperbandPruner     (Katib hyperband)
                                     over optimizer steps
           Every algorithm but hyperband prunes with a median pruner over steps, as Katib's
@@ -34,21 +35,19 @@ from components.backends.base import (
     DeployResult,
     TrainRequest,
     TrainResult,
-    TrialRecord,
     TuneRequest,
-    TuneResult,
     train_options,
     trial_options,
 )
 from components.search_space import SearchSpace
 from kubevae.hardware import thread_env
 from kubevae.storage import read_json
+from kubevae.study import Study, trial_from_line
+from kubevae.study import objective as search_objective
 from kubevae.training.command import train_argv
 from kubevae.training.loop import parse_metrics
-from kubevae.training.selection import objective as search_objective
 
 ALGORITHMS = ("tpe", "random", "bayesianoptimization", "grid", "hyperband")
-GRID_POINTS = 5  # values per double range in a grid search (Katib's grid gets the same)
 HYPERBAND_ETA = 3
 
 
@@ -66,13 +65,14 @@ def check_algorithm(algorithm: str, objective_metric: str) -> None:
                          "bayesianoptimization or grid with udr")
 
 
-def sampler(algorithm: str, space: SearchSpace, seed: int) -> optuna.samplers.BaseSampler:
+def sampler(algorithm: str, space: SearchSpace, seed: int, max_trials: int) -> optuna.samplers.BaseSampler:
     if algorithm == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if algorithm == "bayesianoptimization":
         return optuna.samplers.GPSampler(seed=seed)
     if algorithm == "grid":
-        return optuna.samplers.GridSampler({p.name: p.grid(GRID_POINTS) for p in space.parameters},
+        points = space.grid_points(max_trials)
+        return optuna.samplers.GridSampler({p.name: p.grid(points) for p in space.parameters},
                                            seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
 
@@ -94,11 +94,12 @@ class LocalBackend:
         self.command = command or train_command
 
     # -- tune -----------------------------------------------------------------------------
-    def tune(self, request: TuneRequest) -> TuneResult:
+    def tune(self, request: TuneRequest) -> Study:
         check_algorithm(request.algorithm, request.objective_metric)
         direction = search_objective(request.objective_metric).direction
         study = optuna.create_study(
-            direction=direction, sampler=sampler(request.algorithm, request.search_space, request.seed),
+            direction=direction, sampler=sampler(request.algorithm, request.search_space, request.seed,
+                                                 request.max_trials),
             pruner=pruner(request.algorithm, request.trial_steps))
         failures: list[str] = []
         last_lines: dict[int, dict[str, float]] = {}
@@ -119,14 +120,14 @@ class LocalBackend:
         if not complete:
             raise RuntimeError(f"tune: no trial completed ({len(failures)} failed): "
                                f"{failures[-1] if failures else 'no trials ran'}")
-        records = [TrialRecord(t.number, dict(t.params), t.value, t.state.name,
-                               last_lines.get(t.number, {})) for t in study.trials]
+        trials = [trial_from_line(t.number, t.params, t.value, t.state.name,
+                                  last_lines.get(t.number, {}), request.objective_metric)
+                  for t in study.trials]
         best = study.best_trial
         if best.value is None:  # optuna picks the best among complete trials, which have values
             raise RuntimeError(f"tune: optuna's best trial {best.number} has no value")
-        return TuneResult(best_params=dict(best.params), best_value=float(best.value),
-                          trials=records, objective_metric=request.objective_metric,
-                          direction=direction, best_trial=best.number, algorithm=request.algorithm)
+        return Study(request.objective_metric, trials, best_trial=best.number, direction=direction,
+                     algorithm=request.algorithm)
 
     def _run_trial(self, request: TuneRequest, trial: optuna.Trial, params: dict[str, Any],
                    last_lines: dict[int, dict[str, float]]) -> float:

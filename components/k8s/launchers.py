@@ -31,7 +31,7 @@ from __future__ import annotations
 import time
 import urllib.parse
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from components.k8s import pytorchjob as job_kind
 from components.k8s import to_dict, unknown_fields
 from components.k8s import trainjob as trainjob_kind
 from components.k8s.training_apis import JobShape, TrainingApi
+from kubevae.study import Study, Trial, trial_from_line
+from kubevae.study import objective as search_objective
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 # Unknown fields are an error, not silently dropped (the API server's default is Warn).
@@ -258,24 +260,6 @@ def choose_shape(api: KubeApi, namespace: str, training: TrainingApi, build: Cal
 
 
 # -- Katib ---------------------------------------------------------------------------------
-@dataclass
-class TrialSummary:
-    name: str
-    params: dict[str, str]
-    value: float | None
-    state: str  # COMPLETE, PRUNED, FAIL, RUNNING
-    created: str = ""
-    metrics: dict[str, float] = field(default_factory=dict)  # every observed metric's latest value
-
-
-@dataclass
-class StudyResult:
-    best_trial: str
-    best_params: dict[str, str]
-    best_value: float
-    trials: list[TrialSummary] = field(default_factory=list)
-
-
 class KatibLauncher:
     """Create an Experiment with KatibClient, wait for it, read its optimal trial."""
 
@@ -323,20 +307,26 @@ class KatibLauncher:
             raise ResourceFailed(f"{e}. Failed trials: `kubectl -n {self.namespace} get trials "
                                  f"-l katib.kubeflow.org/experiment={name}`") from None
 
-    def results(self, name: str, objective_metric: str) -> StudyResult:
+    def results(self, name: str, objective_metric: str,
+                parse: Callable[[dict[str, str]], dict[str, Any]] = dict, algorithm: str = "") -> Study:
+        """The Experiment's trials (in creation order, numbered from 0) as the study, its
+        optimal trial chosen; `parse` types a trial's parameter assignments."""
         optimal = self.client.get_optimal_hyperparameters(name, self.namespace)
         if optimal is None:
             raise ResourceFailed(f"Experiment {self.namespace}/{name} has no optimal trial: no trial "
                                  f"reported {objective_metric}")
-        value = _metric(optimal.observation, objective_metric)
-        if value is None:
+        if _metric(optimal.observation, objective_metric) is None:
             raise ResourceFailed(f"Experiment {self.namespace}/{name}: the optimal trial has no "
                                  f"{objective_metric} observation")
-        trials = sorted((self._summary(t, objective_metric) for t in self.client.list_trials(name, self.namespace)),
-                        key=lambda t: (t.created, t.name))
-        return StudyResult(best_trial=optimal.best_trial_name,
-                           best_params={a.name: a.value for a in optimal.parameter_assignments},
-                           best_value=value, trials=trials)
+        katib_trials = sorted(self.client.list_trials(name, self.namespace),
+                              key=lambda t: (str(t.metadata.creation_timestamp or ""), t.metadata.name))
+        names = [t.metadata.name for t in katib_trials]
+        if optimal.best_trial_name not in names:
+            raise ResourceFailed(f"Experiment {self.namespace}/{name}: the optimal trial "
+                                 f"{optimal.best_trial_name} is not among its trials {names}")
+        trials = [self._trial(i, t, objective_metric, parse) for i, t in enumerate(katib_trials)]
+        return Study(objective_metric, trials, best_trial=names.index(optimal.best_trial_name),
+                     direction=search_objective(objective_metric).direction, algorithm=algorithm)
 
     def delete(self, name: str) -> None:
         try:
@@ -345,17 +335,16 @@ class KatibLauncher:
         except Exception as e:  # the timeout is the error worth reporting; say this one too
             self.log(_describe_api_error(f"could not delete Experiment {self.namespace}/{name}", e))
 
-    def _summary(self, trial, objective_metric: str) -> TrialSummary:
+    def _trial(self, number: int, trial, objective_metric: str,
+               parse: Callable[[dict[str, str]], dict[str, Any]]) -> Trial:
         status = trial.status
         conditions = [c for c in (status.conditions if status else None) or [] if c.status == "True"]
         state = next((self.TRIAL_STATES[c.type] for c in reversed(conditions) if c.type in self.TRIAL_STATES),
                      "RUNNING")
-        created = trial.metadata.creation_timestamp
-        return TrialSummary(name=trial.metadata.name,
-                            params={a.name: a.value for a in trial.spec.parameter_assignments or []},
-                            value=_metric(status.observation if status else None, objective_metric),
-                            state=state, created=str(created or ""),
-                            metrics=_metrics(status.observation if status else None))
+        observation = status.observation if status else None
+        return trial_from_line(number, parse({a.name: a.value for a in trial.spec.parameter_assignments or []}),
+                               _metric(observation, objective_metric), state, _metrics(observation),
+                               objective_metric)
 
 
 def _metrics(observation) -> dict[str, float]:

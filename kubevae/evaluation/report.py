@@ -8,9 +8,10 @@ Pictures (PNG, matplotlib with the Agg backend, so no display is needed):
                            [-TRAVERSAL_SPAN, +TRAVERSAL_SPAN]
     kl_per_dim.png         mean KL(q(z_u|x) || N(0, 1)) per dimension, sorted, active units marked
     training_curves.png    every numeric series of the training history, against the step
-    tuning_objective.png   the tuning objective over beta x latent size (only when tuning ran)
-    tuning_tradeoff.png    the objective against the validation negative ELBO for every trial,
-                           the chosen one marked: what the chosen beta costs in reconstruction
+    tuning_objective.png   the tuning objective against beta, each trial with its interval, one
+                           colour per latent size, the chosen trial starred (when tuning ran)
+    tuning_tradeoff.png    every trial's rate (KL) against its distortion (reconstruction NLL),
+                           labelled with its beta: what the chosen beta costs in reconstruction
 
 report.html embeds every picture as a base64 data URI and lists every metric with its settings,
 so the one file works anywhere, including as a KFP HTML visualization (which shows a single
@@ -26,6 +27,7 @@ import json
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,7 @@ import torch
 
 from kubevae import images as image_grids
 from kubevae.storage import atomic_write_bytes, atomic_write_text
+from kubevae.study import Study
 
 TRAVERSAL_SPAN = 2.5
 TRAVERSAL_STEPS = 9
@@ -43,8 +46,8 @@ PICTURE_TITLES = {
     "traversals": "Latent traversals, one row per dimension, sorted by KL",
     "kl_per_dim": "KL per latent dimension",
     "training_curves": "Training curves",
-    "tuning_objective": "Tuning objective over beta x latent size",
-    "tuning_tradeoff": "Tuning objective against the negative ELBO, every trial (chosen one starred)",
+    "tuning_objective": "Tuning objective against beta, with each trial's interval (chosen one starred)",
+    "tuning_tradeoff": "Rate (KL) against distortion (reconstruction NLL), every trial (chosen one starred)",
 }
 
 
@@ -156,100 +159,120 @@ def training_curves_png(history: Sequence[dict[str, Any]]) -> bytes:
     return figure_png(fig)
 
 
-def tuning_points(tuning_results: Any) -> tuple[list[tuple[float, int, float]], str]:
-    """(beta, latent_dim, objective) of every completed trial, and the objective's name.
+@dataclass(frozen=True)
+class TuningPoint:
+    """One trial of the study as the tuning pictures draw it."""
 
-    Accepts the tuner's trial records ({"params": {"beta", "latent_dim"}, "value", "state"}),
-    flat rows ({"beta", "latent_dim", "value" or "objective"}), or a study summary holding
-    "trials" and "objective_metric".
-    """
-    name = "objective"
-    trials = tuning_results
-    if isinstance(tuning_results, dict):
-        name = tuning_results.get("objective_metric", name)
-        trials = tuning_results.get("trials", [])
+    number: int
+    beta: float
+    latent_dim: int
+    value: float  # the objective (a pruned trial: its last reported value)
+    low: float | None  # the objective's interval, when the trial reported one
+    high: float | None
+    rate: float | None  # validation KL, nats per image
+    distortion: float | None  # validation reconstruction NLL, nats per image
+    chosen: bool
+    state: str
+
+
+def as_study(study: Any) -> Study:
+    """The study, given as a kubevae.study.Study or as its JSON form (Study.to_dict)."""
+    return study if isinstance(study, Study) else Study.from_dict(study, source="tuning study")
+
+
+def tuning_points(study: Any) -> list[TuningPoint]:
+    """Every trial with a finite objective and the searched beta and latent size."""
+    study = as_study(study)
     points = []
-    for i, trial in enumerate(trials or []):
-        if trial.get("state", "COMPLETE") != "COMPLETE":
+    for trial in study.trials:
+        value = trial.value if trial.value is not None else trial.metrics.get(study.objective_metric)
+        if trial.state not in ("COMPLETE", "PRUNED") or value is None or not math.isfinite(value):
             continue
-        params = trial.get("params", trial)
-        value = trial.get("value", trial.get("objective"))
-        if "beta" not in params or "latent_dim" not in params:
-            raise ValueError(f"tuning_results[{i}]: expected 'beta' and 'latent_dim' "
-                             f"(in 'params' or at the top level), got keys {sorted(params)}")
-        if value is not None and math.isfinite(float(value)):
-            points.append((float(params["beta"]), int(params["latent_dim"]), float(value)))
-    return points, name
+        if "beta" not in trial.params or "latent_dim" not in trial.params:
+            raise ValueError(f"tuning study: trial {trial.number} has no 'beta' or 'latent_dim' "
+                             f"parameter, got {sorted(trial.params)}")
+        interval = trial.interval
+        points.append(TuningPoint(
+            trial.number, float(trial.params["beta"]), int(trial.params["latent_dim"]), float(value),
+            interval.low if interval else None, interval.high if interval else None,
+            trial.metrics.get("val_kl"), trial.metrics.get("val_recon"),
+            trial.number == study.best_trial, trial.state))
+    return points
 
 
-def tuning_direction(tuning_results: Any, name: str) -> str:
-    """"maximize" or "minimize": the study's own, else the named objective's, else minimize."""
-    if isinstance(tuning_results, dict) and tuning_results.get("direction") in ("maximize", "minimize"):
-        return tuning_results["direction"]
-    from kubevae.training.selection import OBJECTIVES
-
-    return OBJECTIVES[name].direction if name in OBJECTIVES else "minimize"
-
-
-def tuning_objective_png(tuning_results: Any) -> bytes | None:
-    """Scatter of the objective over beta (log axis) x latent size; the best trial starred.
-    None when no trial completed."""
-    points, name = tuning_points(tuning_results)
-    if not points:
-        return None
-    maximize = tuning_direction(tuning_results, name) == "maximize"
-    plt = _pyplot()
-    beta, latent, value = (np.array(c) for c in zip(*points, strict=True))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    scatter = ax.scatter(beta, latent, c=value, cmap="viridis" if maximize else "viridis_r", s=80)
-    fig.colorbar(scatter, label=f"{name} ({'higher' if maximize else 'lower'} is better)")
-    best = int(np.argmax(value) if maximize else np.argmin(value))
-    ax.scatter([beta[best]], [latent[best]], marker="*", s=300, c="red", label=f"best: {value[best]:.4g}")
-    if (beta > 0).all():
+def _log_beta_axis(ax, betas: Sequence[float]) -> None:
+    if all(b > 0 for b in betas):
         from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
 
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(ScalarFormatter())
         ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_yticks(sorted(set(latent.tolist())))
-    ax.set_xlabel("beta")
-    ax.set_ylabel("latent size")
-    ax.set_title(f"{name} over beta x latent size ({len(points)} trials)")
-    ax.legend(loc="best", fontsize=8)
-    return figure_png(fig)
 
 
-def objective_vs_elbo_png(study: Any) -> bytes | None:
-    """Every trial that reported both: its objective against its validation negative ELBO
-    (beta = 1), the chosen trial starred. None when no trial has both."""
-    if not isinstance(study, dict):
-        return None
-    name = study.get("objective_metric", "objective")
-    rows = []
-    for t in study.get("trials", []):
-        elbo = (t.get("metrics") or {}).get("val_neg_elbo")
-        value = t.get("value")
-        if value is None:  # a pruned trial: its last reported objective
-            value = (t.get("metrics") or {}).get(name)
-        if elbo is not None and value is not None and math.isfinite(float(value)):
-            rows.append((float(elbo), float(value), t.get("number") == study.get("best_trial"),
-                         t.get("state", "COMPLETE")))
-    if not rows:
+def tuning_objective_png(study: Any) -> bytes | None:
+    """The objective against beta (log axis), one colour per latent size, each trial with its
+    interval as an error bar, the chosen trial starred. None when no trial reported."""
+    study = as_study(study)
+    points = tuning_points(study)
+    if not points:
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
-    for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
-        pts = [(e, v) for e, v, _, s in rows if s == state]
-        if pts:
-            ax.scatter(*zip(*pts, strict=True), marker=marker, s=60, label=state.lower())
-    chosen = [(e, v) for e, v, c, _ in rows if c]
+    for i, dim in enumerate(sorted({p.latent_dim for p in points})):
+        group = [p for p in points if p.latent_dim == dim]
+        for state, marker in (("COMPLETE", "o"), ("PRUNED", "x")):
+            pts = [p for p in group if p.state == state]
+            if not pts:
+                continue
+            below = [p.value - p.low if p.low is not None else 0.0 for p in pts]
+            above = [p.high - p.value if p.high is not None else 0.0 for p in pts]
+            ax.errorbar([p.beta for p in pts], [p.value for p in pts], yerr=[below, above],
+                        fmt=marker, color=f"C{i}", capsize=4, markersize=7,
+                        label=f"latent {dim}" + (" (pruned)" if state == "PRUNED" else ""))
+    chosen = [p for p in points if p.chosen]
     if chosen:
-        ax.scatter(*zip(*chosen, strict=True), marker="*", s=300, c="red", label="chosen")
-    ax.set_xlabel("validation negative ELBO at beta = 1 (nats per image, lower is better)")
-    ax.set_ylabel(f"{name} ({tuning_direction(study, name)})")
-    ax.set_title(f"{name} against negative ELBO ({len(rows)} trials)")
-    ax.legend(loc="best", fontsize=8)
+        ax.scatter([chosen[0].beta], [chosen[0].value], marker="*", s=300, c="red", zorder=3,
+                   label=f"chosen: {chosen[0].value:.4g}")
+    _log_beta_axis(ax, [p.beta for p in points])
+    ax.set_xlabel("beta")
+    better = "higher" if study.direction == "maximize" else "lower"
+    ax.set_ylabel(f"{study.objective_metric} ({better} is better)")
+    with_bars = "; bars: " + (study.objective.interval or "interval") if any(
+        p.low is not None for p in points) else "; no intervals reported"
+    ax.set_title(f"{study.objective_metric} against beta ({len(points)} trials)", fontsize=10)
+    fig.text(0.01, 0.01, with_bars[2:], fontsize=6)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    return figure_png(fig)
+
+
+def rate_distortion_png(study: Any) -> bytes | None:
+    """Every trial's rate (validation KL) against its distortion (validation reconstruction
+    NLL), each labelled with its beta, the chosen trial starred: what beta buys and costs.
+    None when no trial reported both."""
+    study = as_study(study)
+    points = [p for p in tuning_points(study) if p.rate is not None and p.distortion is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, dim in enumerate(sorted({p.latent_dim for p in points})):
+        pts = [p for p in points if p.latent_dim == dim]
+        ax.scatter([p.distortion for p in pts], [p.rate for p in pts], s=60, color=f"C{i}",
+                   label=f"latent {dim}")
+    for p in points:
+        ax.annotate(f"beta {p.beta:.3g}", (p.distortion, p.rate), textcoords="offset points",
+                    xytext=(5, 4), fontsize=7)
+    chosen = [p for p in points if p.chosen]
+    if chosen:
+        ax.scatter([chosen[0].distortion], [chosen[0].rate], marker="*", s=300, c="red", zorder=3,
+                   label="chosen")
+    ax.set_xlabel("distortion: validation reconstruction NLL (nats per image)")
+    ax.set_ylabel("rate: validation KL (nats per image)")
+    ax.set_title(f"rate against distortion ({len(points)} trials)", fontsize=10)
+    ax.legend(loc="best", fontsize=7)
+    fig.tight_layout()
     return figure_png(fig)
 
 
@@ -268,7 +291,7 @@ def write_pictures(out_dir: str | Path, vae, images_uint8: np.ndarray, kl_per_di
         "kl_per_dim": kl_per_dim_png(kl_per_dim, active),
         "training_curves": training_curves_png(history) if history else None,
         "tuning_objective": tuning_objective_png(tuning_results) if tuning_results else None,
-        "tuning_tradeoff": objective_vs_elbo_png(tuning_results) if tuning_results else None,
+        "tuning_tradeoff": rate_distortion_png(tuning_results) if tuning_results else None,
     }
     vae.train(was_training)
     written = {}
