@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -140,38 +139,17 @@ def criterion_score(metric: str, model_dir: str | Path, dataset, seed: int = 0,
                     protocol: str = "disentanglement_lib") -> float:
     """One model's criterion on the test split, drawn as the evaluate step draws it (the same
     seed and protocol give the same MIG as kubevae.evaluation.full)."""
+    from kubevae.evaluation.full import model_scores
+    from kubevae.metrics import metric_of
+
     if metric == "neg_elbo":
         return score(model_dir, dataset.images, seed)
-    from kubevae.evaluation.full import mean_representation
-    from kubevae.metrics import (
-        CachedRepresentation,
-        GroundTruthData,
-        MetricProtocol,
-        dci,
-        factor_vae_score,
-        mig,
-    )
-
     if not dataset.factor_names:
         raise ValueError(f"gate: criterion {metric} needs factor columns in the test split "
                          f"({dataset.path})")
-    p = MetricProtocol.named(protocol)
-    data = GroundTruthData.from_dataset(dataset)
-    represent = CachedRepresentation(data, mean_representation(load_model(model_dir)))
-    rng = np.random.default_rng(seed)
-    if metric == "mig":
-        idx, _ = data.sample_disjoint(p.mig_num_train, 0, rng)
-        return mig(represent(idx), data.factors[idx], p.mig_num_bins)
-    if metric == "dci_disentanglement":
-        train, test = data.sample_disjoint(p.dci_num_train, p.dci_num_test, rng)
-        return dci(represent(train), data.factors[train], represent(test), data.factors[test],
-                   importance_model=p.dci_importance, random_state=seed)["disentanglement"]
-    if metric == "factor_vae":
-        return factor_vae_score(data, represent, rng, batch_size=p.factor_vae_batch_size,
-                                num_train=p.factor_vae_num_train, num_eval=p.factor_vae_num_eval,
-                                num_variance_estimate=p.factor_vae_num_variance_estimate,
-                                prune_threshold=p.factor_vae_prune_threshold)["eval_accuracy"]
-    raise ValueError(f"gate: unknown criterion metric {metric!r}")
+    scores = model_scores(load_model(model_dir), dataset, seed=seed, protocol=protocol,
+                          metrics=(metric_of(metric),))
+    return scores.scores[metric]
 
 
 Scorer = Callable[[str, Path, Any], float]  # (metric, model_dir, test dataset) -> score

@@ -7,7 +7,8 @@
   batched over samples (k x N latents decoded at once, in chunks), never one image at a time.
   On average it is <= the negative ELBO and does not increase with k;
 - PSNR in dB of the posterior-mean reconstruction, for images in [0, 1];
-- active units (Burda et al. 2016): latent u is active when Cov_x(E_q[z_u]) > 0.01.
+- active units (Burda et al. 2016): latent u is active when Cov_x(E_q[z_u]) > 0.01
+  (kubevae.metrics.unsupervised.active_units, the one definition).
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from kubevae.metrics.unsupervised import ACTIVE_UNIT_THRESHOLD
+from kubevae.metrics.unsupervised import active_units as active_units_of_means
 from kubevae.model import VAE, kl_divergence
 
 LOG_2PI = math.log(2 * math.pi)
-ACTIVE_UNIT_THRESHOLD = 0.01
 
 
 def elbo_terms(vae: VAE, x: torch.Tensor, eps: torch.Tensor | None = None
@@ -69,16 +71,16 @@ def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
 
 def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:
     """Number of latent dimensions whose posterior mean varies across images (N x D input)."""
-    if len(mu) < 2:
-        return 0
-    return int((mu.float().var(dim=0) > threshold).sum())
+    return active_units_of_means(mu.double().cpu().numpy(), threshold) if len(mu) else 0
 
 
 @torch.no_grad()
 def evaluate_images(vae: VAE, images_uint8: torch.Tensor | np.ndarray, *, batch_size: int = 256,
                     iwae_k: int = 0, seed: int = 0, device: str | torch.device = "cpu",
-                    max_images: int | None = None) -> dict[str, Any]:
-    """Mean bounds and quality over a set of uint8 N x H x W x C images (beta-independent)."""
+                    max_images: int | None = None, per_image: bool = False) -> dict[str, Any]:
+    """Mean bounds and quality over a set of uint8 N x H x W x C images (beta-independent).
+    With per_image, result["per_image"] holds each image's negative ELBO (and IWAE NLL) as
+    float64 arrays, for paired comparisons of two models on the same images."""
     images = images_uint8  # numpy (often a read-only memory map) or a tensor; sliced per batch
     if max_images is not None:
         images = images[:max_images]
@@ -89,6 +91,7 @@ def evaluate_images(vae: VAE, images_uint8: torch.Tensor | np.ndarray, *, batch_
     generator = torch.Generator().manual_seed(seed)
     sums = {"neg_elbo": 0.0, "recon": 0.0, "kl": 0.0, "psnr": 0.0, "iwae_nll": 0.0}
     mus, kl_dims = [], torch.zeros(vae.config.latent_dim, dtype=torch.float64)
+    items: dict[str, list[np.ndarray]] = {"neg_elbo": [], "iwae_nll": []}
     for start in range(0, len(images), batch_size):
         x = VAE.to_unit(_tensor(images[start:start + batch_size]).to(device))
         mu, logvar = vae.encode(x)
@@ -99,8 +102,11 @@ def evaluate_images(vae: VAE, images_uint8: torch.Tensor | np.ndarray, *, batch_
         sums["kl"] += float(kl.sum())
         sums["neg_elbo"] += float((recon + kl).sum())
         sums["psnr"] += float(psnr(x, x_hat).sum())
+        items["neg_elbo"].append((recon + kl).double().cpu().numpy())
         if iwae_k > 0:
-            sums["iwae_nll"] += float(iwae_nll(vae, x, iwae_k, generator).sum())
+            bound = iwae_nll(vae, x, iwae_k, generator)
+            sums["iwae_nll"] += float(bound.sum())
+            items["iwae_nll"].append(bound.double().cpu().numpy())
         mus.append(mu.float().cpu())
         kl_dims += kl_divergence(mu.float(), logvar.float()).sum(dim=0).double().cpu()
     vae.train(was_training)
@@ -111,6 +117,8 @@ def evaluate_images(vae: VAE, images_uint8: torch.Tensor | np.ndarray, *, batch_
     result["num_images"] = n
     if iwae_k > 0:
         result["iwae_k"] = iwae_k
+    if per_image:
+        result["per_image"] = {k: np.concatenate(v) for k, v in items.items() if v}
     return result
 
 

@@ -32,31 +32,29 @@ import torch
 
 from kubevae.data.dataset import Dataset, load_splits
 from kubevae.evaluation import report
-from kubevae.evaluation.bounds import ACTIVE_UNIT_THRESHOLD, elbo_terms, evaluate_images, iwae_nll
+from kubevae.evaluation.bounds import elbo_terms, evaluate_images, iwae_nll
+from kubevae.evaluation.encoding import encode, mean_representation
 from kubevae.metrics import (
+    DISENTANGLEMENT_METRICS,
+    HEADLINE,
     CachedRepresentation,
     GroundTruthData,
     MetricProtocol,
+    MetricScore,
+    active_units,
     anomaly_quality,
-    beta_vae_score,
-    beta_vae_settings,
-    dci_details,
-    dci_settings,
-    factor_vae_score,
-    factor_vae_settings,
+    compute_all,
     gaussian_total_correlation,
-    mig_details,
-    mig_settings,
     mutual_info_score,
     plant_defects,
     sampled_total_correlation,
-    sap_details,
-    sap_settings,
     unsupervised_settings,
+    weighted_mean,
 )
 from kubevae.metrics.anomaly import DEFECT_KINDS, anomaly_settings
+from kubevae.metrics.bootstrap import Scorer
+from kubevae.metrics.unsupervised import ACTIVE_UNIT_THRESHOLD
 from kubevae.model import METRICS_FILE, VAE, load_model, read_model_config
-from kubevae.progress import progress
 from kubevae.storage import atomic_dir, atomic_write_json, read_json
 
 EVALUATION_FORMAT = "kubevae-evaluation/1"
@@ -182,35 +180,11 @@ def model_history(model_dir: str | Path) -> list[dict[str, Any]]:
     return history if isinstance(history, list) else []
 
 
-def mean_representation(vae: VAE, device: str = "cpu", batch_size: int = 256):
-    """representation_fn(images_uint8_NHWC) -> E_q[z|x] as float64 [n, D]."""
-    @torch.no_grad()
-    def represent(images_uint8: np.ndarray) -> np.ndarray:
-        codes = []
-        for start in range(0, len(images_uint8), batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images_uint8[start:start + batch_size]))
-            mu, _ = vae.encode(VAE.to_unit(batch.to(device)))
-            codes.append(mu.double().cpu().numpy())
-        return np.concatenate(codes)
-    return represent
-
-
-@torch.no_grad()
-def encode_posteriors(vae: VAE, images: np.ndarray, device: str, batch_size: int
-                      ) -> tuple[np.ndarray, np.ndarray]:
-    mus, logvars = [], []
-    starts = range(0, len(images), batch_size)
-    for start in progress(starts, desc="encode", total=len(starts)):
-        mu, logvar = vae.encode(VAE.to_unit(torch.from_numpy(images[start:start + batch_size]).to(device)))
-        mus.append(mu.double().cpu().numpy())
-        logvars.append(logvar.double().cpu().numpy())
-    return np.concatenate(mus), np.concatenate(logvars)
-
-
 # -- the stages --------------------------------------------------------------------------------
-def bound_metrics(vae, images, iwae_k, seed, sizes: EvaluationSizes, device) -> dict[str, Any]:
+def bound_metrics(vae, images, iwae_k, seed, sizes: EvaluationSizes, device,
+                  per_image: bool = False) -> dict[str, Any]:
     main = evaluate_images(vae, torch.from_numpy(images), batch_size=sizes.batch_size, iwae_k=0,
-                           seed=seed, device=device)
+                           seed=seed, device=device, per_image=per_image)
     scores = {k: main[k] for k in ("neg_elbo", "recon", "kl", "psnr")}
     settings = {"beta": 1.0, "posterior_samples": 1, "num_images": main["num_images"],
                 "image_subset": f"seeded random subset (seed {seed}) of the split, in random order; "
@@ -224,17 +198,26 @@ def bound_metrics(vae, images, iwae_k, seed, sizes: EvaluationSizes, device) -> 
         groups["iwae"] = {"scores": {"iwae_nll": iwae["iwae_nll"], "neg_elbo_iwae_images": iwae["neg_elbo"]},
                           "settings": {"k": iwae_k, "num_images": n, "seed": seed,
                                        "estimator": "IWAE (Burda et al. 2016), kubevae.evaluation.bounds.iwae_nll"}}
-    return {"groups": groups, "extra": {"num_images": main["num_images"], "kl_per_dim": main["kl_per_dim"]}}
+    extra = {"num_images": main["num_images"], "kl_per_dim": main["kl_per_dim"]}
+    return {"groups": groups, "extra": extra, "per_image": main.get("per_image", {})}
+
+
+def unsupervised_codes(vae, images, protocol: MetricProtocol, sizes: EvaluationSizes, device
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, logvar) of the first protocol.unsupervised_num_points images: what the unsupervised
+    scores (active units among them) are computed on."""
+    n = min(len(images), protocol.unsupervised_num_points)
+    return encode(vae, images[:n], batch_size=sizes.batch_size, device=device, progress_desc="encode")
 
 
 def unsupervised_metrics(vae, images, seed, protocol: MetricProtocol, sizes: EvaluationSizes,
                          device) -> dict[str, Any]:
-    n = min(len(images), protocol.unsupervised_num_points)
-    mu, logvar = encode_posteriors(vae, images[:n], device, sizes.batch_size)
+    mu, logvar = unsupervised_codes(vae, images, protocol, sizes, device)
+    n = len(mu)
     variances = np.var(mu, axis=0, ddof=1) if n > 1 else np.zeros(mu.shape[1])
     active = variances > ACTIVE_UNIT_THRESHOLD
     n_tc = min(n, protocol.tc_num_points)
-    scores = {"active_units": int(active.sum()),
+    scores = {"active_units": active_units(mu),
               "gaussian_total_correlation": gaussian_total_correlation(mu) if n > mu.shape[1] else float("nan"),
               "sampled_total_correlation": sampled_total_correlation(mu[:n_tc], logvar[:n_tc], seed),
               "mutual_info_score": mutual_info_score(mu)}
@@ -282,53 +265,63 @@ def anomaly_metrics(vae, images, seed, sizes: EvaluationSizes, device) -> dict[s
     return {"groups": {"anomaly": {"scores": out, "settings": settings}}, "details": details}
 
 
-def disentanglement_metrics(vae, dataset: Dataset, seed: int, protocol: MetricProtocol,
-                            sizes: EvaluationSizes, device) -> dict[str, Any]:
+def disentanglement_scores(vae, dataset: Dataset, seed: int, protocol: MetricProtocol,
+                           sizes: EvaluationSizes, device, metrics=DISENTANGLEMENT_METRICS
+                           ) -> tuple[dict[str, MetricScore], GroundTruthData, CachedRepresentation]:
+    """The metrics of kubevae.metrics.disentanglement (each on its own stream from `seed`) on
+    the whole split, by index lookup; every item is encoded at most once."""
     data = GroundTruthData.from_dataset(dataset)
     represent = CachedRepresentation(data, mean_representation(vae, device, sizes.batch_size),
                                      batch_size=sizes.batch_size * 4, progress_desc="encode factors data")
-    rng = np.random.default_rng(seed)
-    common = {"seed": seed, "protocol_name": protocol.name, "data": data.describe()}
-    groups: dict[str, Any] = {}
-    details: dict[str, Any] = {}
+    return compute_all(data, represent, seed, protocol, metrics), data, represent
 
-    mig_idx, _ = data.sample_disjoint(protocol.mig_num_train, 0, rng)
-    mig = mig_details(represent(mig_idx), data.factors[mig_idx], protocol.mig_num_bins)
-    groups["mig"] = {"scores": {"mig": mig["mig"]},
-                     "settings": {**mig_settings(protocol.mig_num_bins, len(mig_idx)), **common}}
-    details["mig"] = _named(mig, data.factor_names, ("per_factor",))
 
-    train, test = data.sample_disjoint(protocol.dci_num_train, protocol.dci_num_test, rng)
-    dci = dci_details(represent(train), data.factors[train], represent(test), data.factors[test],
-                      importance_model=protocol.dci_importance, random_state=seed)
-    groups["dci"] = {"scores": {f"dci_{k}": dci[k] for k in ("disentanglement", "completeness", "informativeness")},
-                     "settings": {**dci_settings(protocol.dci_importance, len(train), len(test), seed), **common}}
-    details["dci"] = _named(dci, data.factor_names, ("test_accuracy_per_factor",))
-
-    train, test = data.sample_disjoint(protocol.sap_num_train, protocol.sap_num_test, rng)
-    sap = sap_details(represent(train), data.factors[train], represent(test), data.factors[test])
-    groups["sap"] = {"scores": {"sap": sap["sap"]},
-                     "settings": {**sap_settings(len(train), len(test)), **common}}
-    details["sap"] = _named(sap, data.factor_names, ("per_factor",))
-
-    fvae_args: dict[str, Any] = {"batch_size": protocol.factor_vae_batch_size, "num_train": protocol.factor_vae_num_train,
-                 "num_eval": protocol.factor_vae_num_eval,
-                 "num_variance_estimate": protocol.factor_vae_num_variance_estimate,
-                 "prune_threshold": protocol.factor_vae_prune_threshold}
-    fvae = factor_vae_score(data, represent, rng, **fvae_args)
-    groups["factor_vae"] = {"scores": {"factor_vae": fvae["eval_accuracy"],
-                                       "factor_vae_train_accuracy": fvae["train_accuracy"],
-                                       "factor_vae_active_dims": fvae["num_active_dims"]},
-                            "settings": {**factor_vae_settings(**fvae_args), **common}}
-
-    bvae_args = {"batch_size": protocol.beta_vae_batch_size, "num_train": protocol.beta_vae_num_train,
-                 "num_eval": protocol.beta_vae_num_eval}
-    bvae = beta_vae_score(data, represent, rng, **bvae_args)
-    groups["beta_vae"] = {"scores": {"beta_vae": bvae["eval_accuracy"],
-                                     "beta_vae_train_accuracy": bvae["train_accuracy"]},
-                          "settings": {**beta_vae_settings(**bvae_args), **common}}
+def disentanglement_metrics(vae, dataset: Dataset, seed: int, protocol: MetricProtocol,
+                            sizes: EvaluationSizes, device) -> dict[str, Any]:
+    scored, data, represent = disentanglement_scores(vae, dataset, seed, protocol, sizes, device)
+    groups = {name: {"scores": score.scores, "settings": score.settings} for name, score in scored.items()}
+    per_factor = {"mig": ("per_factor",), "dci": ("test_accuracy_per_factor",), "sap": ("per_factor",)}
+    details: dict[str, Any] = {name: _named(scored[name].details, data.factor_names, keys)
+                               for name, keys in per_factor.items()}
     details["disentanglement_items_encoded"] = represent.num_encoded
     return {"groups": groups, "details": details}
+
+
+# -- what the gate compares: the same functions, the same draws ---------------------------------
+BOUND_SCORES = ("neg_elbo", "recon", "kl", "psnr")
+
+
+@dataclass
+class ModelScores:
+    """One model's scores as the evaluate step reports them (same names, same values) and, for
+    the scores that allow it, the score as a function of per-item weights (paired bootstraps)."""
+
+    scores: dict[str, float]
+    resamplers: dict[str, tuple[Scorer, int]] = dataclasses.field(default_factory=dict)
+
+
+def model_scores(vae, dataset: Dataset, *, seed: int, protocol: MetricProtocol | str,
+                 sizes: EvaluationSizes | None = None, device: str = "cpu",
+                 metrics=()) -> ModelScores:
+    """The bounds (neg_elbo, recon, kl, psnr), active_units and the disentanglement `metrics`
+    (names of kubevae.metrics.disentanglement) of one model on `dataset`, each computed by the
+    evaluate step's own function with the same seed on the same images and draws: for the same
+    model, seed, protocol and sizes, every value equals evaluate_model's."""
+    protocol = MetricProtocol.named(protocol) if isinstance(protocol, str) else protocol
+    sizes = sizes or EvaluationSizes()
+    images = random_subset(dataset.images, sizes.max_images, seed)
+    bounds = bound_metrics(vae, images, 0, seed, sizes, device, per_image=True)
+    scores = {k: float(v) for k, v in bounds["groups"]["bounds"]["scores"].items()}
+    scores["active_units"] = active_units(unsupervised_codes(vae, images, protocol, sizes, device)[0])
+    per_image = bounds["per_image"]["neg_elbo"]
+    resamplers: dict[str, tuple[Scorer, int]] = {"neg_elbo": (weighted_mean(per_image), len(per_image))}
+    if metrics:
+        scored, _, _ = disentanglement_scores(vae, dataset, seed, protocol, sizes, device, metrics)
+        for score in scored.values():
+            scores.update({k: float(v) for k, v in score.scores.items()})
+            if score.resample is not None:
+                resamplers[HEADLINE[score.metric]] = (score.resample, score.num_items)
+    return ModelScores(scores, resamplers)
 
 
 def json_safe(value: Any) -> Any:

@@ -29,10 +29,11 @@ from kubevae.metrics.ground_truth import CachedRepresentation, GroundTruthData
 DEFAULTS = {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000}
 
 
-def beta_vae_score(ground_truth: GroundTruthData, representation_fn, random_state, *,
+def compute_beta_vae(ground_truth: GroundTruthData, representation_fn, random_state, *,
                    batch_size: int = 64, num_train: int = 10_000, num_eval: int = 5_000
                    ) -> dict[str, float]:
-    """{"train_accuracy", "eval_accuracy"}; eval_accuracy is the score."""
+    """{"train_accuracy", "eval_accuracy", "eval_correct"}; eval_accuracy is the score,
+    eval_correct says per evaluation point whether the classifier got it right."""
     rng = as_generator(random_state)
     represent = CachedRepresentation.wrap(ground_truth, representation_fn)
     x_train, y_train = _points(ground_truth, represent, rng, batch_size, num_train)
@@ -43,8 +44,9 @@ def beta_vae_score(ground_truth: GroundTruthData, representation_fn, random_stat
         model = LogisticRegression(max_iter=1000, random_state=int(rng.integers(2**31 - 1)))
         model.fit(x_train, y_train)
     x_eval, y_eval = _points(ground_truth, represent, rng, batch_size, num_eval)
+    eval_correct = model.predict(x_eval) == y_eval
     return {"train_accuracy": float(model.score(x_train, y_train)),
-            "eval_accuracy": float(model.score(x_eval, y_eval))}
+            "eval_accuracy": float(eval_correct.mean()), "eval_correct": eval_correct}
 
 
 def _points(data: GroundTruthData, represent, rng, batch_size: int, num_points: int):

@@ -29,7 +29,8 @@ import numpy as np
 from scipy.stats import entropy
 from sklearn.ensemble import GradientBoostingClassifier, RandomForestClassifier
 
-from kubevae.metrics._checks import check_codes, check_factors, protocol_note
+from kubevae.metrics._checks import as_generator, check_codes, check_factors, protocol_note
+from kubevae.metrics.ground_truth import CachedRepresentation, GroundTruthData
 
 IMPORTANCE_MODELS = ("gradient_boosting", "random_forest")
 # disentanglement_lib's dci.gin (kubevae.metrics.protocol.MetricProtocol takes them from here).
@@ -110,6 +111,22 @@ def dci(codes_train, factors_train, codes_test, factors_test, *,
     details = dci_details(codes_train, factors_train, codes_test, factors_test,
                           importance_model=importance_model, random_state=random_state)
     return {key: details[key] for key in ("disentanglement", "completeness", "informativeness")}
+
+
+def compute_dci(ground_truth: GroundTruthData, representation_fn, random_state, *,
+                num_train: int = DEFAULT_NUM_TRAIN, num_test: int = DEFAULT_NUM_TEST,
+                importance_model: str = DEFAULT_IMPORTANCE_MODEL, classifier_seed: int = 0
+                ) -> dict[str, Any]:
+    """DCI of disjoint draws of num_train and num_test items (random_state), as
+    disentanglement_lib's compute_dci: dci_details plus "num_train" and "num_test" (the sizes
+    drawn; both shrink in proportion on small data). classifier_seed seeds the classifiers."""
+    rng = as_generator(random_state)
+    represent = CachedRepresentation.wrap(ground_truth, representation_fn)
+    train, test = ground_truth.sample_disjoint(num_train, num_test, rng)
+    details = dci_details(represent(train), ground_truth.factors[train], represent(test),
+                          ground_truth.factors[test], importance_model=importance_model,
+                          random_state=classifier_seed)
+    return {**details, "num_train": len(train), "num_test": len(test)}
 
 
 def dci_settings(importance_model: str = DEFAULT_IMPORTANCE_MODEL, num_train: int | None = None,

@@ -32,11 +32,14 @@ DEFAULTS = {"batch_size": 64, "num_train": 10_000, "num_eval": 5_000,
             "num_variance_estimate": 10_000, "prune_threshold": 0.05}
 
 
-def factor_vae_score(ground_truth: GroundTruthData, representation_fn, random_state, *,
+def compute_factor_vae(ground_truth: GroundTruthData, representation_fn, random_state, *,
                      batch_size: int = 64, num_train: int = 10_000, num_eval: int = 5_000,
                      num_variance_estimate: int = 10_000, prune_threshold: float = 0.05
                      ) -> dict[str, Any]:
-    """{"train_accuracy", "eval_accuracy", "num_active_dims"}; eval_accuracy is the score.
+    """{"train_accuracy", "eval_accuracy", "num_active_dims", "eval_correct"}; eval_accuracy is
+    the score, eval_correct says per evaluation point whether the classifier got it right (the
+    points depend on random_state only, so two models scored with one seed vote on the same
+    batches: a paired comparison).
 
     representation_fn(images_uint8_NHWC) -> codes [n, D] (the mean representation).
     random_state: an int seed or a numpy Generator / RandomState.
@@ -49,28 +52,29 @@ def factor_vae_score(ground_truth: GroundTruthData, representation_fn, random_st
                         axis=0, ddof=1)
     active = np.sqrt(global_var) >= prune_threshold
     if not active.any():
-        return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0}
-    train_votes = _votes(ground_truth, represent, rng, batch_size, num_train, global_var, active)
-    classifier = np.argmax(train_votes, axis=0)  # dimension -> the factor it predicts
-    eval_votes = _votes(ground_truth, represent, rng, batch_size, num_eval, global_var, active)
-    return {"train_accuracy": _accuracy(train_votes, classifier),
-            "eval_accuracy": _accuracy(eval_votes, classifier),
-            "num_active_dims": int(active.sum())}
+        return {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active_dims": 0,
+                "eval_correct": np.zeros(num_eval, dtype=bool)}
+    train_factors, train_dims = _votes(ground_truth, represent, rng, batch_size, num_train,
+                                       global_var, active)
+    votes = np.zeros((ground_truth.num_factors, len(global_var)), dtype=np.int64)
+    np.add.at(votes, (train_factors, train_dims), 1)
+    classifier = np.argmax(votes, axis=0)  # dimension -> the factor it predicts
+    eval_factors, eval_dims = _votes(ground_truth, represent, rng, batch_size, num_eval,
+                                     global_var, active)
+    eval_correct = classifier[eval_dims] == eval_factors
+    return {"train_accuracy": float(np.mean(classifier[train_dims] == train_factors)),
+            "eval_accuracy": float(eval_correct.mean()),
+            "num_active_dims": int(active.sum()), "eval_correct": eval_correct}
 
 
 def _votes(data: GroundTruthData, represent, rng, batch_size, num_points, global_var, active):
+    """Per point: the factor held fixed and the dimension it votes for."""
     factors = rng.integers(data.num_factors, size=num_points)
     batches = data.sample_fixed_factor_batches(factors, batch_size, rng)
     codes = represent(batches.ravel()).reshape(num_points, batch_size, -1)
     local_var = np.var(codes, axis=1, ddof=1)
     ratio = np.where(active, local_var / np.where(active, global_var, 1.0), np.inf)
-    votes = np.zeros((data.num_factors, len(global_var)), dtype=np.int64)
-    np.add.at(votes, (factors, np.argmin(ratio, axis=1)), 1)
-    return votes
-
-
-def _accuracy(votes: np.ndarray, classifier: np.ndarray) -> float:
-    return float(votes[classifier, np.arange(votes.shape[1])].sum() / votes.sum())
+    return factors, np.argmin(ratio, axis=1)
 
 
 def factor_vae_settings(**overrides: Any) -> dict[str, Any]:

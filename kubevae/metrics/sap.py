@@ -25,7 +25,8 @@ import numpy as np
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.svm import LinearSVC
 
-from kubevae.metrics._checks import check_codes, check_factors, protocol_note
+from kubevae.metrics._checks import as_generator, check_codes, check_factors, protocol_note
+from kubevae.metrics.ground_truth import CachedRepresentation, GroundTruthData
 
 # disentanglement_lib's sap_score.gin (kubevae.metrics.protocol.MetricProtocol takes them from here).
 DEFAULT_NUM_TRAIN = 10_000
@@ -81,6 +82,19 @@ def sap(codes_train, factors_train, codes_test, factors_test, *,
     """The SAP score of mean codes [N, D] for factors [N, K]."""
     return sap_details(codes_train, factors_train, codes_test, factors_test,
                        continuous_factors=continuous_factors)["sap"]
+
+
+def compute_sap(ground_truth: GroundTruthData, representation_fn, random_state, *,
+                num_train: int = DEFAULT_NUM_TRAIN, num_test: int = DEFAULT_NUM_TEST,
+                continuous_factors: bool = False) -> dict[str, Any]:
+    """SAP of disjoint draws of num_train and num_test items (random_state), as
+    disentanglement_lib's compute_sap: sap_details plus the sizes drawn."""
+    rng = as_generator(random_state)
+    represent = CachedRepresentation.wrap(ground_truth, representation_fn)
+    train, test = ground_truth.sample_disjoint(num_train, num_test, rng)
+    details = sap_details(represent(train), ground_truth.factors[train], represent(test),
+                          ground_truth.factors[test], continuous_factors=continuous_factors)
+    return {**details, "num_train": len(train), "num_test": len(test)}
 
 
 def sap_settings(num_train: int | None = None, num_test: int | None = None,
