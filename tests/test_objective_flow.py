@@ -48,10 +48,13 @@ def test_the_pipeline_passes_its_objective_parameter_to_tune_and_train():
     from pipelines.pipeline import PARAMETERS, kubevae_pipeline
 
     assert PARAMETERS["objective"][0] == "beta"
-    tasks = kubevae_pipeline.pipeline_spec.root.dag.tasks
+    spec = kubevae_pipeline.pipeline_spec
+    assert "objective" in spec.root.input_definitions.parameters
+    # tune and train run inside the exit handler's group, which passes the parameter down.
+    tasks = spec.components["comp-exit-handler-1"].dag.tasks
     for step in ("tune", "train"):
         bound = tasks[step].inputs.parameters["objective"]
-        assert bound.component_input_parameter == "objective", step
+        assert bound.component_input_parameter == "pipelinechannel--objective", step
 
 
 def test_a_search_over_beta_refuses_the_capacity_objective_naming_the_parameter():
