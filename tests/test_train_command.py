@@ -83,3 +83,52 @@ def test_capacity_reaches_its_maximum_a_third_of_the_way():
     assert objective.capacity(150) == pytest.approx(12.5) and objective.capacity(300) == 25.0
     with pytest.raises(ValueError, match="capacity_steps: unresolved"):
         Objective(ObjectiveConfig(kind="capacity"))
+
+
+# -- the parser is derived from the config dataclasses ---------------------------------------------
+def test_every_config_option_is_a_flag_with_the_fields_default_help_and_choices():
+    import dataclasses
+
+    from kubevae.config import ModelConfig, ObjectiveConfig
+    from kubevae.training.command import config_options
+    from kubevae.training.data import BUILTIN_DATASETS
+
+    acts = options()
+    derived = list(config_options())
+    assert {o.dest for o in derived} | {"run_name"} == set(acts)
+    for option in derived:
+        action, meta = acts[option.dest], option.field.metadata
+        assert action.help == meta["help"], option.dest
+        if not isinstance(action, argparse._StoreTrueAction):
+            default = option.field.default if option.field.default is not dataclasses.MISSING \
+                else option.field.default_factory()  # type: ignore[misc]
+            assert action.default == default, option.dest
+    assert acts["objective"].choices == ["beta", "capacity", "tcvae", "factor"]
+    assert acts["tc_estimator"].choices == ["mss", "mws"]
+    assert tuple(acts["dataset"].choices) == BUILTIN_DATASETS
+    # Fields that come from the data or the model folder are not flags.
+    assert not {"image_size", "channels", "input_mean", "logvar_min"} & set(acts)
+    # With no options, the parsed config is the dataclasses' defaults.
+    assert config_from_args(parser().parse_args(["--data", "/d"])) == \
+        TrainConfig(data="/d", model=ModelConfig(), objective=ObjectiveConfig())
+
+
+def test_switches_set_their_fields_including_the_negated_ones():
+    cfg = config_from_args(parser().parse_args(train_argv(
+        data="/d", no_tracking=True, no_mlflow_model=True, deterministic=True, objective="factor",
+        discriminator_width=32)))
+    assert (cfg.tracking, cfg.log_mlflow_model, cfg.deterministic) == (False, False, True)
+    assert (cfg.objective.kind, cfg.objective.discriminator_width) == ("factor", 32)
+
+
+def test_library_errors_name_the_flag_the_user_typed(capsys):
+    from kubevae.cli import main
+
+    assert main(["train", "--data", "/d", "--discriminator-width", "0"]) == 2
+    assert "kubevae train: error: --discriminator-width: expected a positive integer, got 0" in \
+        capsys.readouterr().err
+    # Raised deep in the training loop (the step plan), still named by its flag.
+    assert main(["train", "--dataset", "sprites", "--dataset-size", "50", "--batch-size", "64",
+                 "--no-tracking", "--out", "unused"]) == 2
+    err = capsys.readouterr().err
+    assert "error: --batch-size: expected at most the" in err and "got 64" in err
