@@ -101,3 +101,85 @@ def kubevae_cmd(*args: str) -> list[str]:
 def subprocess_env(**extra: str) -> dict[str, str]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", **extra}
     return env
+
+
+# One S3-compatible server (moto) on loopback for every test that needs object storage: the
+# ingest tests (their own buckets, test_s3_ingest.py) and the cluster tests (the KFP bucket, `s3`).
+# Session scope: under pytest-xdist each worker starts one.
+@pytest.fixture(scope="session")
+def moto_endpoint():
+    """host:port of the session's moto server."""
+    from moto.server import ThreadedMotoServer
+
+    from serving.local import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3(moto_endpoint):
+    """The session's moto server as a cluster's object store: the S3 settings a pod reads
+    (k8s_scenarios.S3), with the KFP bucket (k8s_scenarios.BUCKET) made."""
+    from k8s_scenarios import BUCKET, S3
+    from minio import Minio
+
+    env = {"S3_ENDPOINT": moto_endpoint, "S3_USE_HTTPS": "0", "AWS_REGION": "us-east-1",
+           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
+    Minio(moto_endpoint, "testing", "testing", secure=False, region="us-east-1").make_bucket(BUCKET)
+    return S3(env)
+
+
+# A real `mlflow server --app-name basic-auth` with the manifest's settings, for the opt-in tests
+# (KUBEVAE_MLFLOW_SERVER_TESTS=1) of tests/test_mlflow_auth.py and tests/test_cluster_preflight.py.
+MLFLOW_USER, MLFLOW_PASSWORD = "kubevae", "a-test-password-only-for-loopback"
+
+
+@pytest.fixture(scope="module")
+def mlflow_url(tmp_path_factory):
+    import subprocess
+    import time
+
+    import httpx
+
+    from serving.local import free_port
+
+    root = tmp_path_factory.mktemp("mlflow-auth")
+    # the manifest's settings, with the user store moved from the PVC into the scratch folder
+    ini = (REPO / "manifests" / "base" / "mlflow-auth.ini").read_text()
+    assert "sqlite:////mlflow/basic_auth.db" in ini
+    (root / "basic_auth.ini").write_text(ini.replace("sqlite:////mlflow/basic_auth.db",
+                                                     f"sqlite:///{root}/basic_auth.db"))
+    port = free_port()
+    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
+           "MLFLOW_AUTH_ADMIN_USERNAME": MLFLOW_USER, "MLFLOW_AUTH_ADMIN_PASSWORD": MLFLOW_PASSWORD,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": "0" * 32}
+    log = open(root / "server.log", "wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
+         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--serve-artifacts",
+         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 600
+        while True:
+            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "mlflow server did not start"
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()

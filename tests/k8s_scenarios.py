@@ -2,20 +2,19 @@
 
 tests/test_k8s_launchers.py asserts what each scenario did; tests/test_manifests.py takes the
 union of the API calls they recorded and compares it with the RBAC Role in manifests/.
-Object storage is a real S3-compatible server (moto) on loopback.
+Object storage is a real S3-compatible server (moto) on loopback: the `s3` fixture of
+tests/conftest.py, whose settings an S3 below holds.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import pytest
 from k8s_checks import NEWEST, Releases
 from k8s_fake import GONE, FakeCluster, failed, stamp, status_updates
 
@@ -39,24 +38,6 @@ class S3:
 
     def client(self):
         return objectstore.client_from_env(self.env)
-
-
-@pytest.fixture(scope="session")
-def s3():
-    """A real S3-compatible server (moto) on a free loopback port, with the KFP bucket."""
-    from minio import Minio
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"S3_ENDPOINT": f"127.0.0.1:{port}", "S3_USE_HTTPS": "0", "AWS_REGION": "us-east-1",
-           "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-    Minio(env["S3_ENDPOINT"], "testing", "testing", secure=False, region="us-east-1").make_bucket(BUCKET)
-    yield S3(env)
-    server.stop()
 
 
 @dataclass

@@ -29,10 +29,9 @@ from typing import Any
 import pytest
 import yaml
 from conftest import CRDS
-from k8s_scenarios import BUCKET, s3
-from test_mlflow_auth import PASSWORD as REAL_MLFLOW_PASSWORD
-from test_mlflow_auth import USER as REAL_MLFLOW_USER
-from test_mlflow_auth import mlflow_url  # the real `mlflow server --app-name basic-auth` (opt-in)
+from conftest import MLFLOW_PASSWORD as REAL_MLFLOW_PASSWORD  # the real `mlflow server
+from conftest import MLFLOW_USER as REAL_MLFLOW_USER  # --app-name basic-auth` (opt-in: mlflow_url)
+from k8s_scenarios import BUCKET
 
 from components.k8s import preflight
 from kubevae import cli

@@ -30,7 +30,6 @@ from k8s_scenarios import (
     deploy_canary_rolled_back,  # noqa: F401
     deploy_create_smoke_fails,
     deploy_creates,
-    s3,
     train_fails,
     train_image_missing,
     train_succeeds,

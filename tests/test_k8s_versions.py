@@ -27,7 +27,7 @@ from k8s_checks import (
     unknown_fields,
 )
 from k8s_fake import FakeCluster
-from k8s_scenarios import EXPERIMENT_NAME, JOB_NAME, NAMESPACE, TIMEOUT_S, s3  # noqa: F401 (a fixture)
+from k8s_scenarios import EXPERIMENT_NAME, JOB_NAME, NAMESPACE, TIMEOUT_S
 
 from components.backends.kubernetes import KubernetesBackend
 from components.k8s import to_dict

@@ -16,7 +16,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from k8s_checks import CRD_FILES, custom_resource_errors, pod_templates
-from k8s_scenarios import run_all, s3  # noqa: F401  (the fixture)
+from k8s_scenarios import run_all
 
 from components.k8s.security import pod_security_violations
 

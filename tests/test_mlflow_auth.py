@@ -6,62 +6,16 @@ start on the shared CI machines, too slow for the suite; tests/test_manifests.py
 manifest's side (arguments, Secret keys, auth settings) on every run."""
 
 import os
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import httpx
 import pytest
+from conftest import MLFLOW_PASSWORD, MLFLOW_USER
 
-from serving.local import free_port
-
-MANIFESTS = Path(__file__).resolve().parents[1] / "manifests"
-
-USER, PASSWORD = "kubevae", "a-test-password-only-for-loopback"
+# The server (the `mlflow_url` fixture) and its admin user come from tests/conftest.py.
+USER, PASSWORD = MLFLOW_USER, MLFLOW_PASSWORD
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not os.environ.get("KUBEVAE_MLFLOW_SERVER_TESTS"),
     reason="starts a real MLflow server (minutes here); set KUBEVAE_MLFLOW_SERVER_TESTS=1")]
-
-
-@pytest.fixture(scope="module")
-def mlflow_url(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow-auth")
-    # the manifest's settings, with the user store moved from the PVC into the scratch folder
-    ini = (MANIFESTS / "base" / "mlflow-auth.ini").read_text()
-    assert "sqlite:////mlflow/basic_auth.db" in ini
-    (root / "basic_auth.ini").write_text(ini.replace("sqlite:////mlflow/basic_auth.db",
-                                                     f"sqlite:///{root}/basic_auth.db"))
-    port = free_port()
-    env = {**os.environ, "MLFLOW_AUTH_CONFIG_PATH": str(root / "basic_auth.ini"),
-           "MLFLOW_AUTH_ADMIN_USERNAME": USER, "MLFLOW_AUTH_ADMIN_PASSWORD": PASSWORD,
-           "MLFLOW_FLASK_SERVER_SECRET_KEY": "0" * 32}
-    log = open(root / "server.log", "wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--app-name", "basic-auth",
-         "--backend-store-uri", f"sqlite:///{root}/mlflow.db", "--serve-artifacts",
-         "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"], env=env, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 600
-        while True:
-            assert server.poll() is None, (root / "server.log").read_text()[-3000:]
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "mlflow server did not start"
-            time.sleep(0.5)
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def api(url: str, method: str, path: str, auth=None, **body) -> httpx.Response:

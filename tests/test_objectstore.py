@@ -15,7 +15,7 @@ import sys
 
 import pandas as pd
 import pytest
-from k8s_scenarios import BUCKET, s3  # noqa: F401  (the session's moto server)
+from k8s_scenarios import BUCKET  # the bucket of the session's moto server (conftest.py: s3)
 
 from components.k8s import entrypoint
 from kubevae import objectstore

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from test_s3_ingest import encoded, images, moto_endpoint, new_bucket, s3_env, upload, use_env  # noqa: F401
+from test_s3_ingest import encoded, images, new_bucket, s3_env, upload, use_env
 
 from pipelines.local_run import run_local
 
@@ -46,7 +46,7 @@ def leakage(summary: dict) -> tuple[dict, str]:
 
 
 @pytest.fixture(scope="module")
-def runs(moto_endpoint, tmp_path_factory):  # noqa: F811
+def runs(moto_endpoint, tmp_path_factory):
     bucket = new_bucket()
     upload(moto_endpoint, bucket, objects(0, FIRST))
     run_dir = tmp_path_factory.mktemp("retraining")
