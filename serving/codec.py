@@ -315,7 +315,7 @@ def v2_array(tensor: Any, datatypes: tuple[str, ...], limits: Limits) -> np.ndar
     count = math.prod(shape)
     dtype = np.uint8 if tensor.datatype == "UINT8" else np.float32
     raw = getattr(tensor, "_raw_data", None)
-    if raw is not None:  # binary tensor data (gRPC raw_input_contents)
+    if raw is not None:  # binary tensor data (gRPC raw_input_contents, REST binary extension)
         if len(raw) != count * np.dtype(dtype).itemsize:
             raise InvalidInput(f"{name}: raw contents hold {len(raw)} bytes; shape {shape} of "
                                f"{tensor.datatype} needs {count * np.dtype(dtype).itemsize}")

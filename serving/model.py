@@ -3,10 +3,16 @@
 It loads model.safetensors and config.json (never a pickle) from a folder (/mnt/models on a
 cluster, where KServe's storage initializer puts the InferenceService's storageUri), checks
 every tensor's shape against the config, puts the VAE in eval mode and warms every operation
-up before it reports ready. `predict` handles V1 (a dict) and V2 (an InferRequest, from REST
-or gRPC) alike: serving.codec validates the request, serving.batcher runs it in a dynamic batch
-on the model thread, serving.codec writes the response. The operation is the request
-parameter "op" (see serving.codec).
+up before it reports ready.
+
+A request goes through KServe's three stages, each timed in its own histogram
+(request_preprocess_seconds, request_predict_seconds, request_postprocess_seconds):
+    preprocess   V1 (a dict) or V2 (an InferRequest, REST or gRPC) -> a `ParsedRequest`: the
+                 validated, decoded tensors (serving.codec); bad input fails here
+    predict      the tensors -> output arrays, in a dynamic batch on the model thread
+                 (serving.batcher); the time spent queued for the model counts here
+    postprocess  the arrays -> a V1 dict or a V2 InferResponse (serving.codec)
+The operation is the request parameter "op" (see serving.codec).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,27 @@ from serving.http import REQUEST_LOG, sane_request_id
 from serving.ops import OpRequest, run_batch
 
 log = logging.getLogger("kubevae.serving")
+
+
+@dataclass
+class ParsedRequest:
+    """What preprocess hands on: the decoded request, and what the response needs."""
+
+    request: OpRequest
+    request_id: str
+    v2: InferRequest | None  # the V2 request answered (its id, protocol, binary outputs); None for V1
+    # The request's log entry: the HTTP access log's (serving.http), or the gRPC line's own.
+    log_fields: dict[str, Any]
+    over_http: bool
+    started: float
+
+
+@dataclass
+class Prediction:
+    """What predict hands on: the request and its output arrays (serving.ops)."""
+
+    parsed: ParsedRequest
+    outputs: dict[str, np.ndarray]
 
 
 class VAEModel(Model):
@@ -119,42 +147,57 @@ class VAEModel(Model):
                 {"name": "recon_nll", "datatype": "FP32", "shape": [-1]},
                 {"name": "kl", "datatype": "FP32", "shape": [-1]}]
 
-    # -- inference ----------------------------------------------------------------------------
-    async def predict(self, payload: Any, headers: dict[str, str] | None = None,
-                      response_headers: dict[str, str] | None = None) -> dict | InferResponse:
-        headers = headers or {}
+    # -- inference: KServe's Model.__call__ runs preprocess -> validate -> predict -> postprocess
+    async def preprocess(self, payload: Any, headers: dict[str, str] | None = None) -> ParsedRequest:
         started = time.perf_counter()
-        is_v2 = isinstance(payload, InferRequest)
-        fields: dict[str, Any] = REQUEST_LOG.get() or {}
-        http = bool(fields)
-        request_id = sane_request_id(headers.get("x-request-id"))
+        entry = REQUEST_LOG.get()
+        fields: dict[str, Any] = entry if entry is not None else {}
+        request_id = sane_request_id((headers or {}).get("x-request-id"))
         fields.update(request_id=request_id, protocol=protocol_name(payload), op=None)
         try:
-            request = self.parse(payload, is_v2)
-            fields.update(op=request.op, items=request.size, work=request.work)
-            result = await self.loaded()[1].submit(request)
-        except (InvalidInput, GrpcException) as error:
-            fields["error"] = str(error)
-            if not http:
-                status = "INVALID_ARGUMENT" if isinstance(error, InvalidInput) else error.status_string
-                log.warning("grpc request", extra={"fields": {**fields, "status": status}})
+            request = self.parse(payload)
+        except InvalidInput as error:
+            log_failure(fields, error, over_http=entry is not None)
             raise
-        if not http:
+        fields.update(op=request.op, items=request.size, work=request.work)
+        v2 = payload if isinstance(payload, InferRequest) else None
+        return ParsedRequest(request, request_id, v2, fields, entry is not None, started)
+
+    def validate(self, payload: Any) -> Any:
+        # preprocess validated the request; kserve's own check is for dict payloads
+        return payload
+
+    async def predict(self, payload: ParsedRequest, headers: dict[str, str] | None = None,
+                      response_headers: dict[str, str] | None = None) -> Prediction:
+        try:
+            outputs = await self.loaded()[1].submit(payload.request)
+        except GrpcException as error:  # refused: overloaded (429) or past its deadline (504)
+            log_failure(payload.log_fields, error, payload.over_http)
+            raise
+        return Prediction(payload, outputs)
+
+    async def postprocess(self, result: Prediction, headers: dict[str, str] | None = None,
+                          response_headers: dict[str, str] | None = None) -> dict | InferResponse:
+        parsed, request = result.parsed, result.parsed.request
+        response: dict | InferResponse
+        if parsed.v2 is not None:
+            response = v2_response(result.outputs, request.op, request.params, self.name, parsed.v2,
+                                   parsed.v2.id or parsed.request_id)
+        else:
+            response = v1_response(result.outputs, request.params, parsed.request_id)
+        if not parsed.over_http:  # HTTP requests are logged by serving.http, with their status
             log.info("grpc request", extra={"fields": {
-                **fields, "status": "OK", "latency_ms": round((time.perf_counter() - started) * 1000, 3)}})
-        if is_v2:
-            return v2_response(result, request.op, request.params, self.name, payload,
-                               payload.id or request_id)
-        return v1_response(result, request.params, request_id)
+                **parsed.log_fields, "status": "OK",
+                "latency_ms": round((time.perf_counter() - parsed.started) * 1000, 3)}})
+        return response
 
-
-    def parse(self, payload: Any, is_v2: bool):
+    def parse(self, payload: Any) -> OpRequest:
         """The validated request. Whatever goes wrong while parsing is the request's fault (400 /
         INVALID_ARGUMENT), never the server's: an error that serving.codec did not foresee is
         logged with its traceback and still answered as bad input."""
         spec, _ = self.loaded()
         try:
-            return parse_v2(payload, spec, self.config.limits) if is_v2 \
+            return parse_v2(payload, spec, self.config.limits) if isinstance(payload, InferRequest) \
                 else parse_v1(payload, spec, self.config.limits)
         except InvalidInput:
             raise
@@ -163,6 +206,15 @@ class VAEModel(Model):
             raise InvalidInput(f"the request could not be parsed ({type(error).__name__}); expected "
                                f"an inference request as described in the model's metadata "
                                f"(GET /v2/models/{self.name})") from None
+
+
+def log_failure(fields: dict[str, Any], error: Exception, over_http: bool) -> None:
+    """Note the error in the request's log entry; a gRPC request's line is written here (an
+    HTTP one is written by serving.http with its status)."""
+    fields["error"] = str(error)
+    if not over_http:
+        status = error.status_string if isinstance(error, GrpcException) else "INVALID_ARGUMENT"
+        log.warning("grpc request", extra={"fields": {**fields, "status": status}})
 
 
 def protocol_name(payload: Any) -> str:

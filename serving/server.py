@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import gc
+from typing import Any
 
+from kserve.constants.constants import INFERENCE_CONTENT_LENGTH_HEADER
+from kserve.protocol.dataplane import DataPlane
 from kserve.protocol.model_repository_extension import ModelRepositoryExtension
 
 from serving.config import ServeConfig
 from serving.errors import RepositoryDisabled
-from serving.http import configure_logging, install
+from serving.http import binary_infer_request, configure_logging, install
 from serving.model import VAEModel
 
 # Responses can be larger than requests (generate: n images from a few numbers).
@@ -40,11 +43,23 @@ def build(config: ServeConfig):
         enable_docs_url=False,
         enable_latency_logging=False,  # the JSON access log carries the latency
     )
+    # Before start(), which hands the data plane to the REST and gRPC servers.
+    server.dataplane = RawTensorDataPlane(model_registry=server.registered_models)
     if not config.enable_model_repository:
         # Both the REST routes (/v2/repository/models/NAME/load|unload) and the gRPC methods
         # (RepositoryModelLoad|Unload) call this one object: replacing it closes both.
         server.model_repository_extension = DisabledRepository()
     return model, server
+
+
+class RawTensorDataPlane(DataPlane):
+    """kserve's data plane, but V2 REST bodies in the binary tensor extension keep their tensors
+    as bytes (serving.http.binary_infer_request) instead of becoming lists of Python numbers."""
+
+    def decode_inference_request(self, body: Any, headers: dict, model_name: str) -> Any:
+        if isinstance(body, bytes):
+            return binary_infer_request(body, headers.get(INFERENCE_CONTENT_LENGTH_HEADER), model_name)
+        return super().decode_inference_request(body, headers, model_name)
 
 
 class DisabledRepository(ModelRepositoryExtension):
