@@ -11,7 +11,7 @@ IMAGE ?= ghcr.io/kubevae/kubevae:$(VERSION)
 TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cpu
 CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
 
-.PHONY: install install-dev browser lint typecheck run test test-quick test-properties bench compile manifests image image-cuda push clean
+.PHONY: install install-dev browser lint typecheck run test test-quick test-properties docs bench compile manifests image image-cuda push clean
 
 # install: what `make run` and the benchmarks need; install-dev adds the test and lint tools
 # (9 s more in a fresh clone).
@@ -113,6 +113,12 @@ bench: install
 
 compile: install
 	KUBEVAE_IMAGE=$(IMAGE) $(BIN)/kubevae pipeline compile --out kubevae_pipeline.yaml
+
+# docs/parameters.md, generated from the pipeline's parameter table and profiles (a test fails when
+# the committed page differs).
+docs: install
+	$(BIN)/python -m pipelines.param_docs > docs/parameters.md.new  # a failed import keeps the page
+	mv docs/parameters.md.new docs/parameters.md
 
 # The Katib Experiment, PyTorchJob and InferenceService templates, generated from the same
 # builders the pipeline uses (a test fails when the committed YAML differs).
