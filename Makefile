@@ -13,20 +13,18 @@ CUDA_TORCH_INDEX_URL ?= https://download.pytorch.org/whl/cu128
 
 .PHONY: install install-dev browser lint typecheck run test test-quick test-properties docs bench compile manifests image image-cuda push clean
 
-# install: what `make run` and the benchmarks need; install-dev adds the test and lint tools
-# (9 s more in a fresh clone).
+# install: what `make run` and the benchmarks need; install-dev adds the test and lint tools.
 install: $(STAMP)
 
 install-dev: $(DEV_STAMP)
 
-# uv installs the same pins as pip would, in parallel: in a fresh clone with cold caches on an idle
-# 2-core AMD EPYC (Zen 3) installing everything, test and lint tools and bytecode included, took
-# 53 s, against 3 min 2 s with pip (make install alone: 44 s).
+# uv installs the same pins as pip would, in parallel: several times faster than pip in a fresh
+# clone (the times: docs/measurements.md).
 # uv does not read pip's settings, so pip's find-links (a folder of local wheels, such as a CPU
 # build of torch) are passed on.
 # --compile-bytecode writes the .pyc files at install, as pip does: where PYTHONDONTWRITEBYTECODE
 # is set Python never caches what it compiles, and each step of a run compiled mlflow, torch and
-# kfp again (`import mlflow` took 6.8 s instead of 2.0 s).
+# kfp again, seconds per step (docs/measurements.md).
 UV_VERSION := 0.13.9
 UV := $(BIN)/uv
 FIND_LINKS = $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))

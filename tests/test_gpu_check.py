@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 from conftest import REPO, subprocess_env
 
@@ -19,6 +20,7 @@ def _summary(results):
         return {row[0]: row[1] for row in csv.reader(f, delimiter="\t")}
 
 
+@pytest.mark.slow  # the whole check: install, training, resume, benchmarks, a server
 def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     results = tmp_path / "results"
     done = subprocess.run(["bash", str(SCRIPT), "--cpu", str(results)], capture_output=True, text=True,
