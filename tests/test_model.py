@@ -132,3 +132,18 @@ def test_model_files_share_one_mode(tmp_path):
     modes = {p.name: oct(p.stat().st_mode & 0o777) for p in folder.iterdir()}
     assert modes == {"config.json": "0o644", "metrics.json": "0o644", "model.safetensors": "0o644"}
     assert oct(folder.stat().st_mode & 0o777) == "0o755"
+
+
+@pytest.mark.parametrize("kind", ["tcvae", "factor"])
+def test_model_folder_keeps_every_objective(tmp_path, kind):
+    """The gate and evaluate read models of every objective: the folder records its kind and
+    settings, and the weights are the VAE's alone (FactorVAE's discriminator stays in the
+    checkpoints)."""
+    from kubevae.model import read_model_config
+
+    vae = VAE(ModelConfig(image_size=28, latent_dim=3))
+    objective = ObjectiveConfig(kind=kind, beta=6.0, dataset_size_tc=1000)
+    save_model(tmp_path / "m", vae, objective)
+    assert read_model_config(tmp_path / "m")[1] == objective
+    assert set(load_file(str(tmp_path / "m" / "model.safetensors"))) == set(vae.state_dict())
+    load_model(tmp_path / "m")

@@ -247,3 +247,51 @@ def test_factor_objective_adds_gamma_times_the_discriminators_tc_and_steps_only_
     for a, b in zip(restored.discriminator.parameters(), after, strict=True):
         assert torch.equal(a, b)
     assert Objective(ObjectiveConfig()).update(batch) is None  # beta has no second step
+
+
+def _discriminator_rank(rank: int, world_size: int, port: int, out: str) -> None:
+    """One process of test_ddp_averages_the_discriminators_gradients (a spawn target)."""
+    import os
+
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    torch.manual_seed(0)  # the same initial discriminator on every rank, as in training
+    objective = Objective(ObjectiveConfig(kind="factor", discriminator_width=8,
+                                          discriminator_depth=2), latent_dim=3)
+    alone = Objective(objective.config, latent_dim=3)
+    alone.load_state_dict(objective.state_dict())
+    objective.distribute(DistributedDataParallel)
+    torch.manual_seed(100 + rank)  # each rank its own codes
+    for _ in range(3):
+        z = torch.randn(16, 3) * (rank + 1)
+        objective.update(Posterior(z, z, z))
+        alone.update(Posterior(z, z, z))
+    flat = [torch.cat([p.detach().flatten() for p in o.discriminator.parameters()])
+            for o in (objective, alone)]
+    gathered = [[torch.zeros_like(f) for _ in range(world_size)] for f in flat]
+    for f, g in zip(flat, gathered, strict=True):
+        dist.all_gather(g, f)
+    if rank == 0:
+        torch.save({"distributed": gathered[0], "alone": gathered[1]}, out)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_averages_the_discriminators_gradients(tmp_path):
+    """Under DDP (gloo, 2 processes) each rank steps its discriminator on its own codes, and the
+    averaged gradients keep the ranks' discriminators identical; stepped alone, they drift."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "params.pt"
+    mp.spawn(_discriminator_rank, args=(2, port, str(out)), nprocs=2, join=True)
+    result = torch.load(out, weights_only=True)
+    assert torch.equal(result["distributed"][0], result["distributed"][1])
+    assert not torch.allclose(result["alone"][0], result["alone"][1])

@@ -216,3 +216,43 @@ def test_bf16_run_tracks_the_fp32_run(tmp_path):
     for a, b in zip(fp32, bf16, strict=True):
         for name in ("train_loss", "val_neg_elbo"):
             assert b[name] == pytest.approx(a[name], rel=0.02), (a["epoch"], name)
+
+
+DISENTANGLING = ["--discriminator-width", "16", "--discriminator-depth", "2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["tcvae", "factor"])
+def test_tc_objectives_train_report_their_tc_and_resume_exactly(tmp_path, objective):
+    """A run resumed from its epoch-1 checkpoint ends with the straight run's weights: the
+    checkpoint holds FactorVAE's discriminator and its Adam state too."""
+    args = [*TINY, *DISENTANGLING, "--objective", objective, "--beta", "6", "--no-tracking"]
+    straight = _run(*args, "--epochs", "2", "--out", str(tmp_path / "straight"))
+    lines = [line for line in straight.stdout.splitlines() if line.startswith("epoch=")]
+    assert len(lines) == 2 and all("train_tc=" in line for line in lines)
+    ckpt = tmp_path / "resumed.ckpt"
+    _run(*args, "--epochs", "1", "--checkpoint-dir", str(ckpt), "--out", str(tmp_path / "first"))
+    state = torch.load(sorted(ckpt.glob("*.pt"))[-1], weights_only=True)
+    assert ("discriminator" in state["objective"]) == (objective == "factor")
+    resumed = _run(*args, "--epochs", "2", "--checkpoint-dir", str(ckpt), "--resume", "auto",
+                   "--out", str(tmp_path / "resumed"))
+    assert "resumed from" in resumed.stderr
+    a, b = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+def test_torchrun_trains_factor_vae_with_its_discriminator(tmp_path):
+    """Two processes (gloo): the VAE and the discriminator each under DDP; the run completes,
+    rank 0 prints the metric line and checkpoints the discriminator."""
+    done = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "kubevae", "train", *TINY, *DISENTANGLING, "--objective", "factor", "--epochs", "1",
+         "--no-tracking", "--out", str(tmp_path / "m")],
+        capture_output=True, text=True, timeout=300, env=subprocess_env())
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("epoch=")]
+    assert len(lines) == 1 and "train_tc=" in lines[0]
+    state = torch.load(sorted((tmp_path / "m.ckpt").glob("*.pt"))[-1], weights_only=True)
+    assert set(state["objective"]) == {"discriminator", "optimizer"}
