@@ -208,6 +208,22 @@ def discriminator_loss(discriminator: nn.Module, z: torch.Tensor) -> torch.Tenso
 
 
 # -- the objective --------------------------------------------------------------------------------
+def tc_multiplier(kind: str, beta):
+    """The weight on the TC term before the warm-up: beta - 1 in tcvae, beta in factor."""
+    return beta - 1.0 if kind == "tcvae" else beta
+
+
+def penalized_loss(kind: str, recon, kl, beta, w=1.0, tc=None):
+    """The table at the top for beta, tcvae and factor, on batch means; beta may be a tensor
+    (one per model when several are trained stacked under torch.func.vmap)."""
+    if kind == "beta":
+        return recon + w * beta * kl
+    if kind not in ("tcvae", "factor") or tc is None:
+        raise ValueError(f"penalized_loss: {kind!r} needs its TC estimate (or is not beta, "
+                         "tcvae or factor)")
+    return recon + w * kl + w * tc_multiplier(kind, beta) * tc
+
+
 class Objective:
     """The loss of one objective; for factor it also owns the discriminator and its optimizer."""
 
@@ -259,20 +275,18 @@ class Objective:
         tc, tc_weight, capacity = None, 0.0, 0.0
         if kind == "beta":
             weight = beta * w
-            loss = recon + weight * kl
+            loss = penalized_loss(kind, recon, kl, beta, w)
         elif kind == "capacity":
             weight, capacity = self.config.gamma * w, self.capacity(step)
             loss = recon + weight * (kl - capacity).abs()
         else:
             if kind == "tcvae":
                 tc = tc_terms(posterior, self.config.dataset_size_tc, self.config.tc_estimator)["tc"]
-                tc_weight = (beta - 1.0) * w
             else:
                 tc = self.tc_discriminated(posterior.z)
-                tc_weight = beta * w
             check_finite(step, tc=tc)
-            weight = w
-            loss = recon + w * kl + tc_weight * tc
+            weight, tc_weight = w, tc_multiplier(kind, beta) * w
+            loss = penalized_loss(kind, recon, kl, beta, w, tc)
         check_finite(step, loss=loss)
         return LossTerms(loss, recon.detach(), kl.detach(), weight, capacity,
                          None if tc is None else tc.detach(), tc_weight)
