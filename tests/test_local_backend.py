@@ -84,15 +84,15 @@ def test_every_algorithm_runs_locally(tmp_path, algorithm):
         assert "PRUNED" in {t.state for t in result.trials}
 
 
-def test_study_result_round_trips(tmp_path):
-    from components.backends.base import TuneResult
+def test_the_study_round_trips_as_json(tmp_path):
+    from kubevae.study import Study
 
     result = LocalBackend(command=synthetic).tune(_request(tmp_path, max_trials=3))
     result.write(tmp_path / "study.json")
-    again = TuneResult.read(tmp_path / "study.json")
+    again = Study.read(tmp_path / "study.json")
     assert again == result
-    with pytest.raises(ValueError, match="expected a kubevae-study/1 study"):
-        TuneResult.from_dict({"best_params": {}}, source="x.json")
+    with pytest.raises(ValueError, match="x.json: expected a kubevae-study/2 study"):
+        Study.from_dict({"best_params": {}}, source="x.json")
 
 
 def test_trials_and_the_training_run_nest_under_the_parent_run_on_the_request(tmp_path, monkeypatch):
@@ -137,18 +137,19 @@ def test_study_report_shows_every_trial_and_the_objective_plot(tmp_path):
 
 
 def test_the_pipeline_lr_reaches_every_trial_unless_the_search_chooses_it(tmp_path):
-    from components.backends.base import trial_options
+    from components.backends.base import TrainingOverrides, trial_options
 
     assert "lr" not in trial_options(_request(tmp_path))  # the trainer's default
-    assert trial_options(_request(tmp_path, lr=1e-3))["lr"] == 1e-3
+    lr = TrainingOverrides(lr=1e-3)
+    assert trial_options(_request(tmp_path, overrides=lr))["lr"] == 1e-3
     searched = default_search_space(1.0, 4.0, [6], tune_lr=True)
-    assert "lr" not in trial_options(_request(tmp_path, lr=1e-3, search_space=searched))
+    assert "lr" not in trial_options(_request(tmp_path, overrides=lr, search_space=searched))
 
 
 def test_the_pipeline_conv_widths_reach_every_trial(tmp_path):
-    from components.backends.base import trial_options
+    from components.backends.base import TrainingOverrides, trial_options
     from kubevae.training.command import train_argv
 
     assert "conv_channels" not in trial_options(_request(tmp_path))  # the model's default
-    options = trial_options(_request(tmp_path, conv_channels=(16, 32, 64, 64)))
+    options = trial_options(_request(tmp_path, overrides=TrainingOverrides(conv_channels=[16, 32, 64, 64])))
     assert "16,32,64,64" in train_argv(options)

@@ -19,12 +19,14 @@ from kubevae.evaluation import report
 from kubevae.evaluation.full import EvaluationSizes, evaluate_model, open_split, random_subset
 from kubevae.metrics import MetricProtocol
 from kubevae.model import VAE, save_model
+from kubevae.study import Study, Trial
 
 HISTORY = [{"epoch": 1, "step": 10, "lr": 1e-3, "train_loss": 900.0, "val_neg_elbo": 800.0},
            {"epoch": 2, "step": 20, "lr": 5e-4, "train_loss": 700.0, "val_neg_elbo": 650.0}]
-TRIALS = [{"number": 0, "params": {"beta": 1.0, "latent_dim": 4}, "value": 640.0, "state": "COMPLETE"},
-          {"number": 1, "params": {"beta": 4.0, "latent_dim": 8}, "value": 610.0, "state": "COMPLETE"},
-          {"number": 2, "params": {"beta": 8.0, "latent_dim": 8}, "value": None, "state": "FAIL"}]
+STUDY = Study("val_iwae_nll", [
+    Trial(0, {"beta": 1.0, "latent_dim": 4}, 640.0, "COMPLETE", {"val_kl": 30.0, "val_recon": 600.0}),
+    Trial(1, {"beta": 4.0, "latent_dim": 8}, 610.0, "COMPLETE", {"val_kl": 12.0, "val_recon": 590.0}),
+    Trial(2, {"beta": 8.0, "latent_dim": 8}, None, "FAIL")], best_trial=1, direction="minimize")
 SMALL = EvaluationSizes(max_images=120, iwae_images=16, anomaly_images=40, anomaly_iwae_k=2, batch_size=64)
 PROTOCOL = MetricProtocol.fast().scaled(0.01)
 
@@ -56,14 +58,14 @@ def decoded_pngs_in(html_text):
 def evaluated(model_and_data):
     out = model_and_data / "eval"
     metrics = evaluate_model(model_and_data / "model", model_and_data / "data", out, iwae_k=3, seed=0,
-                             protocol=PROTOCOL, sizes=SMALL, tuning_results=TRIALS)
+                             protocol=PROTOCOL, sizes=SMALL, tuning_results=STUDY)
     return out, metrics
 
 
 def test_evaluate_writes_metrics_pictures_and_a_self_contained_report(evaluated):
     out, metrics = evaluated
     expected_pictures = {"reconstructions", "samples", "traversals", "kl_per_dim", "training_curves",
-                         "tuning_objective"}
+                         "tuning_objective", "tuning_tradeoff"}
     assert set(metrics["pictures"]) == expected_pictures
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk == json.loads(json.dumps(metrics))
@@ -109,13 +111,16 @@ def test_pictures_show_the_model_and_order_traversals_by_kl(model_and_data):
     traversal = Image.open(io.BytesIO(report.traversals_png(vae, images[0], [0.1, 2.0, 0.5], steps=5)))
     recon = Image.open(io.BytesIO(report.reconstructions_png(vae, images)))
     assert traversal.size[1] > recon.size[1]  # three rows of sweeps against two rows
-    assert report.tuning_objective_png([{"params": {"beta": 1, "latent_dim": 2}, "value": None,
-                                         "state": "FAIL"}]) is None
-    points, name = report.tuning_points({"objective_metric": "val_iwae_nll", "trials": TRIALS})
-    assert points == [(1.0, 4, 640.0), (4.0, 8, 610.0)] and name == "val_iwae_nll"
-    assert report.tuning_points([{"beta": 2, "latent_dim": 6, "objective": 1.5}])[0] == [(2.0, 6, 1.5)]
-    with pytest.raises(ValueError, match=r"tuning_results\[0\]: expected 'beta' and 'latent_dim'"):
-        report.tuning_points([{"params": {"lr": 1e-3}, "value": 1.0}])
+    failed = Study("val_mig", [Trial(0, {"beta": 1, "latent_dim": 2}, None, "FAIL")], best_trial=None)
+    assert report.tuning_objective_png(failed) is None and report.rate_distortion_png(failed) is None
+    points = report.tuning_points(STUDY)
+    assert [(p.beta, p.latent_dim, p.value, p.rate, p.chosen) for p in points] == [
+        (1.0, 4, 640.0, 30.0, False), (4.0, 8, 610.0, 12.0, True)]
+    assert report.tuning_points(STUDY.to_dict()) == points  # the study's own JSON form
+    with pytest.raises(ValueError, match="trial 0 has no 'beta' or 'latent_dim'"):
+        report.tuning_points(Study("val_mig", [Trial(0, {"lr": 1e-3}, 1.0, "COMPLETE")], best_trial=0))
+    with pytest.raises(ValueError, match="expected a kubevae-study/2 study"):
+        report.tuning_points([{"beta": 2, "latent_dim": 6, "objective": 1.5}])  # one shape only
     with pytest.raises(ValueError, match="no numeric series"):
         report.training_curves_png([{"step": 1, "note": "x"}])
 
@@ -123,7 +128,7 @@ def test_pictures_show_the_model_and_order_traversals_by_kl(model_and_data):
 def test_a_failed_evaluation_leaves_no_output(model_and_data, tmp_path, monkeypatch):
     root = model_and_data
     out = tmp_path / "eval"
-    with pytest.raises(ValueError, match=r"tuning_results\[0\]"):  # refused before any work
+    with pytest.raises(ValueError, match="expected a kubevae-study/2 study"):  # before any work
         evaluate_model(root / "model", root / "data", out, iwae_k=0, protocol=PROTOCOL, sizes=SMALL,
                        tuning_results=[{"params": {}, "value": 1.0}])
     assert not out.exists()

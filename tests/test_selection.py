@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from kubevae.metrics.udr import relative_strength, udr_details
-from kubevae.training.selection import COLLAPSED_SCORE, OBJECTIVES, default_objective, guarded, objective
+from kubevae.study import COLLAPSED_SCORE, OBJECTIVES, default_objective, guarded, objective
 
 
 def test_every_objective_has_a_direction_and_the_bounds_say_they_prefer_beta_one():
@@ -102,6 +102,12 @@ def test_a_tiny_search_runs_end_to_end_with_the_real_trainer(tmp_path, tiny_spli
                 "collapsed"} <= set(trial.metrics)
         assert trial.value == trial.metrics[objective_metric]
         assert -1.0 <= trial.value <= 1.0
+        # Every trial that encodes something reports its objective with an interval (a
+        # bootstrap over the validation sample, or the range of the UDR seeds' own scores).
+        assert (trial.interval is None) == trial.collapsed
+        if trial.interval is not None:
+            assert trial.interval.low <= trial.interval.high
+            assert trial.interval.method == OBJECTIVES[objective_metric].interval
     if objective_metric == "udr":
         assert (tmp_path / "trial-000" / "model" / "udr.json").is_file()
         assert (tmp_path / "trial-000" / "model.seed1" / "config.json").is_file()
@@ -123,7 +129,7 @@ def test_when_every_trial_collapsed_the_study_says_so_and_takes_the_highest_rate
     from components.backends.base import TuneRequest
     from components.backends.local import LocalBackend
     from components.search_space import default_search_space
-    from components.study import study_report, with_collapse_rule
+    from components.study import study_report
     from pipelines.local_run import print_summary
 
     script = tmp_path / "collapsing_trainer.py"
@@ -132,7 +138,7 @@ def test_when_every_trial_collapsed_the_study_says_so_and_takes_the_highest_rate
         TuneRequest(name="t", data_dir=str(tmp_path), data_uri=str(tmp_path), work_dir=str(tmp_path / "w"),
                     search_space=default_search_space(1.0, 16.0, [4]), objective_metric="val_mig",
                     algorithm="random", max_trials=3, trial_steps=20))
-    marked = with_collapse_rule(result)
+    marked = result.with_collapse_rule()
     assert marked.all_collapsed and not result.all_collapsed
     lowest_beta = min((t for t in result.trials if t.state == "COMPLETE"), key=lambda t: t.params["beta"])
     assert marked.best_trial == lowest_beta.number  # the highest rate, not whichever -1 came first
@@ -140,18 +146,14 @@ def test_when_every_trial_collapsed_the_study_says_so_and_takes_the_highest_rate
     page = study_report(marked)
     assert "All trials collapsed" in page and "lower beta_max" in page and "Least collapsed" in page
 
-    print_summary({"objective": {"val_mig": marked.best_value}, "direction": "maximize",
-                   "best_params": marked.best_params, "chosen_trial": marked.best_trial,
-                   "all_trials_collapsed": marked.all_collapsed, "test_metrics": {},
-                   "trials": [{"number": t.number, "state": t.state, "value": t.value, **t.params}
-                              for t in marked.trials],
+    print_summary({"study": marked.to_dict(), "verdict": marked.verdict(), "test_metrics": {},
                    "gate": "promoted", "branch": "promoted", "model_path": "m", "mlflow_store": "s",
                    "mlflow_ui": "u", "step_seconds": {}})
     out = capsys.readouterr().out
-    assert "WARNING         : every completed trial collapsed" in out
+    assert "WARNING         : Every completed trial collapsed" in out
     assert "<- taken (least collapsed)" in out and "<- chosen" not in out
 
     # One trial that encodes something: a real choice, unchanged by the rule.
     healthy = marked.trials[0]
     healthy.metrics = {**healthy.metrics, "collapsed": 0.0, "val_kl": 12.0, "val_active_units": 5}
-    assert not with_collapse_rule(marked).all_collapsed
+    assert not marked.with_collapse_rule().all_collapsed
