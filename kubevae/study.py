@@ -95,8 +95,8 @@ class SearchObjective:
         return a > b if self.direction == "maximize" else a < b
 
 
-BOOTSTRAP = (f"{INTERVAL_LEVEL:.0%} percentile bootstrap over the {SELECTION_IMAGES} validation "
-             f"images ({INTERVAL_RESAMPLES} resamples)")
+BOOTSTRAP = (f"{INTERVAL_LEVEL:.0%} percentile bootstrap over the validation sample (at most "
+             f"{SELECTION_IMAGES} images, the same for every trial; {INTERVAL_RESAMPLES} resamples)")
 OBJECTIVES: dict[str, SearchObjective] = {o.name: o for o in (
     SearchObjective("val_mig", "maximize", True,
                     "MIG on a fixed seeded validation sample (needs factor columns)", BOOTSTRAP),
