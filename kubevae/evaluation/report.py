@@ -175,12 +175,12 @@ class TuningPoint:
     state: str
 
 
-def as_study(study: Any) -> Study:
+def as_study(study: Study | dict[str, Any]) -> Study:
     """The study, given as a kubevae.study.Study or as its JSON form (Study.to_dict)."""
     return study if isinstance(study, Study) else Study.from_dict(study, source="tuning study")
 
 
-def tuning_points(study: Any) -> list[TuningPoint]:
+def tuning_points(study: Study | dict[str, Any]) -> list[TuningPoint]:
     """Every trial with a finite objective and the searched beta and latent size."""
     study = as_study(study)
     points = []
@@ -210,7 +210,7 @@ def _log_beta_axis(ax, betas: Sequence[float]) -> None:
         ax.xaxis.set_minor_formatter(NullFormatter())
 
 
-def tuning_objective_png(study: Any) -> bytes | None:
+def tuning_objective_png(study: Study | dict[str, Any]) -> bytes | None:
     """The objective against beta (log axis), one colour per latent size, each trial with its
     interval as an error bar, the chosen trial starred. None when no trial reported."""
     study = as_study(study)
@@ -247,7 +247,7 @@ def tuning_objective_png(study: Any) -> bytes | None:
     return figure_png(fig)
 
 
-def rate_distortion_png(study: Any) -> bytes | None:
+def rate_distortion_png(study: Study | dict[str, Any]) -> bytes | None:
     """Every trial's rate (validation KL) against its distortion (validation reconstruction
     NLL), each labelled with its beta, the chosen trial starred: what beta buys and costs.
     None when no trial reported both."""
@@ -279,7 +279,7 @@ def rate_distortion_png(study: Any) -> bytes | None:
 # -- writing and the report ------------------------------------------------------------------
 def write_pictures(out_dir: str | Path, vae, images_uint8: np.ndarray, kl_per_dim: Sequence[float], *,
                    active: Sequence[bool] | None = None, history: Sequence[dict[str, Any]] | None = None,
-                   tuning_results: Any = None, seed: int = 0) -> dict[str, str]:
+                   tuning_results: Study | dict[str, Any] | None = None, seed: int = 0) -> dict[str, str]:
     """Write every picture that applies into out_dir; returns {name: file name}."""
     out_dir = Path(out_dir)
     was_training = vae.training
