@@ -12,6 +12,11 @@ The load generator (aiohttp) runs on the same cores as the server: read ratios, 
 
   nice -n 10 .venv/bin/python benchmarks/serving.py [--model DIR] [--requests 400]
       [--api v2|v1|v2-binary|grpc] [--images-per-request 1] [--batch-delay-ms 0] [--json out.json]
+
+--compare v2 v2-binary: two APIs against one server instead, encode at concurrency 32 (see
+--compare-op, --compare-concurrency), in alternating rounds (A B, B A, A B, ...), so that a
+change in the machine's load hits both alike; it reports each round's throughput ratio
+(second API / first) and their median. docs/serving.md has the figures.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -34,6 +40,7 @@ import torch  # noqa: E402
 from kubevae.client import v1_payload, v2_payload  # noqa: E402
 from kubevae.config import ModelConfig, ObjectiveConfig  # noqa: E402
 from kubevae.model import VAE, load_model, save_model  # noqa: E402
+from serving.http import binary_request_body  # noqa: E402
 from serving.local import LocalServer  # noqa: E402
 from serving.ops import OpRequest, run_batch  # noqa: E402
 
@@ -58,6 +65,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads (server and raw)")
     parser.add_argument("--batch-delay-ms", type=float, default=0.0)
     parser.add_argument("--batch-max-images", type=int, default=32)
+    parser.add_argument("--compare", nargs=2, default=None, metavar="API",
+                        choices=["v1", "v2", "v2-binary", "grpc"],
+                        help="compare two APIs in alternating rounds instead of the full table")
+    parser.add_argument("--rounds", type=int, default=6, help="--compare: rounds (each runs both APIs)")
+    parser.add_argument("--compare-op", default="encode", choices=OPS)
+    parser.add_argument("--compare-concurrency", type=int, default=32)
     parser.add_argument("--json", default=None, help="write the figures here too")
     return parser.parse_args()
 
@@ -93,11 +106,7 @@ class RawModel:
 def request_body(protocol: str, op: str, images: np.ndarray, k: int) -> tuple[bytes, dict]:
     params = {"k": k} if op == "score" else {}
     if protocol == "v2-binary":
-        head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(images.shape),
-                                       "parameters": {"binary_data_size": images.nbytes}}],
-                           "parameters": {"op": op, **params}}).encode()
-        return head + images.tobytes(), {"inference-header-content-length": str(len(head)),
-                                         "content-type": "application/octet-stream"}
+        return binary_request_body(op, images, **params)
     build = v1_payload if protocol == "v1" else v2_payload
     return json.dumps(build(op, images, **params)).encode(), {"content-type": "application/json"}
 
@@ -172,28 +181,74 @@ def run_load(server: LocalServer, protocol: str, op: str, images: np.ndarray, k:
             "images_per_s": total * len(images) / elapsed}
 
 
+def model_and_images(args: argparse.Namespace, tmp: Path) -> tuple[Path, np.ndarray]:
+    """The model folder (--model, or a fresh 64x64 VAE in `tmp`) and the images of one request."""
+    model_dir = Path(args.model) if args.model else tmp / "model"
+    if not args.model:
+        torch.manual_seed(0)
+        save_model(model_dir, VAE(ModelConfig(image_size=64, latent_dim=10)), ObjectiveConfig())
+    config = load_model(model_dir).config
+    images = np.random.default_rng(0).integers(
+        0, 256, (args.images_per_request, config.image_size, config.image_size, config.channels),
+        dtype=np.uint8)
+    return model_dir, images
+
+
+def compare(args: argparse.Namespace, server: LocalServer, images: np.ndarray) -> dict:
+    """Both APIs in alternating rounds on one server: each round's req/s and their ratio."""
+    first, second = args.compare
+    op, c = args.compare_op, args.compare_concurrency
+    total = args.requests if op == "encode" else max(64, args.requests // 4)
+    for api in (first, second):
+        run_load(server, api, op, images, args.k, 50, 8)  # warm the path
+    rps: dict[str, list[float]] = {first: [], second: []}
+    errors = 0
+    for round_ in range(args.rounds):
+        for api in (first, second) if round_ % 2 == 0 else (second, first):
+            row = run_load(server, api, op, images, args.k, total, c)
+            rps[api].append(row["rps"])
+            errors += row["errors"]
+            print(f"round {round_ + 1}: {api:>9} {op} c={c}: {row['rps']:7.1f} req/s  p50 "
+                  f"{row['p50_ms']:6.2f} ms  p99 {row['p99_ms']:6.2f} ms  errors {row['errors']}", flush=True)
+    ratios = [b / a for a, b in zip(rps[first], rps[second], strict=True)]
+    summary = {"op": op, "concurrency": c, "requests": total, "rps": rps, "ratios": ratios,
+               "median_ratio": float(np.median(ratios)), "errors": errors}
+    print(f"{second} / {first} ({op}, c={c}), per round: {', '.join(f'{r:.2f}' for r in ratios)}; "
+          f"median {summary['median_ratio']:.2f}; median req/s {first} {np.median(rps[first]):.0f}, "
+          f"{second} {np.median(rps[second]):.0f}")
+    return summary
+
+
+def server_args(args: argparse.Namespace, clients: int) -> list[str]:
+    return ["--threads", str(args.threads), "--batch-delay-ms", str(args.batch_delay_ms),
+            "--batch-max-images", str(args.batch_max_images), "--log-level", "WARNING",
+            "--max-iwae-k", str(max(args.k, 16)),
+            # throughput, not admission, is measured here: admit every client
+            "--max-pending-requests", str(clients)]
+
+
+def machine() -> str:
+    """The CPU model, cores and load average (Linux): the figures depend on all three."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{names[0] if names else 'unknown CPU'}, {os.cpu_count()} cores, load average {load}"
+
+
 def main() -> int:
     args = parse_args()
+    if args.compare:
+        return main_compare(args)
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = Path(args.model) if args.model else Path(tmp) / "model"
-        if not args.model:
-            torch.manual_seed(0)
-            save_model(model_dir, VAE(ModelConfig(image_size=64, latent_dim=10)), ObjectiveConfig())
-        config = load_model(model_dir).config
-        images = np.random.default_rng(0).integers(
-            0, 256, (args.images_per_request, config.image_size, config.image_size, config.channels),
-            dtype=np.uint8)
+        model_dir, images = model_and_images(args, Path(tmp))
         raw = RawModel(model_dir, images, args.k, args.threads)
-        server_args = ["--threads", str(args.threads), "--batch-delay-ms", str(args.batch_delay_ms),
-                       "--batch-max-images", str(args.batch_max_images), "--log-level", "WARNING",
-                       "--max-iwae-k", str(max(args.k, 16)),
-                       # throughput, not admission, is measured here: admit every client
-                       "--max-pending-requests", str(max(CONCURRENCY))]
         rows = []
         print(f"protocol {args.api}, {args.images_per_request} image(s) of "
               f"{list(images.shape[1:])} per request, torch threads {args.threads}, "
               f"batch delay {args.batch_delay_ms} ms, batch max {args.batch_max_images} images", flush=True)
-        with LocalServer(model_dir, grpc=args.api == "grpc", args=server_args) as server:
+        with LocalServer(model_dir, grpc=args.api == "grpc",
+                         args=server_args(args, max(CONCURRENCY))) as server:
             for op in OPS:
                 run_load(server, args.api, op, images, args.k, 50, 8)  # warm the path
                 for c in CONCURRENCY:
@@ -229,6 +284,24 @@ def main() -> int:
             Path(args.json).write_text(json.dumps({"rows": rows, "endurance": endurance, "goals": goals,
                                                    "args": vars(args)}, indent=2))
         return 0 if not endurance or endurance["errors"] == 0 else 1
+
+
+def main_compare(args: argparse.Namespace) -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_dir, images = model_and_images(args, Path(tmp))
+        print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine()}", flush=True)
+        print(f"compare {args.compare[0]} and {args.compare[1]}: {args.images_per_request} image(s) of "
+              f"{list(images.shape[1:])} per request, torch threads {args.threads}, {args.rounds} rounds",
+              flush=True)
+        with LocalServer(model_dir, grpc="grpc" in args.compare,
+                         args=server_args(args, args.compare_concurrency)) as server:
+            summary = compare(args, server, images)
+        print(f"after: {machine()}")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"compare": summary, "machine": machine(),
+                                                   "args": vars(args)}, indent=2))
+        # a failed request is fast: a comparison with failures means nothing
+        return 0 if summary["errors"] == 0 else 1
 
 
 def format_row(row: dict) -> str:

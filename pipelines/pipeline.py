@@ -31,9 +31,14 @@ from components.deploy import deploy
 from components.evaluate import evaluate
 from components.gate import gate
 from components.ingest import ingest
-from components.k8s.pytorchjob import S3_SECRET_KEYS as SECRET_KEYS
-from components.k8s.pytorchjob import SETTINGS_KEYS  # the keys the training pods read too
-from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS, S3_SECRET, SETTINGS_CONFIG_MAP
+from components.k8s.contract import (
+    MLFLOW_CREDENTIALS,
+    MLFLOW_SECRET_KEYS,
+    S3_SECRET,
+    SETTINGS_CONFIG_MAP,
+    SETTINGS_KEYS,  # the keys the training pods read too
+)
+from components.k8s.contract import S3_SECRET_KEYS as SECRET_KEYS
 from components.keep_champion import keep_champion
 from components.smoke_test import smoke_test
 from components.split import split

@@ -26,6 +26,7 @@ import sys
 import time
 from typing import Any
 
+import numpy as np
 import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
@@ -199,6 +200,26 @@ def binary_infer_request(body: bytes, header: str | None, model_name: str) -> In
                for o in head.get("outputs") or []]
     return InferRequest(model_name=model_name, infer_inputs=inputs, request_id=head.get("id"),
                         parameters=head.get("parameters"), request_outputs=outputs or None)
+
+
+def binary_request_body(op: str, images: np.ndarray | None = None, latents: np.ndarray | None = None,
+                        request_id: str | None = None, **params: Any) -> tuple[bytes, dict[str, str]]:
+    """The body and headers of a request in the binary tensor extension (what
+    `binary_infer_request` reads), for tests and benchmarks: one tensor, "images" (UINT8, or
+    FP32 in [0, 1]) or "latents" (FP32), and the op with its parameters."""
+    name, array = ("images", images) if images is not None else ("latents", latents)
+    array = np.ascontiguousarray(array)
+    if array.dtype != np.uint8:
+        array = array.astype(np.float32)
+    head: dict[str, Any] = {"inputs": [{
+        "name": name, "datatype": "UINT8" if array.dtype == np.uint8 else "FP32",
+        "shape": list(array.shape), "parameters": {"binary_data_size": array.nbytes}}],
+        "parameters": {"op": op, **params}}
+    if request_id is not None:
+        head["id"] = request_id
+    json_part = orjson.dumps(head)
+    return json_part + array.tobytes(), {"inference-header-content-length": str(len(json_part)),
+                                         "content-type": "application/octet-stream"}
 
 
 def install(app: FastAPI, max_payload_bytes: int) -> None:

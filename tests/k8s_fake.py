@@ -31,7 +31,7 @@ from k8s_checks import NEWEST, Releases, prune_unknown, unknown_fields
 from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
-from components.k8s.launchers import KubeApi
+from components.k8s.waiting import KubeApi
 
 EPOCH = datetime(2026, 11, 24, 8, 0, 0, tzinfo=UTC)
 GONE = object()  # a scripted update: the watch expires with 410 Gone

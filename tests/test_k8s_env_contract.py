@@ -25,7 +25,8 @@ from safetensors.torch import load_file
 
 from components.backends.local import train_command as local_command
 from components.k8s import to_dict
-from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
+from components.k8s.jobspec import TrainingJob
+from components.k8s.pytorchjob import build_pytorchjob
 from components.k8s.trainjob import build_trainjob
 from kubevae.training.distributed import launcher_environment, node_rank
 

@@ -17,8 +17,9 @@ from k8s_checks import (
 )
 
 from components.k8s import render, to_dict
+from components.k8s.jobspec import TrainingJob
 from components.k8s.katib import Tuning, build_experiment
-from components.k8s.pytorchjob import TrainingJob, build_pytorchjob
+from components.k8s.pytorchjob import build_pytorchjob
 from components.k8s.security import Resources, pod_security_violations
 from components.search_space import Parameter, SearchSpace, default_search_space
 
@@ -52,7 +53,9 @@ def test_katib_trial_template_is_a_valid_job(generated, name, kind, container, s
     experiment = generated[name]
     assert katib_violations(experiment) == []
     trial = substituted_trial_spec(experiment)
-    assert trial["kind"] == kind and "metadata" not in trial
+    # no name or namespace (Katib names each trial), the job labels Katib keeps on the trial job
+    assert trial["kind"] == kind and set(trial["metadata"]) == {"labels"}
+    assert trial["metadata"]["labels"]["app.kubernetes.io/component"] == "tune-trial"
     assert schema_errors(trial) == []
     template = experiment["spec"]["trialTemplate"]
     assert template["primaryContainerName"] == container
@@ -98,7 +101,7 @@ def test_the_trainjob_schema_check_rejects_wrong_types_and_unknown_fields(genera
 
 
 def test_the_settings_keys_are_the_configmaps():
-    from components.k8s.pytorchjob import SETTINGS_KEYS
+    from components.k8s.contract import SETTINGS_KEYS
 
     lines = (REPO / "manifests" / "base" / "settings.env").read_text().splitlines()
     keys = {line.split("=")[0] for line in lines if line and not line.startswith("#")}

@@ -32,9 +32,9 @@ from k8s_scenarios import EXPERIMENT_NAME, JOB_NAME, NAMESPACE, TIMEOUT_S
 from components.backends.kubernetes import KubernetesBackend
 from components.k8s import to_dict
 from components.k8s.katib import trial_instance
-from components.k8s.launchers import ResourceFailed, ResourceTimeout
 from components.k8s.security import pod_security_violations
 from components.k8s.training_apis import TRAINING_APIS
+from components.k8s.waiting import ResourceFailed, ResourceTimeout
 
 TRAINER = ("v2.1.0", "v2.2.0", "v2.3.0")
 KSERVE = ("v0.16.0", "v0.20")

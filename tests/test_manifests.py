@@ -504,7 +504,7 @@ def test_the_standalone_overlay_lives_where_single_user_kfp_runs_workflows():
 def test_mlflow_requires_authentication_with_credentials_from_a_secret():
     from mlflow.server.auth.config import read_auth_config
 
-    from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS
+    from components.k8s.contract import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS
     from pipelines.pipeline import MLFLOW_CREDENTIALS as PIPELINE_CREDENTIALS
     from pipelines.pipeline import MLFLOW_SECRET_KEYS as PIPELINE_KEYS
 

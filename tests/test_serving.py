@@ -18,12 +18,14 @@ import torch
 from kserve.protocol.grpc import grpc_predict_v2_pb2 as pb
 from kserve.protocol.rest.v2_datamodels import InferenceResponse, ModelMetadataResponse
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from kubevae.client import Client, ServerError, v1_payload, v2_payload
 from kubevae.config import ModelConfig, ObjectiveConfig
 from kubevae.evaluation.bounds import elbo_terms, iwae_nll
 from kubevae.model import VAE, load_model, save_model
 from serving.grpc_client import GrpcClient, infer_request
+from serving.http import binary_request_body
 from serving.local import LocalServer
 
 SIZE, LATENT = 28, 4
@@ -175,12 +177,8 @@ def test_v2_responses_follow_the_open_inference_protocol(server, images):
 def test_v2_binary_tensor_extension(server, images):
     """Raw row-major bytes after the JSON part (inference-header-content-length), and binary
     outputs on request (binary_data_output), as kserve implements the extension."""
-    head = json.dumps({"inputs": [{"name": "images", "datatype": "UINT8", "shape": list(images.shape),
-                                   "parameters": {"binary_data_size": images.nbytes}}],
-                       "parameters": {"op": "encode", "binary_data_output": True}}).encode()
-    headers = {"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"}
-    response = httpx.post(f"{server.url}/v2/models/kubevae/infer", content=head + images.tobytes(),
-                          headers=headers)
+    body, headers = binary_request_body("encode", images, binary_data_output=True)
+    response = httpx.post(f"{server.url}/v2/models/kubevae/infer", content=body, headers=headers)
     assert response.status_code == 200, response.text
     json_length = int(response.headers["inference-header-content-length"])
     meta = json.loads(response.content[:json_length])
@@ -188,8 +186,7 @@ def test_v2_binary_tensor_extension(server, images):
     mu = np.frombuffer(response.content[json_length:json_length + size], np.float32).reshape(3, LATENT)
     with Client(server.url) as client:
         np.testing.assert_allclose(mu, client.encode(images)["mu"], atol=1e-6)
-    short = httpx.post(f"{server.url}/v2/models/kubevae/infer", content=head + images.tobytes()[:-1],
-                       headers=headers)
+    short = httpx.post(f"{server.url}/v2/models/kubevae/infer", content=body[:-1], headers=headers)
     assert short.status_code == 400 and "bytes follow the JSON part" in short.json()["error"]
 
 
@@ -207,6 +204,46 @@ def test_health_metrics_and_request_ids(server, images):
     metrics = http.get("/metrics").text
     assert 'request_predict_seconds_count{model_name="kubevae"}' in metrics
     assert "kubevae_batch_images_bucket" in metrics
+    http.close()
+
+
+STAGES = ("preprocess", "predict", "postprocess")
+
+
+def stage_counts(http: httpx.Client) -> dict[str, float]:
+    """KServe's request_{stage}_seconds histograms for this model: observations and seconds
+    (0 before a histogram's first observation, when it has no line yet)."""
+    figures = {f"{stage}_{kind}": 0.0 for stage in STAGES for kind in ("count", "sum")}
+    for family in text_string_to_metric_families(http.get("/metrics").text):
+        for sample in family.samples:
+            stage = sample.name.removeprefix("request_").split("_seconds_")[0]
+            if stage in STAGES and sample.labels.get("model_name") == "kubevae" \
+                    and sample.name.endswith(("_count", "_sum")):
+                figures[f"{stage}_{sample.name.rsplit('_', 1)[1]}"] = sample.value
+    return figures
+
+
+def test_kserve_times_parsing_inference_and_answering_as_separate_stages(server, images):
+    """Parsing is preprocess, the model (with its queue) predict, the response postprocess: a
+    malformed request fails in preprocess, so KServe's preprocess histogram counts it and the
+    predict and postprocess ones do not; a good request, on any protocol, is counted once by each."""
+    http = httpx.Client(base_url=server.url)
+    before = stage_counts(http)
+    bad = http.post("/v2/models/kubevae/infer", json=v2_payload("encode", images[:, :5]))
+    assert bad.status_code == 400 and "expected shape" in bad.json()["error"]
+    after_bad = stage_counts(http)
+    assert {s: after_bad[f"{s}_count"] - before[f"{s}_count"] for s in STAGES} == \
+        {"preprocess": 1, "predict": 0, "postprocess": 0}
+
+    body, headers = binary_request_body("encode", images)
+    assert http.post("/v1/models/kubevae:predict", json=v1_payload("encode", images)).status_code == 200
+    assert http.post("/v2/models/kubevae/infer", json=v2_payload("encode", images)).status_code == 200
+    assert http.post("/v2/models/kubevae/infer", content=body, headers=headers).status_code == 200
+    with GrpcClient(server.grpc_target) as client:
+        client.infer("kubevae", "encode", images=images)
+    after = stage_counts(http)
+    assert {s: after[f"{s}_count"] - after_bad[f"{s}_count"] for s in STAGES} == dict.fromkeys(STAGES, 4)
+    assert all(after[f"{s}_sum"] > after_bad[f"{s}_sum"] for s in STAGES)
     http.close()
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from components.base import IMAGE
-from components.k8s.security import S3_SECRET
+from components.k8s.contract import S3_SECRET
 from components.search_space import SearchSpace
 from kubevae.study import Study
 

@@ -1,7 +1,7 @@
 """The kubernetes backend: a Katib Experiment, a TrainJob (or PyTorchJob) and a KServe InferenceService.
 
 Before it creates a TrainJob or an Experiment with TrainJob trials, a step makes one strict
-server-side dry run of the job (launchers.choose_shape): Trainer >= v2.2 gets runtimePatches
+server-side dry run of the job (training_jobs.choose_shape): Trainer >= v2.2 gets runtimePatches
 and activeDeadlineSeconds, Trainer v2.1 (Kubeflow 26.03) podTemplateOverrides, and a Trainer
 that serves neither fails the step before anything is created.
 
@@ -45,12 +45,16 @@ from components.backends.base import (
     train_options,
     trial_options,
 )
-from components.k8s import launchers, to_dict
+from components.k8s import to_dict, waiting
+from components.k8s.canary import CANARY_RUN, InferenceServiceLauncher, canary_in_flight
+from components.k8s.contract import RUN_LABEL
+from components.k8s.experiments import EXPERIMENT, KatibLauncher
 from components.k8s.inferenceservice import build_inference_service, storage_uri_for
+from components.k8s.jobspec import TrainingJob
 from components.k8s.katib import Tuning, build_experiment, trial_instance
-from components.k8s.pytorchjob import RUN_LABEL, TrainingJob
 from components.k8s.security import Resources
-from components.k8s.training_apis import JobShape, TrainingApi, training_api
+from components.k8s.training_apis import TRAINING_APIS, JobShape, training_api
+from components.k8s.training_jobs import TrainingJobLauncher, choose_shape
 from components.search_space import Parameter
 from kubevae import objectstore
 from kubevae.study import Study
@@ -78,7 +82,7 @@ class KubernetesOptions:
 class KubernetesBackend:
     name = "kubernetes"
 
-    def __init__(self, api: launchers.KubeApi | None = None, options: KubernetesOptions | None = None,
+    def __init__(self, api: waiting.KubeApi | None = None, options: KubernetesOptions | None = None,
                  store: Callable[[], Any] = objectstore.client_from_env,
                  smoke: Callable[[str, str], dict[str, Any]] | None = None,
                  clock: Callable[[], float] | None = None, log: Callable[[str], None] = print,
@@ -95,10 +99,10 @@ class KubernetesBackend:
         api = training_api(request.cluster.training_api)
         # Katib creates the trials without strict validation and cannot be asked to dry-run:
         # one trial's job is dry-run here, and the Experiment gets the shape the cluster accepts.
-        shape = launchers.choose_shape(self.api, namespace, api, lambda s: trial_instance(
+        shape = choose_shape(self.api, namespace, api, lambda s: trial_instance(
             to_dict(self.tune_experiment(request, namespace, name, s)), f"{name}-dry-run", namespace), self.log)
         experiment = self.tune_experiment(request, namespace, name, shape)
-        katib = launchers.KatibLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
+        katib = KatibLauncher(self.api, namespace, self._waiting(request.cluster), self.log)
         name = katib.create(experiment)
         katib.wait(name)
         space = request.search_space
@@ -106,7 +110,7 @@ class KubernetesBackend:
                               request.algorithm)
         missing = sorted(set(space.names) - set(study.best_params))
         if missing:
-            raise launchers.ResourceFailed(f"Experiment {namespace}/{name}: the optimal trial has no "
+            raise waiting.ResourceFailed(f"Experiment {namespace}/{name}: the optimal trial has no "
                                            f"value for search-space parameter(s) {missing}")
         self.log(f"best trial {study.best_trial}: {study.best_params} "
                  f"{request.objective_metric}={study.best_value:.6g}")
@@ -143,8 +147,8 @@ class KubernetesBackend:
         namespace = self._namespace(request.cluster.namespace)
         api = training_api(request.cluster.training_api)
         name = self._name(request.name)
-        shape = launchers.choose_shape(self.api, namespace, api,
-                                       lambda s: self.train_job(request, namespace, name, s), self.log)
+        shape = choose_shape(self.api, namespace, api, lambda s: self.train_job(request, namespace, name, s),
+                             self.log)
         job = self.train_job(request, namespace, name, shape)
         if not shape.job_deadline:
             self.log(f"{api.kind} {namespace}/{name}: {shape.releases} has no activeDeadlineSeconds; this "
@@ -152,7 +156,7 @@ class KubernetesBackend:
         if not shape.pod_security:
             self.log(f"{api.kind} {namespace}/{name}: {shape.releases} cannot set the pods' security "
                      f"contexts; they run as the image's non-root user with the runtime's defaults")
-        launcher = job_launcher(api, self.api, namespace, self._waiting(request.cluster), self.log)
+        launcher = TrainingJobLauncher(api, self.api, namespace, self._waiting(request.cluster), self.log)
         launcher.wait(launcher.create(job))
         count = objectstore.download(self._store(), request.out_uri, request.out_dir)
         self.log(f"downloaded the model ({count} files) from {request.out_uri}")
@@ -185,8 +189,8 @@ class KubernetesBackend:
         isvc = self.inference_service(request, namespace)
         manifest = Path(request.manifest_dir) / "inferenceservice.yaml"
         atomic_write_text(manifest, yaml.safe_dump(to_dict(isvc), sort_keys=False))
-        waiting = self._waiting(request.cluster, min(request.cluster.timeout_seconds, self.options.deploy_timeout_s))
-        kserve = launchers.InferenceServiceLauncher(self.api, namespace, waiting, self.log)
+        wait = self._waiting(request.cluster, min(request.cluster.timeout_seconds, self.options.deploy_timeout_s))
+        kserve = InferenceServiceLauncher(self.api, namespace, wait, self.log)
         rollout = kserve.deploy(isvc, lambda url, model: self.smoke_test(url, model, request.model_dir),
                                 canary_percent=request.canary_percent, mode=request.cluster.deployment_mode,
                                 run_id=request.cluster.run_id, canary_name=f"c{self._suffix()[:5]}")
@@ -210,16 +214,16 @@ class KubernetesBackend:
         namespace = self._namespace(cluster.namespace)
         [(label, value)] = run_labels(cluster)
         actions: list[str] = []
-        for target, state in ((launchers.EXPERIMENT, launchers.condition_state),
-                              (launchers.TRAINJOB, _trainjob_state),
-                              (launchers.PYTORCHJOB, launchers.condition_state)):
-            actions += launchers.delete_unfinished(self.api, target, namespace, f"{label}={value}", state)
-        kserve = launchers.InferenceServiceLauncher(self.api, namespace, self._waiting(
+        unfinished = [(EXPERIMENT, waiting.condition_state),
+                      *((api.target, api.state) for api in TRAINING_APIS.values())]
+        for target, state in unfinished:
+            actions += waiting.delete_unfinished(self.api, target, namespace, f"{label}={value}", state)
+        kserve = InferenceServiceLauncher(self.api, namespace, self._waiting(
             cluster, min(cluster.timeout_seconds, self.options.deploy_timeout_s)), self.log)
         isvc = kserve.get(model_name) if model_name else None
         annotations = ((isvc or {}).get("metadata") or {}).get("annotations") or {}
-        mode = launchers.canary_in_flight(isvc) if isvc else None
-        if isvc and mode and annotations.get(launchers.CANARY_RUN) == cluster.run_id:
+        mode = canary_in_flight(isvc) if isvc else None
+        if isvc and mode and annotations.get(CANARY_RUN) == cluster.run_id:
             kserve.rollback(model_name, mode)
             actions.append(f"rolled back the {mode} canary of InferenceService {namespace}/{model_name}")
         for line in actions:
@@ -236,18 +240,18 @@ class KubernetesBackend:
 
     # -- helpers --------------------------------------------------------------------------
     @property
-    def api(self) -> launchers.KubeApi:
+    def api(self) -> waiting.KubeApi:
         if self._api is None:
-            self._api = launchers.connect()
+            self._api = waiting.connect()
         return self._api
 
-    def _waiting(self, cluster, timeout_s: float | None = None) -> launchers.Waiting:
+    def _waiting(self, cluster, timeout_s: float | None = None) -> waiting.Waiting:
         kwargs = {"clock": self._clock} if self._clock else {}
-        return launchers.Waiting(timeout_s=timeout_s or cluster.timeout_seconds, poll_s=self.options.poll_s,
+        return waiting.Waiting(timeout_s=timeout_s or cluster.timeout_seconds, poll_s=self.options.poll_s,
                                  **kwargs)
 
     def _namespace(self, namespace: str) -> str:
-        return namespace or launchers.current_namespace()
+        return namespace or waiting.current_namespace()
 
     def _name(self, base: str) -> str:
         stem = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-") or "kubevae"
@@ -258,19 +262,6 @@ class KubernetesBackend:
 
     def _mlflow_env(self) -> tuple[tuple[str, str], ...]:
         return tuple((k, self._env[k]) for k in MLFLOW_PASSTHROUGH if self._env.get(k))
-
-
-def _trainjob_state(obj: dict):
-    from components.k8s import trainjob
-
-    return launchers.condition_state(obj, trainjob.SUCCESS, trainjob.FAILURE)
-
-
-def job_launcher(api: TrainingApi, kube: launchers.KubeApi, namespace: str, waiting: launchers.Waiting,
-                 log: Callable[[str], None]):
-    """The launcher of the chosen training API."""
-    cls = launchers.TrainJobLauncher if api.name == "trainer" else launchers.PyTorchJobLauncher
-    return cls(kube, namespace, waiting, log)
 
 
 def run_labels(cluster) -> tuple[tuple[str, str], ...]:

@@ -1,15 +1,26 @@
 """Kubernetes resources for training, tuning and serving, and the launchers that run them.
 
 Reusable beyond kubevae: the builders take an image and a command's flags, the launchers take
-any Katib Experiment, PyTorchJob or InferenceService.
+any Katib Experiment, TrainJob, PyTorchJob or InferenceService.
 
-- security:         restricted Pod Security Standard contexts, resources, GPU tolerations
-- pytorchjob:       a PyTorchJob (kubeflow.org/v1) running `kubevae train` (Master + Workers)
-- trainjob:         a TrainJob (trainer.kubeflow.org/v1alpha1, Trainer v2) running the same
+The resources:
+- contract:         the cluster contract: Secret, ConfigMap and their keys, the labels
+- jobspec:          the one spec of a `kubevae train` run (TrainingJob) and the pod layout
+- trainjob:         a TrainJob (trainer.kubeflow.org/v1alpha1, Trainer v2) running that spec
+- pytorchjob:       a PyTorchJob (kubeflow.org/v1, Training Operator 1.9) running the same
+- training_apis:    the table of the two training APIs: builder, resource, conditions, node 0
 - katib:            a Katib Experiment whose trials are that TrainJob or PyTorchJob
 - inferenceservice: a KServe InferenceService with the kubevae predictor
-- launchers:        submit, wait, read results, stream logs, canary rollouts
+- security:         restricted Pod Security Standard contexts, resources, GPU tolerations
 - render:           `python -m components.k8s.render OUT_DIR` writes the manifests' workloads
+
+Running them:
+- waiting:          the API client, strict creates, watching one object to its end, cleanup
+- logs:             node 0's log followed into the step's log
+- training_jobs:    choose the job shape the cluster serves, run a training job
+- experiments:      run a Katib Experiment, read its trials back as the study
+- canary:           create or update an InferenceService through a smoke-tested canary
+- preflight:        `kubevae cluster check`, a read-only check of a namespace
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ starts, with the credentials and endpoint of the service account's S3 Secret and
 Knative (serverless mode) accepts.
 
 The deployment mode is explicit (the `serving.kserve.io/deploymentMode` annotation), because
-how a canary works depends on it (components.k8s.launchers.InferenceServiceLauncher):
+how a canary works depends on it (components.k8s.canary.InferenceServiceLauncher):
 - Knative:         `canaryTrafficPercent` on the predictor; tag routing is on, so that the
                    canary revision is smoke-tested by its own `latest` URL.
 - Standard:        `spec.canary[]` (KServe >= 0.20), a second predictor with a `trafficPercent`,
@@ -31,7 +31,7 @@ from kserve import V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1
 from kubernetes.client import V1Container, V1ContainerPort, V1EnvVar, V1HTTPGetAction, V1ObjectMeta, V1Probe
 
 from components.k8s import to_dict
-from components.k8s.pytorchjob import COMMON_LABELS
+from components.k8s.contract import COMMON_LABELS
 from components.k8s.security import Resources, container_security_context, scratch_mount, scratch_volume
 from kubevae.objectstore import is_object_uri, s3_uri
 from serving.config import ServeConfig

@@ -41,7 +41,8 @@ from kubeflow.katib import (
 from kubernetes.client import V1ObjectMeta
 
 from components.k8s import to_dict
-from components.k8s.pytorchjob import COMMON_LABELS, TrainingJob
+from components.k8s.contract import COMMON_LABELS
+from components.k8s.jobspec import TrainingJob
 from components.k8s.training_apis import TRAINING_APIS, JobShape, TrainingApi
 from components.search_space import SearchSpace
 
@@ -123,7 +124,7 @@ def build_experiment(name: str, namespace: str | None, space: SearchSpace, trial
         *space.train_args(trial_placeholders(space)),
         "--run-name", f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}"),
         checkpoint_folder=f"${{trialParameters.{TRIAL_NAME_PARAMETER}}}", component="tune-trial")
-    trial_spec = to_dict(api.build(template_job, shape=shape))  # no metadata: Katib names the trials
+    trial_spec = to_dict(api.build(template_job, shape=shape))  # no name: Katib names the trials
     trial_parameters = [V1beta1TrialParameterSpec(name=n, reference=n, description=f"search-space {n}")
                         for n in space.names]
     trial_parameters.append(V1beta1TrialParameterSpec(

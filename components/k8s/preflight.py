@@ -1,7 +1,7 @@
 """A read-only preflight of a namespace before kubevae's first run on a cluster.
 
 `kubevae cluster check --namespace NS` asks the API server (the kubeconfig's current context,
-or the pod's service account in a pod: `launchers.connect`) and the namespace's object store
+or the pod's service account in a pod: `waiting.connect`) and the namespace's object store
 and MLflow server whether a run can work, and prints one table: each row a check, its status
 and what to change. Statuses:
 
@@ -67,10 +67,19 @@ from typing import Any
 
 import yaml
 
-from components.k8s import launchers
 from components.k8s import trainjob as trainjob_kind
-from components.k8s.pytorchjob import S3_SECRET_KEYS, SETTINGS_KEYS
-from components.k8s.security import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS, S3_SECRET, SETTINGS_CONFIG_MAP
+from components.k8s import waiting
+from components.k8s.canary import INFERENCESERVICE
+from components.k8s.contract import (
+    MLFLOW_CREDENTIALS,
+    MLFLOW_SECRET_KEYS,
+    S3_SECRET,
+    S3_SECRET_KEYS,
+    SETTINGS_CONFIG_MAP,
+    SETTINGS_KEYS,
+)
+from components.k8s.experiments import EXPERIMENT
+from components.k8s.training_apis import TRAINING_API_NAMES, TRAINING_APIS
 from kubevae import objectstore
 
 OK, MISSING, WARN, UNKNOWN = "ok", "missing", "warn", "could not check"
@@ -127,15 +136,13 @@ class Crd:
 
 
 CRDS = {
-    "trainer": Crd(launchers.TRAINJOB.kind, launchers.TRAINJOB.group, launchers.TRAINJOB.version,
-                   launchers.TRAINJOB.plural, "training_api=trainer (the default)"),
-    "pytorchjob": Crd(launchers.PYTORCHJOB.kind, launchers.PYTORCHJOB.group, launchers.PYTORCHJOB.version,
-                      launchers.PYTORCHJOB.plural, "training_api=pytorchjob"),
-    "katib": Crd(launchers.EXPERIMENT.kind, launchers.EXPERIMENT.group, launchers.EXPERIMENT.version,
-                 launchers.EXPERIMENT.plural, "the tune step (Katib)"),
-    "kserve": Crd(launchers.INFERENCESERVICE.kind, launchers.INFERENCESERVICE.group,
-                  launchers.INFERENCESERVICE.version, launchers.INFERENCESERVICE.plural,
-                  "the deploy step (KServe)"),
+    **{name: Crd(api.kind, api.group, api.version, api.plural,
+                 f"training_api={name}" + (" (the default)" if name == TRAINING_API_NAMES[0] else ""))
+       for name, api in TRAINING_APIS.items()},
+    "katib": Crd(EXPERIMENT.kind, EXPERIMENT.group, EXPERIMENT.version, EXPERIMENT.plural,
+                 "the tune step (Katib)"),
+    "kserve": Crd(INFERENCESERVICE.kind, INFERENCESERVICE.group, INFERENCESERVICE.version,
+                  INFERENCESERVICE.plural, "the deploy step (KServe)"),
 }
 
 
@@ -172,12 +179,12 @@ def connect() -> Kube:
     from kubernetes.config import ConfigException
 
     try:
-        kube = launchers.connect()
+        kube = waiting.connect()
     except ConfigException as e:
         raise ValueError(f"no Kubernetes credentials: {e} (set KUBECONFIG or the current "
                          "context, or run in a pod)") from None
     in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and \
-        launchers.SERVICE_ACCOUNT_NAMESPACE.exists()
+        waiting.SERVICE_ACCOUNT_NAMESPACE.exists()
     return Kube(kube.custom.api_client, in_cluster)
 
 
@@ -394,7 +401,7 @@ def runtime_row(custom: Any, options: Options) -> Row:
     label = f"ClusterTrainingRuntime {trainjob_kind.RUNTIME}"
     if options.training_api != "trainer":
         return Row(label, OK, f"not used with --training-api {options.training_api}.")
-    group, version = launchers.TRAINJOB.group, launchers.TRAINJOB.version
+    group, version = trainjob_kind.GROUP, trainjob_kind.VERSION
     try:
         _api_call(lambda: custom.get_cluster_custom_object(group, version, "clustertrainingruntimes",
                                                            trainjob_kind.RUNTIME))

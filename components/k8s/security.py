@@ -27,6 +27,8 @@ from kubernetes.client import (
     V1VolumeMount,
 )
 
+from components.k8s.contract import MLFLOW_CREDENTIALS, MLFLOW_SECRET_KEYS
+
 # The non-root user of the project image (see Dockerfile). Numeric, so that the kubelet can
 # verify runAsNonRoot without reading /etc/passwd in the image.
 RUN_AS_USER = 10001
@@ -57,16 +59,6 @@ def container_security_context() -> V1SecurityContext:
 def scratch_volume(size_limit: str = "2Gi") -> V1Volume:
     return V1Volume(name=SCRATCH_VOLUME,
                     empty_dir=V1EmptyDirVolumeSource(size_limit=size_limit))
-
-
-# The Secrets and the ConfigMap that manifests/base creates, named once for every pod builder
-# and the pipeline: S3 credentials, the endpoints and settings, and MLflow's credentials.
-S3_SECRET = "kubevae-s3"  # noqa: S105 (a Secret's name, not its value)
-SETTINGS_CONFIG_MAP = "kubevae-settings"
-# MLflow requires authentication (manifests/base/mlflow.yaml); its clients read the user and
-# password from this Secret, never from a parameter or a spec.
-MLFLOW_CREDENTIALS = "kubevae-mlflow-auth"
-MLFLOW_SECRET_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
 
 def mlflow_credentials_env(secret: str = MLFLOW_CREDENTIALS) -> list[V1EnvVar]:

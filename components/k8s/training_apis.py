@@ -18,8 +18,12 @@ shapes of its job that the controller's releases serve, newest first:
 
 An API server drops fields its CRD does not know unless it is asked for strict field
 validation, so the launchers create with fieldValidation=Strict, and the tune and train steps
-start with one strict server-side dry run of the job (`components.k8s.launchers.choose_shape`):
+start with one strict server-side dry run of the job (`components.k8s.training_jobs.choose_shape`):
 the newest shape the cluster accepts is used, for the job and for the trials Katib creates.
+
+Everything that differs between the two APIs is an entry here: the builder, the Katib trial
+template (components.k8s.katib), the launcher (components.k8s.training_jobs), the exit
+handler's cleanup and the preflight's CRD check read the table, not the API's name.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from components.k8s import pytorchjob, trainjob, unknown_fields
+from components.k8s.waiting import Target, condition_state
 
 __all__ = ["TRAINING_APIS", "JobShape", "TrainingApi", "training_api", "unknown_fields"]
 
@@ -64,7 +69,9 @@ class TrainingApi:
     failure: str
     builder: Callable[..., Any]  # (TrainingJob, name=None, namespace=None, **shape kwargs) -> object
     shapes: tuple[JobShape, ...]  # newest first; the first is the default
-    primary_pod_labels: dict[str, str] = field(default_factory=dict)
+    job_name_label: str  # the label that names the job on each of its pods
+    primary: str  # node 0's name in messages ("Master")
+    primary_pod_labels: dict[str, str] = field(default_factory=dict)  # node 0's pod among them
 
     def build(self, job: Any, name: str | None = None, namespace: str | None = None,
               shape: JobShape | None = None) -> Any:
@@ -103,6 +110,18 @@ class TrainingApi:
         return f"{self.group}/{self.version}"
 
     @property
+    def target(self) -> Target:
+        return Target(self.kind, self.group, self.version, self.plural)
+
+    def state(self, obj: dict) -> tuple[str | None, str]:
+        """The job's verdict from its conditions: succeeded, failed, or None (still running)."""
+        return condition_state(obj, self.success, self.failure)
+
+    def primary_selector(self, name: str) -> str:
+        """The label selector of node 0's pod of job `name`."""
+        return ",".join(f"{k}={v}" for k, v in {self.job_name_label: name, **self.primary_pod_labels}.items())
+
+    @property
     def success_condition(self) -> str:
         return _gjson(self.success)
 
@@ -127,12 +146,14 @@ TRAINING_APIS = {
     "trainer": TrainingApi(
         name="trainer", kind=trainjob.KIND, group=trainjob.GROUP, version=trainjob.VERSION,
         plural=trainjob.PLURAL, container=trainjob.NODE, success=trainjob.SUCCESS,
-        failure=trainjob.FAILURE, primary_pod_labels=dict(trainjob.NODE0_LABELS),
+        failure=trainjob.FAILURE, job_name_label=trainjob.JOBSET_NAME_LABEL, primary="node 0",
+        primary_pod_labels=dict(trainjob.NODE0_LABELS),
         builder=trainjob.build_trainjob, shapes=(RUNTIME_PATCHES, POD_TEMPLATE_OVERRIDES)),
     "pytorchjob": TrainingApi(
         name="pytorchjob", kind=pytorchjob.KIND, group=pytorchjob.GROUP, version=pytorchjob.VERSION,
-        plural=pytorchjob.PLURAL, container=pytorchjob.CONTAINER, success="Succeeded",
-        failure="Failed", primary_pod_labels={"training.kubeflow.org/job-role": "master"},
+        plural=pytorchjob.PLURAL, container=pytorchjob.CONTAINER, success=pytorchjob.SUCCESS,
+        failure=pytorchjob.FAILURE, job_name_label=pytorchjob.JOB_NAME_LABEL, primary="the Master",
+        primary_pod_labels=dict(pytorchjob.MASTER_LABELS),
         builder=pytorchjob.build_pytorchjob, shapes=(PYTORCHJOB_V1,)),
 }
 

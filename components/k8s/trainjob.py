@@ -59,25 +59,25 @@ from kubeflow_trainer_api.models import (
     TrainerV1alpha1TrainJob,
     TrainerV1alpha1TrainJobSpec,
 )
-from kubernetes.client import V1ConfigMapKeySelector, V1EnvVar, V1EnvVarSource, V1VolumeMount
+from kubernetes.client import V1ConfigMapKeySelector, V1EnvVar, V1EnvVarSource
 
 from components.k8s import to_dict
-from components.k8s.pytorchjob import (
-    CHECKPOINT_ROOT,
+from components.k8s.contract import SETTINGS_KEYS
+from components.k8s.jobspec import (
     POD_ANNOTATIONS,
-    SETTINGS_KEYS,
     TrainingJob,
     env_vars,
     job_labels,
+    pod_labels,
     train_args,
     train_command,
+    train_mounts,
     volumes,
 )
 from components.k8s.security import (
     container_security_context,
     mlflow_credentials_env,
     pod_security_context,
-    scratch_mount,
 )
 
 API_VERSION = "trainer.kubeflow.org/v1alpha1"
@@ -92,17 +92,15 @@ RUNTIME_PATCHES, POD_TEMPLATE_OVERRIDES = "runtimePatches", "podTemplateOverride
 SUCCESS, FAILURE = "Complete", "Failed"
 NODE0_LABELS = {"jobset.sigs.k8s.io/replicatedjob-name": NODE,
                 "batch.kubernetes.io/job-completion-index": "0"}
-JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"
+JOBSET_NAME_LABEL = "jobset.sigs.k8s.io/jobset-name"  # on every pod of the TrainJob (its JobSet's name)
 
 
 def build_trainjob(job: TrainingJob, name: str | None = None, namespace: str | None = None,
                    runtime: str = RUNTIME, shape: str = RUNTIME_PATCHES) -> dict[str, Any]:
-    """The TrainJob (JSON) in `shape`. Without `name` it has no metadata (a Katib trialSpec
-    must not have it). Everything but the pod settings is the same in every shape."""
-    metadata = None
-    if name is not None:
-        metadata = IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=name, namespace=namespace,
-                                                           labels=job_labels(job))
+    """The TrainJob (JSON) in `shape`. Without `name` it has no metadata name or namespace (a
+    Katib trialSpec must not have them), only the job's labels, which Katib keeps on each
+    trial's job. Everything but the pod settings is the same in every shape."""
+    metadata = IoK8sApimachineryPkgApisMetaV1ObjectMeta(name=name, namespace=namespace, labels=job_labels(job))
     body = to_dict(TrainerV1alpha1TrainJob(
         api_version=API_VERSION, kind=KIND, metadata=metadata,
         spec=TrainerV1alpha1TrainJobSpec(
@@ -136,16 +134,6 @@ def trainer_env(job: TrainingJob) -> list[V1EnvVar]:
     return [*env_vars(job, with_s3_credentials=True), *mlflow_credentials_env(), *settings]
 
 
-def _node_mounts(job: TrainingJob) -> list[V1VolumeMount]:
-    mounts = [scratch_mount(), V1VolumeMount(name="work", mount_path="/work"),
-              V1VolumeMount(name="checkpoints", mount_path=CHECKPOINT_ROOT)]
-    if job.data_uri:
-        mounts.append(V1VolumeMount(name="data", mount_path="/data"))
-    if job.resources.gpus:
-        mounts.append(V1VolumeMount(name="dshm", mount_path="/dev/shm"))
-    return mounts
-
-
 def _runtime_patch(job: TrainingJob) -> TrainerV1alpha1RuntimePatch:
     pod = TrainerV1alpha1PodSpecPatch(
         service_account_name=job.service_account,
@@ -154,9 +142,9 @@ def _runtime_patch(job: TrainingJob) -> TrainerV1alpha1RuntimePatch:
         volumes=[_typed(IoK8sApiCoreV1Volume, v) for v in volumes(job)],
         containers=[TrainerV1alpha1ContainerPatch(
             name=NODE, security_context=_typed(IoK8sApiCoreV1SecurityContext, container_security_context()),
-            volume_mounts=[_typed(IoK8sApiCoreV1VolumeMount, m) for m in _node_mounts(job)])])
+            volume_mounts=[_typed(IoK8sApiCoreV1VolumeMount, m) for m in train_mounts(job, data_read_only=False)])])
     template = TrainerV1alpha1PodTemplatePatch(
-        metadata=IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=job_labels(job),
+        metadata=IoK8sApimachineryPkgApisMetaV1ObjectMeta(labels=pod_labels(job),
                                                          annotations=dict(POD_ANNOTATIONS)),
         spec=pod)
     return TrainerV1alpha1RuntimePatch(
@@ -176,9 +164,9 @@ def _pod_template_override(job: TrainingJob) -> dict[str, Any]:
         "serviceAccountName": job.service_account,
         "tolerations": to_dict(job.resources.tolerations()) or None,
         "volumes": to_dict(volumes(job)),
-        "containers": [{"name": NODE, "volumeMounts": to_dict(_node_mounts(job))}]}
+        "containers": [{"name": NODE, "volumeMounts": to_dict(train_mounts(job, data_read_only=False))}]}
     return {"targetJobs": [{"name": NODE}],
-            "metadata": {"labels": job_labels(job), "annotations": dict(POD_ANNOTATIONS)},
+            "metadata": {"labels": pod_labels(job), "annotations": dict(POD_ANNOTATIONS)},
             "spec": {k: v for k, v in spec.items() if v is not None}}
 
 
@@ -186,7 +174,3 @@ def _typed(model: Any, obj: Any) -> Any:
     """A kubernetes-client object as the Trainer API's own typed model of the same type."""
     return model.from_dict(to_dict(obj))
 
-
-def node0_selector(name: str) -> str:
-    """The label selector of node 0's pod of TrainJob `name` (the JobSet has its name)."""
-    return ",".join(f"{k}={v}" for k, v in {JOBSET_NAME_LABEL: name, **NODE0_LABELS}.items())
