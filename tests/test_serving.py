@@ -451,6 +451,31 @@ def test_logs_are_json_lines_without_image_payloads(server):
     assert ids[bad.headers["x-request-id"]]["status"] == 400
 
 
+def test_grpc_requests_get_one_log_line_each_with_status_op_and_latency(server, images):
+    """gRPC has no HTTP access log: the model writes its line, from the stage that ends the
+    request (postprocess when answered, preprocess when the input is bad)."""
+    with GrpcClient(server.grpc_target) as client:
+        client.infer_raw(infer_request("kubevae", "reconstruct", images=images),
+                         metadata=(("x-request-id", "grpc-ok-1"),))
+        with pytest.raises(grpc.RpcError):
+            client.infer_raw(infer_request("kubevae", "traverse", images=images),  # no dim
+                             metadata=(("x-request-id", "grpc-bad-1"),))
+    deadline = time.monotonic() + 10
+    while True:
+        lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.strip()]
+        grpc_lines = [e for e in lines if e["message"] == "grpc request"
+                      and e.get("request_id") in ("grpc-ok-1", "grpc-bad-1")]
+        if len(grpc_lines) >= 2 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    by_id = {e["request_id"]: e for e in grpc_lines}
+    assert len(grpc_lines) == 2
+    ok, bad = by_id["grpc-ok-1"], by_id["grpc-bad-1"]
+    assert (ok["status"], ok["op"], ok["items"], ok["protocol"]) == ("OK", "reconstruct", 3, "v2-grpc")
+    assert ok["latency_ms"] > 0
+    assert bad["status"] == "INVALID_ARGUMENT" and "parameters.dim" in bad["error"]
+
+
 def test_predict_command_writes_scores_and_images(server, tmp_path, images):
     files = []
     for i, image in enumerate(images):
