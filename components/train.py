@@ -8,7 +8,7 @@ def train(splits: Input[Dataset], study: Input[Artifact], backend: str, objectiv
           train_steps: int, batch_size: int, lr: float, conv_channels: list, val_every_steps: int,
           workers: int,
           gpus_per_worker: int, namespace: str, image: str, seed: int, training_api: str,
-          run_id: str, model: Output[Model], metrics: Output[Metrics]):
+          queue_name: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
     """Train the final model with the best parameters: a TrainJob (or PyTorchJob), or torchrun
     locally.
 
@@ -30,6 +30,8 @@ def train(splits: Input[Dataset], study: Input[Artifact], backend: str, objectiv
         image: The image the training pods run.
         seed: Seed of the training run.
         training_api: On a cluster: trainer (a Kubeflow Trainer v2 TrainJob) or pytorchjob.
+        queue_name: On a cluster: the Kueue LocalQueue that admits the training job (its
+            kueue.x-k8s.io/queue-name label); empty: no queue.
         run_id: The KFP run; labels what the step creates so that the exit handler finds it.
 
     Returns:
@@ -52,7 +54,7 @@ def train(splits: Input[Dataset], study: Input[Artifact], backend: str, objectiv
         workers=workers, gpus_per_worker=gpus_per_worker, seed=seed,
         parent_run_id=tracking.enclosing_run_id(),
         cluster=ClusterSettings(namespace=namespace, image=image, training_api=training_api,
-                                run_id=run_id)))
+                                queue_name=queue_name, run_id=run_id)))
     model.metadata.update(chosen.best_params)
     model.metadata["framework"] = "pytorch"
     model.metadata["objective_metric"] = chosen.objective_metric

@@ -9,7 +9,7 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
          conv_channels: list,
          max_trials: int, parallel_trials: int, max_failed_trials: int, trial_steps: int,
          udr_seeds: int, batch_size: int, trial_workers: int, gpus_per_worker: int,
-         namespace: str, image: str, seed: int, training_api: str, run_id: str,
+         namespace: str, image: str, seed: int, training_api: str, queue_name: str, run_id: str,
          study: Output[Artifact], metrics: Output[Metrics], study_plot: Output[HTML]):
     """Search beta and latent size: Katib on a cluster, an Optuna study locally.
 
@@ -39,6 +39,8 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
         image: The image the trials run.
         seed: Seed of the search and of every trial.
         training_api: On a cluster: trainer (TrainJob trials) or pytorchjob.
+        queue_name: On a cluster: the Kueue LocalQueue that admits each trial's job (its
+            kueue.x-k8s.io/queue-name label); empty: no queue.
         run_id: The KFP run; labels what the step creates so that the exit handler finds it.
 
     Returns:
@@ -77,7 +79,8 @@ def tune(splits: Input[Dataset], backend: str, algorithm: str, objective_metric:
             batch_size=batch_size, trial_workers=trial_workers, gpus_per_worker=gpus_per_worker,
             seed=seed, parent_run_id=tracker.run_id,  # every trial nests under this run
             cluster=ClusterSettings(namespace=namespace, image=image,
-                                               training_api=training_api, run_id=run_id)))
+                                               training_api=training_api, queue_name=queue_name,
+                                               run_id=run_id)))
         result = result.with_collapse_rule()
         verdict = result.verdict()
         if verdict:

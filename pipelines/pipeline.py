@@ -104,6 +104,7 @@ PARAMETERS: dict[str, tuple[Any, str]] = {
     "mirror_copies": (True, "Mirror images count as copies in the split (saved flips are augmentations in many data sets); false: only unflipped edits do."),
     "backend": ("kubernetes", "Where cluster-facing steps run: kubernetes (Katib, a TrainJob or PyTorchJob, KServe) or local."),
     "training_api": ("trainer", "Training job on the cluster, for training and Katib trials: trainer (a Kubeflow Trainer v2 TrainJob on the torch-distributed runtime) or pytorchjob (Training Operator 1.9)."),
+    "queue_name": ("", "Kueue LocalQueue (in the run's namespace) that admits the TrainJob or PyTorchJob and each Katib trial's job, as the kueue.x-k8s.io/queue-name label on the job; empty: no queue, the jobs start at once."),
     "algorithm": ("tpe", "Search algorithm: tpe, random, grid, bayesianoptimization or hyperband (Katib's; locally Optuna's TPE, random, GP, GridSampler, HyperbandPruner over steps)."),
     "objective_metric": ("auto", "Tuning objective, with its own direction: auto (val_mig when the data has factor_* columns, else udr), val_mig, val_factor_vae, val_dci, udr (maximized); val_neg_elbo or val_iwae_nll (minimized; they prefer beta ~ 1: use them to tune latent size or lr at a fixed beta)."),
     "objective": ("beta", "Training objective of the trials and the final run; the searched beta is its weight: beta (beta-VAE, beta on the KL), tcvae (beta-TCVAE, Chen et al. 2018: beta on the total correlation) or factor (FactorVAE, Kim & Mnih 2018: beta is its gamma on the total correlation, estimated by a discriminator; the literature's gammas are 10 to 100, so raise beta_min and beta_max)."),
@@ -150,6 +151,7 @@ def _pipeline(
     mirror_copies: bool = PARAMETERS["mirror_copies"][0],
     backend: str = PARAMETERS["backend"][0],
     training_api: str = PARAMETERS["training_api"][0],
+    queue_name: str = PARAMETERS["queue_name"][0],
     algorithm: str = PARAMETERS["algorithm"][0],
     objective_metric: str = PARAMETERS["objective_metric"][0],
     objective: str = PARAMETERS["objective"][0],
@@ -204,13 +206,13 @@ def _pipeline(
                      trial_steps=trial_steps, udr_seeds=udr_seeds, batch_size=batch_size,
                      trial_workers=trial_workers,
                      gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
-                     training_api=training_api, run_id=run_id))
+                     training_api=training_api, queue_name=queue_name, run_id=run_id))
         trained = step(train(splits=splits.outputs["splits"], study=study.outputs["study"],
                         backend=backend, objective=objective, train_steps=train_steps, batch_size=batch_size, lr=lr,
                         conv_channels=conv_channels, val_every_steps=val_every_steps,
                         workers=workers,
                         gpus_per_worker=gpus_per_worker, namespace=namespace, image=image, seed=seed,
-                        training_api=training_api, run_id=run_id))
+                        training_api=training_api, queue_name=queue_name, run_id=run_id))
         step(evaluate(model=trained.outputs["model"], splits=splits.outputs["splits"],
                  study=study.outputs["study"], iwae_k=iwae_k,
                  metric_protocol=metric_protocol, seed=seed), s3=False)

@@ -127,18 +127,41 @@ def schema_errors(obj: dict, releases: Releases = NEWEST) -> list[str]:
 
 
 def custom_resource_errors(obj: dict, releases: Releases = NEWEST) -> list[str]:
-    """Every problem the API server (schema) or Katib's webhook would find."""
+    """Every problem the API server (metadata, schema) or Katib's webhook would find."""
     group = obj.get("apiVersion", "").rpartition("/")[0]
     kind = obj.get("kind")
     if (group, kind) == ("kubeflow.org", "Experiment"):
-        problems = katib_violations(obj)
+        problems = katib_violations(obj) + label_errors(obj.get("metadata"))
         trial = substituted_trial_spec(obj)
         if trial is not None:
-            problems += [f"trialSpec: {p}" for p in schema_errors(trial, releases)]
+            problems += [f"trialSpec: {p}" for p in schema_errors(trial, releases)
+                         + label_errors(trial.get("metadata"))]
         return problems
     if (group, kind) in CRD_FILES:
-        return schema_errors(obj, releases)
+        return schema_errors(obj, releases) + label_errors(obj.get("metadata"))
     raise AssertionError(f"no CRD here for {group}/{kind}")
+
+
+# apimachinery's ValidateLabels (what an API server checks on every object's metadata): the key
+# a qualified name (an optional DNS subdomain prefix and '/', then a name), the value a label value.
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def label_errors(metadata: dict | None) -> list[str]:
+    """The API server's complaints about an object's metadata.labels, as it words them."""
+    problems = []
+    for key, value in ((metadata or {}).get("labels") or {}).items():
+        prefix, _, name = key.rpartition("/")
+        if not (len(name) <= 63 and _LABEL_NAME.match(name)) or \
+                (prefix and not (len(prefix) <= 253 and _DNS_SUBDOMAIN.match(prefix))):
+            problems.append(f"metadata.labels: Invalid value: {key!r}: name part must consist of "
+                            "alphanumeric characters, '-', '_' or '.' (a qualified name)")
+        if not isinstance(value, str) or len(value) > 63 or (value and not _LABEL_NAME.match(value)):
+            problems.append(f"metadata.labels: Invalid value: {value!r}: a valid label must be an empty "
+                            "string or consist of at most 63 alphanumeric characters, '-', '_' or '.', "
+                            "and must start and end with an alphanumeric character")
+    return problems
 
 
 # -- what the API server does with fields its CRD does not know -----------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from k8s_checks import NEWEST, Releases, prune_unknown, unknown_fields
+from k8s_checks import NEWEST, Releases, label_errors, prune_unknown, unknown_fields
 from kubernetes.client import ApiClient
 from kubernetes.client.rest import ApiException
 
@@ -205,6 +205,11 @@ class FakeCluster:
                 *parents, last = path.split(".")
                 holder = functools.reduce(lambda o, k: o.get(k) or {}, parents, obj)
                 holder.pop(last, None)
+        invalid = label_errors(obj.get("metadata"))
+        if invalid:  # the API server validates every object's metadata (422, nothing written)
+            group = obj.get("apiVersion", "").rpartition("/")[0]
+            raise _status_error(422, "Unprocessable Entity", "Invalid",
+                                f'{kind}.{group} "{obj["metadata"].get("name")}" is invalid: {"; ".join(invalid)}')
         check = self.admission.get(plural)
         denial = check(obj) if check else None
         if denial:

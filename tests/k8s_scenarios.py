@@ -77,12 +77,13 @@ def _run(out: Outcome, action: Callable[[], Any]) -> Outcome:
 
 
 # -- tune ---------------------------------------------------------------------------------
-def tune_request(tmp: Path, algorithm: str = "tpe", parallel: int = 2, api: str = "trainer") -> TuneRequest:
+def tune_request(tmp: Path, algorithm: str = "tpe", parallel: int = 2, api: str = "trainer",
+                 queue_name: str = "") -> TuneRequest:
     return TuneRequest(name="kubevae-tune", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                        search_space=default_search_space(latent_dims=(4, 10)), work_dir=str(tmp / "trials"),
                        algorithm=algorithm, max_trials=3, parallel_trials=parallel, max_failed_trials=1,
                        trial_steps=4, objective_metric="val_neg_elbo", parent_run_id="tune-run-1",
-                       cluster=replace(cluster_settings(), training_api=api))
+                       cluster=replace(cluster_settings(), training_api=api, queue_name=queue_name))
 
 
 EXPERIMENT_NAME = f"kubevae-tune-{SUFFIX}"
@@ -100,7 +101,7 @@ def _trial(name: str, beta: str, dim: str, state: str, value: str | None, create
                        "observation": {"metrics": metrics}}}
 
 
-def tune_succeeds(tmp: Path, api: str = "trainer", releases: Releases = NEWEST) -> Outcome:
+def tune_succeeds(tmp: Path, api: str = "trainer", releases: Releases = NEWEST, queue_name: str = "") -> Outcome:
     cluster = FakeCluster(releases=releases)
     out = Outcome(cluster)
     for t in (_trial(f"{EXPERIMENT_NAME}-aaaa", "0.7", "4", "Succeeded", "830.5", 1),
@@ -117,7 +118,7 @@ def tune_succeeds(tmp: Path, api: str = "trainer", releases: Releases = NEWEST) 
                    status_updates("Created", "Running", trialsSucceeded=2, trialsRunning=1),
                    status_updates("Created", "Succeeded", trialsSucceeded=2, trialsEarlyStopped=1,
                                   currentOptimalTrial=optimal))
-    return _run(out, lambda: _backend(cluster, out).tune(tune_request(tmp, api=api)))
+    return _run(out, lambda: _backend(cluster, out).tune(tune_request(tmp, api=api, queue_name=queue_name)))
 
 
 def tune_fails(tmp: Path) -> Outcome:
@@ -146,11 +147,12 @@ PLURALS = {"trainer": "trainjobs", "pytorchjob": "pytorchjobs"}
 SUCCEEDED = {"trainer": "Complete", "pytorchjob": "Succeeded"}
 
 
-def train_request(tmp: Path, out_uri: str = MODEL_URI, api: str = "trainer") -> TrainRequest:
+def train_request(tmp: Path, out_uri: str = MODEL_URI, api: str = "trainer", queue_name: str = "") -> TrainRequest:
     return TrainRequest(name="train", data_dir=str(tmp / "splits"), data_uri=DATA_URI,
                         params={"beta": 3.2, "latent_dim": 10}, out_dir=str(tmp / "model"),
                         out_uri=out_uri, steps=3, batch_size=128, workers=2, gpus_per_worker=1,
-                        parent_run_id="train-step-run-1", cluster=replace(cluster_settings(), training_api=api))
+                        parent_run_id="train-step-run-1",
+                        cluster=replace(cluster_settings(), training_api=api, queue_name=queue_name))
 
 
 def node0_pod(api: str) -> str:
@@ -184,7 +186,8 @@ def _model_in_s3(s3: S3, uri: str) -> None:
         objectstore.upload(s3.client(), tmp, uri)
 
 
-def train_succeeds(tmp: Path, s3: S3, api: str = "trainer", releases: Releases = NEWEST) -> Outcome:
+def train_succeeds(tmp: Path, s3: S3, api: str = "trainer", releases: Releases = NEWEST,
+                   queue_name: str = "") -> Outcome:
     cluster = FakeCluster(releases=releases)
     out = Outcome(cluster)
     _node0(cluster, api)
@@ -198,7 +201,7 @@ def train_succeeds(tmp: Path, s3: S3, api: str = "trainer", releases: Releases =
                    lambda obj: (cluster.clock.advance(30), running)[1],
                    status_updates("Created", "Running", SUCCEEDED[api]) if api == "pytorchjob"
                    else status_updates(SUCCEEDED[api]))
-    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp, api=api)))
+    return _run(out, lambda: _backend(cluster, out, s3).train(train_request(tmp, api=api, queue_name=queue_name)))
 
 
 def train_fails(tmp: Path, s3: S3, api: str = "trainer") -> Outcome:

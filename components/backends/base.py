@@ -29,6 +29,7 @@ class ClusterSettings:
     storage_service_account: str = "kubevae-kserve-s3"
     timeout_seconds: int = 6 * 3600
     training_api: str = "trainer"  # components.k8s.training_apis: trainer (TrainJob) or pytorchjob
+    queue_name: str = ""  # a Kueue LocalQueue for the training jobs and trials; "" = none
     deployment_mode: str = "Knative"  # components.k8s.inferenceservice.DEPLOYMENT_MODES
     run_id: str = ""  # the KFP run: labels what it creates, so that its exit handler finds it
 

@@ -3,7 +3,9 @@
 Before it creates a TrainJob or an Experiment with TrainJob trials, a step makes one strict
 server-side dry run of the job (training_jobs.choose_shape): Trainer >= v2.2 gets runtimePatches
 and activeDeadlineSeconds, Trainer v2.1 (Kubeflow 26.03) podTemplateOverrides, and a Trainer
-that serves neither fails the step before anything is created.
+that serves neither fails the step before anything is created. With ClusterSettings.queue_name
+the TrainJob or PyTorchJob, and each trial's job, carries Kueue's kueue.x-k8s.io/queue-name
+label (on the job, not its pods): Kueue admits it when the LocalQueue's quota allows.
 
 - tune:   a Katib Experiment (tpe by default, medianstop, StdOut metrics) whose trials are
           TrainJobs (or PyTorchJobs: ClusterSettings.training_api) running `kubevae train` on
@@ -136,7 +138,8 @@ class KubernetesBackend:
             workers=request.trial_workers, procs_per_pod=max(1, request.gpus_per_worker),
             resources=_with_gpus(self.options.trial_resources, request.gpus_per_worker),
             checkpoint_claim=self.options.checkpoint_claim, s3_secret=request.cluster.s3_secret,
-            env=self._mlflow_env(), component="tune-trial", labels=run_labels(request.cluster))
+            env=self._mlflow_env(), component="tune-trial", labels=run_labels(request.cluster),
+            queue_name=request.cluster.queue_name)
         return build_experiment(name, namespace, space, trial, tuning, api=api,
                                 labels=dict(run_labels(request.cluster)), shape=shape)
 
@@ -176,7 +179,8 @@ class KubernetesBackend:
             resources=_with_gpus(self.options.train_resources, request.gpus_per_worker),
             checkpoint_claim=self.options.checkpoint_claim, checkpoint_folder=name,
             s3_secret=request.cluster.s3_secret, env=self._mlflow_env(),
-            active_deadline_seconds=request.cluster.timeout_seconds, labels=run_labels(request.cluster))
+            active_deadline_seconds=request.cluster.timeout_seconds, labels=run_labels(request.cluster),
+            queue_name=request.cluster.queue_name)
         return training_api(request.cluster.training_api).build(job, name, namespace, shape)
 
     # -- deploy ---------------------------------------------------------------------------
