@@ -6,7 +6,8 @@ from components.base import component
 @component
 def keep_champion(decision_report: Input[Markdown], model_name: str,
                   summary: Output[Markdown]) -> str:
-    """The branch taken when the gate does not promote: nothing is deployed.
+    """The branch taken when the gate does not promote: nothing is deployed. Whatever served
+    before (the champion, if there is one) keeps serving; the decision report says which.
 
     Args:
         decision_report: The gate's decision report.
@@ -20,6 +21,6 @@ def keep_champion(decision_report: Input[Markdown], model_name: str,
 
     decision = Path(decision_report.path).read_text()
     Path(summary.path).write_text(
-        f"# Not deployed\n\nThe candidate of `{model_name}` is registered as `challenger`; the "
-        f"current `champion` keeps serving.\n\n{decision}")
+        f"# Not deployed\n\nThe candidate of `{model_name}` is registered as `challenger` and "
+        f"nothing new was deployed; the `champion`, if there is one, keeps serving.\n\n{decision}")
     return "kept"

@@ -1,52 +1,123 @@
 """The champion/challenger gate over the MLflow Model Registry.
 
-The gate judges what the search optimized. Its criterion is the test-split counterpart of the
-tuning objective (kubevae.training.selection.OBJECTIVES[...].test_metric):
+Criterion: the test-split counterpart of the tuning objective, read from the study's one
+mapping (kubevae.study.TEST_METRIC): test MIG for val_mig, FactorVAE for val_factor_vae, DCI
+disentanglement for val_dci (higher is better); the test negative ELBO for val_neg_elbo and
+val_iwae_nll (lower is better). udr has no test counterpart (it scores a setting from several
+seeds): each version records its study's UDR as a tag (kubevae.gate.udr) and the candidate's is
+compared with the champion's; a champion without that tag cannot be compared, and the candidate
+stays a challenger until a person moves the alias.
 
-    val_mig -> test MIG          val_factor_vae -> test FactorVAE score
-    val_dci -> test DCI disentanglement (higher is better for all three)
-    val_neg_elbo -> test negative ELBO,  val_iwae_nll -> test negative ELBO (lower is better;
-                    the IWAE bound is too costly to recompute for both models at every gate)
-    udr -> the validation UDR of the tuning study. UDR scores a setting from several seeds, so a
-           single model has no test counterpart; each version records its study's UDR as a tag
-           (kubevae.gate.udr) and the candidate's is compared with the champion's. A champion
-           without that tag (tuned another way) cannot be compared: the candidate stays a
-           challenger until a person moves the alias.
+Scores: candidate and champion (registered model alias `champion`) are scored by the evaluate
+step's own functions (kubevae.evaluation.full.model_scores) on the same frozen test split, with
+the same seed, metric protocol and sizes: every score the gate records for the candidate is the
+value the evaluate step reports for it, and both models are scored on the same images and the
+same metric draws (each metric has its own stream from the seed), so their comparison is paired.
 
-Guard: the negative ELBO at beta = 1 on the test split, in nats per image, against regressions in
-reconstruction: the candidate may be worse than the champion by at most `elbo_tolerance` (a
-fraction of the champion's value; 0.05 = 5 %). Choosing beta for disentanglement costs some
-likelihood, so the guard is a tolerance, not a requirement to win.
+Floors (Floors): no model is promoted, the first one included, when
+- a score it was judged on is not finite (NaN or infinite);
+- it has fewer than `min_active_units` active units (latents whose posterior mean varies,
+  Cov_x E[z_u|x] > 0.01);
+- its rate, the test KL(q(z|x) || p(z)) in nats per image, is below `min_rate_nats`;
+- its reconstruction PSNR is below the PSNR of the test images' mean image (the reconstruction a
+  decoder gives that ignores z) plus `min_psnr_gain_db`.
+How the defaults were chosen is in Floors' docstring; docs/evaluation.md has the measurements.
 
-Protocol: candidate and champion (registered model alias `champion`) are scored the same way on
-the same frozen test split with the same seed and metric protocol. The candidate is registered as
-a new version; it becomes `champion` when there is no champion, or when its criterion beats the
-champion's by at least `margin` (in the criterion's units) AND the guard holds; otherwise it is
-marked `challenger` and the champion stays. The decision report records the criterion, both
-scores, the guard and the reason.
+Rule, with a champion: the candidate replaces it when
+1. every floor holds;
+2. its criterion beats the champion's by at least `margin` (in the criterion's units), on the
+   test items as drawn: `gate_margin` means what it always meant;
+3. the paired bootstrap over the same test items (kubevae.metrics.bootstrap) gives a
+   probability of at least `min_probability` that the candidate is better at all (gain > 0).
+   The margin says how large a gain must be; the probability says how sure the test items make
+   it that there is a gain. Both must hold. DCI (its importances would be refitted per
+   resample) and udr (a study's score, not per item) have no bootstrap: the margin alone decides,
+   and the report says so. P(gain >= margin) is reported beside it;
+4. the guard holds: the test negative ELBO at beta = 1 may exceed the champion's by at most
+   `elbo_tolerance` (a fraction; 0.05 = 5 %). Choosing beta for disentanglement costs some
+   likelihood, so the guard is a tolerance, not a requirement to win.
+Without a champion, rule 1 alone decides. A candidate that is not promoted is registered as
+`challenger`; the champion, if any, stays. The decision report gives every floor with its value,
+both models' scores, the bootstrap and the reason.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import mlflow
+import pandas as pd
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from kubevae import tracking
-from kubevae.data.dataset import load_splits
-from kubevae.evaluation.bounds import evaluate_images
-from kubevae.model import load_model
+from kubevae.data.dataset import Dataset, load_splits
+from kubevae.study import MIN_RATE_NATS
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 GUARD_METRIC = "neg_elbo"
 TAG_PREFIX = "kubevae.gate."
-LOWER_IS_BETTER = ("neg_elbo", "iwae_nll")
+LOWER_IS_BETTER = ("neg_elbo", "iwae_nll", "recon", "kl")
 DEFAULT_ELBO_TOLERANCE = 0.05
+DEFAULT_MIN_PROBABILITY = 0.9
+DEFAULT_RESAMPLES = 500
+
+
+@dataclass(frozen=True)
+class Floors:
+    """What any model must reach to be promoted, the first one included.
+
+    The defaults, from models trained with `kubevae train` (latent size 10, 32 px, 600 steps,
+    lr 1e-3) on the built-in sprites and digits, scored on their test splits (the table is in
+    docs/evaluation.md): a model collapsed to the prior (beta = 64) had 0 active units, a rate
+    of about 0.001 nats per image and the PSNR of the mean image to within 0.1 dB; a sound model
+    (beta = 1), even after only 150 steps, had all 10 units active, a rate of 9 nats or more and
+    a PSNR 2.9 dB or more above the mean image. Each default lies between the two, far from
+    both, and means the same on any data:
+    - min_active_units = 1: a model with no active unit encodes nothing;
+    - min_rate_nats = 0.5: the study's collapse rule (kubevae.study.MIN_RATE_NATS), so a trial
+      the search calls collapsed is never promoted either;
+    - min_psnr_gain_db = 1.0: the reconstruction must beat the constant mean image by 1 dB (a
+      fifth less squared error); a model below the mean image (the suite's collapsed model gave
+      5.8 dB) has learned less than the average picture.
+    """
+
+    min_active_units: int = 1
+    min_rate_nats: float = MIN_RATE_NATS
+    min_psnr_gain_db: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.min_active_units < 0:
+            raise ValueError(f"min_active_units: expected a count >= 0, got {self.min_active_units}")
+        for name in ("min_rate_nats", "min_psnr_gain_db"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)}")
+
+    def check(self, scores: dict[str, float | None]) -> list[dict[str, Any]]:
+        """One row per floor: {"floor", "value", "limit", "passed", "text"}, in this order:
+        finite scores, active units, rate, reconstruction."""
+        bad = sorted(k for k, v in scores.items() if v is None or not math.isfinite(v))
+        psnr, reference = scores.get("psnr"), scores.get("mean_image_psnr")
+        rows = [{"floor": "finite", "value": ", ".join(bad) or "all finite", "limit": "all finite",
+                 "passed": not bad, "text": "every score is a finite number" if not bad
+                 else f"not finite: {', '.join(bad)}"}]
+
+        def row(name, value, limit, text):
+            passed = value is not None and math.isfinite(value) and value >= limit
+            rows.append({"floor": name, "value": value, "limit": limit, "passed": passed,
+                         "text": text})
+        row("active_units", scores.get("active_units"), self.min_active_units,
+            f"active units >= {self.min_active_units}")
+        row("rate", scores.get("kl"), self.min_rate_nats,
+            f"rate (test KL, nats per image) >= {self.min_rate_nats:g}")
+        limit = None if reference is None else reference + self.min_psnr_gain_db
+        row("reconstruction", psnr, float("nan") if limit is None else limit,
+            f"PSNR >= the mean image's PSNR ({_fmt(reference)} dB) + {self.min_psnr_gain_db:g} dB")
+        return rows
 
 
 @dataclass(frozen=True)
@@ -60,15 +131,19 @@ class Criterion:
 
     @classmethod
     def for_objective(cls, objective_metric: str) -> Criterion:
-        from kubevae.training.selection import objective
+        from kubevae.study import objective
 
         spec = objective(objective_metric)
-        if spec.name == "udr":
-            return cls(spec.name, "udr", "maximize", "tuning study (validation)")
-        if spec.test_metric is None:
-            raise ValueError(f"objective_metric: {spec.name!r} has no test-split metric for the gate")
-        metric = "neg_elbo" if spec.test_metric in LOWER_IS_BETTER else spec.test_metric
-        return cls(spec.name, metric, spec.direction, "test split")
+        if spec.test_metric is None:  # udr: a study's score, no single-model test counterpart
+            return cls(spec.name, spec.name, spec.direction, "tuning study (validation)")
+        return cls(spec.name, spec.test_metric, spec.direction, "test split")
+
+    @property
+    def disentanglement_metrics(self) -> tuple[str, ...]:
+        """The kubevae.metrics.disentanglement metric to compute for this criterion, if any."""
+        from kubevae.metrics import HEADLINE, metric_of
+
+        return (metric_of(self.metric),) if self.metric in HEADLINE.values() else ()
 
 
 @dataclass
@@ -88,37 +163,89 @@ class GateDecision:
     champion_neg_elbo: float | None = None
     elbo_tolerance: float = DEFAULT_ELBO_TOLERANCE
     reason: str = ""
+    floors: list[dict[str, Any]] = field(default_factory=list)  # Floors.check of the candidate
+    failed_floors: list[str] = field(default_factory=list)
+    candidate_scores: dict[str, float | None] = field(default_factory=dict)  # = evaluate's
+    champion_scores: dict[str, float | None] = field(default_factory=dict)
+    min_probability: float = DEFAULT_MIN_PROBABILITY
+    comparison: dict[str, Any] | None = None  # the paired bootstrap (PairedComparison.as_dict)
+    no_comparison: str = ""  # why there is no bootstrap, when there is a champion and none
 
     @property
     def promoted(self) -> bool:
         return self.decision == "promoted"
 
+    @property
+    def p_better(self) -> float | None:
+        return None if self.comparison is None else self.comparison["p_better"]
+
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def markdown(self) -> str:
-        def fmt(v: float | None) -> str:
-            return "none" if v is None else f"{v:.4f}"
-
-        verdict = ("**promoted**: the candidate is the new `champion`" if self.promoted else
-                   "**not promoted**: the candidate is marked `challenger`; the champion stays")
+        if self.promoted:
+            verdict = "**promoted**: the candidate is the new `champion`"
+        elif self.champion_version is None:
+            verdict = ("**not promoted**: the candidate is marked `challenger`; there is no "
+                       "champion, so nothing is deployed")
+        else:
+            verdict = "**not promoted**: the candidate is marked `challenger`; the champion stays"
         better = "higher" if self.direction == "maximize" else "lower"
         champion = "none" if self.champion_version is None else f"version {self.champion_version}"
-        return "\n".join([
-            f"# Gate: {self.model_name}", "", verdict, "", f"Reason: {self.reason}", "",
-            "| | candidate (version " + self.version + ") | champion (" + champion + ") |",
-            "|---|---|---|",
-            f"| criterion: {self.metric} ({better} is better; {self.criterion_source}; "
-            f"search objective {self.objective_metric}) | {fmt(self.candidate)} | {fmt(self.champion)} |",
-            f"| guard: test neg. ELBO at beta = 1, nats per image (lower is better) | "
-            f"{fmt(self.candidate_neg_elbo)} | {fmt(self.champion_neg_elbo)} |", "",
-            f"Rule: promote when there is no champion, or when the criterion beats the champion's "
-            f"by at least {self.margin:g} and the candidate's negative ELBO is at most "
-            f"{100 * self.elbo_tolerance:g} % above the champion's.", ""])
+        lines = [f"# Gate: {self.model_name}", "", verdict, "", f"Reason: {self.reason}", "",
+                 "## Floors (the candidate)", "", "| floor | value | required | |", "|---|---|---|---|"]
+        for row in self.floors:
+            lines.append(f"| {row['floor']} | {_fmt(row['value'])} | {row['text']} | "
+                         f"{'holds' if row['passed'] else '**FAILED**'} |")
+        lines += ["", "## Scores", "",
+                  "| | candidate (version " + self.version + ") | champion (" + champion + ") |",
+                  "|---|---|---|",
+                  f"| criterion: {self.metric} ({better} is better; {self.criterion_source}; "
+                  f"search objective {self.objective_metric}) | {_fmt(self.candidate)} | "
+                  f"{_fmt(self.champion)} |",
+                  f"| guard: test neg. ELBO at beta = 1, nats per image (lower is better) | "
+                  f"{_fmt(self.candidate_neg_elbo)} | {_fmt(self.champion_neg_elbo)} |"]
+        for name, value in self.candidate_scores.items():
+            if name not in (self.metric, GUARD_METRIC):
+                lines.append(f"| {name} | {_fmt(value)} | {_fmt(self.champion_scores.get(name))} |")
+        if self.comparison is not None:
+            c = self.comparison
+            lines += ["", f"Paired bootstrap over the same {c['num_items']} test items "
+                      f"({c['num_resamples']} resamples, seed {c['seed']}): P(candidate better) = "
+                      f"{c['p_better']:.3f}; P(gain >= margin {self.margin:g}) = "
+                      f"{c['p_beats_margin']:.3f}; gain {c['gain']:+.4g}, 95 % interval "
+                      f"[{c['gain_low']:+.4g}, {c['gain_high']:+.4g}]."]
+        elif self.no_comparison:
+            lines += ["", f"No paired bootstrap: {self.no_comparison}."]
+        lines += ["", "Rule: every floor must hold. With a champion, the criterion must also beat "
+                  f"the champion's by at least {self.margin:g} (the margin) on the test items as "
+                  f"drawn, the paired bootstrap must give P(candidate better) >= "
+                  f"{self.min_probability:g} (where there is one), and the candidate's negative "
+                  f"ELBO may be at most {100 * self.elbo_tolerance:g} % above the champion's.", ""]
+        return "\n".join(lines)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "none"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
 
 
 # -- scores ------------------------------------------------------------------------------------
-def test_split(data_dir: str | Path):
+@dataclass
+class Scored:
+    """One model's scores for the gate (kubevae.evaluation.full.ModelScores, or planted in tests)."""
+
+    scores: dict[str, float]
+    resamplers: dict[str, tuple[Callable, int]] = field(default_factory=dict)
+
+
+ModelScorer = Callable[[Path, Dataset], Scored]  # (model folder, test split) -> its scores
+
+
+def load_test_split(data_dir: str | Path) -> Dataset:
     splits = load_splits(data_dir)
     test = splits.get("test")
     if test is None or len(test) == 0:
@@ -126,59 +253,90 @@ def test_split(data_dir: str | Path):
     return test
 
 
-def test_images(data_dir: str | Path):
-    return test_split(data_dir).images
+def evaluate_scorer(criterion: Criterion, *, seed: int, protocol: str, device: str = "cpu",
+                    sizes=None) -> ModelScorer:
+    """Score a model folder as the evaluate step does (kubevae.evaluation.full.model_scores)."""
+    def score(model_dir: Path, dataset: Dataset) -> Scored:
+        from kubevae.evaluation.full import model_scores
+        from kubevae.model import load_model
+
+        if criterion.disentanglement_metrics and not dataset.factor_names:
+            raise ValueError(f"gate: criterion {criterion.metric} needs factor columns in the test "
+                             f"split ({dataset.path})")
+        result = model_scores(load_model(model_dir, device=device), dataset, seed=seed,
+                              protocol=protocol, sizes=sizes, device=device,
+                              metrics=criterion.disentanglement_metrics)
+        return Scored(result.scores, result.resamplers)
+    return score
 
 
-def score(model_dir: str | Path, test_images, seed: int = 0) -> float:
-    """The guard: mean negative ELBO at beta = 1 (nats per image)."""
-    return float(evaluate_images(load_model(model_dir), test_images, seed=seed)["neg_elbo"])
+def count_test_items(splits_dir: str | Path) -> dict[str, int]:
+    """How many test items the split has, and how many of them were pinned from the previous
+    split (previous_split): the items the champion was itself tested on. Read from
+    assignments.csv (kubevae.split writes it); tags on the registered version."""
+    path = Path(splits_dir) / "assignments.csv"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the split folder has no assignments.csv (kubevae split "
+                                f"writes it)")
+    rows = pd.read_csv(path, dtype=str)
+    missing = {"split", "how"} - set(rows.columns)
+    if missing:
+        raise ValueError(f"{path}: expected columns 'split' and 'how', missing {sorted(missing)}")
+    test = rows[rows["split"] == "test"]
+    return {"kubevae.test_items": len(test),
+            "kubevae.test_items_frozen": int((test["how"] == "pinned").sum())}
 
 
-def criterion_score(metric: str, model_dir: str | Path, dataset, seed: int = 0,
-                    protocol: str = "disentanglement_lib") -> float:
-    """One model's criterion on the test split, drawn as the evaluate step draws it (the same
-    seed and protocol give the same MIG as kubevae.evaluation.full)."""
-    from kubevae.evaluation.full import model_scores
-    from kubevae.metrics import metric_of
+# -- the decision ------------------------------------------------------------------------------
+def compare(criterion: Criterion, candidate: Scored, champion: Scored, *, margin: float,
+            num_resamples: int, seed: int) -> tuple[dict[str, Any] | None, str]:
+    """The paired bootstrap of the criterion, or (None, why there is none)."""
+    from kubevae.metrics.bootstrap import paired_bootstrap
 
-    if metric == "neg_elbo":
-        return score(model_dir, dataset.images, seed)
-    if not dataset.factor_names:
-        raise ValueError(f"gate: criterion {metric} needs factor columns in the test split "
-                         f"({dataset.path})")
-    scores = model_scores(load_model(model_dir), dataset, seed=seed, protocol=protocol,
-                          metrics=(metric_of(metric),))
-    return scores.scores[metric]
-
-
-Scorer = Callable[[str, Path, Any], float]  # (metric, model_dir, test dataset) -> score
+    if criterion.metric not in candidate.resamplers or criterion.metric not in champion.resamplers:
+        if criterion.source != "test split":
+            return None, "udr is the tuning study's score, not a score per test item"
+        if criterion.metric.startswith("dci_"):
+            return None, "DCI refits its classifiers on every draw, so it is not resampled"
+        return None, f"no per-item {criterion.metric} scores for both models"
+    (score_a, n_a), (score_b, n_b) = candidate.resamplers[criterion.metric], champion.resamplers[criterion.metric]
+    if n_a != n_b:
+        return None, f"the two models were scored on different numbers of items ({n_a}, {n_b})"
+    result = paired_bootstrap(score_a, score_b, n_a, direction=criterion.direction, margin=margin,
+                              num_resamples=num_resamples, seed=seed)
+    return result.as_dict(), ""
 
 
 def decide(criterion: Criterion, candidate: float | None, champion: float | None,
-           candidate_elbo: float, champion_elbo: float | None, *, margin: float,
-           elbo_tolerance: float, has_champion: bool) -> tuple[bool, str]:
+           candidate_elbo: float | None, champion_elbo: float | None, *, margin: float,
+           elbo_tolerance: float, has_champion: bool, failed_floors: list[str] | None = None,
+           p_better: float | None = None, min_probability: float = DEFAULT_MIN_PROBABILITY
+           ) -> tuple[bool, str]:
     """(promoted, reason) from the scores alone (see the module docstring)."""
+    if failed_floors:
+        return False, f"a floor failed: {'; '.join(failed_floors)}"
     if not has_champion:
-        return True, "no champion yet"
+        return True, "no champion yet, and every floor holds"
     if candidate is None:
         return False, f"the candidate has no {criterion.metric} score"
     if champion is None:
         return False, (f"the champion has no {criterion.metric} score to compare with (it was "
                        f"tuned for another objective); move the alias by hand to override")
-    if criterion.direction == "maximize":
-        wins, gain = candidate >= champion + margin, candidate - champion
-    else:
-        wins, gain = candidate <= champion - margin, champion - candidate
-    if not wins:
+    gain = candidate - champion if criterion.direction == "maximize" else champion - candidate
+    if gain < margin:
         return False, f"{criterion.metric} improves by {gain:.4g}, less than the margin {margin:g}"
-    if criterion.metric != GUARD_METRIC and champion_elbo is not None:
+    if p_better is not None and p_better < min_probability:
+        return False, (f"{criterion.metric} improves by {gain:.4g} (margin {margin:g}), but the "
+                       f"paired bootstrap gives P(better) = {p_better:.3f}, below "
+                       f"{min_probability:g}: the test items cannot tell the two apart")
+    if criterion.metric != GUARD_METRIC and champion_elbo is not None and candidate_elbo is not None:
         limit = champion_elbo * (1 + elbo_tolerance)
         if candidate_elbo > limit:
             return False, (f"{criterion.metric} improves by {gain:.4g}, but the negative ELBO "
                            f"{candidate_elbo:.2f} exceeds the champion's {champion_elbo:.2f} by more "
                            f"than {100 * elbo_tolerance:g} % (limit {limit:.2f})")
-    return True, f"{criterion.metric} improves by {gain:.4g} (margin {margin:g}); guard holds"
+    sure = "" if p_better is None else f", P(better) = {p_better:.3f}"
+    return True, f"{criterion.metric} improves by {gain:.4g} (margin {margin:g}{sure}); guard holds"
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -213,61 +371,115 @@ def tag_version(client: MlflowClient, model_name: str, version: str, tags: dict[
             client.set_model_version_tag(model_name, version, key, str(value))
 
 
+def _check_settings(margin: float, elbo_tolerance: float, min_probability: float,
+                    num_resamples: int) -> None:
+    if not margin >= 0:
+        raise ValueError(f"margin (gate_margin): expected a number >= 0, got {margin}")
+    if not elbo_tolerance >= 0:
+        raise ValueError(f"elbo_tolerance (gate_elbo_tolerance): expected a fraction >= 0, got "
+                         f"{elbo_tolerance}")
+    if not 0 <= min_probability <= 1:
+        raise ValueError(f"min_probability (gate_min_probability): expected a probability in "
+                         f"[0, 1], got {min_probability}")
+    if num_resamples < 1:
+        raise ValueError(f"num_resamples: expected a positive number, got {num_resamples}")
+
+
 def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin: float,
          tracker: tracking.Tracker, seed: int = 0, objective_metric: str = "val_neg_elbo",
          study_score: float | None = None, elbo_tolerance: float = DEFAULT_ELBO_TOLERANCE,
-         protocol: str = "disentanglement_lib", scorer: Scorer | None = None) -> GateDecision:
+         protocol: str = "disentanglement_lib", floors: Floors | None = None,
+         min_probability: float = DEFAULT_MIN_PROBABILITY,
+         num_resamples: int = DEFAULT_RESAMPLES, device: str = "cpu",
+         scorer: ModelScorer | None = None) -> GateDecision:
     """Register the candidate and decide whether it replaces the champion (see module doc).
 
     `study_score` is the tuning study's best value (the candidate's criterion for udr).
-    `scorer(metric, model_dir, test_dataset)` replaces criterion_score (tests)."""
+    `scorer(model_dir, test_dataset)` replaces evaluate_scorer (tests plant scores with it)."""
     if not tracker.enabled:
         raise tracking.TrackingUnavailable("the gate needs the MLflow Model Registry, but "
                                            "tracking is off or unreachable")
-    if margin < 0:
-        raise ValueError(f"margin: expected a number >= 0, got {margin}")
-    if not 0 <= elbo_tolerance:
-        raise ValueError(f"elbo_tolerance: expected a fraction >= 0, got {elbo_tolerance}")
+    _check_settings(margin, elbo_tolerance, min_probability, num_resamples)
+    floors = floors or Floors()
     criterion = Criterion.for_objective(objective_metric)
-    scorer = scorer or (lambda metric, path, data: criterion_score(metric, path, data, seed, protocol))
+    scorer = scorer or evaluate_scorer(criterion, seed=seed, protocol=protocol, device=device)
     client = MlflowClient()
-    dataset = test_split(data_dir)
+    dataset = load_test_split(data_dir)
 
-    candidate_elbo = scorer(GUARD_METRIC, Path(model_dir), dataset)
-    candidate = study_score if criterion.metric == "udr" else (
-        candidate_elbo if criterion.metric == GUARD_METRIC else scorer(criterion.metric, Path(model_dir), dataset))
+    candidate = scorer(Path(model_dir), dataset)
+    if criterion.metric == "udr" and study_score is not None:
+        candidate.scores["udr"] = study_score
+    checks = floors.check(candidate.scores)
+    failed = [row["text"] if row["floor"] == "finite" else f"{row['text']} (got {_fmt(row['value'])})"
+              for row in checks if not row["passed"]]
     found = champion_model_dir(client, model_name)
-    champion = champion_elbo = None
+    champion: Scored | None = None
+    comparison, no_comparison = None, ""
     if found:
-        champion_elbo = scorer(GUARD_METRIC, found[0], dataset)
+        champion = scorer(found[0], dataset)
         if criterion.metric == "udr":
             recorded = found[1].tags.get(TAG_PREFIX + "udr")
-            champion = float(recorded) if recorded is not None else None
-        elif criterion.metric == GUARD_METRIC:
-            champion = champion_elbo
-        else:
-            champion = scorer(criterion.metric, found[0], dataset)
+            if recorded is not None:
+                champion.scores["udr"] = float(recorded)
+        if not failed:
+            comparison, no_comparison = compare(criterion, candidate, champion, margin=margin,
+                                                num_resamples=num_resamples, seed=seed)
 
-    promoted, reason = decide(criterion, candidate, champion, candidate_elbo, champion_elbo,
-                              margin=margin, elbo_tolerance=elbo_tolerance, has_champion=bool(found))
+    def criterion_of(s: Scored | None) -> float | None:
+        return None if s is None else s.scores.get(criterion.metric)
+
+    promoted, reason = decide(
+        criterion, criterion_of(candidate), criterion_of(champion),
+        candidate.scores.get(GUARD_METRIC), None if champion is None else champion.scores.get(GUARD_METRIC),
+        margin=margin, elbo_tolerance=elbo_tolerance, has_champion=bool(found), failed_floors=failed,
+        p_better=None if comparison is None else comparison["p_better"], min_probability=min_probability)
     version = register(model_dir, model_name)
     client.set_registered_model_alias(model_name, CHAMPION if promoted else CHALLENGER, version)
-    tag_version(client, model_name, version, {
-        "test_neg_elbo": f"{candidate_elbo:.6f}", TAG_PREFIX + "criterion": criterion.metric,
-        TAG_PREFIX + "objective_metric": objective_metric,
-        TAG_PREFIX + criterion.metric: None if candidate is None else f"{candidate:.6f}"})
     decision = GateDecision(
-        "promoted" if promoted else "challenger", model_name, version, candidate, champion,
-        str(found[1].version) if found else None, margin, metric=criterion.metric,
-        direction=criterion.direction, objective_metric=objective_metric,
-        criterion_source=criterion.source, candidate_neg_elbo=candidate_elbo,
-        champion_neg_elbo=champion_elbo, elbo_tolerance=elbo_tolerance, reason=reason)
-    tracker.log_metrics({k: v for k, v in {
-        "gate_candidate": candidate, "gate_champion": champion, "gate_promoted": float(promoted),
-        "gate_candidate_neg_elbo": candidate_elbo, "gate_champion_neg_elbo": champion_elbo}.items()
-        if v is not None})
-    tracker.log_dict(decision.as_dict(), "gate.json")
+        "promoted" if promoted else "challenger", model_name, version, criterion_of(candidate),
+        criterion_of(champion), str(found[1].version) if found else None, margin,
+        metric=criterion.metric, direction=criterion.direction, objective_metric=objective_metric,
+        criterion_source=criterion.source, candidate_neg_elbo=candidate.scores.get(GUARD_METRIC),
+        champion_neg_elbo=None if champion is None else champion.scores.get(GUARD_METRIC),
+        elbo_tolerance=elbo_tolerance, reason=reason, floors=checks,
+        failed_floors=[row["floor"] for row in checks if not row["passed"]],
+        candidate_scores=dict(candidate.scores),
+        champion_scores={} if champion is None else dict(champion.scores),
+        min_probability=min_probability, comparison=comparison,
+        no_comparison=no_comparison if found and not failed else "")
+    record(client, tracker, decision, criterion)
     return decision
+
+
+def record(client: MlflowClient, tracker: tracking.Tracker, decision: GateDecision,
+           criterion: Criterion) -> None:
+    """Tag the registered version and log the gate run: every candidate score (the evaluate
+    step's values), the champion's, the floors, the bootstrap and gate.json."""
+    candidate = decision.candidate
+    tags = {"test_neg_elbo": _tag(decision.candidate_neg_elbo),
+            TAG_PREFIX + "criterion": criterion.metric,
+            TAG_PREFIX + "objective_metric": decision.objective_metric,
+            TAG_PREFIX + criterion.metric: None if candidate is None else _tag(candidate),
+            TAG_PREFIX + "failed_floors": ",".join(decision.failed_floors) or "none",
+            TAG_PREFIX + "p_better": None if decision.p_better is None else f"{decision.p_better:.4f}"}
+    tags.update({f"{TAG_PREFIX}test_{k}": _tag(v) for k, v in decision.candidate_scores.items()
+                 if k != "udr"})
+    tag_version(client, decision.model_name, decision.version, tags)
+    metrics = {"gate_candidate": candidate, "gate_champion": decision.champion,
+               "gate_promoted": float(decision.promoted),
+               "gate_candidate_neg_elbo": decision.candidate_neg_elbo,
+               "gate_champion_neg_elbo": decision.champion_neg_elbo,
+               "gate_p_better": decision.p_better,
+               "gate_floors_failed": float(len(decision.failed_floors))}
+    metrics.update({f"gate_candidate_{k}": v for k, v in decision.candidate_scores.items()})
+    metrics.update({f"gate_champion_{k}": v for k, v in decision.champion_scores.items()})
+    tracker.log_metrics({k: float(v) for k, v in metrics.items()
+                         if v is not None and math.isfinite(float(v))})
+    tracker.log_dict(decision.as_dict(), "gate.json")
+
+
+def _tag(value: float | None) -> str | None:
+    return None if value is None else f"{value:.6f}" if math.isfinite(value) else str(value)
 
 
 # ---- which split a registered version was trained and tested on (scheduled retraining) -------

@@ -258,8 +258,22 @@ def test_oracle_draws_share_the_fixed_factor_and_cache_encodes_each_item_once(fa
     first = cache(batches.ravel())
     again = cache(batches.ravel())
     assert np.array_equal(first, again)
-    assert sum(calls) == len(np.unique(batches)) == cache.num_encoded
+    # Each item once, in whole blocks of 50 (the items of every block touched).
+    blocks = np.unique(batches // 50)
+    assert sum(calls) == cache.num_encoded == sum(min(len(data), 50 * (b + 1)) - 50 * b for b in blocks)
     assert np.allclose(first, standardized(data.factors[batches.ravel()]))
+
+
+def test_cached_codes_do_not_depend_on_which_items_were_asked_for_first(factorial):
+    # An encoder's arithmetic can change with the batch it runs in; a metric's score must not
+    # change with the metrics that ran before it. Planted: codes shifted by their batch's mean.
+    data, representations = factorial
+    batch_dependent = lambda x: representations["copy"](x) + 1e-3 * x[:, 0, 0, :4].mean()  # noqa: E731
+    wanted = np.random.default_rng(1).integers(len(data), size=200)
+    alone = CachedRepresentation(data, batch_dependent, batch_size=64)(wanted)
+    after_others = CachedRepresentation(data, batch_dependent, batch_size=64)
+    after_others(np.random.default_rng(2).integers(len(data), size=300))
+    assert np.array_equal(after_others(wanted), alone)
 
 
 def test_a_fresh_cache_asked_for_no_items_says_so(factorial):

@@ -6,7 +6,9 @@
       -log p(x) <= -log (1/k) sum_i p(x, z_i) / q(z_i|x),  z_i ~ q(z|x),
   batched over samples (k x N latents decoded at once, in chunks), never one image at a time.
   On average it is <= the negative ELBO and does not increase with k;
-- PSNR in dB of the posterior-mean reconstruction, for images in [0, 1];
+- PSNR in dB of the posterior-mean reconstruction, for images in [0, 1]; beside it the PSNR of
+  the images' own mean image (mean_image_psnr), what a decoder that ignores z can reach: a
+  reconstruction below it has learned less than the average picture;
 - active units (Burda et al. 2016): latent u is active when Cov_x(E_q[z_u]) > 0.01
   (kubevae.metrics.unsupervised.active_units, the one definition).
 """
@@ -67,6 +69,20 @@ def psnr(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """PSNR per image in dB, for images in [0, 1]; capped at 100 dB for exact copies."""
     mse = (x - x_hat).pow(2).flatten(1).mean(dim=1).clamp_min(1e-10)
     return 10.0 * torch.log10(1.0 / mse)
+
+
+def mean_image_psnr(images_uint8, batch_size: int = 1024) -> float:
+    """The mean PSNR (dB) of the images against their own mean image."""
+    if len(images_uint8) == 0:
+        raise ValueError("images: expected at least one image, got 0")
+    total = sum(VAE.to_unit(_tensor(images_uint8[start:start + batch_size])).double().sum(dim=0)
+                for start in range(0, len(images_uint8), batch_size))
+    mean = (total / len(images_uint8)).float()
+    summed = 0.0
+    for start in range(0, len(images_uint8), batch_size):
+        x = VAE.to_unit(_tensor(images_uint8[start:start + batch_size])).float()
+        summed += float(psnr(x, mean.expand_as(x)).sum())
+    return summed / len(images_uint8)
 
 
 def active_units(mu: torch.Tensor, threshold: float = ACTIVE_UNIT_THRESHOLD) -> int:

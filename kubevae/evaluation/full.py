@@ -32,7 +32,7 @@ import torch
 
 from kubevae.data.dataset import Dataset, load_splits
 from kubevae.evaluation import report
-from kubevae.evaluation.bounds import elbo_terms, evaluate_images, iwae_nll
+from kubevae.evaluation.bounds import elbo_terms, evaluate_images, iwae_nll, mean_image_psnr
 from kubevae.evaluation.encoding import encode, mean_representation
 from kubevae.metrics import (
     DISENTANGLEMENT_METRICS,
@@ -185,11 +185,13 @@ def bound_metrics(vae, images, iwae_k, seed, sizes: EvaluationSizes, device,
                   per_image: bool = False) -> dict[str, Any]:
     main = evaluate_images(vae, torch.from_numpy(images), batch_size=sizes.batch_size, iwae_k=0,
                            seed=seed, device=device, per_image=per_image)
-    scores = {k: main[k] for k in ("neg_elbo", "recon", "kl", "psnr")}
+    scores = {**{k: main[k] for k in ("neg_elbo", "recon", "kl", "psnr")},
+              "mean_image_psnr": mean_image_psnr(images, sizes.batch_size)}
     settings = {"beta": 1.0, "posterior_samples": 1, "num_images": main["num_images"],
                 "image_subset": f"seeded random subset (seed {seed}) of the split, in random order; "
                                 f"IWAE, anomaly and pictures use its first images",
-                "units": "nats per image (pixel sum); PSNR in dB of the posterior-mean reconstruction"}
+                "units": "nats per image (pixel sum); PSNR in dB of the posterior-mean reconstruction",
+                "mean_image_psnr": "PSNR of the images' own mean image: what a decoder that ignores z gives"}
     groups = {"bounds": {"scores": scores, "settings": settings}}
     if iwae_k > 0:
         n = min(len(images), sizes.iwae_images)

@@ -9,7 +9,7 @@ which the reported settings say (`describe()`).
 
 The mean representation is deterministic, so `CachedRepresentation` evaluates the representation
 function at most once per item: the FactorVAE metric's 10,000 x 64 draws cost one pass over the
-items they touch, not 640,000 encoder calls.
+blocks of items they touch, not 640,000 encoder calls.
 """
 
 from __future__ import annotations
@@ -155,15 +155,18 @@ class CachedRepresentation:
 
     def __call__(self, indices: np.ndarray) -> np.ndarray:
         indices = np.asarray(indices)
-        missing = np.unique(indices[~self._known[indices]])
-        starts = range(0, len(missing), self.batch_size)
-        batches: Iterable[int] = starts
-        if self.progress_desc and len(starts) > 1:
+        # Items are encoded in fixed blocks (items b*batch_size .. (b+1)*batch_size - 1), so an
+        # item's code never depends on which other items were asked for first: an encoder's
+        # arithmetic can differ with the batch it runs in, and a metric must give the same
+        # score whichever metrics ran before it.
+        blocks = np.unique(indices[~self._known[indices]] // self.batch_size)
+        batches: Iterable[int] = blocks.tolist()
+        if self.progress_desc and len(blocks) > 1:
             from kubevae.progress import progress
 
-            batches = progress(starts, desc=self.progress_desc, total=len(starts))
-        for start in batches:
-            batch = missing[start:start + self.batch_size]
+            batches = progress(batches, desc=self.progress_desc, total=len(blocks))
+        for block in batches:
+            batch = np.arange(block * self.batch_size, min(len(self.data), (block + 1) * self.batch_size))
             self._store(batch, self.representation_fn(self.data.observations(batch)))
         if self._codes is None:  # nothing encoded yet and nothing asked for: the code size is unknown
             raise ValueError("representation: expected at least one item index, got none")
