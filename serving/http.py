@@ -179,7 +179,7 @@ def binary_infer_request(body: bytes, header: str | None, model_name: str) -> In
     """A V2 REST request in the binary tensor extension, checked, with each binary input kept
     as its bytes (as gRPC keeps raw_input_contents), which serving.codec reads with one
     np.frombuffer. kserve's InferRequest.from_bytes makes a Python number of every element
-    instead: 2.4 ms for one 64x64 image, more than the model's encode (docs/serving.md)."""
+    instead, which made the extension slower than JSON (docs/serving.md)."""
     error = binary_request_error(body, header or "")
     if error is not None:
         raise InvalidInput(error)
