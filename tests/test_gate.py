@@ -87,6 +87,7 @@ def _alias(alias: str, name: str = NAME) -> str:
 
 
 # -- floors: no model is promoted on nothing, the first one included ----------------------------
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_a_collapsed_first_model_is_refused(tmp_path, split_dir):
     decision = _gate(tmp_path, split_dir, model=COLLAPSED_MODEL)
     assert not decision.promoted and decision.champion_version is None
@@ -105,6 +106,7 @@ def test_a_collapsed_first_model_is_refused(tmp_path, split_dir):
     assert tags["kubevae.gate.failed_floors"] == ",".join(decision.failed_floors)
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_a_sound_first_model_is_promoted(tmp_path, split_dir):
     decision = _gate(tmp_path, split_dir, model=SOUND_MODEL)
     assert decision.promoted, decision.reason
@@ -116,6 +118,7 @@ def test_a_sound_first_model_is_promoted(tmp_path, split_dir):
     assert _alias(CHAMPION) == decision.version == "1"
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_an_untrained_model_fails_every_floor_it_is_judged_on(tmp_path, split_dir):
     decision = _gate(tmp_path, split_dir, model=UNTRAINED_MODEL)
     assert not decision.promoted
@@ -144,6 +147,7 @@ def test_floors_refuse_bad_settings():
         Floors(min_psnr_gain_db=float("nan"))
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_the_pipeline_defaults_are_the_gates():
     from pipelines.pipeline import PARAMETERS
 
@@ -155,6 +159,7 @@ def test_the_pipeline_defaults_are_the_gates():
 
 
 # -- comparing with a champion ------------------------------------------------------------------
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_better_model_is_promoted_and_worse_is_challenger(tmp_path, split_dir):
     first = _gate(tmp_path, split_dir, model=UNTRAINED_MODEL, floors=NO_FLOORS)
     assert first.promoted
@@ -172,6 +177,7 @@ def test_better_model_is_promoted_and_worse_is_challenger(tmp_path, split_dir):
     assert "not promoted" in worse.markdown()
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_an_equal_model_needs_the_margin_and_the_probability(tmp_path, split_dir):
     _gate(tmp_path, split_dir)
     same = _gate(tmp_path, split_dir, margin=0.5)
@@ -196,12 +202,12 @@ def test_gate_refuses_without_a_registry(tmp_path, split_dir):
     ("margin", -1.0, "gate_margin"), ("min_probability", 1.5, "gate_min_probability"),
     ("elbo_tolerance", -0.1, "gate_elbo_tolerance")])
 def test_gate_names_the_parameter_of_a_bad_setting(tmp_path, split_dir, setting, value, message):
-    save_model(tmp_path / "m", _model(*SOUND_MODEL), ObjectiveConfig())
     arguments = {"margin": 0.0, setting: value}
-    with tracking.start_run("gate", require=True) as tracker, pytest.raises(ValueError, match=message):
-        gate(tmp_path / "m", split_dir, model_name=NAME, tracker=tracker, **arguments)
+    with pytest.raises(ValueError, match=message):  # before it needs the registry or the model
+        gate(tmp_path / "m", split_dir, model_name=NAME, tracker=tracking.DISABLED, **arguments)
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_registered_versions_load_without_unpickling(tmp_path, split_dir):
     decision = _gate(tmp_path, split_dir)
     model = mlflow.pyfunc.load_model(f"models:/{NAME}/{decision.version}")
@@ -227,6 +233,7 @@ def _scored_gate(tmp_path, split_dir, candidate: dict, champion: dict | None = N
                     **{"margin": 0.01, "objective_metric": "val_mig", "scorer": scorer, **kwargs})
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_better_mig_with_slightly_worse_elbo_is_promoted_and_beyond_tolerance_refused(tmp_path, split_dir):
     first = _scored_gate(tmp_path, split_dir, {"mig": 0.10, "neg_elbo": 100.0})
     assert first.promoted and first.metric == "mig" and first.direction == "maximize"
@@ -255,6 +262,7 @@ def test_better_mig_with_slightly_worse_elbo_is_promoted_and_beyond_tolerance_re
     assert not worse.promoted and "less than the margin" in worse.reason
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_floors_hold_for_a_candidate_when_a_champion_exists(tmp_path, split_dir):
     _scored_gate(tmp_path, split_dir, {"mig": 0.10, "neg_elbo": 100.0})
     champion = {"mig": 0.10, "neg_elbo": 100.0}
@@ -273,6 +281,7 @@ def test_floors_hold_for_a_candidate_when_a_champion_exists(tmp_path, split_dir)
     assert blurry.failed_floors == ["reconstruction"] and "(got 12.5000)" in blurry.reason
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_the_paired_bootstrap_must_make_the_gain_likely(tmp_path, split_dir):
     """Per-image bounds planted for both models on the same 400 images: a gain as large as the
     margin that the images cannot confirm is refused; a consistent one is promoted."""
@@ -305,6 +314,7 @@ def test_the_paired_bootstrap_must_make_the_gain_likely(tmp_path, split_dir):
     assert sure.comparison["gain_low"] > 0 and sure.comparison["num_items"] == 400
 
 
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
 def test_udr_runs_are_gated_on_the_recorded_study_score(tmp_path, split_dir):
     def run(udr, elbo, champion_elbo=None):
         model_dir = tmp_path / f"udr-{len(list(tmp_path.iterdir()))}"

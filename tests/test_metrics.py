@@ -379,3 +379,46 @@ def test_protocol_defaults_are_disentanglement_lib():
     assert MetricProtocol().scaled(0.01).factor_vae_num_train == 100
     with pytest.raises(ValueError, match="metric protocol"):
         MetricProtocol.named("quick")
+
+
+# -- one scoring path: compute_* through kubevae.metrics.disentanglement ------------------------
+def test_each_metric_draws_from_its_own_stream(factorial):
+    """A metric's score depends on the seed, not on the metrics computed before it (the gate
+    computes one; the evaluate step all of them)."""
+    from kubevae.metrics import DISENTANGLEMENT_METRICS, compute, compute_all
+
+    data, representations = factorial
+    protocol = MetricProtocol.fast().scaled(0.03)
+    together = compute_all(data, CachedRepresentation(data, representations["mix"]), 7, protocol)
+    for metric in DISENTANGLEMENT_METRICS:
+        alone = compute(metric, data, CachedRepresentation(data, representations["mix"]), 7, protocol)
+        assert alone.scores == together[metric].scores, metric
+    assert together["mig"].settings["num_points"] == min(len(data), protocol.mig_num_train)
+    other_seed = compute("factor_vae", data, CachedRepresentation(data, representations["mix"]), 8, protocol)
+    assert other_seed.scores != together["factor_vae"].scores
+
+
+def test_the_resamplers_give_the_score_with_every_item_counted_once(factorial):
+    from kubevae.metrics import compute
+
+    data, representations = factorial
+    protocol = MetricProtocol.fast().scaled(0.03)
+    for metric in ("mig", "factor_vae", "beta_vae"):
+        result = compute(metric, data, CachedRepresentation(data, representations["mix"]), 0, protocol)
+        assert result.resample(np.ones(result.num_items)) == pytest.approx(result.headline, abs=1e-12)
+        # Counting every item twice is the same sample.
+        assert result.resample(np.full(result.num_items, 2.0)) == pytest.approx(result.headline, abs=1e-12)
+    assert compute("dci", data, CachedRepresentation(data, representations["mix"]), 0, protocol).resample is None
+
+
+def test_mutual_information_is_sklearns():
+    from sklearn.metrics import mutual_info_score as sklearn_mi
+
+    from kubevae.metrics.mig import histogram_discretize, mutual_information_matrix
+
+    rng = np.random.default_rng(5)
+    factors = rng.integers(0, [3, 7, 40], size=(2000, 3))
+    codes = rng.normal(size=(2000, 5)) + factors[:, [0, 1, 2, 0, 1]] * [1.0, 0.3, 0.05, 0.0, 0.0]
+    discrete = histogram_discretize(codes, 20)
+    expected = [[sklearn_mi(factors[:, k], discrete[:, j]) for k in range(3)] for j in range(5)]
+    assert np.allclose(mutual_information_matrix(discrete, factors), expected, rtol=0, atol=1e-12)
