@@ -24,7 +24,7 @@ Examples (the CPU figures and the machine: docs/measurements.md):
   python benchmarks/selection.py --tiny                                   # smoke, seconds
   python benchmarks/selection.py --measure-only --objectives beta tcvae   # stacked vs one-by-one
   python benchmarks/selection.py --betas 1 4 16 --objectives beta tcvae --seeds 3 \\
-      --steps 3000 --out runs/selection                                   # the CPU grid
+      --budget-minutes 75 --dataset-size 50000 --out runs/selection      # the CPU grid
   python benchmarks/selection.py --betas 1 2 4 8 16 --objectives beta tcvae factor --seeds 3 \\
       --steps 300000 --dataset-size 737280 --device cuda --out runs/selection-gpu   # a GPU
 """
@@ -214,11 +214,36 @@ def udr_of(vaes: list[VAE], data: GroundTruthData, device: str) -> float:
 
 
 # -- the grid ---------------------------------------------------------------------------------------
+def steps_for_budget(args: argparse.Namespace, split: Split, config: ModelConfig) -> int:
+    """The steps per model that train every objective's group in TRAIN_SHARE of the budget,
+    from `--probe-steps` timed steps of each group (after one untimed step); the rest of the
+    budget pays for making the data and scoring the checkpoints."""
+    seconds_per_step = 0.0
+    for kind in args.objectives:
+        members = [Member(kind, b, s) for b in args.betas for s in range(args.seeds)]
+        group = Group(members, config, split.train, args, stacked=not args.one_by_one)
+        group.step()
+        t0 = time.perf_counter()
+        for _ in range(args.probe_steps):
+            group.step()
+        seconds_per_step += (time.perf_counter() - t0) / args.probe_steps
+    steps = int(TRAIN_SHARE * args.budget_minutes * 60 / seconds_per_step)
+    print(f"budget {args.budget_minutes:g} min: {seconds_per_step:.2f} s per step of all "
+          f"{len(args.objectives)} groups -> {steps} steps per model (load average "
+          f"{_load():.1f})", flush=True)
+    return max(args.evals, steps)
+
+
+TRAIN_SHARE = 0.85
+
+
 def run_grid(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     start = time.monotonic()
     split = make_split(args.dataset_size, args.data_seed)
     config = model_config(args.latent_dim, split.train)
+    if args.budget_minutes:
+        args.steps = steps_for_budget(args, split, config)
     protocols = {name: protocol_for(args.protocol, d) for name, d in (("val", split.val),
                                                                       ("test", split.test))}
     evals = sorted({max(1, round(args.steps * k / args.evals)) for k in range(1, args.evals + 1)})
@@ -371,6 +396,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    choices=["beta", "tcvae", "factor"])
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--steps", type=int, default=3000, help="optimizer steps per model")
+    p.add_argument("--budget-minutes", type=float, default=0,
+                   help="instead of --steps: as many steps as fit this many minutes, from a "
+                        "timed probe of every group on this machine")
+    p.add_argument("--probe-steps", type=int, default=5)
     p.add_argument("--evals", type=int, default=6, help="checkpoints scored for MIG against steps")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=5e-4)
@@ -385,7 +414,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--one-by-one", action="store_true", help="train without stacking")
     p.add_argument("--measure-only", action="store_true",
                    help="only time stacked against one-by-one steps")
-    p.add_argument("--measure-steps", type=int, default=10)
+    p.add_argument("--measure-steps", type=int, default=5)
+    p.add_argument("--no-measure", action="store_true", help="skip the stacked/one-by-one timing")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out", default="runs/selection")
     p.add_argument("--tiny", action="store_true",
@@ -394,13 +424,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.tiny:
         args.betas, args.seeds, args.steps, args.evals = [1.0, 8.0], 2, 4, 2
         args.dataset_size, args.latent_dim, args.warmup_lr_steps = 600, 4, 2
-        args.batch_size, args.measure_steps, args.rounds = 8, 1, 1
+        args.batch_size, args.measure_steps, args.rounds, args.probe_steps = 8, 1, 1, 1
     return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    measured = measure(args)
+    measured = {} if args.no_measure else measure(args)
     if args.measure_only:
         return {"measure": measured}
     result = run_grid(args)
