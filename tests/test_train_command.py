@@ -87,10 +87,8 @@ def test_capacity_reaches_its_maximum_a_third_of_the_way():
 
 # -- the parser is derived from the config dataclasses ---------------------------------------------
 def test_every_config_option_is_a_flag_with_the_fields_default_help_and_choices():
-    import dataclasses
-
     from kubevae.config import ModelConfig, ObjectiveConfig
-    from kubevae.training.command import config_options
+    from kubevae.training.command import config_options, field_default
     from kubevae.training.data import BUILTIN_DATASETS
 
     acts = options()
@@ -100,9 +98,7 @@ def test_every_config_option_is_a_flag_with_the_fields_default_help_and_choices(
         action, meta = acts[option.dest], option.field.metadata
         assert action.help == meta["help"], option.dest
         if not isinstance(action, argparse._StoreTrueAction):
-            default = option.field.default if option.field.default is not dataclasses.MISSING \
-                else option.field.default_factory()  # type: ignore[misc]
-            assert action.default == default, option.dest
+            assert action.default == field_default(option.field), option.dest
     assert acts["objective"].choices == ["beta", "capacity", "tcvae", "factor"]
     assert acts["tc_estimator"].choices == ["mss", "mws"]
     assert tuple(acts["dataset"].choices) == BUILTIN_DATASETS

@@ -78,7 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for option in config_options():
         f, meta = option.field, option.field.metadata
         target = source if meta.get("source") else groups[meta["group"]]
-        default = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        default = field_default(f)
         if option.negated or isinstance(default, bool):
             target.add_argument(option.flag, action="store_true", help=meta["help"])
             continue
@@ -87,6 +87,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                             choices=meta.get("choices") or outside_choices.get(f.name) or choices,
                             metavar=meta.get("metavar"))
     groups["validation"].add_argument("--run-name", default="train", help="MLflow run name")
+
+
+def field_default(f: dataclasses.Field) -> Any:
+    """A field's default, made by its factory when it has one."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    raise ValueError(f"config field {f.name!r} has no default; a `kubevae train` option needs one")
 
 
 def _field_type(option: ConfigOption) -> Any:
