@@ -59,6 +59,7 @@ SELECTION_SEED = 0
 SELECTION_IMAGES = 2_000  # MIG / DCI / FactorVAE sample from the validation split
 UDR_IMAGES = 1_000  # disentanglement_lib's num_data_points
 INTERVAL_RESAMPLES = 200  # bootstrap resamples of the sample for a trial's interval
+MIN_UDR_INTERVAL_SEEDS = 3  # a udr trial's interval is the range over its seeds, from 3 seeds on
 
 
 # -- the objective table -------------------------------------------------------------------
@@ -107,7 +108,8 @@ OBJECTIVES: dict[str, SearchObjective] = {o.name: o for o in (
                     "DCI disentanglement on a fixed seeded validation sample (needs factor columns)"),
     SearchObjective("udr", "maximize", False,
                     "UDR over udr_seeds seeds per trial; no labels needed",
-                    "the range of the seeds' own UDR scores (one score per seed)", None),
+                    "the range of the seeds' own UDR scores (one score per seed; "
+                    f"{MIN_UDR_INTERVAL_SEEDS} seeds or more)", None),
     SearchObjective("val_neg_elbo", "minimize", False,
                     "negative ELBO at beta=1; prefers beta ~ 1 (tune latent size or lr at a fixed beta)"),
     SearchObjective("val_iwae_nll", "minimize", False,

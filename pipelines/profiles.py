@@ -33,8 +33,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     #   in [1, 4] x {6, 10} (at 32 px) chose beta = 3.5, latent 6: 3 active units, every sprite a
     #   round blob; at 200 steps, beta ~6.5 collapsed both trials.
     # - objective_metric auto: val_mig where the data has factor columns (the built-in
-    #   sprites), udr elsewhere (e.g. builtin://digits), so the profile runs on any data;
-    #   udr_seeds 2, the fewest UDR can compare, since a udr trial trains every seed.
+    #   sprites), udr elsewhere (e.g. builtin://digits), so the profile runs on any data.
     # - conv_channels 16, 32, 64, 64 (Burgess et al.'s 32, 32, 64, 64 with a narrower first
     #   layer): the 32-wide layers between the 32- and 16-px grids took most of the step's time.
     #   On an AVX2-only 2-core AMD EPYC (Zen 3, fp32) the train step ran at 780-870 against
@@ -65,7 +64,6 @@ PROFILES: dict[str, dict[str, Any]] = {
         "max_trials": 2,
         "parallel_trials": 2,
         "trial_steps": 300,
-        "udr_seeds": 2,
         "train_steps": 2500,
         "val_every_steps": 500,
         "batch_size": 64,

@@ -94,7 +94,7 @@ def test_a_tiny_search_runs_end_to_end_with_the_real_trainer(tmp_path, tiny_spli
         name="t", data_dir=str(tiny_split), data_uri=str(tiny_split), work_dir=str(tmp_path),
         search_space=default_search_space(1.0, 16.0, [2, 3]), objective_metric=objective_metric,
         algorithm="random", max_trials=2 if objective_metric == "val_mig" else 1, trial_steps=6,
-        batch_size=32, udr_seeds=2))
+        batch_size=32, udr_seeds=3))
     assert result.direction == "maximize" and result.objective_metric == objective_metric
     assert {t.state for t in result.trials} == {"COMPLETE"}
     for trial in result.trials:
@@ -110,7 +110,7 @@ def test_a_tiny_search_runs_end_to_end_with_the_real_trainer(tmp_path, tiny_spli
             assert trial.interval.method == OBJECTIVES[objective_metric].interval
     if objective_metric == "udr":
         assert (tmp_path / "trial-000" / "model" / "udr.json").is_file()
-        assert (tmp_path / "trial-000" / "model.seed1" / "config.json").is_file()
+        assert (tmp_path / "trial-000" / "model.seed2" / "config.json").is_file()
 
 
 COLLAPSING_TRAINER = """

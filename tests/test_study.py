@@ -72,6 +72,13 @@ def test_a_collapsed_trial_has_no_interval_and_the_verdict_names_it():
     assert "reported no interval" in study.verdict()
 
 
+def test_a_udr_trial_reports_the_range_of_its_seeds_from_three_seeds_on():
+    from kubevae.training.selection import udr_interval
+
+    assert udr_interval([0.31, 0.29]) is None  # one pair: its two directions are no spread
+    assert udr_interval([0.31, 0.18, 0.29]) == (0.18, 0.31)
+
+
 def test_the_study_refuses_what_does_not_fit_and_reads_the_first_format():
     trial = Trial(0, {"beta": 1.0, "latent_dim": 10}, 600.0, "COMPLETE")
     with pytest.raises(ValueError, match="val_neg_elbo is minimized, got direction 'maximize'"):

@@ -201,13 +201,17 @@ def tuning_points(study: Study | dict[str, Any]) -> list[TuningPoint]:
 
 
 def _log_beta_axis(ax, betas: Sequence[float]) -> None:
+    """A log beta axis ticked at the betas the trials tried."""
     if all(b > 0 for b in betas):
-        from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+        from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
+        ticks = sorted(set(betas))
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.set_xlim(ticks[0] / 1.25, ticks[-1] * 1.25)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
         ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xticklabels([f"{b:.3g}" for b in ticks])
 
 
 def tuning_objective_png(study: Study | dict[str, Any]) -> bytes | None:

@@ -3,7 +3,8 @@ together (kubevae.metrics.udr). The objective table, the collapse rule and the s
 kubevae.study; the per-epoch scorer of the other objectives is kubevae.training.scoring.
 
 The trial's metric line gets `udr`, its interval over seeds (`udr_lo`, `udr_hi`: the lowest and
-highest of the seeds' own scores, each seed's median agreement with the others), the median
+highest of the seeds' own scores, each seed's median agreement with the others; from 3 seeds
+on, since 2 seeds are a single pair), the median
 bounds of the seeds, and `collapsed`. The images are a fixed seeded sample of the validation
 split (UDR_IMAGES, SELECTION_SEED), the same for every trial.
 """
@@ -21,6 +22,7 @@ import numpy as np
 from kubevae.study import (  # noqa: F401
     ALL_COLLAPSED_ADVICE,
     COLLAPSED_SCORE,
+    MIN_UDR_INTERVAL_SEEDS,
     OBJECTIVES,
     SELECTION_SEED,
     UDR_IMAGES,
@@ -76,12 +78,20 @@ def udr_record(cfg, finals: list[dict[str, Any]]) -> dict[str, Any]:
     record = {"epoch": last.get("epoch", 0), "step": last.get("step", 0), **median,
               "udr_min_model": min(details["model_scores"]),
               **guarded("udr", details["udr"], median.get("val_active_units"), median.get("val_kl"))}
-    if not record["collapsed"]:  # a collapsed trial's score is a flag, not an estimate
-        record.update(zip(interval_keys("udr"), (min(details["model_scores"]),
-                                                 max(details["model_scores"])), strict=True))
+    interval = udr_interval(details["model_scores"])
+    if interval is not None and not record["collapsed"]:  # a collapsed trial's score is a flag
+        record.update(zip(interval_keys("udr"), interval, strict=True))
     record["settings"] = udr_settings("lasso", len(pick))  # written to udr.json, not printed
     record["model_scores"] = details["model_scores"]
     return record
+
+
+def udr_interval(model_scores: list[float]) -> tuple[float, float] | None:
+    """The range of the seeds' own scores; None below MIN_UDR_INTERVAL_SEEDS seeds: two seeds
+    are one pair, whose two directions agree closely whatever another pair would give."""
+    if len(model_scores) < MIN_UDR_INTERVAL_SEEDS:
+        return None
+    return float(min(model_scores)), float(max(model_scores))
 
 
 def mean_codes_and_kl(vae, images_uint8) -> tuple[np.ndarray, np.ndarray]:
