@@ -123,9 +123,11 @@ def test_evaluation_report_renders_its_numbers_and_pictures(pipeline_run, browse
 
 
 def test_study_report_lists_every_trial_and_the_best(pipeline_run, browser, shots):
-    study = json.loads((pipeline_run["tasks"] / "tune" / "best_params").read_text())
+    study = json.loads((pipeline_run["tasks"] / "tune" / "study").read_text())
     text, images = _open_page(browser, pipeline_run["tasks"] / "tune" / "study_plot", shots, "study")
-    assert "objective over beta x latent size" in {alt for alt, _ in images}
+    alts = {alt for alt, _ in images}
+    assert f"{study['objective_metric']} against beta, with intervals" in alts
+    assert "rate against distortion, chosen trial marked" in alts
     rows = browser.find_elements(By.CSS_SELECTOR, "table tr")
     assert len(rows) == 1 + len(study["trials"]) == 1 + SHORT_RUN["max_trials"]
     # The short run's trials are tiny and may all collapse: then the page must say so in a
