@@ -19,7 +19,8 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
             none.
         previous_split: Empty (a fresh split), the URI of an earlier assignments.csv, or
             `champion`: the split recorded on the registered model `model_name`@champion (none
-            yet: split fresh). The leakage report says which it was.
+            yet: split fresh). The leakage report says which it was
+            (kubevae.split.command.resolve_previous_split).
         model_name: The registered model whose champion's split `champion` pins.
         pinned_copies: What to do when new data shows pinned items of different splits to be
             copies or one group (a link the earlier split missed): `exclude` (the default)
@@ -39,51 +40,25 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
         leakage_report: The leakage report: items and groups per split, duplicate clusters,
             and what is shared across splits (all zero, or the step fails).
     """
-    import json
     import shutil
     from pathlib import Path
 
     from kubevae import mlflow_datasets, tracking
-    from kubevae.registry import champion_split
     from kubevae.split import split as run_split
-    from kubevae.storage import atomic_write_json, atomic_write_text
+    from kubevae.split.command import names_champion, resolve_previous_split
 
-    wants_champion = previous_split.strip().lower() == "champion"
     # Resolving the champion needs the registry: no silent fresh split when MLflow is down.
-    with tracking.start_run("split", require=wants_champion,
+    with tracking.start_run("split", require=names_champion(previous_split),
                             tags={"kubevae.step": "split"}) as tracker:
-        pinned, how = previous_split or None, "given" if previous_split else "none"
-        if wants_champion:
-            found = champion_split(model_name)
-            pinned = found[0] if found else None
-            how = f"champion version {found[1]}" if found else "no champion"
+        previous = resolve_previous_split(previous_split, model_name)
         report = run_split(dataset.path, splits.path,
                            fractions=(train_fraction, val_fraction, test_fraction),
-                           group_column=group_column or None, previous_split=pinned,
+                           group_column=group_column or None, previous_split=previous,
                            pinned_copies=pinned_copies, mirror_copies=mirror_copies)
-        pinned_items = int(report.report.get("how_assigned", {}).get("pinned", 0))
-        if how == "no champion":
-            text = (f"`previous_split=champion`, but `models:/{model_name}@champion` does not "
-                    "exist yet: this run splits fresh (nothing pinned).")
-        elif pinned:
-            text = (f"Pinned to `{pinned}` ({how}): {pinned_items} existing items keep their "
-                    "split; new items join their group's split or are placed by hash.")
-            copies = report.report.get("pinned_copies") or {}
-            if copies.get("excluded_items"):
-                text += (f" {copies['excluded_items']} earlier items were excluded as copies of "
-                         "items pinned to a later split (see Pinned items found to be copies).")
-        else:
-            text = "A fresh split (no previous_split)."
-        note = {"requested": previous_split or "", "resolved": pinned or "", "source": how,
-                "pinned_items": pinned_items, "text": text}
         out = Path(splits.path)
-        full = json.loads((out / "leakage_report.json").read_text())
-        atomic_write_json(out / "leakage_report.json", {**full, "previous_split_resolution": note})
-        markdown = (out / "leakage_report.md").read_text().rstrip()
-        atomic_write_text(out / "leakage_report.md", f"{markdown}\n\n## Previous split\n\n{text}\n")
         tracker.log_metrics(report.counts())
-        tracker.set_tags({"kubevae.previous_split": pinned or "",
-                          "kubevae.previous_split_source": how})
+        tracker.set_tags({"kubevae.previous_split": previous.resolved or "",
+                          "kubevae.previous_split_source": previous.source})
         for name in ("leakage_report.md", "leakage_report.json", "assignments.csv", "stats.json"):
             tracker.log_artifact(out / name)
         mlflow_datasets.log_split_outputs(tracker, splits.path, parent_dir=dataset.path,
@@ -91,4 +66,4 @@ def split(dataset: Input[Dataset], train_fraction: float, val_fraction: float,
         tracker.rename("split · " + " / ".join(f"{k} {v}" for k, v in report.items.items())
                        + f" · leakage {'PASSED' if report.passed else 'FAILED'}")
     splits.metadata.update(report.counts())
-    shutil.copyfile(Path(splits.path) / "leakage_report.md", leakage_report.path)
+    shutil.copyfile(out / "leakage_report.md", leakage_report.path)

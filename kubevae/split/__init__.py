@@ -3,6 +3,8 @@
     report = split("data/raw", "data/split", fractions=(0.8, 0.1, 0.1), group_column="patient",
                    previous_split="data/split-last-week/assignments.csv")
 
+`previous_split` is a path or URI, or a kubevae.split.report.PreviousSplit that says how it was
+found (kubevae.split.command.resolve_previous_split resolves `champion`); the report records it.
 With `previous_split`, pinned items of different splits that new data shows to be linked (copies
 or one group: a link the earlier split missed) are named in the report; `pinned_copies` "exclude"
 (default) keeps the latest split's items (test > val > train) and leaves the others out
@@ -113,10 +115,14 @@ class SplitReport:
 def split(data_dir: str | Path, out_dir: str | Path, *,
           fractions: Sequence[float] = (0.8, 0.1, 0.1), group_column: str | None = None,
           time_column: str | None = None, time_cutoffs: Sequence[Any] | None = None,
-          previous_split: str | Path | None = None, near_dup_threshold: float | None = None,
+          previous_split: str | Path | leakage.PreviousSplit | None = None,
+          near_dup_threshold: float | None = None,
           salt: str = DEFAULT_SALT, max_group_fraction: float | None = None,
           pinned_copies: str = "exclude", mirror_copies: bool = True) -> SplitReport:
     start = time.monotonic()
+    resolution = previous_split if isinstance(previous_split, leakage.PreviousSplit) \
+        else leakage.PreviousSplit.given(previous_split)
+    previous_split = resolution.resolved
     fractions = check_fractions(fractions)
     if pinned_copies not in PINNED_COPIES:
         raise ValueError(f"--pinned-copies: expected one of {', '.join(PINNED_COPIES)}, got "
@@ -176,7 +182,7 @@ def split(data_dir: str | Path, out_dir: str | Path, *,
                           previous_groups=previous["group_id"] if previous is not None
                           and "group_id" in previous else None,
                           previous_report=read_previous_report(previous_split) if previous_split
-                          else None)
+                          else None, resolution=resolution)
     report = leakage.build(ctx)
     report["data"] = str(data_dir)
     report["seconds"] = round(time.monotonic() - start, 2)

@@ -37,6 +37,23 @@ SHOWN_LINKS = 20   # links between pinned items named in the report
 SHOWN_CHANGES = 10  # earlier groups that changed, named in the report
 
 
+@dataclass(frozen=True)
+class PreviousSplit:
+    """Which earlier split pins this one, and how it was found: what was asked for (a path or
+    URI, `champion`, or nothing), what that resolved to (kubevae.split.command resolves
+    `champion` through the model registry), and how."""
+
+    requested: str = ""
+    resolved: str | None = None  # the assignments.csv (or its folder) pinned; None: a fresh split
+    source: str = "none"  # "given", "champion version N", "no champion" or "none"
+    model_name: str = ""  # the registered model whose champion was asked for
+
+    @classmethod
+    def given(cls, previous_split: Any) -> PreviousSplit:
+        """An earlier split named directly (a path or URI), or none."""
+        return cls(str(previous_split), str(previous_split), "given") if previous_split else cls()
+
+
 @dataclass
 class Context:
     manifest: pd.DataFrame
@@ -58,6 +75,7 @@ class Context:
     keys: list[str] | None = None                    # member keys (group names)
     previous_groups: pd.Series | None = None         # item_id -> earlier group_id
     previous_report: tuple[dict[str, Any] | None, str] | None = None  # earlier report, where
+    resolution: PreviousSplit = PreviousSplit()  # how previous_split was found
 
 
 def build(ctx: Context) -> dict[str, Any]:
@@ -93,6 +111,7 @@ def build(ctx: Context) -> dict[str, Any]:
         "stats": {k: ctx.stats[k] for k in ("fit_on", "num_items", "mean", "std")},
         "pinned_copies": pinned,
     }
+    report["previous_split_resolution"] = _resolution(ctx.resolution, report)
     report["stability"] = _stability(ctx, report)
     report["checklist"] = _checklist(ctx, report)
     report["passed"] = all(c["status"] != "FAIL" for c in report["checklist"])
@@ -126,6 +145,25 @@ def _near_across(grouping: Grouping, split: np.ndarray) -> int:
     present = (high[a] >= 0) & (high[b] >= 0)
     same = (low[a] == high[a]) & (low[b] == high[b]) & (high[a] == high[b])
     return int((present & ~same).sum())
+
+
+def _resolution(previous: PreviousSplit, report: dict[str, Any]) -> dict[str, Any]:
+    """What was asked for as the previous split, what it resolved to, and a sentence saying so."""
+    pinned_items = int(report["how_assigned"].get("pinned", 0))
+    if previous.source == "no champion":
+        text = (f"`previous_split=champion`, but `models:/{previous.model_name}@champion` does not "
+                "exist yet: this run splits fresh (nothing pinned).")
+    elif previous.resolved:
+        text = (f"Pinned to `{previous.resolved}` ({previous.source}): {pinned_items} existing items "
+                "keep their split; new items join their group's split or are placed by hash.")
+        excluded = (report.get("pinned_copies") or {}).get("excluded_items")
+        if excluded:
+            text += (f" {excluded} earlier items were excluded as copies of items pinned to a later "
+                     "split (see Pinned items found to be copies).")
+    else:
+        text = "A fresh split (no previous_split)."
+    return {"requested": previous.requested, "resolved": previous.resolved or "",
+            "source": previous.source, "pinned_items": pinned_items, "text": text}
 
 
 def _pinned_copies(ctx: Context, links: PinnedLinks) -> dict[str, Any]:
@@ -520,6 +558,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["## Normalization (stats.json)", "",
               f"fit on {stats['fit_on']} ({stats['num_items']} items): mean "
               f"{[round(m, 4) for m in stats['mean']]}, std {[round(s, 4) for s in stats['std']]}", ""]
+    if report.get("previous_split_resolution"):
+        lines += ["## Previous split", "", report["previous_split_resolution"]["text"], ""]
     return "\n".join(lines)
 
 
