@@ -121,7 +121,7 @@ docs: install
 # The Katib Experiment, PyTorchJob and InferenceService templates, generated from the same
 # builders the pipeline uses (a test fails when the committed YAML differs).
 manifests: install
-	$(BIN)/python -m components.k8s.render manifests/workloads
+	$(BIN)/python -m components.backends.render manifests/workloads
 
 # One image serves as the components' base image, the Katib trial and PyTorchJob image and the
 # KServe predictor. Needs a Docker engine (none runs on the development machines here).

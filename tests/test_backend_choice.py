@@ -16,7 +16,7 @@ BACKEND_MODULES = {spec.split(":")[0] for spec in BACKENDS.values()}
 BACKEND_CLASSES = {spec.split(":")[1] for spec in BACKENDS.values()}
 # Code that builds with one backend's own builders and chooses nothing, each with the reason.
 BUILDS_WITH_ONE_BACKEND = {
-    "components/k8s/render.py": "renders the Kubernetes backend's templates into manifests/",
+    "components/backends/render.py": "renders the Kubernetes backend's templates into manifests/",
 }
 
 

@@ -15,8 +15,8 @@ from k8s_fake import FakeCluster
 from k8s_scenarios import NAMESPACE, PLURALS, train_request, train_succeeds, tune_request, tune_succeeds
 from kubernetes.client.rest import ApiException
 
+from components.backends import render
 from components.backends.kubernetes import KubernetesBackend
-from components.k8s import render
 from components.k8s.contract import QUEUE_LABEL, check_queue_name
 from components.k8s.katib import trial_instance
 from components.k8s.training_apis import TRAINING_APIS

@@ -16,7 +16,8 @@ from k8s_checks import (
     substituted_trial_spec,
 )
 
-from components.k8s import render, to_dict
+from components.backends import render
+from components.k8s import to_dict
 from components.k8s.jobspec import TrainingJob
 from components.k8s.katib import Tuning, build_experiment
 from components.k8s.pytorchjob import build_pytorchjob
@@ -114,7 +115,7 @@ def test_committed_templates_are_what_the_code_generates(tmp_path):
     assert committed == sorted(p.name for p in tmp_path.iterdir())
     for name in committed:
         assert (WORKLOADS / name).read_text() == (tmp_path / name).read_text(), \
-            f"manifests/workloads/{name} is stale: run `python -m components.k8s.render manifests/workloads`"
+            f"manifests/workloads/{name} is stale: run `python -m components.backends.render manifests/workloads`"
 
 
 # -- the checks can fail -------------------------------------------------------------------

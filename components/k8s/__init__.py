@@ -12,7 +12,8 @@ The resources:
 - katib:            a Katib Experiment whose trials are that TrainJob or PyTorchJob
 - inferenceservice: a KServe InferenceService with the kubevae predictor
 - security:         restricted Pod Security Standard contexts, resources, GPU tolerations
-- render:           `python -m components.k8s.render OUT_DIR` writes the manifests' workloads
+
+The workloads in manifests/ are rendered from the kubernetes backend by components.backends.render.
 
 Running them:
 - waiting:          the API client, strict creates, watching one object to its end, cleanup
