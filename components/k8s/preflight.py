@@ -301,7 +301,7 @@ def _whoami(authn: Any) -> str | None | Row:
 def crd_rows(apiext: Any, custom: Any, options: Options) -> list[Row]:
     rows = []
     for key, crd in CRDS.items():
-        needed = key not in ("trainer", "pytorchjob") or key == options.training_api
+        needed = key not in TRAINING_APIS or key == options.training_api
         served, schema, why = _served(apiext, custom, crd)
         label = f"CRD {crd.kind} {crd.group}"
         if served is None:
