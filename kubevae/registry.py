@@ -56,6 +56,7 @@ from mlflow.tracking import MlflowClient
 
 from kubevae import tracking
 from kubevae.data.dataset import Dataset, load_splits
+from kubevae.metrics.bootstrap import ModelScores
 from kubevae.study import MIN_RATE_NATS
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -234,15 +235,7 @@ def _fmt(v: Any) -> str:
 
 
 # -- scores ------------------------------------------------------------------------------------
-@dataclass
-class Scored:
-    """One model's scores for the gate (kubevae.evaluation.full.ModelScores, or planted in tests)."""
-
-    scores: dict[str, float]
-    resamplers: dict[str, tuple[Callable, int]] = field(default_factory=dict)
-
-
-ModelScorer = Callable[[Path, Dataset], Scored]  # (model folder, test split) -> its scores
+ModelScorer = Callable[[Path, Dataset], ModelScores]  # (model folder, test split) -> its scores
 
 
 def load_test_split(data_dir: str | Path) -> Dataset:
@@ -256,17 +249,16 @@ def load_test_split(data_dir: str | Path) -> Dataset:
 def evaluate_scorer(criterion: Criterion, *, seed: int, protocol: Any, device: str = "cpu",
                     sizes=None) -> ModelScorer:
     """Score a model folder as the evaluate step does (kubevae.evaluation.full.model_scores)."""
-    def score(model_dir: Path, dataset: Dataset) -> Scored:
+    def score(model_dir: Path, dataset: Dataset) -> ModelScores:
         from kubevae.evaluation.full import model_scores
         from kubevae.model import load_model
 
         if criterion.disentanglement_metrics and not dataset.factor_names:
             raise ValueError(f"gate: criterion {criterion.metric} needs factor columns in the test "
                              f"split ({dataset.path})")
-        result = model_scores(load_model(model_dir, device=device), dataset, seed=seed,
-                              protocol=protocol, sizes=sizes, device=device,
-                              metrics=criterion.disentanglement_metrics)
-        return Scored(result.scores, result.resamplers)
+        return model_scores(load_model(model_dir, device=device), dataset, seed=seed,
+                            protocol=protocol, sizes=sizes, device=device,
+                            metrics=criterion.disentanglement_metrics)
     return score
 
 
@@ -288,7 +280,7 @@ def count_test_items(splits_dir: str | Path) -> dict[str, int]:
 
 
 # -- the decision ------------------------------------------------------------------------------
-def compare(criterion: Criterion, candidate: Scored, champion: Scored, *, margin: float,
+def compare(criterion: Criterion, candidate: ModelScores, champion: ModelScores, *, margin: float,
             num_resamples: int, seed: int) -> tuple[dict[str, Any] | None, str]:
     """The paired bootstrap of the criterion, or (None, why there is none)."""
     from kubevae.metrics.bootstrap import paired_bootstrap
@@ -413,7 +405,7 @@ def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin
     failed = [row["text"] if row["floor"] == "finite" else f"{row['text']} (got {_fmt(row['value'])})"
               for row in checks if not row["passed"]]
     found = champion_model_dir(client, model_name)
-    champion: Scored | None = None
+    champion: ModelScores | None = None
     comparison, no_comparison = None, ""
     if found:
         champion = scorer(found[0], dataset)
@@ -425,7 +417,7 @@ def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin
             comparison, no_comparison = compare(criterion, candidate, champion, margin=margin,
                                                 num_resamples=num_resamples, seed=seed)
 
-    def criterion_of(s: Scored | None) -> float | None:
+    def criterion_of(s: ModelScores | None) -> float | None:
         return None if s is None else s.scores.get(criterion.metric)
 
     promoted, reason = decide(

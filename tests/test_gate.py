@@ -17,13 +17,13 @@ from kubevae.config import ModelConfig, ObjectiveConfig
 from kubevae.data.dataset import write_dataset
 from kubevae.evaluation.bounds import elbo_terms
 from kubevae.metrics import paired_bootstrap, weighted_mean
+from kubevae.metrics.bootstrap import ModelScores
 from kubevae.model import VAE, save_model
 from kubevae.registry import (
     CHALLENGER,
     CHAMPION,
     DEFAULT_MIN_PROBABILITY,
     Floors,
-    Scored,
     count_test_items,
     gate,
 )
@@ -225,8 +225,8 @@ def _scored_gate(tmp_path, split_dir, candidate: dict, champion: dict | None = N
 
     def scorer(path, dataset):
         if path == model_dir:
-            return Scored({**SOUND, **candidate}, candidate_resample)
-        return Scored({**SOUND, **champion}, champion_resample)
+            return ModelScores({**SOUND, **candidate}, candidate_resample)
+        return ModelScores({**SOUND, **champion}, champion_resample)
 
     with tracking.start_run("gate", require=True) as tracker:
         return gate(model_dir, split_dir, model_name=NAME, tracker=tracker,
@@ -290,7 +290,7 @@ def test_the_paired_bootstrap_must_make_the_gain_likely(tmp_path, split_dir):
     kwargs = {"objective_metric": "val_neg_elbo", "margin": 0.1}
 
     def planted(per_image):
-        return Scored({**SOUND, "neg_elbo": float(per_image.mean())},
+        return ModelScores({**SOUND, "neg_elbo": float(per_image.mean())},
                       {"neg_elbo": (weighted_mean(per_image), len(per_image))})
 
     _scored_gate(tmp_path, split_dir, {"neg_elbo": float(base.mean())}, **kwargs)
@@ -319,7 +319,7 @@ def test_udr_runs_are_gated_on_the_recorded_study_score(tmp_path, split_dir):
     def run(udr, elbo, champion_elbo=None):
         model_dir = tmp_path / f"udr-{len(list(tmp_path.iterdir()))}"
         save_model(model_dir, _model(*UNTRAINED_MODEL), ObjectiveConfig())
-        scorer = lambda path, data: Scored({**SOUND, "neg_elbo": elbo if path == model_dir else champion_elbo})  # noqa: E731
+        scorer = lambda path, data: ModelScores({**SOUND, "neg_elbo": elbo if path == model_dir else champion_elbo})  # noqa: E731
         with tracking.start_run("gate", require=True) as tracker:
             return gate(model_dir, split_dir, model_name=NAME, margin=0.0, tracker=tracker,
                         objective_metric="udr", study_score=udr, scorer=scorer)

@@ -52,7 +52,7 @@ from kubevae.metrics import (
     weighted_mean,
 )
 from kubevae.metrics.anomaly import DEFECT_KINDS, anomaly_settings
-from kubevae.metrics.bootstrap import Scorer
+from kubevae.metrics.bootstrap import ModelScores, Scorer
 from kubevae.metrics.unsupervised import ACTIVE_UNIT_THRESHOLD
 from kubevae.model import METRICS_FILE, VAE, load_model, read_model_config
 from kubevae.storage import atomic_dir, atomic_write_json, read_json
@@ -291,15 +291,6 @@ def disentanglement_metrics(vae, dataset: Dataset, seed: int, protocol: MetricPr
 
 # -- what the gate compares: the same functions, the same draws ---------------------------------
 BOUND_SCORES = ("neg_elbo", "recon", "kl", "psnr")
-
-
-@dataclass
-class ModelScores:
-    """One model's scores as the evaluate step reports them (same names, same values) and, for
-    the scores that allow it, the score as a function of per-item weights (paired bootstraps)."""
-
-    scores: dict[str, float]
-    resamplers: dict[str, tuple[Scorer, int]] = dataclasses.field(default_factory=dict)
 
 
 def model_scores(vae, dataset: Dataset, *, seed: int, protocol: MetricProtocol | str,

@@ -10,7 +10,7 @@ what every caller (evaluate, the gate, the trials) uses.
 
 from kubevae.metrics.anomaly import DEFECT_KINDS, PlantedDefects, anomaly_quality, plant_defects
 from kubevae.metrics.beta_vae import beta_vae_settings, compute_beta_vae
-from kubevae.metrics.bootstrap import PairedComparison, paired_bootstrap, weighted_mean
+from kubevae.metrics.bootstrap import ModelScores, PairedComparison, paired_bootstrap, weighted_mean
 from kubevae.metrics.dci import compute_dci, dci, dci_details, dci_settings
 from kubevae.metrics.disentanglement import (
     DISENTANGLEMENT_METRICS,
@@ -37,7 +37,7 @@ from kubevae.metrics.unsupervised import (
 
 __all__ = [
     "DEFECT_KINDS", "DISENTANGLEMENT_METRICS", "HEADLINE", "CachedRepresentation",
-    "GroundTruthData", "MetricProtocol", "MetricScore", "PairedComparison", "PlantedDefects",
+    "GroundTruthData", "MetricProtocol", "MetricScore", "ModelScores", "PairedComparison", "PlantedDefects",
     "active_units", "anomaly_quality", "beta_vae_settings", "compute", "compute_all",
     "compute_beta_vae", "compute_dci", "compute_factor_vae", "compute_mig", "compute_sap", "dci",
     "dci_details", "dci_settings", "factor_vae_settings", "gaussian_total_correlation",

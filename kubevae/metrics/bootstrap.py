@@ -18,7 +18,7 @@ percentile interval.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +40,15 @@ class PairedComparison:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass
+class ModelScores:
+    """One model's scores by name (as the evaluate step names them) and, for the scores that
+    allow it, the score as a function of per-item weights with the number of items."""
+
+    scores: dict[str, float]
+    resamplers: dict[str, tuple[Scorer, int]] = field(default_factory=dict)
 
 
 def paired_bootstrap(candidate: Scorer, champion: Scorer, num_items: int, *, direction: str,
