@@ -1,5 +1,6 @@
 import functools
 
+import pytest
 import torch
 
 from kubevae.config import ModelConfig
@@ -26,6 +27,7 @@ def _model_and_images():
 
 
 @torch.no_grad()
+@pytest.mark.slow
 def test_iwae_bound_is_tighter_than_the_elbo_and_tightens_with_k():
     vae, x = _model_and_images()
     g = torch.Generator().manual_seed(0)

@@ -71,6 +71,7 @@ def detect(images):
 
 
 @pytest.mark.parametrize("source", sorted(BOUNDS))
+@pytest.mark.slow
 def test_recall_per_copy_kind_and_false_merges_on_real_images(source):
     images, n, origin, kinds = planted_matrix(source)
     labels, near = detect(images)
@@ -99,6 +100,7 @@ def test_the_aligned_stage_turns_itself_off_where_geometric_edits_make_new_sampl
 
 
 @pytest.mark.parametrize("side", [8, 12, 16, 32])
+@pytest.mark.slow
 def test_distinct_noise_never_merges_at_any_size(side):
     """Independent noise images are as distinct as images get: from 8 px up, none merges (at
     8 px a comparison over a 2 x 2 centre once merged most of them; at 4 px, 16 pixels, chance

@@ -85,6 +85,7 @@ def planted_dataset(path, originals: np.ndarray, per_kind: int, seed: int = 0):
 
 
 @pytest.mark.parametrize("source", list(SOURCES))
+@pytest.mark.slow
 def test_planted_copies_of_every_kind_share_their_originals_split(tmp_path, source):
     originals = SOURCES[source]()
     copies, n_originals = planted_dataset(tmp_path / "raw", originals, per_kind=8)
@@ -127,6 +128,7 @@ def test_the_verification_threshold_can_be_set_and_strict_settings_part_copies(t
     assert {"jpeg_70", "noise_4"} <= apart
 
 
+@pytest.mark.slow
 def test_appended_near_copies_inherit_their_originals_split(tmp_path):
     originals = lfw25()
     ids = [f"face-{i:03d}" for i in range(len(originals))]
@@ -153,6 +155,7 @@ def test_appended_near_copies_inherit_their_originals_split(tmp_path):
     assert (second.loc[new_ids, "split"].to_numpy() == first[[ids[i] for i in textured]].to_numpy()).all()
 
 
+@pytest.mark.slow
 def test_sprite_grid_position_neighbours_that_verify_share_a_group(tmp_path):
     """Sweeps of one sprite over 32 x 8 neighbouring positions of the 737,280-image grid, among
     3,000 random sprites of the grid. Positions are 1.19 px apart and many neighbours are near

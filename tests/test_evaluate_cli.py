@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+import pytest
 from conftest import kubevae_cmd, subprocess_env
 
 from kubevae.config import ModelConfig, TrainConfig
@@ -10,6 +11,7 @@ from kubevae.data import sprites
 from kubevae.training.loop import train
 
 
+@pytest.mark.slow
 def test_evaluate_writes_metrics_pictures_and_report(tmp_path):
     train(TrainConfig(dataset="sprites", dataset_size=320, batch_size=32, epochs=1,
                       out=str(tmp_path / "model"), tracking=False, model=ModelConfig(latent_dim=4)))

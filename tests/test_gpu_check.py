@@ -43,6 +43,7 @@ def test_gpu_check_runs_every_step_on_the_cpu(tmp_path):
     assert (results / "serving.json").is_file() and (results / "machine.txt").is_file()
 
 
+@pytest.mark.slow
 def test_gpu_check_dry_run_plans_the_cuda_steps_and_runs_nothing(tmp_path):
     results = tmp_path / "plan"
     done = subprocess.run(["bash", str(SCRIPT), "--dry-run", str(results)], capture_output=True,

@@ -250,6 +250,7 @@ def test_processes_and_threads_write_the_same_dataset(tmp_path):
                                   Dataset.open(tmp_path / "t").manifest)
 
 
+@pytest.mark.slow
 def test_cli_ingest_then_split_produce_everything(tmp_path):
     env = subprocess_env()
     d1, d2 = tmp_path / "D1", tmp_path / "D2"

@@ -2,6 +2,7 @@
 and with the local backend records that nothing needed cleaning (what it does on a cluster is
 tested against the recorded fake API in tests/test_k8s_launchers.py)."""
 
+import pytest
 from kfp import dsl, local
 
 from components.base import component
@@ -21,6 +22,7 @@ def failing_run(marker: str):
         failing_step()
 
 
+@pytest.mark.slow
 def test_the_exit_handler_runs_locally_after_a_failure_and_records_what_it_did(tmp_path):
     root = tmp_path / "root"
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root), raise_on_error=False)

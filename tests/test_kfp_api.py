@@ -191,6 +191,7 @@ def test_namespace_errors_reach_the_user(kfp, capsys, namespace, status, words):
     assert "--namespace" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_an_expired_token_is_a_clear_error_not_a_traceback(kfp, tmp_path):
     """A subprocess, as a user runs it: one line on stderr, exit status 2, and no retries."""
     result = subprocess.run(kubevae_cmd("pipeline", "schedule", "--host", kfp.url, "--cron", "0 3 * * 1"),

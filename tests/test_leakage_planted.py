@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 
 from kubevae.data import sprites
@@ -59,6 +60,7 @@ def planted_folder(root: Path) -> tuple[dict[str, list[str]], Path]:
     return families, meta
 
 
+@pytest.mark.slow
 def test_copies_reencodes_shifts_and_brightness_changes_end_in_one_group(tmp_path):
     families, meta = planted_folder(tmp_path / "src")
     report = ingest(str(tmp_path / "src"), tmp_path / "raw", metadata=str(meta), workers=1)

@@ -25,6 +25,7 @@ def _request(tmp_path, **overrides):
     return TuneRequest(**values)
 
 
+@pytest.mark.slow
 def test_tuner_finds_the_optimum_of_a_synthetic_objective(tmp_path):
     result = LocalBackend(command=synthetic).tune(_request(tmp_path))
     assert result.best_params["latent_dim"] == 6
@@ -57,6 +58,7 @@ def test_an_algorithm_the_objective_cannot_use_fails_before_any_trial(tmp_path):
     assert not (tmp_path / "trials").exists()
 
 
+@pytest.mark.slow
 def test_maximized_objective_is_maximized(tmp_path):
     result = LocalBackend(command=synthetic).tune(_request(tmp_path, objective_metric="val_mig"))
     assert result.direction == "maximize"
@@ -70,6 +72,7 @@ def test_maximized_objective_is_maximized(tmp_path):
 
 
 @pytest.mark.parametrize("algorithm", ["grid", "hyperband", "random", "bayesianoptimization"])
+@pytest.mark.slow
 def test_every_algorithm_runs_locally(tmp_path, algorithm):
     space = default_search_space(1.0, 16.0, [4, 6])
     result = LocalBackend(command=synthetic).tune(_request(
@@ -95,6 +98,7 @@ def test_the_study_round_trips_as_json(tmp_path):
         Study.from_dict({"best_params": {}}, source="x.json")
 
 
+@pytest.mark.slow
 def test_trials_and_the_training_run_nest_under_the_parent_run_on_the_request(tmp_path, monkeypatch):
     """The lineage travels on the request: each trial's and the training run's MLflow runs
     (in a real SQLite store) nest under request.parent_run_id, not under the run the step's

@@ -400,6 +400,7 @@ def admits(policy: dict, labels: dict, namespace_labels: dict | None = None, por
 
 
 @needs_kubectl
+@pytest.mark.slow
 def test_only_the_pipeline_trial_and_training_pods_reach_mlflow():
     from pipelines.pipeline import MLFLOW_CLIENT_LABEL
 

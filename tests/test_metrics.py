@@ -152,6 +152,7 @@ def test_bad_input_names_the_parameter(codes, factors, message):
 
 
 # -- DCI and SAP -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_dci_known_answers_and_permutation(code_sets):
     small = {kind: (c[:400], f[:400], ct[:200], ft[:200]) for kind, (c, f, ct, ft) in code_sets.items()}
     copy = dci(*small["copy"])

@@ -85,6 +85,7 @@ def tiny_split(tmp_path_factory):
 
 
 @pytest.mark.parametrize("objective_metric", ["val_mig", "udr"])
+@pytest.mark.slow
 def test_a_tiny_search_runs_end_to_end_with_the_real_trainer(tmp_path, tiny_split, objective_metric):
     from components.backends.base import TuneRequest
     from components.backends.local import LocalBackend

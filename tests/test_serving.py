@@ -476,6 +476,7 @@ def test_grpc_requests_get_one_log_line_each_with_status_op_and_latency(server, 
     assert bad["status"] == "INVALID_ARGUMENT" and "parameters.dim" in bad["error"]
 
 
+@pytest.mark.slow
 def test_predict_command_writes_scores_and_images(server, tmp_path, images):
     files = []
     for i, image in enumerate(images):
@@ -500,6 +501,7 @@ def test_predict_command_writes_scores_and_images(server, tmp_path, images):
     assert bad.returncode == 1 and "parameters.dim" in bad.stderr
 
 
+@pytest.mark.slow
 def test_serve_refuses_weights_that_do_not_match_the_config(model_dir, tmp_path):
     broken = tmp_path / "broken"
     broken.mkdir()

@@ -23,6 +23,8 @@ from kubevae.model import VAE, save_model
 from serving.grpc_client import GrpcClient
 from serving.local import LocalServer
 
+pytestmark = pytest.mark.slow  # fuzzing a running server: many requests
+
 SIZE, LATENT, MAX_BATCH = 28, 4, 4
 SENT = {"http": 0, "grpc": 0}
 FUZZ = settings(max_examples=300, deadline=None, database=None,

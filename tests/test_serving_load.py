@@ -20,6 +20,8 @@ from kubevae.config import ModelConfig, ObjectiveConfig
 from kubevae.model import VAE, save_model
 from serving.local import LocalServer
 
+pytestmark = pytest.mark.slow  # a server under load
+
 SIZE, LATENT = 28, 4
 MAX_WORK, MAX_PENDING = 256, 8
 HEAVY = {"images": 8, "k": 32}  # 8 x 32 = 256 decodes: the most one request may cost

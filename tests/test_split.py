@@ -40,6 +40,7 @@ def assignments(out) -> pd.DataFrame:
     return pd.read_csv(out / "assignments.csv", dtype=str)
 
 
+@pytest.mark.slow
 def test_sprites_split_outputs_feed_training(tmp_path):
     ingest("builtin://sprites?n=500&seed=2", tmp_path / "raw", workers=1)
     report = split(tmp_path / "raw", tmp_path / "split")
@@ -73,6 +74,7 @@ def test_sprites_split_outputs_feed_training(tmp_path):
                                                              "Temporal", "Preprocessing"]
 
 
+@pytest.mark.slow
 def test_group_column_keeps_each_group_in_one_split(tmp_path):
     groups = [f"patient-{i % 40}" for i in range(400)]
     manifest = frame(400, groups=groups)
@@ -105,6 +107,7 @@ def test_empty_dataset_is_an_error(tmp_path):
         split(tmp_path / "raw", tmp_path / "s")
 
 
+@pytest.mark.slow
 def test_fractions_below_one_leave_the_rest_out_and_say_so(tmp_path):
     write(tmp_path / "raw", frame(300))
     report = split(tmp_path / "raw", tmp_path / "s", fractions=(0.4, 0.1, 0.1))
@@ -114,6 +117,7 @@ def test_fractions_below_one_leave_the_rest_out_and_say_so(tmp_path):
     assert excluded["reason"].str.contains("past the sum of the fractions").all()
 
 
+@pytest.mark.slow
 def test_previous_split_pins_items_and_new_group_members_inherit(tmp_path):
     old = frame(200, groups=[f"g{i % 50}" for i in range(200)])
     write(tmp_path / "v1", old)
@@ -187,6 +191,7 @@ def test_pinned_duplicates_in_two_splits_fail_or_leave_the_earlier_split_out(tmp
     assert stability["previous_report"]["found"] is False and stability["threshold_changed"] is None
 
 
+@pytest.mark.slow
 def test_time_mode_val_and_test_are_strictly_newer(tmp_path):
     days = pd.date_range("2024-01-01", periods=300, freq="D", tz="UTC")
     groups = [f"s{i // 4}" for i in range(300)]          # sessions of four consecutive days
@@ -224,6 +229,7 @@ def chain_images(n, side=16, seed=0):
     return np.stack([field[:, i:i + side] for i in range(n)])[..., None]
 
 
+@pytest.mark.slow
 def test_duplicate_chains_larger_than_a_split_are_refused_naming_the_cause(tmp_path):
     images = np.concatenate([chain_images(40), np.random.default_rng(5).integers(
         0, 256, (60, 16, 16, 1), dtype=np.uint8)])
@@ -241,6 +247,7 @@ def test_duplicate_chains_larger_than_a_split_are_refused_naming_the_cause(tmp_p
     assert report.passed and report.report["cross_split"]["near_duplicates"] == 0
 
 
+@pytest.mark.slow
 def test_threshold_comes_from_the_dataset_card_hint_else_calibration(tmp_path):
     write(tmp_path / "a", frame(30), card={"split_hints": {"near_dup_ncc": 0.97, "reason": "tiny"}})
     write(tmp_path / "b", frame(30))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, event, example, given, reject, settings
 from hypothesis import strategies as st
 from scipy.sparse import coo_matrix
@@ -109,6 +110,7 @@ datasets = st.fixed_dictionaries({
 
 @SETTINGS
 @given(params=datasets)
+@pytest.mark.slow
 def test_no_group_exact_or_near_duplicate_spans_two_splits(params):
     salt, threshold = params.pop("salt"), params.pop("threshold")
     frame = manifest(**params)
@@ -167,6 +169,7 @@ def search_settings(report) -> tuple[float, float]:
 # calibration changes on this append: every image is in its sample, so the guarantee is silent).
 @example(params={"seed": 32259, "n": 111, "n_groups": 15, "dup_rate": 0.0, "near_rate": 0.156,
                  "threshold": 0.95, "salt": ""})
+@pytest.mark.slow
 def test_appending_20_percent_moves_no_existing_item(params):
     salt, threshold = params.pop("salt"), params.pop("threshold")
     old = manifest(**params)
@@ -225,6 +228,7 @@ def test_appending_20_percent_moves_no_existing_item(params):
 @given(seed=st.integers(0, 2**31 - 1), n_groups=st.integers(300, 900),
        train=st.floats(0.5, 0.6), val=st.floats(0.05, 0.2), test=st.floats(0.05, 0.2),
        salt=st.text(max_size=6))
+@pytest.mark.slow
 def test_split_sizes_stay_close_to_the_fractions_when_groups_are_small(seed, n_groups, train, val,
                                                                        test, salt):
     rng = np.random.default_rng(seed)

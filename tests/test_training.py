@@ -35,6 +35,7 @@ def _weights(model_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(str(model_dir / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_cli_trains_logs_to_mlflow_and_prints_katib_metrics(tmp_path):
     from kubevae import tracking
 
@@ -78,6 +79,7 @@ def test_cli_trains_logs_to_mlflow_and_prints_katib_metrics(tmp_path):
     assert "kubevae.model_uri" not in run.data.tags  # --no-mlflow-model: no pyfunc model logged
 
 
+@pytest.mark.slow
 def test_training_logs_params_metrics_images_and_model_to_mlflow(tmp_path):
     runs = tmp_path / "runs"
     cfg = TrainConfig(dataset="sprites", dataset_size=160, batch_size=32, epochs=1,
@@ -138,6 +140,7 @@ def test_nan_loss_stops_with_the_step_and_the_term(tmp_path):
     assert not (tmp_path / "model").exists()
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     common = [*TINY, "--epochs", "1", "--no-tracking"]
@@ -155,6 +158,7 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert len(re.findall(r"^epoch 1/1: \d+ done", done.stderr, flags=re.M)) == 1, done.stderr
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_to_the_same_parameters(tmp_path):
     args = [*TINY, "--epochs", "2", "--checkpoint-every", "3", "--no-tracking"]
     _run(*args, "--out", str(tmp_path / "straight"))
@@ -176,6 +180,7 @@ def test_killed_run_resumes_to_the_same_parameters(tmp_path):
         assert torch.equal(a[name], b[name]), name
 
 
+@pytest.mark.slow
 def test_torchrun_resumes_every_rank_from_rank_zeros_checkpoint(tmp_path):
     """Rank 0 alone reads the checkpoint and hands it to the others (on a cluster the other
     pods may not see its disk); all ranks then continue exactly like one process would."""
