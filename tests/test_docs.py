@@ -19,8 +19,9 @@ DOCS_PATH = re.compile(r"`(docs/[^`#\s]+)`")
 
 
 def slug(heading: str) -> str:
-    """A heading's anchor as GitHub makes it: lower case, punctuation dropped, spaces to '-'."""
-    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    """A heading's anchor as GitHub makes it: lower case, punctuation but '-' and '_' dropped,
+    spaces to '-'."""
+    text = re.sub(r"[`*]", "", heading.strip().lower())
     return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
 
 
@@ -92,3 +93,5 @@ def test_the_parameters_page_has_every_parameter_and_profile_value():
 def test_slug_matches_githubs_anchors():
     assert slug("The quick profile") == "the-quick-profile"
     assert slug("`make run` on a Zen 3, 2026-12-03") == "make-run-on-a-zen-3-2026-12-03"
+    assert slug("Model quality (`benchmarks/quality.py`)") == "model-quality-benchmarksqualitypy"
+    assert slug("The `val_every` knob") == "the-val_every-knob"
