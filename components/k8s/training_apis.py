@@ -70,7 +70,7 @@ class TrainingApi:
     builder: Callable[..., Any]  # (TrainingJob, name=None, namespace=None, **shape kwargs) -> object
     shapes: tuple[JobShape, ...]  # newest first; the first is the default
     job_name_label: str  # the label that names the job on each of its pods
-    primary: str  # node 0's name in messages ("Master")
+    primary: str  # node 0 as a message names it ("The Master")
     primary_pod_labels: dict[str, str] = field(default_factory=dict)  # node 0's pod among them
 
     def build(self, job: Any, name: str | None = None, namespace: str | None = None,
@@ -146,13 +146,13 @@ TRAINING_APIS = {
     "trainer": TrainingApi(
         name="trainer", kind=trainjob.KIND, group=trainjob.GROUP, version=trainjob.VERSION,
         plural=trainjob.PLURAL, container=trainjob.NODE, success=trainjob.SUCCESS,
-        failure=trainjob.FAILURE, job_name_label=trainjob.JOBSET_NAME_LABEL, primary="node 0",
+        failure=trainjob.FAILURE, job_name_label=trainjob.JOBSET_NAME_LABEL, primary="Node 0",
         primary_pod_labels=dict(trainjob.NODE0_LABELS),
         builder=trainjob.build_trainjob, shapes=(RUNTIME_PATCHES, POD_TEMPLATE_OVERRIDES)),
     "pytorchjob": TrainingApi(
         name="pytorchjob", kind=pytorchjob.KIND, group=pytorchjob.GROUP, version=pytorchjob.VERSION,
         plural=pytorchjob.PLURAL, container=pytorchjob.CONTAINER, success=pytorchjob.SUCCESS,
-        failure=pytorchjob.FAILURE, job_name_label=pytorchjob.JOB_NAME_LABEL, primary="the Master",
+        failure=pytorchjob.FAILURE, job_name_label=pytorchjob.JOB_NAME_LABEL, primary="The Master",
         primary_pod_labels=dict(pytorchjob.MASTER_LABELS),
         builder=pytorchjob.build_pytorchjob, shapes=(PYTORCHJOB_V1,)),
 }

@@ -56,7 +56,7 @@ class TrainingJobLauncher:
             raise
         except ResourceFailed as e:
             logs.poll()
-            raise ResourceFailed(f"{e}. {t.primary[0].upper()}{t.primary[1:]}'s log above; all pods: "
+            raise ResourceFailed(f"{e}. {t.primary}'s log above; all pods: "
                                  f"`kubectl -n {self.namespace} get pods -l {t.job_name_label}={name}`") from None
         logs.poll()  # the last lines
         return final
