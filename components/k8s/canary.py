@@ -21,6 +21,8 @@ from components.k8s.waiting import (
     ResourceFailed,
     Target,
     Waiting,
+    create,
+    delete,
     describe_api_error,
     wait_for,
 )
@@ -150,17 +152,14 @@ class InferenceServiceLauncher:
         return Rollout("replaced", url, result)
 
     def _first(self, name: str, body: dict, model: str, smoke) -> Rollout:
-        try:
-            created = self.api.custom.create_namespaced_custom_object(*self._path, body, field_validation=STRICT)
-        except ApiException as e:
-            raise ResourceFailed(describe_api_error(f"creating InferenceService {self.namespace}/{name}", e)) from e
-        self.log(f"created InferenceService {self.namespace}/{name}")
+        created = create(self.api, INFERENCESERVICE, self.namespace, body, self.log)
         ready = self._wait_ready(name, created["metadata"].get("generation", 1))
         url = service_url(ready)
         try:
             result = smoke(url, model)
         except Exception as e:
-            self._delete(name)  # nothing to fall back to: do not leave a broken service behind
+            # nothing to fall back to: do not leave a broken service behind
+            delete(self.api, INFERENCESERVICE, self.namespace, name, self.log)
             raise ResourceFailed(f"InferenceService {self.namespace}/{name} failed its smoke test at {url}: "
                                  f"{e}; it was deleted") from e
         return Rollout("ready", url, result)
@@ -175,13 +174,6 @@ class InferenceServiceLauncher:
             if rejected:  # a field this cluster's KServe does not serve: nothing was changed
                 raise ResourceFailed(f"{where}: {isvc_kind.unserved(rejected)}") from e
             raise ResourceFailed(describe_api_error(where, e)) from e
-
-    def _delete(self, name: str) -> None:
-        try:
-            self.api.custom.delete_namespaced_custom_object(*self._path, name)
-            self.log(f"deleted InferenceService {self.namespace}/{name}")
-        except ApiException as e:
-            self.log(describe_api_error(f"could not delete InferenceService {self.namespace}/{name}", e))
 
     def _wait_ready(self, name: str, generation: int, canary: str | None = None) -> dict:
         return wait_for(self.api, INFERENCESERVICE, self.namespace, name,

@@ -43,7 +43,7 @@ class KatibLauncher:
 
     def create(self, experiment) -> str:
         # not KatibClient.create_experiment: it cannot ask for strict field validation
-        return create(self.api, EXPERIMENT, self.namespace, experiment, self.log)
+        return create(self.api, EXPERIMENT, self.namespace, experiment, self.log)["metadata"]["name"]
 
     def wait(self, name: str) -> dict:
         last = [""]

@@ -40,7 +40,7 @@ class TrainingJobLauncher:
         self.training, self.api, self.namespace, self.waiting, self.log = training, api, namespace, waiting, log
 
     def create(self, job: Any) -> str:
-        return create(self.api, self.training.target, self.namespace, job, self.log)
+        return create(self.api, self.training.target, self.namespace, job, self.log)["metadata"]["name"]
 
     def wait(self, name: str) -> dict:
         """Wait for success, printing node 0's log as it grows; the final job (JSON). Deleted

@@ -90,17 +90,17 @@ class Target:
     plural: str
 
 
-def create(api: KubeApi, target: Target, namespace: str, body: Any, log: Callable[[str], None]) -> str:
-    """Create `body` (an SDK object or JSON) with strict field validation; its name."""
+def create(api: KubeApi, target: Target, namespace: str, body: Any, log: Callable[[str], None]) -> dict:
+    """Create `body` (an SDK object or JSON) with strict field validation; the created object."""
     body = to_dict(body)
     name = body["metadata"]["name"]
     try:
-        api.custom.create_namespaced_custom_object(target.group, target.version, namespace, target.plural,
-                                                   body, field_validation=STRICT)
+        created = api.custom.create_namespaced_custom_object(target.group, target.version, namespace,
+                                                             target.plural, body, field_validation=STRICT)
     except ApiException as e:
         raise ResourceFailed(describe_api_error(f"creating {target.kind} {namespace}/{name}", e)) from e
     log(f"created {target.kind} {namespace}/{name}")
-    return name
+    return created
 
 
 def delete(api: KubeApi, target: Target, namespace: str, name: str, log: Callable[[str], None]) -> None:
