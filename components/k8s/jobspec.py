@@ -54,8 +54,8 @@ class TrainingJob:
     image: str
     train_args: tuple[str, ...]  # `kubevae train` flags, besides --data/--out/--checkpoint-dir/--resume
     data_uri: str | None = None  # the split folder in object storage (s3:// or minio://)
-    output_uri: str | None = None  # where the Master uploads the model folder
-    workers: int = 1  # pods: one Master and workers - 1 Workers
+    output_uri: str | None = None  # where node 0 (the PyTorchJob Master) uploads the model folder
+    workers: int = 1  # pods (nodes), node 0 among them
     procs_per_pod: int = 1  # processes per pod (one per GPU)
     resources: Resources = field(default_factory=Resources)
     checkpoint_claim: str | None = None  # a PVC (ReadWriteMany when workers > 1); else an emptyDir
