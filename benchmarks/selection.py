@@ -100,10 +100,12 @@ class Group:
 
     def __init__(self, members: list[Member], config: ModelConfig, train: torch.Tensor,
                  args: argparse.Namespace, stacked: bool):
-        self.members, self.config, self.train, self.args = members, config, train, args
+        self.members, self.config, self.args = members, config, args
         self.kind = members[0].objective
         self.stacked = stacked and self.kind in STACKABLE
         self.device = torch.device(args.device)
+        # On a GPU the uint8 images move there once; batches are gathered on the device.
+        self.train = train.to(self.device) if self.device.type == "cuda" else train
         self.precision = hardware.choose_precision(args.precision, self.device)
         self.objective_config = with_schedule(ObjectiveConfig(kind=self.kind), args.steps, len(train))
         models = []
@@ -130,7 +132,7 @@ class Group:
         xs, eps = {}, {}
         for seed, generator in self.generators.items():
             idx = torch.randint(len(self.train), (self.args.batch_size,), generator=generator)
-            xs[seed] = VAE.to_unit(self.train[idx]).to(self.device)
+            xs[seed] = VAE.to_unit(self.train[idx.to(self.train.device)].to(self.device))
             eps[seed] = torch.randn(self.args.batch_size, self.config.latent_dim,
                                     generator=generator).to(self.device)
         return xs, eps
