@@ -82,7 +82,12 @@ DETAIL_MIN = 1.5              # grey levels of band-pass detail: below, an image
 ALIGNED_MIN, ALIGNED_MAX = 0.95, 0.97    # the aligned threshold's floor (docs/split.md), and off above
 ALIGNED_MARGIN = 0.005
 LOOK_ALIKE_QUANTILE = 1.0     # of the look-alikes' aligned scores (+ margin): the aligned threshold
-ALIGN_BUDGET_PAIRS = 12_000   # aligned verifications per split (about 6 ms each on 2 loaded cores)
+ALIGN_BUDGET_PAIRS = 40_000   # coarse passes per split (about 0.4 ms CPU each, one thread)
+FINE_BUDGET_PAIRS = 12_000    # fine passes per split, for pairs above the coarse gate (about 0.7 ms)
+COARSE_GATE_QUANTILE = 0.01   # of the coarse scores of the planted copies the aligned stage finds...
+COARSE_GATE_MARGIN = 0.05     # ...less this, within COARSE_GATE_RANGE: pairs below skip the fine pass
+COARSE_GATE_RANGE = (0.3, 0.8)
+COARSE_GATE_MIN_COPIES = 20   # found copies needed to set the gate; fewer: the range's low end
 CENTRE_SHARE = 0.6            # the centre view of the aligned stage's search
 ALIGNED_STAGE = True          # False: stage 1 alone (the report says so)
 ALIGNED_SAMPLE = 48           # calibration images whose copies go through the aligned stage
@@ -655,14 +660,23 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
         else:
             # A given threshold binds both stages: --near-dup-threshold 1 merges identical pixels only.
             aligned_threshold = max(wanted, ALIGNED_MIN, given if given is not None else 0.0)
+    found_by, scores_by, coarse_by = {}, {}, {}
     for kind in planted.KINDS:
         found = cheap[kind][:few] >= threshold
-        scores = np.zeros(few, np.float32)
+        scores, coarse = np.zeros(few, np.float32), np.zeros(few, np.float32)
         if aligned_off is None and views is not None and (~found).any():
-            scores[~found] = align.aligned_similarity(work_o[:few][~found], copies_work[kind][:few][~found],
-                                                      mirrors=mirrors).score
-            scores[~found] *= views.retrieved(sample_rows[~found], copies_work[kind][:few][~found])
-        hit = found | (scores >= aligned_threshold)
+            aligned = align.aligned_similarity(work_o[:few][~found], copies_work[kind][:few][~found],
+                                               mirrors=mirrors)
+            scores[~found] = aligned.score * views.retrieved(sample_rows[~found],
+                                                             copies_work[kind][:few][~found])
+            coarse[~found] = aligned.coarse
+        found_by[kind], scores_by[kind], coarse_by[kind] = found, scores, coarse
+    coarse_gate = _coarse_gate([coarse_by[k][(scores_by[k] >= aligned_threshold) & ~found_by[k]]
+                                for k in planted.KINDS if k not in planted.MIRROR or mirrors])
+    for kind in planted.KINDS:
+        # Found as the split finds it: by stage 1, or above the coarse gate and the threshold.
+        hit = found_by[kind] | ((scores_by[kind] >= aligned_threshold)
+                                & (coarse_by[kind] >= coarse_gate["gate"]))
         per_kind[kind].update({"found": int(hit.sum()), "planted": int(few),
                                "recall": round(float(hit.mean()), 4) if few else None,
                                "counts_as_copy": kind not in planted.MIRROR or mirrors})
@@ -676,7 +690,7 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
         held_out = {"merged": int((distinct_aligned[1::2] >= half).sum()),
                     "pairs": int(len(distinct_aligned[1::2])), "threshold": round(half, 4)}
     out.update({"threshold": round(threshold, 4), "aligned_threshold": round(aligned_threshold, 4),
-                "aligned_off": aligned_off,
+                "aligned_off": aligned_off, "aligned_coarse_gate": coarse_gate,
                 "aligned_rule": f"the {LOOK_ALIKE_QUANTILE:.0%} quantile of {len(distinct)} look-alikes' "
                                 f"aligned scores + {ALIGNED_MARGIN}, at least {ALIGNED_MIN}; off "
                                 f"above {ALIGNED_MAX}",
@@ -687,6 +701,22 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
                                          "two copies of one)"},
                 "mirrors": mirrors, "per_kind": per_kind})
     return out
+
+
+def _coarse_gate(found_coarse: list[np.ndarray]) -> dict[str, Any]:
+    """The coarse score below which a candidate skips the aligned stage's fine pass: the
+    COARSE_GATE_QUANTILE of the coarse scores of the planted copies that the aligned stage
+    found, less COARSE_GATE_MARGIN, within COARSE_GATE_RANGE (measured: docs/split.md)."""
+    scores = np.concatenate(found_coarse) if found_coarse else np.zeros(0, np.float32)
+    low, high = COARSE_GATE_RANGE
+    if len(scores) < COARSE_GATE_MIN_COPIES:
+        return {"gate": low, "copies": int(len(scores)),
+                "rule": f"fewer than {COARSE_GATE_MIN_COPIES} copies found by the aligned stage: "
+                        f"the lowest gate, {low}"}
+    gate = float(np.clip(np.quantile(scores, COARSE_GATE_QUANTILE) - COARSE_GATE_MARGIN, low, high))
+    return {"gate": round(gate, 4), "copies": int(len(scores)),
+            "rule": f"{COARSE_GATE_QUANTILE:.0%} quantile of the coarse scores of the planted copies "
+                    f"found by the aligned stage - {COARSE_GATE_MARGIN}, within [{low}, {high}]"}
 
 
 def method(mirrors: bool = True) -> str:
@@ -702,12 +732,33 @@ def method(mirrors: bool = True) -> str:
             f"cross-correlation over +-{MAX_SHIFT} px of the smoothed luma (at most "
             f"{WORK_MAX_SIDE} px a side); stage 2, for pairs that stage 1 did not merge and "
             f"that are each other's best match in the whole image"
-            f"{', its mirror image' if mirrors else ''} or its centre {CENTRE_SHARE:.0%} (at "
-            f"most {ALIGN_BUDGET_PAIRS:,} pairs; an image with two aligned partners merges with "
-            f"neither): "
+            f"{', its mirror image' if mirrors else ''} or its centre {CENTRE_SHARE:.0%} (a "
+            f"coarse pass on at most {ALIGN_BUDGET_PAIRS:,} pairs, a fine pass on at most "
+            f"{FINE_BUDGET_PAIRS:,} of those above a calibrated coarse gate; an image with two "
+            f"aligned partners merges with neither): "
             f"{align.describe(mirrors)}; near-blank images (std < {FLAT_STD} levels) by "
             f"{FLAT_LEVELS:g}-level bands of their mean, smooth images (detail < {DETAIL_MIN} "
             f"levels) only when their mean-free pixels differ by <= {RESIDUAL_LEVELS} levels RMS")
+
+
+def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
+                    calibration: dict[str, Any]) -> tuple[np.ndarray, int, int]:
+    """The aligned scores of the pairs `todo` (best cosine first): a coarse pass on each, the
+    fine pass on at most FINE_BUDGET_PAIRS of those above the calibrated coarse gate; the rest
+    score 0. Returns (scores, fine passes run, pairs above the gate left over the budget)."""
+    from kubevae.split import align
+
+    scores = np.zeros(len(todo), np.float32)
+    if not len(todo):
+        return scores, 0, 0
+    a, b = work[todo[:, 0]], work[todo[:, 1]]
+    start = align.coarse_fit(a, b, mirrors)
+    gate = float(calibration.get("aligned_coarse_gate", {}).get("gate", COARSE_GATE_RANGE[0]))
+    above = np.flatnonzero(start.score >= gate)
+    rows = above[:FINE_BUDGET_PAIRS]
+    if len(rows):
+        scores[rows] = align.fine_score(a[rows], b[rows], align.subset(start, rows)).score
+    return scores, len(rows), len(above) - len(rows)
 
 
 def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
@@ -718,7 +769,6 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     keys: per item, a key equal for exact copies (the pixels' sha256); only the first item of
     each key is searched and verified (its copies are grouped with it by the exact relation).
     mirrors: mirror images count as copies (the default: saved flips are augmentations)."""
-    from kubevae.split import align
 
     start = time.monotonic()
     n = len(images)
@@ -765,8 +815,7 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     skipped = max(0, len(todo) - ALIGN_BUDGET_PAIRS)
     todo = todo[:ALIGN_BUDGET_PAIRS]        # best cosine first
     aligned_start = time.monotonic()
-    scores = align.aligned_similarity(work[todo[:, 0]], work[todo[:, 1]], mirrors=mirrors).score \
-        if len(todo) else np.zeros(0, np.float32)
+    scores, fine_count, fine_skipped = _aligned_scores(work, todo, mirrors, calibration)
     aligned_merged = scores >= aligned_threshold
     # One aligned partner per image: a copy pairs with its original, while a face or a digit
     # that aligns with several others is a look-alike hub, and its edges would chain a group.
@@ -783,7 +832,8 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     search.update({"searched_images": int(len(work)), "exact_copies_skipped": int(n - len(work)),
                    "verified": int(len(pairs)), "merged_pairs": int(len(pairs_out)),
                    "aligned_verified": int(len(todo)), "aligned_merged": int(aligned_merged.sum()),
-                   "aligned_skipped_over_budget": int(skipped),
+                   "aligned_skipped_over_budget": int(skipped + fine_skipped),
+                   "aligned_fine_verified": int(fine_count),
                    "aligned_seconds": round(time.monotonic() - aligned_start, 3),
                    "near_blank_images": int((stds < FLAT_STD).sum()),
                    "smooth_images": int(((details < DETAIL_MIN) & (stds >= FLAT_STD)).sum()),

@@ -509,6 +509,10 @@ def markdown(report: dict[str, Any]) -> str:
     if "aligned_threshold" in calibration:
         lines.append("- aligned stage: " + (calibration.get("aligned_off") or
                      f"merges at >= {calibration['aligned_threshold']} ({calibration['aligned_rule']})"))
+    if not calibration.get("aligned_off") and calibration.get("aligned_coarse_gate"):
+        gate = calibration["aligned_coarse_gate"]
+        lines.append(f"- aligned stage's coarse gate: pairs below {gate['gate']} skip the fine pass "
+                     f"({gate['rule']}; {gate['copies']} copies)")
     if calibration.get("false_merges"):
         false = calibration["false_merges"]
         lines.append(f"- false merges among distinct look-alikes: {false['merged']}/{false['pairs']} "
