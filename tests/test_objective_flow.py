@@ -3,7 +3,7 @@ on both backends: the Optuna trials' and Katib's trial command, parsed back by t
 
 import pytest
 
-from components.backends.base import TuneRequest, trial_options
+from components.backends.base import TrainingOverrides, TuneRequest, trial_options
 from components.search_space import default_search_space
 from kubevae.errors import ParameterError
 from kubevae.objectives import searched_weight
@@ -11,14 +11,9 @@ from kubevae.training.command import config_from_args, parser, train_argv
 
 
 def _request(objective: str) -> TuneRequest:
-    import components.backends.base as base
-
-    # The objective rides in the typed overrides where the requests have them (issue 27 §4).
-    where = {"overrides": base.TrainingOverrides(objective=objective)} \
-        if hasattr(base, "TrainingOverrides") else {"objective": objective}
     return TuneRequest(name="t", data_dir="/d", data_uri="s3://b/splits", work_dir="/w",
                        search_space=default_search_space(), objective_metric="val_mig",
-                       trial_steps=500, **where)
+                       trial_steps=500, overrides=TrainingOverrides(objective=objective))
 
 
 @pytest.mark.parametrize("objective", ["beta", "tcvae", "factor"])
@@ -44,6 +39,7 @@ def test_katib_trials_carry_the_objective(objective):
     assert config_from_args(parsed).objective.kind == objective
 
 
+@pytest.mark.slow  # compiling the pipeline: about 14 s on 2 shared cores
 def test_the_pipeline_passes_its_objective_parameter_to_tune_and_train():
     from pipelines.pipeline import PARAMETERS, kubevae_pipeline
 
