@@ -73,3 +73,18 @@ def test_smoke_mode_runs_the_grid_end_to_end(tmp_path):
     assert sorted(p.name for p in tmp_path.glob("*.pt")) == \
         ["beta-step0000002.pt", "beta-step0000004.pt", "tcvae-step0000002.pt", "tcvae-step0000004.pt"]
     assert result["measure"]["beta"]["ratio"] > 0
+
+
+def test_a_budget_buys_the_steps_its_probe_says_fit(monkeypatch):
+    """--budget-minutes: every group is probed; steps = TRAIN_SHARE x budget / (seconds per step
+    of all groups). The clock is replaced, so the arithmetic is checked, not this machine."""
+    args = bench.parse_args(["--objectives", "beta", "tcvae", "--betas", "1", "--seeds", "2",
+                             "--batch-size", "4", "--latent-dim", "3", "--precision", "fp32",
+                             "--budget-minutes", "10", "--probe-steps", "2"])
+    train = torch.randint(0, 256, (20, 28, 28, 1), generator=torch.Generator().manual_seed(0),
+                          dtype=torch.uint8)
+    ticks = iter(range(0, 1000, 10))  # each probe of 2 steps "takes" 10 s: 5 s a step per group
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
+    split = bench.Split(train, None, None)  # type: ignore[arg-type]
+    steps = bench.steps_for_budget(args, split, bench.model_config(3, train))
+    assert steps == int(bench.TRAIN_SHARE * 10 * 60 / (5 + 5))
