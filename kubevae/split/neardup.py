@@ -97,8 +97,9 @@ LOOK_ALIKE_SAMPLE = 48        # calibration images whose look-alikes set the ali
 # tried (photos, faces, textures) and turned the stage off: the report's held-out count says
 # which way a data set leans.
 MAX_LEVEL_SHIFT = 64.0        # brightness edits of a copy: at most 64 grey levels
-CHUNK = 8192
-CHUNK_VALUES = 4_000_000       # per chunk of working_images: 16 MB as float32
+CHUNK = 1024                  # images per block: its float copies stay in cache (docs/split.md)
+DETAIL_CHUNK = 256            # smaller still for the detail, which makes four filter passes over it
+CHUNK_VALUES = 1_000_000       # per chunk of working_images: 4 MB as float32
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
 
@@ -157,12 +158,12 @@ def detail(work: np.ndarray) -> np.ndarray:
     band-pass detail. Sky, blurred backgrounds and gradients have almost none; two of them look
     alike only when their levels do, whatever their correlation (DETAIL_MIN)."""
     out = np.empty(len(work), np.float32)
-    for start in range(0, len(work), CHUNK):
-        x = np.asarray(work[start:start + CHUNK], np.float32)
+    for start in range(0, len(work), DETAIL_CHUNK):
+        x = np.asarray(work[start:start + DETAIL_CHUNK], np.float32)
         blurred = x
         for _ in range(4):
             blurred = _smooth(blurred)
-        out[start:start + CHUNK] = (x - blurred).reshape(len(x), -1).std(1)
+        out[start:start + DETAIL_CHUNK] = (x - blurred).reshape(len(x), -1).std(1)
     return out
 
 
