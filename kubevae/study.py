@@ -324,7 +324,10 @@ class Study:
         elif chosen.interval is None and self.objective.direction == "maximize" and len(self.complete) > 1:
             notes.append("the trials reported no interval, so whether the difference is "
                          "more than noise is unknown")
-        return ("Note: " + "; ".join(notes) + ".") if notes else None
+        if not notes:
+            return None
+        text = "; ".join(notes) + "."
+        return text[0].upper() + text[1:]
 
     # -- JSON -----------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
