@@ -125,6 +125,8 @@ def _headline(d) -> str:
     if d.promoted:
         return (f"**Promoted to `champion`** over version {d.champion_version}: {d.metric} "
                 f"{_fixed(d.candidate)} against {_fixed(d.champion)}; {d.reason}.")
+    if d.champion_version is None:
+        return f"**Not promoted**, and there is no champion: {d.reason}."
     return (f"**Kept as `challenger`**: {d.metric} {_fixed(d.candidate)} against champion version "
             f"{d.champion_version} ({_fixed(d.champion)}); {d.reason}.")
 

@@ -16,7 +16,7 @@ from kubevae.config import ModelConfig, ObjectiveConfig
 from kubevae.data.dataset import write_dataset
 from kubevae.ingest import ingest
 from kubevae.model import VAE, save_model
-from kubevae.registry import CHALLENGER, CHAMPION, gate
+from kubevae.registry import CHALLENGER, CHAMPION, Floors, gate
 from kubevae.split import split
 from kubevae.storage import read_json
 from kubevae.version_notes import describe_version
@@ -183,7 +183,10 @@ def test_versions_describe_the_decision_the_data_and_the_run(tmp_path):
     for i, margin in enumerate((0.5, 1e9)):  # the first becomes champion, the second cannot
         model_dir = _model_dir(tmp_path, f"model{i}", beta=4.0, seed=i)
         with tracking.start_run("gate", require=True) as tracker:
-            decision = gate(model_dir, split_dir, model_name="ux", margin=margin, tracker=tracker)
+            # Untrained models: the floors would refuse both (tests/test_gate.py); off here.
+            decision = gate(model_dir, split_dir, model_name="ux", margin=margin, tracker=tracker,
+                            floors=Floors(min_active_units=0, min_rate_nats=0.0,
+                                          min_psnr_gain_db=-100.0))
             text = describe_version(decision, model_dir, split_dir, tracker, training_api="torchrun")
         decisions.append((decision, text))
 
@@ -207,3 +210,14 @@ def test_versions_describe_the_decision_the_data_and_the_run(tmp_path):
     assert version.tags["objective"] == "beta" and version.tags["training_api"] == "torchrun"
     assert version.tags["test_data_digest"] == test_digest and version.tags["leakage_check"] == "PASSED"
     assert "Promoted to `champion`" in client.get_model_version("ux", first.version).description
+
+
+def test_a_refused_first_model_is_described_as_not_promoted_with_the_floor(tmp_path):
+    split_dir = _split_with_report(tmp_path)
+    model_dir = _model_dir(tmp_path, "untrained", beta=4.0, seed=0)
+    with tracking.start_run("gate", require=True) as tracker:
+        decision = gate(model_dir, split_dir, model_name="ux-refused", margin=0.0, tracker=tracker)
+        text = describe_version(decision, model_dir, split_dir, tracker, training_api="torchrun")
+    assert not decision.promoted and decision.failed_floors
+    assert "Not promoted" in text and "no champion" in text and "None" not in text.split("\n")[0]
+    assert decision.failed_floors[0] in text
