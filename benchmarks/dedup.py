@@ -385,6 +385,7 @@ def summarise(grouping, family: np.ndarray, copy_rows: np.ndarray, copy_kinds: l
     return {"threshold": near.threshold, "threshold_source": near.threshold_source,
             "aligned_threshold": near.aligned_threshold,
             "aligned_off": near.calibration.get("aligned_off"),
+            "aligned_coarse_gate": near.calibration.get("aligned_coarse_gate"),
             "planted_copies": len(copy_rows), "copies_found": int(found.sum()),
             "recall_by_kind": recall, "false_merge_pairs": false_pairs,
             "false_merge_pairs_by_stage": false_merges_by_stage(images, pairs[wrong], near.threshold),

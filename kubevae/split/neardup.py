@@ -84,8 +84,8 @@ ALIGNED_MARGIN = 0.005
 LOOK_ALIKE_QUANTILE = 1.0     # of the look-alikes' aligned scores (+ margin): the aligned threshold
 ALIGN_BUDGET_PAIRS = 40_000   # coarse passes per split (about 0.4 ms CPU each, one thread)
 FINE_BUDGET_PAIRS = 12_000    # fine passes per split, for pairs above the coarse gate (about 0.7 ms)
-COARSE_GATE_QUANTILE = 0.01   # of the coarse scores of the planted copies the aligned stage finds...
-COARSE_GATE_MARGIN = 0.05     # ...less this, within COARSE_GATE_RANGE: pairs below skip the fine pass
+COARSE_GATE_QUANTILE = 0.05   # of the coarse scores of the planted copies the aligned stage finds...
+COARSE_GATE_MARGIN = 0.1      # ...less this, within COARSE_GATE_RANGE: pairs below skip the fine pass
 COARSE_GATE_RANGE = (0.3, 0.8)
 COARSE_GATE_MIN_COPIES = 20   # found copies needed to set the gate; fewer: the range's low end
 CENTRE_SHARE = 0.6            # the centre view of the aligned stage's search
@@ -745,8 +745,8 @@ def method(mirrors: bool = True) -> str:
 def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
                     calibration: dict[str, Any]) -> tuple[np.ndarray, int, int]:
     """The aligned scores of the pairs `todo` (best cosine first): a coarse pass on each, the
-    fine pass on at most FINE_BUDGET_PAIRS of those above the calibrated coarse gate; the rest
-    score 0. Returns (scores, fine passes run, pairs above the gate left over the budget)."""
+    fine pass on at most FINE_BUDGET_PAIRS of those above the calibrated coarse gate, best
+    coarse score first; the rest score 0. Returns (scores, fine passes run, pairs above the gate left over the budget)."""
     from kubevae.split import align
 
     scores = np.zeros(len(todo), np.float32)
@@ -756,7 +756,9 @@ def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
     start = align.coarse_fit(a, b, mirrors)
     gate = float(calibration.get("aligned_coarse_gate", {}).get("gate", COARSE_GATE_RANGE[0]))
     above = np.flatnonzero(start.score >= gate)
-    rows = above[:FINE_BUDGET_PAIRS]
+    # Over the budget, the best coarse scores go first: they predict a copy better than the
+    # descriptor's cosine, which ordered the coarse pass.
+    rows = np.sort(above[np.argsort(-start.score[above], kind="stable")[:FINE_BUDGET_PAIRS]])
     if len(rows):
         scores[rows] = align.fine_score(a[rows], b[rows], align.subset(start, rows)).score
     return scores, len(rows), len(above) - len(rows)
