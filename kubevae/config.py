@@ -205,8 +205,8 @@ class TrainConfig:
         group="validation")
     # Validation runs at the end of an epoch: every epoch (0), or only at the end of the epochs
     # that reach a multiple of val_every steps, and always after the last step. A short run of
-    # small epochs spends much of its time validating: in the quick profile a pass over the
-    # validation split took as long as 9 training steps (pipelines/profiles.py).
+    # small epochs spends much of its time validating (the quick profile's figures:
+    # docs/measurements.md).
     val_every: int = option(
         0, "validate at the end of the epochs that reach a multiple of STEPS, and after the last "
         "step (0: every epoch; a trial's median stopping reads the objective each time it is "
