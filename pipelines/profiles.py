@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 PROFILES: dict[str, dict[str, Any]] = {
-    # quick: `make run` on 2 CPU cores in about 3 minutes of pipeline time. Why each value, with
+    # quick: `make run` on 2 CPU cores in minutes. Why each value, with
     # the figures, machines and dates: docs/measurements.md, "The quick profile".
     # - 64 px and zoom 1.6: at 32 px, or at dSprites' size, no beta >= 1 paid for shape.
     # - beta 1 and 4 (a grid of two trials, one at each end, 4x apart), latent size 10: the
@@ -15,8 +15,8 @@ PROFILES: dict[str, dict[str, Any]] = {
     # - objective_metric auto: val_mig with factor columns (sprites), udr without (digits).
     # - conv_channels 16, 32, 64, 64, lr 1e-3, train_steps 2,500, val_every_steps 500, one
     #   process of two threads: the fastest settings that kept the sprites' shapes.
-    # - two trials side by side, one thread each, 300 steps: a beta = 4 run had 0 active units
-    #   at step 150 and 10 at 225.
+    # - two trials side by side, one thread each, 300 steps: fewer left a beta = 4 trial still
+    #   collapsed.
     "quick": {
         "source_uri": "builtin://sprites?n=6000&seed=0&zoom=1.6",
         "image_size": 64,
