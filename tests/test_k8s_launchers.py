@@ -156,8 +156,9 @@ def test_every_algorithm_builds_a_valid_experiment(tmp_path, algorithm, parallel
     from k8s_scenarios import Outcome
 
     backend = _backend(cluster, Outcome(cluster))
+    request = tune_request(tmp_path, algorithm=algorithm, parallel=parallel)
     with pytest.raises(ResourceTimeout):  # nothing is scripted: it only has to be submitted
-        backend.tune(tune_request(tmp_path, algorithm=algorithm, parallel=parallel))
+        backend.tune(request)
     [experiment] = cluster.created("experiments")
     assert_valid(experiment)
     assert experiment["spec"]["algorithm"]["algorithmName"] == algorithm
@@ -168,7 +169,11 @@ def test_every_algorithm_builds_a_valid_experiment(tmp_path, algorithm, parallel
         assert args.count("--steps") == 1 and args[args.index("--steps") + 1] == "${trialParameters.steps}"
     if algorithm == "grid":
         beta = next(p for p in experiment["spec"]["parameters"] if p["name"] == "beta")
-        assert beta["parameterType"] == "categorical" and len(beta["feasibleSpace"]["list"]) == 5
+        # As many values as the trials can cover, as the local backend's grid (at least 2).
+        points = request.search_space.grid_points(request.max_trials)
+        assert beta["parameterType"] == "categorical" and len(beta["feasibleSpace"]["list"]) == points
+        [searched] = [p for p in request.search_space.parameters if p.name == "beta"]
+        assert points >= 2 and float(beta["feasibleSpace"]["list"][0]) == searched.min
 
 
 def test_hyperband_needs_enough_parallel_trials(tmp_path):
@@ -540,3 +545,19 @@ def test_objectstore_refuses_keys_that_leave_the_folder():
         objectstore._relative_key("prefix/../../etc/passwd", "prefix")
     with pytest.raises(ValueError, match="expected s3://BUCKET/PREFIX"):
         objectstore.parse_uri("/local/path")
+
+
+@pytest.mark.parametrize("objective_metric", ["val_mig", "val_factor_vae", "val_dci", "val_neg_elbo", "udr"])
+def test_katib_records_the_objectives_interval_bounds_where_it_has_them(objective_metric):
+    """Katib keeps only the metrics an Experiment declares: without the bounds, a cluster
+    study's trials would have no interval while the local study's have one."""
+    from components.k8s.katib import Tuning
+    from kubevae.study import interval_keys, objective
+
+    tuning = Tuning.for_objective(objective_metric)
+    bounds = set(interval_keys(objective_metric))
+    if objective(objective_metric).interval:
+        assert bounds <= set(tuning.additional_metrics)
+    else:
+        assert not bounds & set(tuning.additional_metrics)
+    assert objective_metric not in tuning.additional_metrics

@@ -271,7 +271,7 @@ def test_the_local_backend_writes_the_inferenceservice_a_cluster_would_get(tmp_p
 def test_every_objective_builds_a_valid_experiment_with_its_direction(objective_metric):
     from components.backends.base import TuneRequest
     from components.backends.kubernetes import KubernetesBackend
-    from kubevae.training.selection import OBJECTIVES
+    from kubevae.study import OBJECTIVES
 
     request = TuneRequest(name="t", data_dir="", data_uri="s3://b/splits", work_dir="",
                           search_space=default_search_space(), objective_metric=objective_metric,

@@ -126,7 +126,8 @@ class KubernetesBackend:
         tuning = Tuning.for_objective(request.objective_metric, algorithm=request.algorithm,
                                       max_trials=request.max_trials,
                                       parallel_trials=request.parallel_trials,
-                                      max_failed_trials=request.max_failed_trials, seed=request.seed)
+                                      max_failed_trials=request.max_failed_trials, seed=request.seed,
+                                      grid_points=space.grid_points(request.max_trials))
         fixed = trial_options(request)
         if tuning.algorithm == "hyperband":  # hyperband decides each trial's steps
             fixed.pop(tuning.hyperband_resource)

@@ -7,7 +7,7 @@ Trainer serves, or the PyTorchJob of `components.k8s.pytorchjob`, as
 values as `${trialParameters.NAME}` placeholders in the `kubevae train` flags. Katib's StdOut
 collector reads the per-epoch `name=value` lines (`epoch=3 ... val_mig=0.21 ...`),
 timestamped by the container's entry point. The objective's direction (`objective.type`) comes
-from kubevae.training.selection.OBJECTIVES, the same table the local Optuna study reads, and it
+from kubevae.study.OBJECTIVES, the same table the local Optuna study reads, and it
 is judged on its latest value; the negative ELBO, its reconstruction and KL terms, the active
 units and the collapse flag are `additionalMetricNames`. `medianstop` reads the objective per
 epoch, as the local median pruner does.
@@ -98,11 +98,16 @@ class Tuning:
 
     @classmethod
     def for_objective(cls, objective_metric: str, **kwargs: Any) -> Tuning:
-        """Tuning whose objective.type is the objective's own direction."""
-        from kubevae.training.selection import objective
+        """Tuning whose objective.type is the objective's own direction, and whose additional
+        metrics hold the objective's interval bounds where it has one (Katib records only the
+        metrics it declares, so the study would otherwise lose them)."""
+        from kubevae.study import interval_keys, objective
 
-        return cls(objective_metric=objective_metric,
-                   objective_type=objective(objective_metric).direction, **kwargs)
+        spec = objective(objective_metric)
+        extra = interval_keys(objective_metric) if spec.interval else ()
+        additional = (*kwargs.pop("additional_metrics", cls.additional_metrics), *extra)
+        return cls(objective_metric=objective_metric, objective_type=spec.direction,
+                   additional_metrics=tuple(additional), **kwargs)
 
 
 def trial_placeholders(space: SearchSpace) -> dict[str, str]:

@@ -69,7 +69,7 @@ def config_options() -> Iterator[ConfigOption]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The parser, derived from the config dataclasses: type, default and choices from each
     field, help and section from its metadata."""
-    from kubevae.training.selection import OBJECTIVES
+    from kubevae.study import OBJECTIVES
 
     # Choices that live outside kubevae.config, with the table that owns them.
     outside_choices = {"objective_metric": sorted(OBJECTIVES)}

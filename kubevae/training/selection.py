@@ -16,19 +16,12 @@ from typing import Any
 
 import numpy as np
 
-# The objective table and the collapse rule live in kubevae.study; these names stay importable
-# from here for the callers not yet moved (kubevae.registry, components.k8s.katib, the train
-# command).
-from kubevae.study import (  # noqa: F401
-    ALL_COLLAPSED_ADVICE,
-    COLLAPSED_SCORE,
+from kubevae.study import (
     MIN_UDR_INTERVAL_SEEDS,
-    OBJECTIVES,
     SELECTION_SEED,
     UDR_IMAGES,
     guarded,
     interval_keys,
-    objective,
 )
 
 
