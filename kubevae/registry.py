@@ -302,13 +302,16 @@ def compare(criterion: Criterion, candidate: ModelScores, champion: ModelScores,
 def decide(criterion: Criterion, candidate: float | None, champion: float | None,
            candidate_elbo: float | None, champion_elbo: float | None, *, margin: float,
            elbo_tolerance: float, has_champion: bool, failed_floors: list[str] | None = None,
-           p_better: float | None = None, min_probability: float = DEFAULT_MIN_PROBABILITY
-           ) -> tuple[bool, str]:
-    """(promoted, reason) from the scores alone (see the module docstring)."""
+           p_better: float | None = None, min_probability: float = DEFAULT_MIN_PROBABILITY,
+           incomparable: str = "") -> tuple[bool, str]:
+    """(promoted, reason) from the scores alone (see the module docstring). `incomparable`:
+    why the champion cannot be scored on the candidate's test items, if it cannot."""
     if failed_floors:
         return False, f"a floor failed: {'; '.join(failed_floors)}"
     if not has_champion:
         return True, "no champion yet, and every floor holds"
+    if incomparable:
+        return False, incomparable
     if candidate is None:
         return False, f"the candidate has no {criterion.metric} score"
     if champion is None:
@@ -329,6 +332,23 @@ def decide(criterion: Criterion, candidate: float | None, champion: float | None
                            f"than {100 * elbo_tolerance:g} % (limit {limit:.2f})")
     sure = "" if p_better is None else f", P(better) = {p_better:.3f}"
     return True, f"{criterion.metric} improves by {gain:.4g} (margin {margin:g}{sure}); guard holds"
+
+
+def _input_mismatch(champion_dir: Path, dataset: Dataset, version: str) -> str:
+    """Why the champion cannot be scored on `dataset`, or "": a model for other image shapes
+    (the data changed under the same model name). Promoting the candidate would also change
+    what the serving endpoint accepts, so the gate refuses and says how to go on."""
+    from kubevae.model import read_model_config
+
+    config, _, _ = read_model_config(champion_dir)
+    wanted = (config.image_size, config.image_size, config.channels)
+    held = tuple(int(v) for v in dataset.images.shape[1:])
+    if held == wanted:
+        return ""
+    return (f"champion version {version} takes {'x'.join(map(str, wanted))} images and this test "
+            f"split holds {'x'.join(map(str, held))}: the two cannot be scored on the same items, "
+            f"and promoting would change what the endpoint accepts; train under another "
+            f"model_name, or move the alias by hand")
 
 
 # -- the registry ------------------------------------------------------------------------------
@@ -407,7 +427,8 @@ def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin
     found = champion_model_dir(client, model_name)
     champion: ModelScores | None = None
     comparison, no_comparison = None, ""
-    if found:
+    incomparable = _input_mismatch(found[0], dataset, str(found[1].version)) if found else ""
+    if found and not incomparable:
         champion = scorer(found[0], dataset)
         if criterion.metric == "udr":
             recorded = found[1].tags.get(TAG_PREFIX + "udr")
@@ -424,7 +445,8 @@ def gate(model_dir: str | Path, data_dir: str | Path, *, model_name: str, margin
         criterion, criterion_of(candidate), criterion_of(champion),
         candidate.scores.get(GUARD_METRIC), None if champion is None else champion.scores.get(GUARD_METRIC),
         margin=margin, elbo_tolerance=elbo_tolerance, has_champion=bool(found), failed_floors=failed,
-        p_better=None if comparison is None else comparison["p_better"], min_probability=min_probability)
+        p_better=None if comparison is None else comparison["p_better"], min_probability=min_probability,
+        incomparable=incomparable)
     version = register(model_dir, model_name)
     client.set_registered_model_alias(model_name, CHAMPION if promoted else CHALLENGER, version)
     decision = GateDecision(

@@ -375,3 +375,28 @@ def test_test_item_counts_read_the_assignments(tmp_path):
     pd.DataFrame({"item_id": ["a"], "split": ["test"]}).to_csv(tmp_path / "assignments.csv", index=False)
     with pytest.raises(ValueError, match="'how'"):
         count_test_items(tmp_path)
+
+
+@pytest.mark.slow  # a fresh MLflow store and registered models: about 10-20 s on 2 shared cores
+def test_a_champion_for_other_image_shapes_is_not_scored_and_the_candidate_not_promoted(tmp_path, split_dir):
+    """The data changed under one model name (sprites at 64 px, then digits at 32 px): the
+    champion cannot encode the new test items. The gate says so instead of crashing, and does
+    not promote, since the endpoint would start taking other images."""
+    first = _gate(tmp_path, split_dir, model=SOUND_MODEL)
+    assert first.promoted
+    images = np.zeros((16, 32, 32, 1), np.uint8)
+    images[:, 8:20, 8:20] = 255
+    manifest = pd.DataFrame({"item_id": [f"j{i}" for i in range(16)], "sha256": [f"j{i}" for i in range(16)]})
+    for name in ("train", "test"):
+        write_dataset(tmp_path / "split32" / name, images, manifest)
+    model_dir = tmp_path / "model-32"
+    torch.manual_seed(0)
+    save_model(model_dir, VAE(ModelConfig(image_size=32, latent_dim=3, conv_channels=(8, 8, 16, 16))).eval(),
+               ObjectiveConfig())
+    with tracking.start_run("gate", require=True) as tracker:
+        second = gate(model_dir, tmp_path / "split32", model_name=NAME, margin=0.5, tracker=tracker,
+                      floors=NO_FLOORS)
+    assert not second.promoted and second.champion_version == first.version
+    assert "takes 28x28x1 images and this test split holds 32x32x1" in second.reason
+    assert second.champion_scores == {} and "takes 28x28x1 images" in second.markdown()
+    assert _alias(CHAMPION) == first.version and _alias(CHALLENGER) == second.version
