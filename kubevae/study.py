@@ -318,9 +318,8 @@ class Study:
             notes.append(
                 f"the chosen trial {chosen.number} ({self.objective_metric} {chosen.value:.4g} "
                 f"{chosen.interval}) cannot be told apart from {others}: their "
-                "intervals overlap, so which of them came first is noise "
-                "of the validation sample, not a better beta; more trial steps, more "
-                "validation images or more seeds narrow the intervals")
+                "intervals overlap, so their order may be noise, not a better beta; more "
+                "trial steps, more validation images or more seeds narrow the intervals")
         elif chosen.interval is None and self.objective.direction == "maximize" and len(self.complete) > 1:
             notes.append("the trials reported no interval, so whether the difference is "
                          "more than noise is unknown")

@@ -108,6 +108,7 @@ def summarize(run_root: Path, start: float) -> dict[str, Any]:
         "not_applicable": not_applicable(has_factors(tasks["split"] / "splits")),
         "gate": _output(tasks["gate"]),
         "gate_report": (tasks["gate"] / "decision_report").read_text(),
+        "gate_reason": _reason((tasks["gate"] / "decision_report").read_text()),
         "model_path": str(tasks["train"] / "model"),
         "branch": "promoted" if "deploy" in tasks else "not-promoted",
         "step_seconds": step_seconds(tasks, start),
@@ -117,6 +118,12 @@ def summarize(run_root: Path, start: float) -> dict[str, Any]:
         summary["smoke_report"] = (tasks["smoke-test"] / "result").read_text()
         summary["inference_service"] = str(tasks["deploy"] / "inference_service")
     return summary
+
+
+def _reason(decision_report: str) -> str:
+    """The gate's reason, as its decision report states it ("Reason: ...")."""
+    return next((line.removeprefix("Reason: ").strip() for line in decision_report.splitlines()
+                 if line.startswith("Reason: ")), "")
 
 
 # The test metrics the summary shows, and which of them need factor columns.
@@ -191,6 +198,7 @@ def print_summary(summary: dict[str, Any]) -> None:
                 + "; ".join(reasons)] if skipped else []),
              f"report          : {summary.get('report', '')}",
              f"gate decision   : {summary['gate']}  (branch taken: {summary['branch']})",
+             *([f"gate reason     : {summary['gate_reason']}"] if summary.get("gate_reason") else []),
              f"model           : {summary['model_path']}",
              f"smoke test      : {summary.get('smoke_test', 'not run (model not promoted)')}",
              f"MLflow store    : {summary['mlflow_store']}",

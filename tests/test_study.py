@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from kubevae.study import OBJECTIVES, TEST_METRIC, Interval, Study, Trial, objective
+from kubevae.study import OBJECTIVES, TEST_METRIC, Interval, Study, Trial, objective, trial_from_line
 
 # Prints the real trainer's metric lines (parsed with its real parser): val_mig rises with beta,
 # with an interval of half-width WIDTH around it.
@@ -159,3 +159,18 @@ def test_the_summary_shows_every_trial_and_says_which_metrics_do_not_apply(capsy
     assert "not applicable  : MIG, FactorVAE: the data has no factor columns" in out
     assert "nan" not in out and "final model     : test PSNR dB=19.5" in out
     assert not_applicable(factors=True) == {}
+
+
+def test_the_summary_gives_the_gates_reason_from_its_decision_report(capsys):
+    from pipelines.local_run import _reason, print_summary
+
+    report = "# Gate: m\n\n**not promoted**: ...\n\nReason: a floor failed: active units >= 1 (got 0)\n\n## Floors\n"
+    assert _reason(report) == "a floor failed: active units >= 1 (got 0)"
+    assert _reason("# Gate: m\n") == ""
+    trials = [trial_from_line(0, {"beta": 1.0, "latent_dim": 10}, 0.4, "COMPLETE",
+                              {"val_kl": 2.0, "val_active_units": 1.0, "collapsed": 0.0}, "udr")]
+    study = Study("udr", trials, best_trial=0)
+    print_summary({"study": study.to_dict(), "verdict": None, "test_metrics": {}, "gate": "challenger",
+                   "gate_reason": _reason(report), "branch": "not-promoted", "model_path": "m",
+                   "mlflow_store": "s", "mlflow_ui": "u", "step_seconds": {}})
+    assert "gate reason     : a floor failed: active units >= 1 (got 0)" in capsys.readouterr().out
