@@ -44,7 +44,7 @@ both models' scores, the bootstrap and the reason.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +98,7 @@ class Floors:
             if not math.isfinite(getattr(self, name)):
                 raise ValueError(f"{name}: expected a finite number, got {getattr(self, name)}")
 
-    def check(self, scores: dict[str, float | None]) -> list[dict[str, Any]]:
+    def check(self, scores: Mapping[str, float | None]) -> list[dict[str, Any]]:
         """One row per floor: {"floor", "value", "limit", "passed", "text"}, in this order:
         finite scores, active units, rate, reconstruction."""
         bad = sorted(k for k, v in scores.items() if v is None or not math.isfinite(v))

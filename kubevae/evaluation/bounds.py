@@ -75,8 +75,9 @@ def mean_image_psnr(images_uint8, batch_size: int = 1024) -> float:
     """The mean PSNR (dB) of the images against their own mean image."""
     if len(images_uint8) == 0:
         raise ValueError("images: expected at least one image, got 0")
-    total = sum(VAE.to_unit(_tensor(images_uint8[start:start + batch_size])).double().sum(dim=0)
-                for start in range(0, len(images_uint8), batch_size))
+    total = sum((VAE.to_unit(_tensor(images_uint8[start:start + batch_size])).double().sum(dim=0)
+                 for start in range(0, len(images_uint8), batch_size)),
+                torch.zeros((), dtype=torch.float64))
     mean = (total / len(images_uint8)).float()
     summed = 0.0
     for start in range(0, len(images_uint8), batch_size):

@@ -6,6 +6,8 @@ through `encode`, in eval mode and in batches, into float64 numpy arrays (what t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
@@ -17,11 +19,12 @@ def encode(vae: VAE, images_uint8, *, batch_size: int = 256, device: str | torch
            progress_desc: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(mu, logvar), each float64 [N, D], of uint8 N x H x W x C images (a numpy array, a
     memory map or a tensor), `batch_size` at a time. The model is put in eval mode meanwhile."""
-    starts = range(0, len(images_uint8), batch_size)
-    if progress_desc and len(starts) > 1:
+    batches = range(0, len(images_uint8), batch_size)
+    starts: Iterable[int] = batches
+    if progress_desc and len(batches) > 1:
         from kubevae.progress import progress
 
-        starts = progress(starts, desc=progress_desc, total=len(starts))
+        starts = progress(batches, desc=progress_desc, total=len(batches))
     was_training = vae.training
     vae.eval()
     mus, logvars = [], []

@@ -113,8 +113,9 @@ def compute(metric: str, data: GroundTruthData, represent: CachedRepresentation,
                 "num_eval": protocol.beta_vae_num_eval}
         bvae = compute_beta_vae(data, represent, rng, **args)
         scores = {"beta_vae": bvae["eval_accuracy"], "beta_vae_train_accuracy": bvae["train_accuracy"]}
+        correct = np.asarray(bvae["eval_correct"])
         return MetricScore(metric, scores, {**beta_vae_settings(**args), **common}, {},
-                           weighted_mean(bvae["eval_correct"]), len(bvae["eval_correct"]))
+                           weighted_mean(correct), len(correct))
     raise ValueError(f"metric: expected one of {DISENTANGLEMENT_METRICS}, got {metric!r}")
 
 
