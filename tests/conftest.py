@@ -36,12 +36,22 @@ def isolated_runs(tmp_path, monkeypatch):
     (mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI, so the whole environment is put
     back afterwards, not only what the test set through monkeypatch.)"""
     saved = dict(os.environ)
+    _forget_mlflow_uri()
     monkeypatch.setenv("KUBEVAE_RUNS_DIR", str(tmp_path / "runs"))
     for var in ("MLFLOW_TRACKING_URI", "MLFLOW_RUN_ID", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_ID"):
         monkeypatch.delenv(var, raising=False)
     yield
+    _forget_mlflow_uri()
     os.environ.clear()
     os.environ.update(saved)
+
+
+def _forget_mlflow_uri() -> None:
+    """MLflow keeps the URI a test set in the process (kubevae.tracking.set_uri_in_process), and
+    it outranks MLFLOW_TRACKING_URI: a later test on the same worker would read that store."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is not None:
+        mlflow.set_tracking_uri(None)
 
 
 # One short pipeline run (kfp.local, tiny data) serves every test that looks at a finished run:
