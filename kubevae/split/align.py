@@ -236,19 +236,13 @@ def fine_score(a: np.ndarray, b: np.ndarray, start: CoarseFit,
 
 
 def aligned_similarity(a: np.ndarray, b: np.ndarray, mirrors: bool = True,
-                       batch_pairs: int = BATCH_PAIRS, coarse_gate: float | None = None) -> Aligned:
+                       batch_pairs: int = BATCH_PAIRS) -> Aligned:
     """a, b: P x h x w working images (uint8 luma). The trimmed correlation after the best map
-    of b onto a within the bounds of a copy's edits. With coarse_gate, pairs whose coarse
-    score falls below it skip the fine pass and score 0."""
+    of b onto a within the bounds of a copy's edits: both passes on every pair (the split's
+    stage gates the fine pass itself, kubevae.split.neardup._aligned_scores)."""
     start = coarse_fit(a, b, mirrors, batch_pairs)
-    keep = np.ones(len(a), bool) if coarse_gate is None else start.score >= coarse_gate
-    out = Aligned(np.zeros(len(a), np.float32), start.mirrored, np.zeros(len(a), np.float32),
-                  start.score)
-    if keep.any():
-        rows = np.flatnonzero(keep)
-        fine = fine_score(a[rows], b[rows], subset(start, rows), batch_pairs)
-        out.score[rows], out.overlap[rows] = fine.score, fine.overlap
-    return out
+    return fine_score(a, b, start, batch_pairs) if len(a) else \
+        Aligned(np.zeros(0, np.float32), start.mirrored, np.zeros(0, np.float32), start.score)
 
 
 def subset(fit: CoarseFit, rows: np.ndarray) -> CoarseFit:
