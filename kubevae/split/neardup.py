@@ -89,6 +89,7 @@ COARSE_GATE_MARGIN = 0.1      # ...less this, within COARSE_GATE_RANGE: pairs be
 COARSE_GATE_RANGE = (0.3, 0.8)
 COARSE_GATE_MIN_COPIES = 20   # found copies needed to set the gate; fewer: the range's low end
 CENTRE_SHARE = 0.6            # the centre view of the aligned stage's search
+ZOOM_VIEW = 0.9               # its zoom views: re-crops trim up to 15% (docs/split.md: +18 of 112 geometric copies)
 ALIGNED_STAGE = True          # False: stage 1 alone (the report says so)
 ALIGNED_SAMPLE = 48           # calibration images whose copies go through the aligned stage
 LOOK_ALIKE_SAMPLE = 48        # calibration images whose look-alikes set the aligned threshold.
@@ -346,16 +347,36 @@ def centre_view(work: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(work[:, dh:h - dh, dw:w - dw])
 
 
+def zoomed_centre(work: np.ndarray, zoom: float) -> np.ndarray:
+    """The middle CENTRE_SHARE / zoom of each working image, resampled (bilinear) to the centre
+    view's size: at zoom 1/ZOOM_VIEW, an original's centre as a copy zoomed by ZOOM_VIEW shows it."""
+    size = centre_view(work[:1]).shape[1:]
+    share = CENTRE_SHARE / zoom
+    theta = torch.tensor([[share, 0.0, 0.0], [0.0, share, 0.0]], dtype=torch.float32)
+    out = np.empty((len(work), *size), np.float32)
+    for start in range(0, len(work), CHUNK):
+        x = torch.from_numpy(np.asarray(work[start:start + CHUNK], np.float32))[:, None]
+        grid = F.affine_grid(theta.expand(len(x), 2, 3), [len(x), 1, *size], align_corners=False)
+        out[start:start + len(x)] = F.grid_sample(x, grid, mode="bilinear", align_corners=False)[:, 0].numpy()
+    return out
+
+
 class AlignedViews:
     """Where the aligned stage looks for candidates: the whole image, its mirror image (queried
-    against the whole images) and its centre (an index of its own). A pair is a candidate when
-    the two are each other's best match in one view: a copy and its original are, while a chain
-    of look-alikes, each the next one's best, rarely is."""
+    against the whole images), its centre (an index of its own) and the centre zoomed in and out
+    by ZOOM_VIEW (queried against the centres: re-crops, zooms and letterboxes change the
+    scale). A pair is a candidate when the two are each other's best match: in one view, or,
+    for the zoom views, one zoomed in and the other out. A copy and its original are, while a
+    chain of look-alikes, each the next one's best, rarely is."""
 
     def __init__(self, work: np.ndarray, full: _Searcher, mirrors: bool = True):
         self.work, self.full, self.mirrors = work, full, mirrors
         self._centre: _Searcher | None = None
-        self.names = ["whole", *(["mirror"] if mirrors else []), "centre"]
+        self.names = ["whole", *(["mirror"] if mirrors else []), "centre", "zoom_in", "zoom_out"]
+        # Each view's partner: i's best in view v is j, and j's best in partner(v) is i.
+        self.partner = {v: v for v in range(len(self.names))}
+        zoom_in, zoom_out = len(self.names) - 2, len(self.names) - 1
+        self.partner.update({zoom_in: zoom_out, zoom_out: zoom_in})
 
     @property
     def centre(self) -> _Searcher:
@@ -370,12 +391,14 @@ class AlignedViews:
         if self.mirrors:
             out.append((self.full, descriptors(np.ascontiguousarray(work[:, :, ::-1]))))
         out.append((self.centre, descriptors(centre_view(work))))
+        out += [(self.centre, descriptors(zoomed_centre(work, zoom)))
+                for zoom in (1 / ZOOM_VIEW, ZOOM_VIEW)]
         return out
 
     def indexed(self, work: np.ndarray) -> list[np.ndarray]:
         """Per view, the descriptors `work` would be filed under."""
-        whole = descriptors(work)
-        return [whole, *([whole] if self.mirrors else []), descriptors(centre_view(work))]
+        whole, centre = descriptors(work), descriptors(centre_view(work))
+        return [whole, *([whole] if self.mirrors else []), centre, centre, centre]
 
     def mutual_pairs(self) -> tuple[np.ndarray, dict[str, Any]]:
         """Mutual best pairs (i < j) over the views, best descriptor cosine first."""
@@ -393,11 +416,14 @@ class AlignedViews:
                 top = sims.argmax(1)
                 bests[v][rows] = ids[np.arange(len(rows)), top]
                 best_cos[v][rows] = sims[np.arange(len(rows)), top]
-        for best, cos in zip(bests, best_cos, strict=True):
+        for v, (best, cos) in enumerate(zip(bests, best_cos, strict=True)):
+            back = bests[self.partner[v]]
             ok = (best >= 0) & (cos >= MIN_GATE)
-            mutual = ok & (best[np.clip(best, 0, None)] == np.arange(n))
-            i = np.flatnonzero(mutual & (np.arange(n) < best))
-            keys_all.append(i * n + best[i])
+            mutual = ok & (back[np.clip(best, 0, None)] == np.arange(n))
+            # A pair of partner views is found from both of its ends: keep each pair once, as i < j.
+            i = np.flatnonzero(mutual & ((np.arange(n) < best) | (self.partner[v] != v)))
+            lo, hi = np.minimum(i, best[i]), np.maximum(i, best[i])
+            keys_all.append(lo * n + hi)
             cos_all.append(cos[i])
         keys = np.concatenate(keys_all) if keys_all else np.zeros(0, np.int64)
         cos = np.concatenate(cos_all) if cos_all else np.zeros(0, np.float32)
@@ -414,10 +440,10 @@ class AlignedViews:
         out = np.zeros(len(rows), bool)
         copy_queries, copy_filed = self.queries(copies), self.indexed(copies)
         original_queries = self.queries(self.work[rows])
-        for (searcher, q_copy), (_, q_orig), filed in zip(copy_queries, original_queries, copy_filed,
-                                                           strict=True):
+        for v, ((searcher, q_copy), filed) in enumerate(zip(copy_queries, copy_filed, strict=True)):
             sims, ids = searcher.search(q_copy, 1)
             copy_best = ids[:, 0] == rows
+            q_orig = original_queries[self.partner[v]][1]
             sims, ids = searcher.search(q_orig, min(3, len(self.work)))
             rival = np.where((ids >= 0) & (ids != rows[:, None]), sims, -np.inf).max(1)
             original_best = (q_orig * filed).sum(1) > rival
