@@ -178,6 +178,18 @@ class Group:
         vae.load_state_dict({k: v[i].detach().cpu() for k, v in {**self.params, **self.buffers}.items()})
         return vae.to(self.device)
 
+    def load(self, state: dict[str, torch.Tensor], steps_done: int) -> None:
+        """Set the models' weights from a checkpoint of `state` (for scoring, not for resuming:
+        the optimizers' moments and the batch streams are not in it)."""
+        if self.stacked:
+            with torch.no_grad():
+                for k, v in {**self.params, **self.buffers}.items():
+                    v.copy_(state[k].to(v.device))
+        else:
+            for i, vae in enumerate(self.models):
+                vae.load_state_dict({k: v[i] for k, v in state.items()})
+        self.steps_done = steps_done
+
     def state(self) -> dict[str, torch.Tensor]:
         """The models' weights, stacked along a first axis (a checkpoint of the group)."""
         if self.stacked:
@@ -223,7 +235,7 @@ def steps_for_budget(args: argparse.Namespace, split: Split, config: ModelConfig
     seconds_per_step = 0.0
     for kind in args.objectives:
         members = [Member(kind, b, s) for b in args.betas for s in range(args.seeds)]
-        group = Group(members, config, split.train, args, stacked=not args.one_by_one)
+        group = Group(members, config, split.train, args, stacked=_stacks(args, kind))
         group.step()
         t0 = time.perf_counter()
         for _ in range(args.probe_steps):
@@ -255,24 +267,33 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
     timing: dict[str, float] = {}
     for kind in args.objectives:
         members = [Member(kind, b, s) for b in args.betas for s in range(args.seeds)]
-        group = Group(members, config, split.train, args, stacked=not args.one_by_one)
+        group = Group(members, config, split.train, args, stacked=_stacks(args, kind))
         t0 = time.monotonic()
         train_s = 0.0
         curves: dict[int, dict[int, float]] = {i: {} for i in range(len(members))}
+        # A group is reused only whole: its final checkpoint exists, so every model in it
+        # trained without a break (a checkpoint holds weights, not Adam's moments).
+        reuse = args.reuse_checkpoints and (out / f"{kind}-step{evals[-1]:07d}.pt").exists()
         for target in evals:
-            t1 = time.monotonic()
-            while group.steps_done < target:
-                group.step()
-            train_s += time.monotonic() - t1
-            torch.save(group.state(), out / f"{kind}-step{target:07d}.pt")
+            path = out / f"{kind}-step{target:07d}.pt"
+            if reuse:
+                group.load(torch.load(path, weights_only=True), target)
+            else:
+                t1 = time.monotonic()
+                while group.steps_done < target:
+                    group.step()
+                train_s += time.monotonic() - t1
+                torch.save(group.state(), path)
             for i in range(len(members)):
                 mig = score(group.member_vae(i), split.test, protocols["test"], ("mig",), args.device)
                 curves[i][target] = mig["mig"]
-            print(f"{kind}: step {target}/{args.steps}, "
-                  f"{group.steps_done * len(members) * args.batch_size / train_s:.0f} images/s "
+            rate = ("reused" if reuse else
+                    f"{group.steps_done * len(members) * args.batch_size / train_s:.0f} images/s")
+            print(f"{kind}: step {target}/{args.steps}, {rate} "
                   f"({len(members)} models, {'stacked' if group.stacked else 'one by one'})",
                   flush=True)
-        timing[kind] = train_s
+        if not reuse:
+            timing[kind] = train_s
         vaes = [group.member_vae(i) for i in range(len(members))]
         for i, m in enumerate(members):
             test = score(vaes[i], split.test, protocols["test"], ("mig", "factor_vae"), args.device)
@@ -385,6 +406,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def _stacks(args: argparse.Namespace, kind: str) -> bool:
+    """Stack an objective's models unless told not to, or unless this run measured stacking
+    slower for it (as on an idle 2-core CPU: docs/measurements.md)."""
+    ratio = getattr(args, "measured_ratio", {}).get(kind)
+    return not args.one_by_one and (ratio is None or ratio >= 1)
+
+
 def _load() -> float:
     import os
 
@@ -414,6 +442,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--one-by-one", action="store_true", help="train without stacking")
+    p.add_argument("--reuse-checkpoints", action="store_true",
+                   help="score, instead of training again, an objective whose checkpoints for "
+                        "these --steps are all in --out (from an earlier, interrupted run)")
     p.add_argument("--measure-only", action="store_true",
                    help="only time stacked against one-by-one steps")
     p.add_argument("--measure-steps", type=int, default=5)
@@ -435,6 +466,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     measured = {} if args.no_measure else measure(args)
     if args.measure_only:
         return {"measure": measured}
+    args.measured_ratio = {kind: m["ratio"] for kind, m in measured.items()}
     result = run_grid(args)
     result["measure"] = measured
     Path(args.out, "results.json").write_text(json.dumps(result, indent=2))

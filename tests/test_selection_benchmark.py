@@ -74,6 +74,20 @@ def test_smoke_mode_runs_the_grid_end_to_end(tmp_path):
         ["beta-step0000002.pt", "beta-step0000004.pt", "tcvae-step0000002.pt", "tcvae-step0000004.pt"]
     assert result["measure"]["beta"]["ratio"] > 0
 
+    # An interrupted run resumes by scoring the objectives whose final checkpoint exists and
+    # training the others again; scoring the saved weights one by one gives the same figures.
+    (tmp_path / "tcvae-step0000004.pt").unlink()
+    again = bench.main(["--tiny", "--out", str(tmp_path), "--reuse-checkpoints", "--one-by-one",
+                        "--no-measure"])
+    assert set(again["train_seconds"]) == {"tcvae"}
+    reused = [(old, new) for old, new in zip(saved["rows"], again["rows"], strict=True)
+              if old["objective"] == "beta"]
+    assert len(reused) == 4
+    for old, new in reused:
+        assert (new["objective"], new["beta"], new["seed"]) == (old["objective"], old["beta"], old["seed"])
+        assert new["test_mig"] == pytest.approx(old["test_mig"], abs=1e-6)
+        assert new["mig_by_step"] == pytest.approx({int(k): v for k, v in old["mig_by_step"].items()}, abs=1e-6)
+
 
 def test_a_budget_buys_the_steps_its_probe_says_fit(monkeypatch):
     """--budget-minutes: every group is probed; steps = TRAIN_SHARE x budget / (seconds per step
