@@ -24,7 +24,7 @@ Examples (the CPU figures and the machine: docs/measurements.md):
   python benchmarks/selection.py --tiny                                   # smoke, seconds
   python benchmarks/selection.py --measure-only --objectives beta tcvae   # stacked vs one-by-one
   python benchmarks/selection.py --betas 1 4 16 --objectives beta tcvae --seeds 3 \\
-      --budget-minutes 75 --dataset-size 50000 --out runs/selection      # the CPU grid
+      --budget-minutes 80 --dataset-size 100000 --out runs/selection     # the CPU grid (90 min)
   python benchmarks/selection.py --betas 1 2 4 8 16 --objectives beta tcvae factor --seeds 3 \\
       --steps 300000 --dataset-size 737280 --device cuda --out runs/selection-gpu   # a GPU
 """
