@@ -292,10 +292,8 @@ class PhaseClock:
     and verifications come from NearDuplicates.search; this adds the calibration, which it does
     not report, and what the preparation before it is made of."""
 
-    STEPS = (("calibration", None, "calibrate"), ("working_images", None, "working_images"),
-             ("statistics_and_detail", None, "_statistics"), ("statistics_and_detail", None, "detail"),
-             ("descriptors", None, "descriptors"), ("whole_index", "_Searcher", "__init__"),
-             ("centre_view_and_index", "AlignedViews", "__init__"),
+    STEPS = (("calibration", None, "calibrate"), ("prepare", None, "prepare"),
+             ("index", "_Searcher", "__init__"),
              ("stage1_search", None, "candidate_pairs"), ("aligned_search", "AlignedViews", "mutual_pairs"))
 
     def __enter__(self):
@@ -375,10 +373,10 @@ def summarise(grouping, family: np.ndarray, copy_rows: np.ndarray, copy_kinds: l
               "stage1_verify": float(search.get("verify_seconds", 0.0)) - aligned_verify,
               "aligned_search": float(search.get("aligned_search_seconds", 0.0)),
               "aligned_verify": aligned_verify}
-    # Working images, statistics, descriptors and the faiss indexes (whole, centre) before the
-    # calibration; outside find_near_duplicates: the sha256 relation and union-find.
+    # Working images, their statistics, detail and descriptors (prepare) and the whole view's
+    # index before the calibration (the centre's is built in it); outside find_near_duplicates: the sha256 relation and union-find.
     phases["preparation"] = float(search.get("seconds", grouping_s)) - sum(phases.values())
-    parts = ("working_images", "statistics_and_detail", "descriptors", "whole_index", "centre_view_and_index")
+    parts = ("prepare", "index")
     preparation = {k: round(clock.get(k, 0.0), 2) for k in parts}
     preparation["rest"] = round(phases["preparation"] - sum(preparation.values()), 2)
     phases["outside_detector"] = grouping_s - float(search.get("seconds", grouping_s))

@@ -40,6 +40,7 @@ SCALE_RANGE = (0.7, 1.45)        # a copy's content at 0.7x to 1.45x the origina
 MAX_ASPECT = 1.4                 # ratio of the map's two scales (a one-sided letterbox: 1.33)
 MAX_TRANSLATION = 0.35           # half-frames
 BATCH_PAIRS = 2048
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8
 _EPS = 1e-6
 
 _LOG_SCALE = (-math.log(SCALE_RANGE[1]), -math.log(SCALE_RANGE[0]))  # theta's scale is 1/size
@@ -118,19 +119,23 @@ def _fit(a: torch.Tensor, b: torch.Tensor, params: torch.Tensor, mirrored: torch
     of a copy's edits after every step. Robust: each step leaves out the TRIM share of pixels
     that disagree most, so that an overlay does not pull the map."""
     params = params.clone().requires_grad_(True)
-    optimiser = torch.optim.Adam([params], lr=lr)
+    moment, second = torch.zeros_like(params), torch.zeros_like(params)
     ones = torch.ones_like(b)
-    for _ in range(steps):
-        optimiser.zero_grad()
+    for step in range(1, steps + 1):
         grid = _grid(_theta(params, mirrored), *b.shape[-2:])
         warped = F.grid_sample(b, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         weight = F.grid_sample(ones, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         if robust:
             with torch.no_grad():
                 weight = weight * _agreeing(a, warped, (weight > 0.99).float())
-        (-_weighted_ncc(a, warped, weight).sum()).backward()
-        optimiser.step()
+        (gradient,) = torch.autograd.grad(-_weighted_ncc(a, warped, weight).sum(), params)
         with torch.no_grad():
+            # Adam (torch.optim.Adam's defaults), written out: torch.optim imports torch._dynamo
+            # on first use, 1.4 s of a 100,000-image split (docs/split.md).
+            moment.mul_(ADAM_BETAS[0]).add_(gradient, alpha=1 - ADAM_BETAS[0])
+            second.mul_(ADAM_BETAS[1]).addcmul_(gradient, gradient, value=1 - ADAM_BETAS[1])
+            denom = (second / (1 - ADAM_BETAS[1] ** step)).sqrt_().add_(ADAM_EPS)
+            params.sub_(lr / (1 - ADAM_BETAS[0] ** step) * moment / denom)
             params.copy_(torch.maximum(torch.minimum(params, _UPPER), _LOWER))
     return params.detach()
 
@@ -193,28 +198,38 @@ class CoarseFit:
     score: np.ndarray        # P: correlation over the overlap at COARSE_SIDE after the map
 
 
+IDENTITY, MIRROR = 1, 2          # starts of the coarse pass, as bits: IDENTITY | MIRROR is both
+
+
+def default_starts(count: int, mirrors: bool) -> np.ndarray:
+    return np.full(count, IDENTITY | MIRROR if mirrors else IDENTITY, np.int8)
+
+
 def coarse_fit(a: np.ndarray, b: np.ndarray, mirrors: bool = True,
-               batch_pairs: int = BATCH_PAIRS) -> CoarseFit:
+               batch_pairs: int = BATCH_PAIRS, starts: np.ndarray | None = None) -> CoarseFit:
     """The first pass, at COARSE_SIDE from the identity (and the mirror image): about 40% of a
-    pair's cost. Its score separates copies from most look-alikes before the fine pass."""
+    pair's cost. Its score separates copies from most look-alikes before the fine pass.
+    starts: per pair, which starts to run (IDENTITY, MIRROR or both; default: both when
+    mirrors, else the identity): the split knows from the view that found a pair whether it
+    can be a mirror image, and a start costs half the pass."""
     p = len(a)
-    params, flips, score = torch.zeros(p, 5), np.zeros(p, bool), np.zeros(p, np.float32)
-    for start in range(0, p, batch_pairs):
-        sl = slice(start, start + batch_pairs)
-        ac, bc = _prepared(a[sl], COARSE_SIDE), _prepared(b[sl], COARSE_SIDE)
-        k = len(ac)
-        fits, values = [], []
-        for flag in ([False, True] if mirrors else [False]):
-            mirrored = torch.full((k,), flag)
-            fitted = _fit(ac, bc, torch.zeros(k, 5), mirrored, COARSE_STEPS, LEARNING_RATE[0])
+    starts = default_starts(p, mirrors) if starts is None else np.asarray(starts)
+    params, flips = torch.zeros(p, 5), np.zeros(p, bool)
+    score = np.full(p, -np.inf, np.float32)
+    for flag, bit in ((False, IDENTITY), (True, MIRROR)):
+        rows = np.flatnonzero(starts & bit)
+        for first in range(0, len(rows), batch_pairs):
+            part = rows[first:first + batch_pairs]
+            ac, bc = _prepared(a[part], COARSE_SIDE), _prepared(b[part], COARSE_SIDE)
+            mirrored = torch.full((len(part),), flag)
+            fitted = _fit(ac, bc, torch.zeros(len(part), 5), mirrored, COARSE_STEPS, LEARNING_RATE[0])
             with torch.no_grad():
                 warped, inside = _warp(bc, _theta(fitted, mirrored))
-                values.append(_weighted_ncc(ac, warped, inside))
-            fits.append(fitted)
-        value, best = torch.stack(values).max(0)
-        params[sl] = torch.stack(fits)[best, torch.arange(k)]
-        flips[sl], score[sl] = best.bool().numpy(), torch.nan_to_num(value, nan=0.0).numpy()
-    return CoarseFit(params, flips, score)
+                value = torch.nan_to_num(_weighted_ncc(ac, warped, inside), nan=0.0).numpy()
+            better = value > score[part]      # the identity wins a tie, as before
+            params[part[better]] = fitted[torch.from_numpy(better)]
+            flips[part[better]], score[part[better]] = flag, value[better]
+    return CoarseFit(params, flips, np.where(np.isfinite(score), score, 0.0).astype(np.float32))
 
 
 def fine_score(a: np.ndarray, b: np.ndarray, start: CoarseFit,
@@ -236,11 +251,11 @@ def fine_score(a: np.ndarray, b: np.ndarray, start: CoarseFit,
 
 
 def aligned_similarity(a: np.ndarray, b: np.ndarray, mirrors: bool = True,
-                       batch_pairs: int = BATCH_PAIRS) -> Aligned:
+                       batch_pairs: int = BATCH_PAIRS, starts: np.ndarray | None = None) -> Aligned:
     """a, b: P x h x w working images (uint8 luma). The trimmed correlation after the best map
     of b onto a within the bounds of a copy's edits: both passes on every pair (the split's
     stage gates the fine pass itself, kubevae.split.neardup._aligned_scores)."""
-    start = coarse_fit(a, b, mirrors, batch_pairs)
+    start = coarse_fit(a, b, mirrors, batch_pairs, starts)
     return fine_score(a, b, start, batch_pairs) if len(a) else \
         Aligned(np.zeros(0, np.float32), start.mirrored, np.zeros(0, np.float32), start.score)
 

@@ -67,6 +67,7 @@ IVF_LIST_SIZE = 256           # items per cell of the inverted file, on average
 HNSW_LINKS, HNSW_SEARCH_DEPTH = 32, 32
 NPROBE = 6                    # 4: 1M digits in 267 s instead of 337 s, 99.67% of copies instead of 99.79%
 QUERY_BLOCK = 65536
+GATHER_MAX = 1 << 20          # (query, member) products: fewer, gathered in one array; more, a product per cell
 VERIFY_BATCH_PIXELS = 500_000   # per batch: small enough to stay in cache over the 25 shifts
 FLAT_STD = 2.0                # grey levels (0..255) of the working image
 FLAT_LEVELS = 12.0
@@ -100,6 +101,7 @@ LOOK_ALIKE_SAMPLE = 48        # calibration images whose look-alikes set the ali
 MAX_LEVEL_SHIFT = 64.0        # brightness edits of a copy: at most 64 grey levels
 CHUNK = 1024                  # images per block: its float copies stay in cache (docs/split.md)
 DETAIL_CHUNK = 256            # smaller still for the detail, which makes four filter passes over it
+PREPARE_BLOCK = 4096            # images per task of prepare
 CHUNK_VALUES = 1_000_000       # per chunk of working_images: 4 MB as float32
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 
@@ -168,6 +170,37 @@ def detail(work: np.ndarray) -> np.ndarray:
     return out
 
 
+@dataclass
+class Prepared:
+    work: np.ndarray          # N x h x w uint8: working_images
+    means: np.ndarray         # N: of the working image
+    stds: np.ndarray          # N
+    details: np.ndarray       # N: detail
+    descriptors: np.ndarray   # N x D: descriptors (the whole view)
+
+
+def prepare(images: np.ndarray, block: int = PREPARE_BLOCK) -> Prepared:
+    """The working images and what the search and verification need of each, in blocks of
+    `block` images spread over torch's threads (numpy lets go of the GIL in its loops: 1.4x on
+    2 cores, docs/split.md). A memmap is read one block at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(start: int) -> tuple[np.ndarray, ...]:
+        work = working_images(images[start:start + block])
+        return (work, *_statistics(work), detail(work), descriptors(work))
+
+    head = one(0)    # its shapes size the outputs, which the blocks fill in place
+    out = [np.empty((len(images), *x.shape[1:]), x.dtype) for x in head]
+
+    def fill(start: int) -> None:
+        for column, part in zip(out, one(start) if start else head, strict=True):
+            column[start:start + len(part)] = part
+
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+        list(pool.map(fill, range(0, len(images), block)))
+    return Prepared(*out)
+
+
 def _pooling(size: int, bins: int) -> np.ndarray:
     """bins x size matrix of overlapping triangular (tent) windows, each two bins wide and
     summing to 1: unlike box pooling, the pooled layout moves with every pixel of a shift, so
@@ -177,7 +210,7 @@ def _pooling(size: int, bins: int) -> np.ndarray:
     centres = (np.arange(bins) + 0.5) * width
     x = np.arange(size) + 0.5
     out = np.clip(1 - np.abs(x[None, :] - centres[:, None]) / width, 0, None)
-    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+    return (out / np.maximum(out.sum(axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
 
 def _projections(h: int, w: int) -> tuple[np.ndarray, np.ndarray, int, int]:
@@ -193,21 +226,33 @@ def _projections(h: int, w: int) -> tuple[np.ndarray, np.ndarray, int, int]:
     return left, right.astype(np.float32), len(u), len(v)
 
 
-def descriptors(work: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
+def descriptors(work: np.ndarray, chunk: int = CHUNK, view: str = "whole") -> np.ndarray:
     """float32 N x D, unit norm: the magnitudes of the lowest SPECTRUM_FREQS spatial frequencies
     of the (mean-free) working image, which a shift leaves unchanged, and, weighted by
     LAYOUT_WEIGHT, its LAYOUT_SIDE x LAYOUT_SIDE pooled layout, which a shift of 2 px barely
     moves. The layout breaks the ties of the spectrum (the same sprite at every position of a
     grid has one spectrum) in favour of nearby positions. Two matrix products per chunk (only
-    the frequencies used are computed)."""
+    the frequencies used are computed).
+
+    view (VIEWS): the descriptor of the image's mirror image, centre or zoomed centre instead.
+    A view is a linear map of the pixels (a flip, a crop, a bilinear resampling: view_maps), so
+    it is folded into the two products and never made as an image."""
     n, h, w = work.shape
-    left, right, nu, nv = _projections(h, w)
+    rows_map, cols_map = view_maps(h, w, view)
+    left, right, nu, nv = _projections(len(rows_map), cols_map.shape[1])
+    # The view's mean is a linear function of the pixels too (the last column of `right`):
+    # subtracting it after the products equals subtracting it from the view.
+    left = left @ rows_map
+    right = np.concatenate([cols_map @ right, cols_map.mean(1, keepdims=True)], axis=1)
+    row_mean = rows_map.mean(0)
+    offset = np.outer(left.sum(1), right[:, :-1].sum(0))
     out = np.empty((n, nu * nv + LAYOUT_SIDE * LAYOUT_SIDE), np.float32)
     for start in range(0, n, chunk):
         x = np.asarray(work[start:start + chunk], np.float32)
         k = len(x)
-        x -= x.mean(axis=(1, 2), keepdims=True)
-        z = left @ (x.reshape(k * h, w) @ right).reshape(k, h, -1)       # k x rows x cols
+        x -= x.mean(axis=(1, 2), keepdims=True)      # for precision: the view's mean is near 0
+        y = (x.reshape(k * h, w) @ right).reshape(k, h, -1)
+        z = left @ y[:, :, :-1] - (y[:, :, -1] @ row_mean)[:, None, None] * offset   # k x rows x cols
         real = z[:, :nu, :nv] - z[:, nu:2 * nu, nv:2 * nv]
         imag = z[:, nu:2 * nu, :nv] + z[:, :nu, nv:2 * nv]
         spectrum = np.sqrt(real * real + imag * imag).reshape(k, -1)
@@ -220,38 +265,44 @@ def descriptors(work: np.ndarray, chunk: int = CHUNK) -> np.ndarray:
     return out
 
 
-def _index(base: np.ndarray) -> tuple[Any, str, tuple[np.ndarray, np.ndarray] | None]:
-    """(index, its description, coarse assignment or None). Exact below EXACT_SEARCH_MAX items.
-    Above, an inverted file of about IVF_LIST_SIZE items a cell, whose centres are a random
-    sample of the items (no k-means: a copy lies within 0.02 cosine of its original, so rough
-    cells do), found through an HNSW graph: a query costs about the same at 100,000 and at
-    1,000,000 items, and the search grows linearly. Every item is also a query, so its NPROBE
-    nearest cells are found once and serve both to file it and to search from it."""
-    import faiss
+VIEWS = ("whole", "mirror", "centre", "zoom_in", "zoom_out")
 
-    n, d = base.shape
-    if n <= EXACT_SEARCH_MAX:
-        index: Any = faiss.IndexFlatIP(d)
-        for start in range(0, n, QUERY_BLOCK):
-            index.add(base[start:start + QUERY_BLOCK])
-        return index, "faiss IndexFlatIP (exact)", None
-    nlist = max(1, n // IVF_LIST_SIZE)
-    nprobe = min(NPROBE, nlist)
-    quantizer = faiss.IndexHNSWFlat(d, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
-    quantizer.hnsw.efSearch = max(HNSW_SEARCH_DEPTH, nprobe)
-    centres = np.random.default_rng(0).choice(n, nlist, replace=False)
-    quantizer.add(np.ascontiguousarray(base[np.sort(centres)]))
-    index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.nprobe = nprobe
-    cells = np.empty((n, nprobe), np.int64)
-    cell_sims = np.empty((n, nprobe), np.float32)
-    for start in range(0, n, QUERY_BLOCK):
-        block = np.ascontiguousarray(base[start:start + QUERY_BLOCK])
-        cell_sims[start:start + len(block)], cells[start:start + len(block)] = quantizer.search(block, nprobe)
-        first = np.ascontiguousarray(cells[start:start + len(block), 0])
-        index.add_core(len(block), faiss.swig_ptr(block), None, faiss.swig_ptr(first))
-    return index, (f"faiss IndexIVFFlat ({nlist} cells centred on random items, HNSW coarse "
-                   f"search, nprobe {nprobe})"), (cells, cell_sims)
+
+def _centre_span(size: int) -> tuple[int, int]:
+    margin = round(size * (1 - CENTRE_SHARE) / 2)
+    return margin, size - margin
+
+
+def _resampling(size: int, out_size: int, share: float) -> np.ndarray:
+    """out_size x size bilinear weights: the middle `share` of a line of `size` pixels sampled
+    at out_size points (torch's grid_sample, align_corners False, zero padding)."""
+    at = ((share * ((2 * np.arange(out_size) + 1) / out_size - 1)) + 1) * size / 2 - 0.5
+    lo = np.floor(at).astype(np.int64)
+    weights = np.zeros((out_size, size + 2))     # one pixel of zero padding each side
+    rows = np.arange(out_size)
+    np.add.at(weights, (rows, np.clip(lo, -1, size) + 1), 1 - (at - lo))
+    np.add.at(weights, (rows, np.clip(lo + 1, -1, size) + 1), at - lo)
+    return weights[:, 1:-1]
+
+
+def view_maps(h: int, w: int, view: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows x h, w x cols) float32 maps that take an h x w image X to the view's image
+    rows @ X @ cols: the whole image; its mirror image; its middle CENTRE_SHARE each way (what
+    letterbox bars, rotated corners, corner watermarks and caption bars leave alone); that
+    centre zoomed in by 1/ZOOM_VIEW (the middle CENTRE_SHARE * ZOOM_VIEW, resampled to the
+    centre's size) or out by ZOOM_VIEW: a copy zoomed by ZOOM_VIEW shows its original's centre
+    zoomed in (docs/split.md, "The zoom views")."""
+    if view not in VIEWS:
+        raise ValueError(f"view: expected one of {VIEWS}, got {view!r}")
+    if view in ("whole", "mirror"):
+        cols = np.eye(w, dtype=np.float32)
+        return np.eye(h, dtype=np.float32), cols[:, ::-1].copy() if view == "mirror" else cols
+    (top, bottom), (left, right) = _centre_span(h), _centre_span(w)
+    if view == "centre":
+        return np.eye(h, dtype=np.float32)[top:bottom], np.eye(w, dtype=np.float32)[:, left:right]
+    share = CENTRE_SHARE / (1 / ZOOM_VIEW if view == "zoom_in" else ZOOM_VIEW)
+    return (_resampling(h, bottom - top, share).astype(np.float32),
+            _resampling(w, right - left, share).T.astype(np.float32))
 
 
 def _select(rows: np.ndarray, sims: np.ndarray, ids: np.ndarray, gate: float, per_item: int,
@@ -280,21 +331,93 @@ def verification_plan(n: int, pixels: int) -> tuple[int, float]:
 
 
 class _Searcher:
-    """A faiss index of descriptors that answers each indexed item's own query from the cells it
-    was filed in, and any other query (a mirror image, another view) from its own cells."""
+    """Nearest neighbours by inner product among the rows of `base` (unit descriptors).
+
+    Exact (faiss IndexFlatIP) up to EXACT_SEARCH_MAX items. Above, an inverted file of about
+    IVF_LIST_SIZE items a cell, whose centres are a random sample of the items (no k-means: a
+    copy lies within 0.02 cosine of its original, so rough cells do), found through faiss's
+    HNSW graph: a query costs about the same at 100,000 and at 1,000,000 items. Each item is
+    filed in its nearest cell and searched from its NPROBE nearest, found once when it is
+    filed; another query (a mirror image, another view) finds its own cells. A cell is scanned
+    for all the queries that probe it at once, as one matrix product (BLAS), about 3x faster
+    than faiss's IndexIVFFlat, which takes one query at a time (docs/split.md)."""
 
     def __init__(self, base: np.ndarray):
+        import faiss
+
         self.base = base
-        self.index, self.kind, self.coarse = _index(base)
+        n, d = base.shape
+        if n <= EXACT_SEARCH_MAX:
+            self.index: Any = faiss.IndexFlatIP(d)
+            for start in range(0, n, QUERY_BLOCK):
+                self.index.add(base[start:start + QUERY_BLOCK])
+            self.kind, self.cells = "faiss IndexFlatIP (exact)", None
+            return
+        nlist = max(1, n // IVF_LIST_SIZE)
+        self.nprobe = min(NPROBE, nlist)
+        self.quantizer = faiss.IndexHNSWFlat(d, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
+        self.quantizer.hnsw.efSearch = max(HNSW_SEARCH_DEPTH, self.nprobe)
+        centres = np.random.default_rng(0).choice(n, nlist, replace=False)
+        self.quantizer.add(np.ascontiguousarray(base[np.sort(centres)]))
+        self.cells = np.concatenate([self.quantizer.search(np.ascontiguousarray(base[i:i + QUERY_BLOCK]),
+                                                           self.nprobe)[1]
+                                     for i in range(0, n, QUERY_BLOCK)])
+        filed = self.cells[:, 0]
+        self.order = np.argsort(filed, kind="stable")            # items, cell by cell
+        self.bounds = np.searchsorted(filed[self.order], np.arange(nlist + 1))
+        self.members = np.ascontiguousarray(base[self.order])
+        self.kind = (f"inverted file of {nlist} cells centred on random items (faiss HNSW coarse "
+                     f"search, nprobe {self.nprobe}), each cell scanned by one matrix product")
 
     def search(self, query: np.ndarray, k: int, q0: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        if self.coarse is None:
+        """(similarities, ids), each len(query) x k, best first; id -1 where fewer than k were
+        found. q0: the query is the indexed items q0.. themselves (their cells are known)."""
+        if self.cells is None:
             return self.index.search(query, k)
-        if q0 is not None:       # the indexed items q0.. themselves
-            cells, cell_sims = (c[q0:q0 + len(query)] for c in self.coarse)
+        if q0 is not None:
+            cells = self.cells[q0:q0 + len(query)]
         else:
-            cell_sims, cells = self.index.quantizer.search(query, self.index.nprobe)
-        return self.index.search_preassigned(query, k, cells, cell_sims)
+            cells = self.quantizer.search(np.ascontiguousarray(query), self.nprobe)[1]
+        return self._scan(query, cells, k)
+
+    def _scan(self, query: np.ndarray, cells: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        m, probes = cells.shape
+        if m * probes * IVF_LIST_SIZE <= GATHER_MAX:
+            return self._scan_gathered(query, cells, k)
+        probe_of = cells.ravel()
+        by_cell = np.argsort(probe_of, kind="stable")    # (query, probe) slots, cell by cell
+        starts = np.searchsorted(probe_of[by_cell], np.arange(len(self.bounds)))
+        sims = torch.full((m * probes, k), -torch.inf)
+        ids = torch.full((m * probes, k), -1, dtype=torch.int64)
+        queries, order = torch.from_numpy(np.ascontiguousarray(query, np.float32)), torch.from_numpy(self.order)
+        members = torch.from_numpy(self.members)
+        for cell in np.flatnonzero((np.diff(starts) > 0) & (np.diff(self.bounds) > 0)):
+            slots = torch.from_numpy(by_cell[starts[cell]:starts[cell + 1]])
+            a, b = self.bounds[cell], self.bounds[cell + 1]
+            top, at = torch.topk(queries[slots // probes] @ members[a:b].T, min(k, b - a), dim=1)
+            sims[slots, :top.shape[1]], ids[slots, :top.shape[1]] = top, order[a + at]
+        # Each item lives in one cell and a query's cells differ: no id comes twice.
+        top, at = torch.topk(sims.reshape(m, probes * k), k, dim=1)
+        return top.numpy(), torch.gather(ids.reshape(m, probes * k), 1, at).numpy()
+
+    def _scan_gathered(self, query: np.ndarray, cells: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The same for a few queries (calibration's): their cells' members gathered in one
+        array, since a matrix product per cell would cost more in calls than in arithmetic."""
+        m, probes = cells.shape
+        first, sizes = self.bounds[cells.ravel()], np.diff(self.bounds)[cells.ravel()]
+        ends = np.cumsum(sizes)
+        position = np.arange(ends[-1] if len(ends) else 0) + np.repeat(first - (ends - sizes), sizes)
+        asker = np.repeat(np.arange(m * probes) // probes, sizes)
+        sims = np.einsum("ij,ij->i", np.asarray(query, np.float32)[asker], self.members[position])
+        # One row per query, its candidates side by side (padded with -inf), for one top-k.
+        per_query = sizes.reshape(m, probes).sum(1)
+        column = np.arange(len(asker)) - np.repeat(np.cumsum(per_query) - per_query, per_query)
+        dense = np.full((m, max(k, int(per_query.max(initial=0)))), -np.inf, np.float32)
+        where = np.full(dense.shape, -1, np.int64)
+        dense[asker, column], where[asker, column] = sims, self.order[position]
+        top, at = torch.topk(torch.from_numpy(dense), k, dim=1)
+        out_sims, out_ids = top.numpy(), np.take_along_axis(where, at.numpy(), 1)
+        return out_sims, out_ids
 
 
 def candidate_pairs(work: np.ndarray, gate: float, searcher: _Searcher | None = None
@@ -339,35 +462,16 @@ def candidate_pairs(work: np.ndarray, gate: float, searcher: _Searcher | None = 
         "search_seconds": round(time.monotonic() - start, 3)}
 
 
-def centre_view(work: np.ndarray) -> np.ndarray:
-    """The middle CENTRE_SHARE of each working image (each way): what letterbox bars, rotated
-    corners, corner watermarks and caption bars leave alone."""
-    h, w = work.shape[1:]
-    dh, dw = round(h * (1 - CENTRE_SHARE) / 2), round(w * (1 - CENTRE_SHARE) / 2)
-    return np.ascontiguousarray(work[:, dh:h - dh, dw:w - dw])
-
-
-def zoomed_centre(work: np.ndarray, zoom: float) -> np.ndarray:
-    """The middle CENTRE_SHARE / zoom of each working image, resampled (bilinear) to the centre
-    view's size: at zoom 1/ZOOM_VIEW, an original's centre as a copy zoomed by ZOOM_VIEW shows it."""
-    size = centre_view(work[:1]).shape[1:]
-    share = CENTRE_SHARE / zoom
-    theta = torch.tensor([[share, 0.0, 0.0], [0.0, share, 0.0]], dtype=torch.float32)
-    out = np.empty((len(work), *size), np.float32)
-    for start in range(0, len(work), CHUNK):
-        x = torch.from_numpy(np.asarray(work[start:start + CHUNK], np.float32))[:, None]
-        grid = F.affine_grid(theta.expand(len(x), 2, 3), [len(x), 1, *size], align_corners=False)
-        out[start:start + len(x)] = F.grid_sample(x, grid, mode="bilinear", align_corners=False)[:, 0].numpy()
-    return out
-
-
 class AlignedViews:
-    """Where the aligned stage looks for candidates: the whole image, its mirror image (queried
-    against the whole images), its centre (an index of its own) and the centre zoomed in and out
-    by ZOOM_VIEW (queried against the centres: re-crops, zooms and letterboxes change the
-    scale). A pair is a candidate when the two are each other's best match: in one view, or,
-    for the zoom views, one zoomed in and the other out. A copy and its original are, while a
-    chain of look-alikes, each the next one's best, rarely is."""
+    """Where the aligned stage looks for candidates (view_maps): the whole image, its mirror
+    image (queried against the whole images), its centre (an index of its own) and the centre
+    zoomed in and out by ZOOM_VIEW (queried against the centres: re-crops, zooms and
+    letterboxes change the scale). A pair is a candidate when the two are each other's best
+    match: in one view, or, for the zoom views, one zoomed in and the other out. A copy and its
+    original are, while a chain of look-alikes, each the next one's best, rarely is."""
+
+    SEARCHES = {"whole": "whole", "mirror": "whole", "centre": "centre", "zoom_in": "centre",
+                "zoom_out": "centre"}     # the index each view's queries search
 
     def __init__(self, work: np.ndarray, full: _Searcher, mirrors: bool = True):
         self.work, self.full, self.mirrors = work, full, mirrors
@@ -382,36 +486,48 @@ class AlignedViews:
     def centre(self) -> _Searcher:
         """Built on first use: when calibration turns the stage off, never (27 s of 1M)."""
         if self._centre is None:
-            self._centre = _Searcher(descriptors(centre_view(self.work)))
+            self._centre = _Searcher(descriptors(self.work, view="centre"))
         return self._centre
 
-    def queries(self, work: np.ndarray) -> list[tuple[_Searcher, np.ndarray]]:
-        """Per view, the index searched and the descriptors of `work` that query it."""
-        out = [(self.full, descriptors(work))]
-        if self.mirrors:
-            out.append((self.full, descriptors(np.ascontiguousarray(work[:, :, ::-1]))))
-        out.append((self.centre, descriptors(centre_view(work))))
-        out += [(self.centre, descriptors(zoomed_centre(work, zoom)))
-                for zoom in (1 / ZOOM_VIEW, ZOOM_VIEW)]
+    def _index(self, view: str) -> _Searcher:
+        return self.full if self.SEARCHES[view] == "whole" else self.centre
+
+    def queries(self, work: np.ndarray, q0: int | None = None
+                ) -> list[tuple[_Searcher, np.ndarray, int | None]]:
+        """Per view, the index searched, the descriptors of `work` that query it, and q0 where
+        `work` is the indexed images from q0 on and the view is the index's own (the
+        descriptors are the index's rows, and their cells are known)."""
+        out: list[tuple[_Searcher, np.ndarray, int | None]] = []
+        for view in self.names:
+            index = self._index(view)
+            if q0 is not None and view == self.SEARCHES[view]:
+                out.append((index, index.base[q0:q0 + len(work)], q0))
+            else:
+                out.append((index, descriptors(work, view=view), None))
         return out
 
-    def indexed(self, work: np.ndarray) -> list[np.ndarray]:
-        """Per view, the descriptors `work` would be filed under."""
-        whole, centre = descriptors(work), descriptors(centre_view(work))
-        return [whole, *([whole] if self.mirrors else []), centre, centre, centre]
+    def start(self, v: int) -> int:
+        """The aligned stage's coarse start for a pair found in view v (align.coarse_fit): the
+        mirror image for the mirror view, the identity for the others (100,000 textures: of
+        1,611 pairs merged, every pair found by the mirror view alone aligned from the mirror
+        start, every other from the identity; docs/split.md)."""
+        from kubevae.split import align
 
-    def mutual_pairs(self) -> tuple[np.ndarray, dict[str, Any]]:
-        """Mutual best pairs (i < j) over the views, best descriptor cosine first."""
+        return align.MIRROR if self.names[v] == "mirror" else align.IDENTITY
+
+    def mutual_pairs(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Mutual best pairs (i < j) over the views, best descriptor cosine first, and per pair
+        the coarse starts of the views that found it (self.start)."""
         start = time.monotonic()
         n = len(self.work)
-        keys_all, cos_all = [], []
+        keys_all, cos_all, starts_all = [], [], []
         bests = [np.full(n, -1, np.int64) for _ in self.names]
         best_cos = [np.full(n, -np.inf, np.float32) for _ in self.names]
         for q0 in range(0, n, QUERY_BLOCK):
             block = self.work[q0:q0 + QUERY_BLOCK]
             rows = np.arange(q0, q0 + len(block))
-            for v, (searcher, query) in enumerate(self.queries(block)):
-                sims, ids = searcher.search(query, min(2, n))
+            for v, (searcher, query, own) in enumerate(self.queries(block, q0)):
+                sims, ids = searcher.search(query, min(2, n), own)
                 sims = np.where((ids >= 0) & (ids != rows[:, None]), sims, -np.inf)
                 top = sims.argmax(1)
                 bests[v][rows] = ids[np.arange(len(rows)), top]
@@ -425,29 +541,37 @@ class AlignedViews:
             lo, hi = np.minimum(i, best[i]), np.maximum(i, best[i])
             keys_all.append(lo * n + hi)
             cos_all.append(cos[i])
+            starts_all.append(np.full(len(i), self.start(v), np.int8))
         keys = np.concatenate(keys_all) if keys_all else np.zeros(0, np.int64)
         cos = np.concatenate(cos_all) if cos_all else np.zeros(0, np.float32)
+        starts = np.concatenate(starts_all) if starts_all else np.zeros(0, np.int8)
+        unique, slot = np.unique(keys, return_inverse=True)
+        start_of = np.zeros(len(unique), np.int8)
+        np.bitwise_or.at(start_of, slot, starts)
         order = np.argsort(-cos, kind="stable")
         keys, first = np.unique(keys[order], return_index=True)
-        keys = keys[np.argsort(first, kind="stable")]
-        return np.stack([keys // n, keys % n], axis=1).astype(np.int64), {
+        ranked = np.argsort(first, kind="stable")
+        keys, start_of = keys[ranked], start_of[ranked]
+        return np.stack([keys // n, keys % n], axis=1).astype(np.int64), start_of, {
             "aligned_views": self.names, "aligned_candidates": int(len(keys)),
             "aligned_search_seconds": round(time.monotonic() - start, 3)}
 
     def retrieved(self, rows: np.ndarray, copies: np.ndarray) -> np.ndarray:
-        """Per planted copy (working image) of the indexed image at `rows`: would the two be
-        mutual best matches in some view, were the copy in the data set?"""
-        out = np.zeros(len(rows), bool)
-        copy_queries, copy_filed = self.queries(copies), self.indexed(copies)
-        original_queries = self.queries(self.work[rows])
-        for v, ((searcher, q_copy), filed) in enumerate(zip(copy_queries, copy_filed, strict=True)):
+        """Per planted copy (working image) of the indexed image at `rows`: the coarse starts
+        (self.start) of the views in which the two would be mutual best matches, were the copy
+        in the data set; 0: none would pair them."""
+        out = np.zeros(len(rows), np.int8)
+        copy_queries, original_queries = self.queries(copies), self.queries(self.work[rows])
+        # What a copy would be filed under in each index: its query in that index's own view.
+        filed = {self.names[v]: q for v, (_, q, _) in enumerate(copy_queries)}
+        for v, (searcher, q_copy, _) in enumerate(copy_queries):
             sims, ids = searcher.search(q_copy, 1)
             copy_best = ids[:, 0] == rows
             q_orig = original_queries[self.partner[v]][1]
             sims, ids = searcher.search(q_orig, min(3, len(self.work)))
             rival = np.where((ids >= 0) & (ids != rows[:, None]), sims, -np.inf).max(1)
-            original_best = (q_orig * filed).sum(1) > rival
-            out |= copy_best & original_best
+            original_best = (q_orig * filed[self.SEARCHES[self.names[v]]]).sum(1) > rival
+            out[copy_best & original_best] |= self.start(v)
         return out
 
 
@@ -626,7 +750,7 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
         pairs = np.stack([np.arange(k), np.arange(k) + k], axis=1)
         d = descriptors(both)
         if kind in planted.MIRROR:   # found by the mirror query
-            d[k:] = descriptors(np.ascontiguousarray(both[k:, :, ::-1]))
+            d[k:] = descriptors(both[k:], view="mirror")
         cos = (d[pairs[:, 0]] * d[pairs[:, 1]]).sum(1)
         if kind in planted.SHIFT_AND_PHOTOMETRIC:
             cosines.append(cos)
@@ -692,11 +816,13 @@ def calibrate(images: np.ndarray, stds: np.ndarray, sample: int = CALIBRATION_SA
         found = cheap[kind][:few] >= threshold
         scores, coarse = np.zeros(few, np.float32), np.zeros(few, np.float32)
         if aligned_off is None and views is not None and (~found).any():
-            aligned = align.aligned_similarity(work_o[:few][~found], copies_work[kind][:few][~found],
-                                               mirrors=mirrors)
-            scores[~found] = aligned.score * views.retrieved(sample_rows[~found],
-                                                             copies_work[kind][:few][~found])
-            coarse[~found] = aligned.coarse
+            # As the split does: only what the views retrieve, from the starts they give.
+            left = np.flatnonzero(~found)
+            starts = views.retrieved(sample_rows[left], copies_work[kind][:few][left])
+            left, starts = left[starts > 0], starts[starts > 0]
+            aligned = align.aligned_similarity(work_o[:few][left], copies_work[kind][:few][left],
+                                               mirrors=mirrors, starts=starts)
+            scores[left], coarse[left] = aligned.score, aligned.coarse
         found_by[kind], scores_by[kind], coarse_by[kind] = found, scores, coarse
     coarse_gate = _coarse_gate([coarse_by[k][(scores_by[k] >= aligned_threshold) & ~found_by[k]]
                                 for k in planted.KINDS if k not in planted.MIRROR or mirrors])
@@ -769,7 +895,8 @@ def method(mirrors: bool = True) -> str:
 
 
 def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
-                    calibration: dict[str, Any]) -> tuple[np.ndarray, int, int]:
+                    calibration: dict[str, Any], starts: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, int, int]:
     """The aligned scores of the pairs `todo` (best cosine first): a coarse pass on each, the
     fine pass on at most FINE_BUDGET_PAIRS of those above the calibrated coarse gate, best
     coarse score first; the rest score 0. Returns (scores, fine passes run, pairs above the gate left over the budget)."""
@@ -779,7 +906,7 @@ def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
     if not len(todo):
         return scores, 0, 0
     a, b = work[todo[:, 0]], work[todo[:, 1]]
-    start = align.coarse_fit(a, b, mirrors)
+    start = align.coarse_fit(a, b, mirrors, starts=starts)
     gate = float(calibration.get("aligned_coarse_gate", {}).get("gate", COARSE_GATE_RANGE[0]))
     above = np.flatnonzero(start.score >= gate)
     # Over the budget, the best coarse scores go first: they predict a copy better than the
@@ -801,7 +928,8 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
 
     start = time.monotonic()
     n = len(images)
-    work = working_images(images)
+    ready = prepare(images)
+    work, means, stds, details, described = ready.work, ready.means, ready.stds, ready.details, ready.descriptors
     reps = np.arange(n)
     rep_keys = None if keys is None else np.asarray(keys)
     if keys is not None and n:
@@ -809,13 +937,11 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
         _, first = np.unique(codes, return_index=True)
         if len(first) < n:
             reps = np.sort(first)
-            work = work[reps]
+            work, means, stds, details, described = (x[reps] for x in (work, means, stds, details, described))
         rep_keys = np.asarray(keys)[reps]
-    means, stds = _statistics(work)
-    details = detail(work)
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1], got {threshold}")
-    searcher = _Searcher(descriptors(work)) if len(work) >= 2 else None
+    searcher = _Searcher(described) if len(work) >= 2 else None
     views = AlignedViews(work, searcher, mirrors) if searcher is not None and ALIGNED_STAGE else None
     calibration = calibrate(images, stds, rows_of=reps, threshold=threshold, details=details,
                             keys=rep_keys, mirrors=mirrors, work=work, views=views)
@@ -825,26 +951,28 @@ def find_near_duplicates(images: np.ndarray, threshold: float | None = None,
     aligned_threshold = float(calibration.get("aligned_threshold", 2.0))
     if len(work) < 2:
         pairs, aligned_pairs = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
+        aligned_starts = np.zeros(0, np.int8)
         search: dict[str, Any] = {"candidates": 0}
     else:
         pairs, search = candidate_pairs(work, calibration["gate"], searcher)
-        aligned_pairs = np.zeros((0, 2), np.int64)
+        aligned_pairs, aligned_starts = np.zeros((0, 2), np.int64), np.zeros(0, np.int8)
         if views is not None and aligned_threshold <= 1.0:
-            aligned_pairs, found = views.mutual_pairs()
+            aligned_pairs, aligned_starts, found = views.mutual_pairs()
             search.update(found)
     verify_start = time.monotonic()
     sims = similarity(work, pairs, means, stds, details)
     merged = sims >= threshold
     # The aligned stage: pairs the shift stage did not merge, both with detail, best first.
     m = len(work)
-    todo = aligned_pairs[~np.isin(aligned_pairs[:, 0] * m + aligned_pairs[:, 1],
-                                  pairs[merged, 0] * m + pairs[merged, 1])]
-    todo = todo[(details[todo[:, 0]] >= DETAIL_MIN) & (details[todo[:, 1]] >= DETAIL_MIN)
-                & (stds[todo[:, 0]] >= FLAT_STD) & (stds[todo[:, 1]] >= FLAT_STD)]
+    fresh = ~np.isin(aligned_pairs[:, 0] * m + aligned_pairs[:, 1], pairs[merged, 0] * m + pairs[merged, 1])
+    todo, todo_starts = aligned_pairs[fresh], aligned_starts[fresh]
+    usable = ((details[todo[:, 0]] >= DETAIL_MIN) & (details[todo[:, 1]] >= DETAIL_MIN)
+              & (stds[todo[:, 0]] >= FLAT_STD) & (stds[todo[:, 1]] >= FLAT_STD))
+    todo, todo_starts = todo[usable], todo_starts[usable]
     skipped = max(0, len(todo) - ALIGN_BUDGET_PAIRS)
-    todo = todo[:ALIGN_BUDGET_PAIRS]        # best cosine first
+    todo, todo_starts = todo[:ALIGN_BUDGET_PAIRS], todo_starts[:ALIGN_BUDGET_PAIRS]   # best cosine first
     aligned_start = time.monotonic()
-    scores, fine_count, fine_skipped = _aligned_scores(work, todo, mirrors, calibration)
+    scores, fine_count, fine_skipped = _aligned_scores(work, todo, mirrors, calibration, todo_starts)
     aligned_merged = scores >= aligned_threshold
     # One aligned partner per image: a copy pairs with its original, while a face or a digit
     # that aligns with several others is a look-alike hub, and its edges would chain a group.
