@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from kubevae.data.dataset import Dataset, load_splits
+from kubevae.data.dataset import Dataset, ImageRows, load_splits
 from kubevae.evaluation import report
 from kubevae.evaluation.bounds import elbo_terms, evaluate_images, iwae_nll, mean_image_psnr
 from kubevae.evaluation.encoding import encode, mean_representation
@@ -163,7 +163,7 @@ def check_image_shape(dataset: Dataset, config, data_dir) -> None:
                          f"model expects {expected}")
 
 
-def random_subset(images: np.ndarray, n: int, seed: int) -> np.ndarray:
+def random_subset(images: ImageRows, n: int, seed: int) -> np.ndarray:
     """Up to n images drawn with `seed`, in random order: any prefix of the result is a random
     sample too (datasets are often sorted by their factors, so a prefix of them is not).
     They are read in index order, which memory-mapped shards serve fastest."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -26,6 +27,9 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from kubevae.split.neardup import NearDuplicates, find_near_duplicates
+
+if TYPE_CHECKING:
+    from kubevae.data.dataset import ImageRows
 
 
 def equal_value_edges(values: Sequence | pd.Series) -> np.ndarray:
@@ -120,7 +124,7 @@ def _codes(values: Sequence | pd.Series) -> np.ndarray:
     return codes
 
 
-def group_items(manifest: pd.DataFrame, images: np.ndarray, *, group_column: str | None,
+def group_items(manifest: pd.DataFrame, images: ImageRows, *, group_column: str | None,
                 threshold: float | None, threshold_source: str = "given",
                 mirrors: bool = True) -> Grouping:
     """threshold None: calibrated on `images` (kubevae.split.neardup.calibrate). mirrors: a

@@ -7,15 +7,18 @@ Values are per channel, in [0, 1] pixel units, as kubevae.training.data reads th
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from kubevae.data.dataset import ImageRows
 
 STATS_FILE = "stats.json"
 MIN_STD = 1e-3  # a constant channel must not divide by 0
 
 
-def channel_stats(images: np.ndarray, indices: np.ndarray | None = None,
+def channel_stats(images: ImageRows, indices: np.ndarray | None = None,
                   chunk: int = 4096) -> dict[str, Any]:
     """Exact per-channel mean and (population) std of uint8 N x H x W x C images (the rows
     `indices` only, when given), streamed in chunks so that a memory-mapped array is never
