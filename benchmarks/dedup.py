@@ -3,7 +3,7 @@
     nice -n 10 .venv/bin/python benchmarks/dedup.py --kind digits --n 100000
     nice -n 10 .venv/bin/python benchmarks/dedup.py --kind digits --n 1000000 --data-cache /tmp/kubevae-bench-dedup
     nice -n 10 .venv/bin/python benchmarks/dedup.py --kind textures --n 100000 --data-cache /tmp/kubevae-bench-dedup
-    nice -n 10 .venv/bin/python benchmarks/dedup.py --compare-search 50000   # faiss vs numpy
+    nice -n 10 .venv/bin/python benchmarks/dedup.py --compare-search 50000   # split vs faiss vs numpy
     nice -n 10 .venv/bin/python benchmarks/dedup.py --ingest --n 100000      # ingest + grouping
 
 Data (made in memory, not timed): `digits` are 28x28 digit-like images (scikit-learn's 1,797
@@ -24,45 +24,16 @@ group) beside the calibration's own per-kind recall on its sample; false merges 
 joining two different originals, the items in groups holding more than one original, the
 largest group); seconds by phase: calibration (neardup.calibrate, timed by wrapping it),
 stage-1 search and verification, aligned search and verification (NearDuplicates.search),
-preparation (working images, descriptors, indexes: the rest of the detector) and outside the
-detector; peak RSS; the load average at the start and end of the timed part.
+preparation (neardup.prepare: working images, statistics, detail, descriptors; the whole view's
+index) and outside the detector; peak RSS; the load average at the start and end of the timed part.
 
---compare-search N times the candidate search on N digit descriptors with faiss (the index the
-split uses) against an exact hand-written numpy search (blocked matrix products + top-k), and
-the recall of faiss against the exact neighbours.
+--compare-search N times the candidate search on N digit descriptors: the split's (a matrix
+product per cell of its inverted file) against faiss's IndexIVFFlat over the same cells, and
+both against an exact numpy search (blocked matrix products + top-k), with their recall.
 --ingest writes textures and their planted copies as PNG files and times `kubevae ingest` plus
 grouping (the 60 s goal), with the same per-kind recall and false merges.
 
-Measured 2026-12-07 (UTC) on the shared 2 cores of an "Intel(R) Xeon(R) Processor" (lscpu:
-avx512_bf16, amx_bf16, amx_int8, amx_tile; 23 GiB), other engineers' tests running: load average
-(1 min) at the start -> end of the timed part beside each; CPU seconds are the load-independent
-side. kubevae/split at 8567d72 to 3cf420f (the same detector on these sizes); all 23 planted
-kinds, mirror images counted; per-kind tables and phases in docs/split.md, "Near-duplicate
-grouping at scale". Each command ran twice, with the same copies found.
-- textures 100,000: 199.2 s (163 CPU s; load 4.7 -> 3.5) = calibration 30.7 + stage-1 search
-  6.5 + stage-1 verification 0.2 + aligned search 37.3 + aligned verification 74.0 (12,000 pairs,
-  the budget; 30,888 skipped) + preparation 50.4 (statistics and detail 27.6, working images 11.5);
-  1,374/2,000 copies (every shift/photometric kind, blur, sharpen, caption, mirror 87/87; crop_zoom
-  18/87, rotate 27/87, letterbox 9/87, rotate_crop 2/87); 221 false-merge pairs, all by the
-  aligned stage (threshold 0.90), largest group 2; peak RSS 2.8 GiB. First run: 272.2 s (load
-  6.3 -> 7.0).
-- ingest + grouping, 100,000 PNG textures: 222.2 s (load 3.4 -> 3.2) = ingest 47.6 (48 CPU s) +
-  grouping 174.6 (180 CPU s); 1,388/2,000 copies, 225 false-merge pairs (all aligned), peak RSS
-  3.0 GiB. First run: 262.4 s (load 8.9 -> 4.1). The 60 s goal is missed by about 4x.
-- digits 1,000,000: 193.9 s (216 CPU s; load 2.1 -> 1.9) = calibration 9.9 + stage-1 search 71.8
-  + stage-1 verification 19.3 (2,100,279 pairs) + preparation 92.2 (27.3 of it the aligned
-  stage's centre view and index, built before the stage turns itself off); first run 296.8 s
-  (259 CPU s; load 3.4 -> 4.8; verification 103.7). The aligned stage is off (look-alike draws
-  align at 0.996 > 0.965), so 8,648/20,000 copies: the shift and photometric kinds 847-870/870,
-  blur 567, caption 262, sharpen 7, every geometric kind and mirror 0-3/869; 42,765
-  false-merge pairs (stage 1: draws of one digit), 78,343 items in 35,828 groups with several
-  originals, largest group 14; peak RSS 3.8 GiB.
-Not re-measured (2026-12-02, commit b59a5d8, stage 1 only, the 8 old shift/photometric kinds):
-- digits 10,000: 42.5 s with the 25-shift 8x8 search (commit 18b5032) -> 4.5 s (load 4.3-5.1)
-- digits 100,000: 17.7 s, 1,999/2,000 copies, peak RSS 642 MiB (load 4.2-4.9); 386 s before
-- textures 100,000: 35.3 s, 1,996/2,000 copies, 0 false merges (load 3.6-4.2)
-- digits 1,000,000: 337 s, 19,958/20,000 copies, largest group 14, peak RSS 2.8 GiB (load 3.3-3.6);
-  267 s with nprobe 4 (19,933 copies)
+The figures, with machine and date: docs/split.md, "Near-duplicate grouping at scale".
 """
 
 from __future__ import annotations
@@ -421,7 +392,10 @@ def measure(kind: str, n: int, threshold: float | None, cache: str | None) -> di
 
 
 def compare_search(n: int) -> dict:
-    """faiss (as the split uses it) against an exact numpy search, on the same descriptors."""
+    """On the same n digit descriptors, each item's 9 nearest: the split's search
+    (neardup._Searcher: a matrix product per cell) against faiss's IndexIVFFlat over the same
+    cells and probes (one query at a time), both against an exact numpy search (blocked matrix
+    products + top-k): seconds and recall."""
     import faiss
 
     from kubevae.split import neardup
@@ -437,26 +411,31 @@ def compare_search(n: int) -> dict:
         order = np.argsort(-np.take_along_axis(block, top, 1), axis=1)
         exact[q0:q0 + 2048] = np.take_along_axis(top, order, 1)
     numpy_s = time.monotonic() - start
-    faiss.omp_set_num_threads(2)
     start = time.monotonic()
-    nlist = int(4 * np.sqrt(n))
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(base.shape[1]), base.shape[1], nlist,
-                               faiss.METRIC_INNER_PRODUCT)
-    index.train(base[np.random.default_rng(0).choice(n, min(n, 40 * nlist), replace=False)])
-    index.add(base)
-    index.nprobe = 8
-    _, approx = index.search(base, k)
-    faiss_s = time.monotonic() - start
-    start = time.monotonic()
-    flat = faiss.IndexFlatIP(base.shape[1])
-    flat.add(base)
-    _, flat_ids = flat.search(base, k)
-    flat_s = time.monotonic() - start
-    recall = np.mean([len(set(a) & set(e)) / k for a, e in zip(approx, exact, strict=False)])
-    return {"n": n, "numpy_exact_s": round(numpy_s, 2), "faiss_ivf_s": round(faiss_s, 2),
-            "faiss_flat_exact_s": round(flat_s, 2), "faiss_ivf_recall_at_9": round(float(recall), 4),
-            "speedup_ivf_vs_numpy": round(numpy_s / faiss_s, 1),
-            "speedup_flat_vs_numpy": round(numpy_s / flat_s, 1), "load_average": os.getloadavg()}
+    searcher = neardup._Searcher(base)
+    split_ids = np.concatenate([searcher.search(base[q0:q0 + neardup.QUERY_BLOCK], k, q0)[1]
+                                for q0 in range(0, n, neardup.QUERY_BLOCK)])
+    split_s = time.monotonic() - start
+    result = {"n": n, "index": searcher.kind, "numpy_exact_s": round(numpy_s, 2), "split_s": round(split_s, 2),
+              "split_recall_at_9": _recall(split_ids, exact)}
+    if searcher.cells is not None:
+        faiss.omp_set_num_threads(2)
+        start = time.monotonic()
+        quantizer = faiss.IndexFlatIP(base.shape[1])
+        quantizer.add(searcher.centres)
+        index = faiss.IndexIVFFlat(quantizer, base.shape[1], len(searcher.centres), faiss.METRIC_INNER_PRODUCT)
+        index.add(base)
+        index.nprobe = searcher.nprobe
+        _, faiss_ids = index.search(base, k)
+        faiss_s = time.monotonic() - start
+        result.update({"faiss_ivf_same_cells_s": round(faiss_s, 2),
+                       "faiss_ivf_recall_at_9": _recall(faiss_ids, exact),
+                       "split_speedup_vs_faiss_ivf": round(faiss_s / split_s, 2)})
+    return {**result, "split_speedup_vs_numpy": round(numpy_s / split_s, 1), "load_average": os.getloadavg()}
+
+
+def _recall(found: np.ndarray, exact: np.ndarray) -> float:
+    return round(float(np.mean([len(set(a) & set(e)) / len(e) for a, e in zip(found, exact, strict=True)])), 4)
 
 
 def measure_ingest(folder: Path, out: Path, workers: int) -> dict:

@@ -8,9 +8,9 @@ pair by the correlation of what then overlaps, less the worst-matching pixels:
    standardised (mean 0, std 1): brightness and contrast edits do not matter.
 2. The map is a rotation of an axis-aligned stretch plus a shift, after a left-right flip when
    mirrored, kept within the bounds of a copy's edits (rotation, size, aspect, shift). It
-   starts at the identity and, with mirror matching on, also at the mirror image; a coarse pass
-   (Adam on the correlation over the overlap) runs from both and keeps the better start, then a
-   fine pass refines it. Only the overlap counts (b's frame where it lands on a), so bars and
+   starts at the identity and, with mirror matching on, also at the mirror image (per pair,
+   either or both: `starts`); a coarse pass (Adam on the correlation over the overlap) runs
+   from each and keeps the better start, then a fine pass refines it. Only the overlap counts (b's frame where it lands on a), so bars and
    borders fall away.
 3. Score: the Pearson correlation of the two images' band-pass detail over the overlap, after
    dropping the TRIM share of pixels that disagree most (an overlay covering under a tenth of

@@ -9,9 +9,10 @@ chains everything or misses the shifted copies. Here:
 2. Candidates: one descriptor per image that a shift leaves (nearly) unchanged: the magnitudes
    of its lowest spatial frequencies (|DFT|, 4 cycles each way, 45 numbers), plus a lightly
    weighted 6x6 tent-pooled layout that breaks the spectrum's ties (the same sprite at every position
-   of a grid) in favour of nearby positions. faiss (inner product; exact below 20,000 items, above
-   an inverted file of ~256 items a cell with an HNSW coarse search, so a query costs the same at
-   any size) returns each image's nearest neighbours, one query per image. The 25 shifted
+   of a grid) in favour of nearby positions. Inner-product search (faiss's exact index below 20,000
+   items; above, an inverted file of ~256 items a cell, each cell scanned by one matrix product for
+   all the queries that probe it: _Searcher) returns each image's nearest neighbours, one query
+   per image. The 25 shifted
    queries of an 8x8 pooled descriptor used before cost 25x the search (386 s for 100,000
    digits); the spectrum puts a planted copy first or second among 100,000 digits or textures.
    Each image keeps its VERIFY_PER_ITEM best neighbours within VERIFY_MARGIN of its best one and
@@ -70,10 +71,11 @@ MIN_GATE, MAX_GATE = 0.5, 0.98
 EXACT_SEARCH_MAX = 20_000     # items; above, an IVF index
 IVF_LIST_SIZE = 256           # items per cell of the inverted file, on average
 HNSW_LINKS, HNSW_SEARCH_DEPTH = 32, 32
+HNSW_QUERY_DEPTH = 16         # the graph's search depth for queries other than the filed items
 EXACT_COARSE_MAX = 2048       # cells: up to this many, the coarse search is one matrix product
 COARSE_BLOCK = 16384          # queries per product of the exact coarse search
 NPROBE = 6                    # 4: 1M digits in 267 s instead of 337 s, 99.67% of copies instead of 99.79%
-QUERY_BLOCK = 65536
+QUERY_BLOCK = 262_144          # queries per search call: ~400 a cell at 1,000,000 items (65,536: aligned search 190 s, this 148 s)
 GATHER_MAX = 1 << 17          # (query, member) products: fewer, gathered in one array; more, a product per cell
 VERIFY_BATCH_PIXELS = 500_000   # per batch: small enough to stay in cache over the 25 shifts
 FLAT_STD = 2.0                # grey levels (0..255) of the working image
@@ -445,10 +447,14 @@ class _Searcher:
         self.quantizer: Any = None
         if nlist > EXACT_COARSE_MAX:
             self.quantizer = faiss.IndexHNSWFlat(d, HNSW_LINKS, faiss.METRIC_INNER_PRODUCT)
-            self.quantizer.hnsw.efSearch = max(HNSW_SEARCH_DEPTH, self.nprobe)
             self.quantizer.add(self.centres)
+            self.quantizer.hnsw.efSearch = max(HNSW_SEARCH_DEPTH, self.nprobe)
         self.cells = np.concatenate([self._nearest_cells(base[i:i + QUERY_BLOCK])
                                      for i in range(0, n, QUERY_BLOCK)])
+        if self.quantizer is not None:
+            # Other queries (the views) search the graph less deeply: 3,906 centres, 100,000
+            # queries: 0.58 s against 0.98 s, 99.6% of their 6 cells the same (docs/split.md).
+            self.quantizer.hnsw.efSearch = max(HNSW_QUERY_DEPTH, self.nprobe)
         filed = self.cells[:, 0]
         self.order = np.argsort(filed, kind="stable")            # items, cell by cell
         self.bounds = np.searchsorted(filed[self.order], np.arange(nlist + 1))
@@ -648,9 +654,9 @@ class AlignedViews:
 
         return align.MIRROR if self.names[v].startswith("mirror") else align.IDENTITY
 
-    def mutual_pairs(self) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-        """Mutual best pairs (i < j) over the views, best descriptor cosine first, and per pair
-        the coarse starts of the views that found it (self.start)."""
+    def mutual_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        """Mutual best pairs (i < j) over the views, best descriptor cosine first; per pair the
+        coarse starts of the views that found it (self.start) and that cosine."""
         start = time.monotonic()
         n = len(self.work)
         keys_all, cos_all, starts_all = [], [], []
@@ -681,16 +687,18 @@ class AlignedViews:
         order = np.argsort(-cos, kind="stable")
         keys, first = np.unique(keys[order], return_index=True)
         ranked = np.argsort(first, kind="stable")
-        keys, start_of = keys[ranked], start_of[ranked]
-        return np.stack([keys // n, keys % n], axis=1).astype(np.int64), start_of, {
+        keys, start_of, cos = keys[ranked], start_of[ranked], cos[order][first][ranked]
+        return np.stack([keys // n, keys % n], axis=1).astype(np.int64), start_of, cos, {
             "aligned_views": self.names, "aligned_candidates": int(len(keys)),
             "aligned_search_seconds": round(time.monotonic() - start, 3)}
 
-    def retrieved(self, rows: np.ndarray, copies: np.ndarray) -> np.ndarray:
+    def retrieved(self, rows: np.ndarray, copies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per planted copy (working image) of the indexed image at `rows`: the coarse starts
         (self.start) of the views in which the two would be mutual best matches, were the copy
-        in the data set; 0: none would pair them."""
-        out = np.zeros(len(rows), np.int8)
+        in the data set (0: none would pair them), and the descriptor cosine the candidate
+        list would rank the pair by (mutual_pairs; -inf where not retrieved)."""
+        starts = np.zeros(len(rows), np.int8)
+        best = np.full(len(rows), -np.inf, np.float32)
         copy_queries, original_queries = self.queries(copies), self.queries(take_rows(self.work, rows))
         # What a copy would be filed under in each index: its query in that index's own view.
         filed = {self.names[v]: q for v, (_, q, _) in enumerate(copy_queries)}
@@ -698,11 +706,14 @@ class AlignedViews:
             sims, ids = searcher.search(q_copy, 1)
             copy_best = ids[:, 0] == rows
             q_orig = original_queries[self.partner[v]][1]
-            sims, ids = searcher.search(q_orig, min(3, len(self.work)))
-            rival = np.where((ids >= 0) & (ids != rows[:, None]), sims, -np.inf).max(1)
-            original_best = (q_orig * filed[self.searches(self.names[v])]).sum(1) > rival
-            out[copy_best & original_best] |= self.start(v)
-        return out
+            rival_sims, rival_ids = searcher.search(q_orig, min(3, len(self.work)))
+            rival = np.where((rival_ids >= 0) & (rival_ids != rows[:, None]), rival_sims, -np.inf).max(1)
+            towards_copy = (q_orig * filed[self.searches(self.names[v])]).sum(1)
+            both = copy_best & (towards_copy > rival)
+            starts[both] |= self.start(v)
+            # Each end records its best match's cosine; the list keeps the pair's highest.
+            best[both] = np.maximum(best[both], np.maximum(sims[both, 0], towards_copy[both]))
+        return starts, best
 
 
 def _window_sums(y: np.ndarray, tops: np.ndarray, hc: int, wc: int) -> tuple[np.ndarray, np.ndarray]:
@@ -944,6 +955,7 @@ def calibrate(images: ImageRows, stds: np.ndarray, sample: int = CALIBRATION_SAM
     found_by = {kind: cheap[kind][:few] >= threshold for kind in planted.KINDS}
     scores_by = {kind: np.zeros(few, np.float32) for kind in planted.KINDS}
     coarse_by = {kind: np.zeros(few, np.float32) for kind in planted.KINDS}
+    cos_by = {kind: np.full(few, -np.inf, np.float32) for kind in planted.KINDS}   # as ranked for the budget
     if aligned_off is None and views is not None:
         # As the split does: only what the views retrieve, from the starts they give; every
         # kind's copies at once (a search or a fit per kind would cost more in calls than work).
@@ -951,22 +963,20 @@ def calibrate(images: ImageRows, stds: np.ndarray, sample: int = CALIBRATION_SAM
         kind_of = np.repeat(np.arange(len(planted.KINDS)), [len(left[k]) for k in planted.KINDS])
         at = np.concatenate([left[k] for k in planted.KINDS])
         copies = np.concatenate([copies_work[k][:few][left[k]] for k in planted.KINDS])
-        starts = views.retrieved(sample_rows[at], copies)
-        go = starts > 0
-        aligned = align.aligned_similarity(work_o[:few][at[go]], copies[go], mirrors=mirrors, starts=starts[go])
+        view_starts, ranked_cos = views.retrieved(sample_rows[at], copies)
+        go = view_starts > 0
+        aligned = align.aligned_similarity(work_o[:few][at[go]], copies[go], mirrors=mirrors, starts=view_starts[go])
         for number, kind in enumerate(planted.KINDS):
             mine = kind_of[go] == number
             scores_by[kind][at[go][mine]] = aligned.score[mine]
             coarse_by[kind][at[go][mine]] = aligned.coarse[mine]
+            cos_by[kind][at[kind_of == number]] = ranked_cos[kind_of == number]
     coarse_gate = _coarse_gate([coarse_by[k][(scores_by[k] >= aligned_threshold) & ~found_by[k]]
                                 for k in planted.KINDS if k not in planted.MIRROR or mirrors])
-    for kind in planted.KINDS:
-        # Found as the split finds it: by stage 1, or above the coarse gate and the threshold.
-        hit = found_by[kind] | ((scores_by[kind] >= aligned_threshold)
-                                & (coarse_by[kind] >= coarse_gate["gate"]))
-        per_kind[kind].update({"found": int(hit.sum()), "planted": int(few),
-                               "recall": round(float(hit.mean()), 4) if few else None,
-                               "counts_as_copy": kind not in planted.MIRROR or mirrors})
+    copies_found = CopiesFound(found_by, scores_by, coarse_by, cos_by, aligned_threshold,
+                               float(coarse_gate["gate"]), mirrors)
+    for kind, counts in copies_found.per_kind().items():
+        per_kind[kind].update(counts)
     merged = (distinct_cheap >= threshold) | (distinct_aligned >= aligned_threshold)
     # The aligned threshold lies above every look-alike by construction; how many unseen
     # look-alikes it would merge is estimated by setting it on half and counting the other half.
@@ -986,8 +996,41 @@ def calibrate(images: ImageRows, stds: np.ndarray, sample: int = CALIBRATION_SAM
                                  "what": "sampled images and their second-nearest image of the "
                                          "data set (look-alikes; distinct unless the data holds "
                                          "two copies of one)"},
-                "mirrors": mirrors, "per_kind": per_kind})
+                "mirrors": mirrors, "per_kind": per_kind, COPIES_FOUND: copies_found})
     return out
+
+
+COPIES_FOUND = "_copies_found"    # calibrate's per-copy outcomes; find_near_duplicates takes it out
+
+
+@dataclass
+class CopiesFound:
+    """Per kind, per planted calibration copy: found by stage 1; its aligned score, coarse score
+    and the cosine the aligned candidate list would rank it by. per_kind(...) counts the copies
+    the split finds, given what its verification budgets cut: a pair ranked below the last
+    candidate verified (cosine) or below the last fine pass run (coarse score) is not verified."""
+    stage1: dict[str, np.ndarray]
+    score: dict[str, np.ndarray]
+    coarse: dict[str, np.ndarray]
+    cosine: dict[str, np.ndarray]
+    threshold: float
+    coarse_gate: float
+    mirrors: bool
+
+    def per_kind(self, cosine_cutoff: float = -np.inf, coarse_cutoff: float = -np.inf) -> dict[str, dict[str, Any]]:
+        from kubevae.split import planted
+
+        out = {}
+        for kind, stage1 in self.stage1.items():
+            # Found as the split finds it: by stage 1, or above the coarse gate and the threshold
+            # and within the budgets.
+            hit = stage1 | ((self.score[kind] >= self.threshold)
+                            & (self.coarse[kind] >= max(self.coarse_gate, coarse_cutoff))
+                            & (self.cosine[kind] >= cosine_cutoff))
+            out[kind] = {"found": int(hit.sum()), "planted": int(len(hit)),
+                         "recall": round(float(hit.mean()), 4) if len(hit) else None,
+                         "counts_as_copy": kind not in planted.MIRROR or self.mirrors}
+        return out
 
 
 def _coarse_gate(found_coarse: list[np.ndarray]) -> dict[str, Any]:
@@ -1019,8 +1062,9 @@ def method(mirrors: bool = True) -> str:
             f"cross-correlation over +-{MAX_SHIFT} px of the smoothed luma (at most "
             f"{WORK_MAX_SIDE} px a side); stage 2, for pairs that stage 1 did not merge and "
             f"that are each other's best match in the whole image"
-            f"{', its mirror image' if mirrors else ''} or its centre {CENTRE_SHARE:.0%} (a "
-            f"coarse pass on at most {ALIGN_BUDGET_PAIRS:,} pairs, a fine pass on at most "
+            f"{', its mirror image' if mirrors else ''}, its centre {CENTRE_SHARE:.0%}, that centre "
+            f"zoomed by {ZOOM_VIEW:g} either way{' (also mirrored)' if mirrors else ''} or turned by "
+            f"{ROTATION_VIEW:g} degrees either way (a coarse pass from the view's start on at most {ALIGN_BUDGET_PAIRS:,} pairs, a fine pass on at most "
             f"{FINE_BUDGET_PAIRS:,} of those above a calibrated coarse gate; an image with two "
             f"aligned partners merges with neither): "
             f"{align.describe(mirrors)}; near-blank images (std < {FLAT_STD} levels) by "
@@ -1030,25 +1074,46 @@ def method(mirrors: bool = True) -> str:
 
 def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
                     calibration: dict[str, Any], starts: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, int, int]:
+                    ) -> tuple[np.ndarray, int, int, float]:
     """The aligned scores of the pairs `todo` (best cosine first): a coarse pass on each, the
     fine pass on at most FINE_BUDGET_PAIRS of those above the calibrated coarse gate, best
-    coarse score first; the rest score 0. Returns (scores, fine passes run, pairs above the gate left over the budget)."""
+    coarse score first; the rest score 0. Returns (scores, fine passes run, pairs above the gate
+    left over the budget, the coarse score of the last fine pass run when some were left)."""
     from kubevae.split import align
 
     scores = np.zeros(len(todo), np.float32)
     if not len(todo):
-        return scores, 0, 0
+        return scores, 0, 0, -np.inf
     a, b = take_rows(work, todo[:, 0]), take_rows(work, todo[:, 1])
     start = align.coarse_fit(a, b, mirrors, starts=starts)
     gate = float(calibration.get("aligned_coarse_gate", {}).get("gate", COARSE_GATE_RANGE[0]))
     above = np.flatnonzero(start.score >= gate)
     # Over the budget, the best coarse scores go first: they predict a copy better than the
     # descriptor's cosine, which ordered the coarse pass.
-    rows = np.sort(above[np.argsort(-start.score[above], kind="stable")[:FINE_BUDGET_PAIRS]])
+    ranked = above[np.argsort(-start.score[above], kind="stable")]
+    rows = np.sort(ranked[:FINE_BUDGET_PAIRS])
     if len(rows):
         scores[rows] = align.fine_score(a[rows], b[rows], align.subset(start, rows)).score
-    return scores, len(rows), len(above) - len(rows)
+    cutoff = float(start.score[ranked[FINE_BUDGET_PAIRS - 1]]) if len(ranked) > FINE_BUDGET_PAIRS else -np.inf
+    return scores, len(rows), len(above) - len(rows), cutoff
+
+
+def _count_within_budgets(calibration: dict[str, Any], cosine_cutoff: float, coarse_cutoff: float) -> None:
+    """The report's per-kind recall as this run found it: the calibration copies that the
+    verification budgets would have left unverified do not count (at 1,000,000 textures, 415,423
+    of 455,351 aligned candidates were over the budget; docs/split.md)."""
+    copies_found = calibration.pop(COPIES_FOUND, None)
+    if copies_found is None:
+        return
+    calibration["budgets"] = {
+        "aligned_cosine_cutoff": None if not np.isfinite(cosine_cutoff) else round(cosine_cutoff, 4),
+        "fine_coarse_cutoff": None if not np.isfinite(coarse_cutoff) else round(coarse_cutoff, 4),
+        "what": "per-kind recall counts a copy the aligned stage finds only if its pair would rank "
+                "within this run's budgets: at or above the cosine of the last candidate given a "
+                f"coarse pass ({ALIGN_BUDGET_PAIRS:,} at most) and the coarse score of the last "
+                f"given a fine pass ({FINE_BUDGET_PAIRS:,} at most); None: nothing was left over"}
+    for kind, counts in copies_found.per_kind(cosine_cutoff, coarse_cutoff).items():
+        calibration["per_kind"][kind].update(counts)
 
 
 def find_near_duplicates(images: ImageRows, threshold: float | None = None,
@@ -1085,13 +1150,14 @@ def find_near_duplicates(images: ImageRows, threshold: float | None = None,
     aligned_threshold = float(calibration.get("aligned_threshold", 2.0))
     if len(work) < 2:
         pairs, aligned_pairs = np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int64)
-        aligned_starts = np.zeros(0, np.int8)
+        aligned_starts, aligned_cos = np.zeros(0, np.int8), np.zeros(0, np.float32)
         search: dict[str, Any] = {"candidates": 0}
     else:
         pairs, search = candidate_pairs(work, calibration["gate"], searcher)
         aligned_pairs, aligned_starts = np.zeros((0, 2), np.int64), np.zeros(0, np.int8)
+        aligned_cos = np.zeros(0, np.float32)
         if views is not None and aligned_threshold <= 1.0:
-            aligned_pairs, aligned_starts, found = views.mutual_pairs()
+            aligned_pairs, aligned_starts, aligned_cos, found = views.mutual_pairs()
             search.update(found)
     verify_start = time.monotonic()
     sims = similarity(work, pairs, means, stds, details)
@@ -1099,14 +1165,16 @@ def find_near_duplicates(images: ImageRows, threshold: float | None = None,
     # The aligned stage: pairs the shift stage did not merge, both with detail, best first.
     m = len(work)
     fresh = ~np.isin(aligned_pairs[:, 0] * m + aligned_pairs[:, 1], pairs[merged, 0] * m + pairs[merged, 1])
-    todo, todo_starts = aligned_pairs[fresh], aligned_starts[fresh]
+    todo, todo_starts, todo_cos = aligned_pairs[fresh], aligned_starts[fresh], aligned_cos[fresh]
     usable = ((details[todo[:, 0]] >= DETAIL_MIN) & (details[todo[:, 1]] >= DETAIL_MIN)
               & (stds[todo[:, 0]] >= FLAT_STD) & (stds[todo[:, 1]] >= FLAT_STD))
-    todo, todo_starts = todo[usable], todo_starts[usable]
+    todo, todo_starts, todo_cos = todo[usable], todo_starts[usable], todo_cos[usable]
     skipped = max(0, len(todo) - ALIGN_BUDGET_PAIRS)
+    cosine_cutoff = float(todo_cos[ALIGN_BUDGET_PAIRS - 1]) if skipped else -np.inf
     todo, todo_starts = todo[:ALIGN_BUDGET_PAIRS], todo_starts[:ALIGN_BUDGET_PAIRS]   # best cosine first
     aligned_start = time.monotonic()
-    scores, fine_count, fine_skipped = _aligned_scores(work, todo, mirrors, calibration, todo_starts)
+    scores, fine_count, fine_skipped, coarse_cutoff = _aligned_scores(work, todo, mirrors, calibration, todo_starts)
+    _count_within_budgets(calibration, cosine_cutoff, coarse_cutoff)
     aligned_merged = scores >= aligned_threshold
     # One aligned partner per image: a copy pairs with its original, while a face or a digit
     # that aligns with several others is a look-alike hub, and its edges would chain a group.

@@ -525,8 +525,13 @@ def markdown(report: dict[str, Any]) -> str:
     if calibration.get("per_kind") and "found" in next(iter(calibration["per_kind"].values())):
         lines += ["", f"Recall per copy kind: planted copies of {calibration['aligned_sampled_images']} "
                   "sampled images, found by either stage at the thresholds above (stage 2 counts a copy only "
-                  "if the search would pair it with its original: where the data already holds a copy "
-                  "of a sampled image, the two compete, so this is a lower bound)"
+                  "if the search would pair it with its original and the pair would rank within this run's "
+                  "verification budgets"
+                  + (f": aligned candidates down to cosine {calibration['budgets']['aligned_cosine_cutoff']} "
+                     "were verified, the rest were not" if (calibration.get("budgets") or {}).get(
+                         "aligned_cosine_cutoff") is not None else "")
+                  + "; where the data already holds a copy of a sampled image, the two compete, so this "
+                  "is a lower bound)"
                   + ("" if calibration.get("mirrors", True) else "; mirror images do not count as "
                      "copies here (--no-mirror-copies)") + ":", "",
                   "| copy kind | found/planted | stage 1 median | min descriptor cosine |",
