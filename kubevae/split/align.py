@@ -131,7 +131,7 @@ def _fit(a: torch.Tensor, b: torch.Tensor, params: torch.Tensor, mirrored: torch
         (gradient,) = torch.autograd.grad(-_weighted_ncc(a, warped, weight).sum(), params)
         with torch.no_grad():
             # Adam (torch.optim.Adam's defaults), written out: torch.optim imports torch._dynamo
-            # on first use, 1.4 s of a 100,000-image split (docs/split.md).
+            # on first use, over a second of a split (docs/split.md).
             moment.mul_(ADAM_BETAS[0]).add_(gradient, alpha=1 - ADAM_BETAS[0])
             second.mul_(ADAM_BETAS[1]).addcmul_(gradient, gradient, value=1 - ADAM_BETAS[1])
             denom = (second / (1 - ADAM_BETAS[1] ** step)).sqrt_().add_(ADAM_EPS)

@@ -75,7 +75,7 @@ HNSW_QUERY_DEPTH = 16         # the graph's search depth for queries other than 
 EXACT_COARSE_MAX = 2048       # cells: up to this many, the coarse search is one matrix product
 COARSE_BLOCK = 16384          # queries per product of the exact coarse search
 NPROBE = 6                    # 4: 1M digits in 267 s instead of 337 s, 99.67% of copies instead of 99.79%
-QUERY_BLOCK = 262_144          # queries per search call: ~400 a cell at 1,000,000 items (65,536: aligned search 190 s, this 148 s)
+QUERY_BLOCK = 262_144         # queries per search call: enough a cell at 1,000,000 items to be worth a product (docs/split.md)
 GATHER_MAX = 1 << 17          # (query, member) products: fewer, gathered in one array; more, a product per cell
 VERIFY_BATCH_PIXELS = 500_000   # per batch: small enough to stay in cache over the 25 shifts
 FLAT_STD = 2.0                # grey levels (0..255) of the working image
@@ -132,8 +132,8 @@ class NearDuplicates:
 
 def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """array[rows] for an N x ... array, through its 2-d view: numpy's fancy index of a 3-d
-    uint8 array goes element by element, 18x slower (40,000 of 100,000 64-px images: 0.62 s
-    against 0.034 s)."""
+    uint8 array goes element by element, many times slower (docs/split.md, "What made it
+    faster")."""
     if not array.flags.c_contiguous:
         return array[rows]
     flat = array.reshape(len(array), -1)
@@ -201,8 +201,8 @@ class Prepared:
 
 def prepare(images: ImageRows, block: int = PREPARE_BLOCK) -> Prepared:
     """The working images and what the search and verification need of each, in blocks of
-    `block` images spread over torch's threads (numpy lets go of the GIL in its loops: 1.4x on
-    2 cores, docs/split.md). A memmap is read one block at a time."""
+    `block` images spread over torch's threads (numpy lets go of the GIL in its loops;
+    docs/split.md). A memmap is read one block at a time."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(start: int) -> tuple[np.ndarray, ...]:
@@ -288,7 +288,7 @@ def _projection(h: int, w: int, view: str) -> _Projection:
 
 def view_descriptors(work: np.ndarray, views: Sequence[str], chunk: int = CHUNK) -> dict[str, np.ndarray]:
     """descriptors(work, view=v) for each of `views`, in one pass over the images: each chunk is
-    read and made float once for all of them (8 views of 100,000 images: 7 such copies saved)."""
+    read and made float once for all of them."""
     n, h, w = work.shape
     plans = {view: _projection(h, w, view) for view in views}
     out = {view: np.empty((n, p.nu * p.nv + LAYOUT_SIDE * LAYOUT_SIDE), np.float32) for view, p in plans.items()}
@@ -323,8 +323,8 @@ VIEWS = ("whole", "mirror", "centre", "zoom_in", "zoom_out", "mirror_zoom_in", "
 def _rotated_size(h: int, w: int) -> tuple[int, int]:
     """(rows, cols) of a turned centre: half the centre's, where the half still holds the
     descriptor's SPECTRUM_FREQS cycles twice over. Sampled there straight from the (smoothed)
-    working image, its descriptor is within 0.0002 cosine of the full size's (5,000 textures,
-    at 7 degrees: median 0.99996, least 0.99984), at a ninth of the cost."""
+    working image, its descriptor is nearly the full size's at a fraction of the cost
+    (docs/split.md, "What made it faster")."""
     hc, wc = (b - a for a, b in (_centre_span(h), _centre_span(w)))
     return (hc // 2, wc // 2) if min(hc, wc) // 2 >= 4 * SPECTRUM_FREQS + 1 else (hc, wc)
 
@@ -427,8 +427,9 @@ class _Searcher:
     a query costs about the same at 100,000 and at 1,000,000 items. Each item is
     filed in its nearest cell and searched from its NPROBE nearest, found once when it is
     filed; another query (a mirror image, another view) finds its own cells. A cell is scanned
-    for all the queries that probe it at once, as one matrix product (BLAS), about 3x faster
-    than faiss's IndexIVFFlat, which takes one query at a time (docs/split.md)."""
+    for all the queries that probe it at once, as one matrix product (BLAS): faster than
+    faiss's IndexIVFFlat, which takes one query at a time (benchmarks/dedup.py --compare-search,
+    docs/split.md)."""
 
     def __init__(self, base: np.ndarray):
         import faiss
@@ -452,8 +453,8 @@ class _Searcher:
         self.cells = np.concatenate([self._nearest_cells(base[i:i + QUERY_BLOCK])
                                      for i in range(0, n, QUERY_BLOCK)])
         if self.quantizer is not None:
-            # Other queries (the views) search the graph less deeply: 3,906 centres, 100,000
-            # queries: 0.58 s against 0.98 s, 99.6% of their 6 cells the same (docs/split.md).
+            # Other queries (the views) search the graph less deeply: nearly the same cells in
+            # well under the time (docs/split.md, "What made it faster").
             self.quantizer.hnsw.efSearch = max(HNSW_QUERY_DEPTH, self.nprobe)
         filed = self.cells[:, 0]
         self.order = np.argsort(filed, kind="stable")            # items, cell by cell
@@ -467,8 +468,8 @@ class _Searcher:
 
     def _nearest_cells(self, query: np.ndarray) -> np.ndarray:
         """len(query) x nprobe: the cells to search, nearest first. Up to EXACT_COARSE_MAX
-        cells by a matrix product with every centre: 4x faster than the HNSW graph at 390
-        cells, and exact; about as fast at 3,906 (docs/split.md)."""
+        cells by a matrix product with every centre: exact, and faster than the HNSW graph
+        there; slower at 1,000,000 items' 3,906 (docs/split.md)."""
         if self.quantizer is not None:
             return self.quantizer.search(np.ascontiguousarray(query), self.nprobe)[1]
         centres = torch.from_numpy(self.centres)
@@ -647,9 +648,8 @@ class AlignedViews:
 
     def start(self, v: int) -> int:
         """The aligned stage's coarse start for a pair found in view v (align.coarse_fit): the
-        mirror image for the mirror views, the identity for the others (100,000 textures: of
-        1,611 pairs merged, every pair found by the mirror view alone aligned from the mirror
-        start, every other from the identity; docs/split.md)."""
+        mirror image for the mirror views, the identity for the others: copies found by a view
+        align from its start (docs/split.md, "What made it faster")."""
         from kubevae.split import align
 
         return align.MIRROR if self.names[v].startswith("mirror") else align.IDENTITY
@@ -1100,8 +1100,8 @@ def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
 
 def _count_within_budgets(calibration: dict[str, Any], cosine_cutoff: float, coarse_cutoff: float) -> None:
     """The report's per-kind recall as this run found it: the calibration copies that the
-    verification budgets would have left unverified do not count (at 1,000,000 textures, 415,423
-    of 455,351 aligned candidates were over the budget; docs/split.md)."""
+    verification budgets would have left unverified do not count (at 1,000,000 images most
+    aligned candidates are over the budget: docs/split.md, "What is left")."""
     copies_found = calibration.pop(COPIES_FOUND, None)
     if copies_found is None:
         return
