@@ -428,8 +428,8 @@ class _Searcher:
     filed in its nearest cell and searched from its NPROBE nearest, found once when it is
     filed; another query (a mirror image, another view) finds its own cells. A cell is scanned
     for all the queries that probe it at once, as one matrix product (BLAS): faster than
-    faiss's IndexIVFFlat, which takes one query at a time (benchmarks/dedup.py --compare-search,
-    docs/split.md)."""
+    faiss's IndexIVFFlat, which takes one query at a time, for the few neighbours the split asks
+    for (benchmarks/dedup.py --compare-search, docs/split.md)."""
 
     def __init__(self, base: np.ndarray):
         import faiss
