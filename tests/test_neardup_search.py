@@ -151,3 +151,20 @@ def test_a_turned_view_finds_a_copy_turned_by_pil():
     assert np.median(agree["rotate_left"]) > 0.99
     assert (agree["rotate_left"] > agree["centre"]).mean() > 0.9
     assert (agree["rotate_left"] > agree["rotate_right"]).all()
+
+
+@pytest.mark.parametrize("block", [1, 7, 64, 4096])
+def test_prepare_in_blocks_equals_the_whole_at_once(block):
+    """prepare's blocks, filled by threads, give what each step gives on all the images at once."""
+    rng = np.random.default_rng(block)
+    images = rng.integers(0, 256, (150, 20, 24, 3), dtype=np.uint8)
+    ready = neardup.prepare(images, block=block)
+    work = neardup.working_images(images)
+    means, stds = neardup._statistics(work)
+    np.testing.assert_array_equal(ready.work, work)
+    np.testing.assert_allclose(ready.means, means, rtol=1e-6)
+    np.testing.assert_allclose(ready.stds, stds, rtol=1e-5)
+    np.testing.assert_allclose(ready.details, neardup.detail(work), rtol=1e-5)
+    np.testing.assert_allclose(ready.descriptors, neardup.descriptors(work), atol=1e-6)
+    empty = neardup.prepare(images[:0], block=block)
+    assert empty.work.shape == (0, 20, 24) and empty.descriptors.shape[0] == 0
