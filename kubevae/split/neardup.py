@@ -1136,7 +1136,7 @@ def find_near_duplicates(images: ImageRows, threshold: float | None = None,
         _, first = np.unique(codes, return_index=True)
         if len(first) < n:
             reps = np.sort(first)
-            work, means, stds, details, described = (x[reps] for x in (work, means, stds, details, described))
+            work, means, stds, details, described = (take_rows(x, reps) for x in (work, means, stds, details, described))
         rep_keys = np.asarray(keys)[reps]
     if threshold is not None and not 0.0 < threshold <= 1.0:
         raise ValueError(f"--near-dup-threshold: expected a correlation in (0, 1], got {threshold}")
