@@ -6,15 +6,22 @@ does not depend on scheduling.
 
 Processes suit decoding (PIL, hashing and numpy hold the GIL for small images); threads suit
 fetching from a bucket (waiting on the network). benchmarks/dedup.py measures both.
+
+Each worker computes on one core: the workers are the parallelism. A BLAS or OpenMP pool of
+its own in every worker (numpy's matrix products start one as wide as the machine) would put
+workers x cores threads on the cores, spinning against each other (docs/data.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from typing import TypeVar
+
+from threadpoolctl import threadpool_limits
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -30,7 +37,7 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int, kind:
     if workers == 1:
         yield from map(fn, tasks)
         return
-    with _executor(kind, workers) as pool:
+    with _executor(kind, workers) as pool, _one_thread_each(kind):
         pending: deque = deque()
         for task in tasks:
             pending.append(pool.submit(fn, task))
@@ -40,6 +47,16 @@ def ordered_map(fn: Callable[[T], R], tasks: Iterable[T], *, workers: int, kind:
             yield pending.popleft().result()
 
 
+def _one_thread_each(kind: str):
+    """Threads share this process's pools: one thread each while they run. Processes set
+    their own when they start (_single_threaded)."""
+    return threadpool_limits(1) if kind == "thread" else contextlib.nullcontext()
+
+
+def _single_threaded() -> None:
+    threadpool_limits(1)
+
+
 def _executor(kind: str, workers: int) -> Executor:
     if kind == "thread":
         return ThreadPoolExecutor(workers, thread_name_prefix="kubevae-ingest")
@@ -47,4 +64,5 @@ def _executor(kind: str, workers: int) -> Executor:
     # __main__ (spawn and forkserver re-run a script that lacks an `if __name__ == "__main__"`
     # guard). The work they run touches no lock or thread of the parent.
     method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method))
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method),
+                               initializer=_single_threaded)

@@ -218,6 +218,18 @@ class LocalSource(Source):
         never opened, and the read stops past the size limit (a file that keeps growing)."""
         path = os.path.join(self.root, key)
         try:
+            listed = tuple(key.split("/"))
+            if not {"", ".", ".."} & set(listed):
+                # The listed path itself first: most files are plain files, read without the
+                # cost of realpath. A link on the way (one the listing followed, or one that
+                # replaced a folder since) is resolved and checked below, as every path was.
+                try:
+                    return _read_below(self.root, listed, key, links_changed=False)
+                except _LinkedFile:
+                    pass
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
             real = os.path.realpath(path)
             if not _inside(real, self.root):
                 return Rejected("outside_source", f"{key} now leads to {_printable(real)}, outside "
@@ -236,7 +248,13 @@ class LocalSource(Source):
 _NOFOLLOW = os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
-def _read_below(root: Path, parts: tuple[str, ...], key: str) -> bytes | Rejected:
+class _LinkedFile(Exception):
+    """The file at the end of the path is a symbolic link."""
+
+
+def _read_below(root: Path, parts: tuple[str, ...], key: str, links_changed: bool = True) -> bytes | Rejected:
+    """links_changed: a link at the end is a change since the listing (a resolved path), else
+    _LinkedFile is raised (the listed path, which may end in a link the listing followed)."""
     if not parts:
         return Rejected("not_a_file", f"{key} now leads to the source folder itself")
     folder = os.open(root, _NOFOLLOW | os.O_DIRECTORY)
@@ -247,6 +265,8 @@ def _read_below(root: Path, parts: tuple[str, ...], key: str) -> bytes | Rejecte
             folder = inner
         info = os.stat(parts[-1], dir_fd=folder, follow_symlinks=False)
         if stat.S_ISLNK(info.st_mode):
+            if not links_changed:
+                raise _LinkedFile
             return Rejected("changed", f"{key} became a link after the listing; not followed")
         if not stat.S_ISREG(info.st_mode):
             return Rejected("not_a_file", f"{key} is now {_file_kind(info.st_mode)}, not a regular "
