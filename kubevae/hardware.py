@@ -6,6 +6,7 @@ Each choice is made here, once, for training, evaluation, serving and the benchm
 - `choose_precision`: bf16 autocast + channels_last where the hardware computes bf16 natively
   (a CUDA GPU with bf16, or a CPU with avx512_bf16 or AMX, read from CPUID, never guessed),
   fp32 channels_last otherwise, fp32 under --deterministic.
+- `in_threads`: a loop over blocks on torch's threads, each thread computing on one core.
 - `threads_per_process`: the cores this process may use (affinity and cgroup quota, so a pod
   limited to 4 CPUs on a 64-core node runs 4 threads, not 64), shared by the processes on it.
 - `peak_flops`: the peak that MFU is measured against, with its source (table below).
@@ -17,10 +18,14 @@ import contextlib
 import functools
 import os
 import re
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
+from threadpoolctl import threadpool_limits
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -127,6 +132,21 @@ def configure_threads() -> int:
         share = threads_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         torch.set_num_threads(min(torch.get_num_threads(), share))
     return torch.get_num_threads()
+
+
+def in_threads(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+    """[fn(item) for item in items] on torch's threads, each computing on one core (numpy and
+    torch let go of the GIL in their loops): an item a thread, not each product spread over
+    the cores, whose results then cross between their caches (measured: docs/split.md)."""
+    threads = max(1, torch.get_num_threads())
+    if threads == 1:
+        return [fn(item) for item in items]
+    try:
+        torch.set_num_threads(1)
+        with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(fn, items))
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- precision --------------------------------------------------------------------------------

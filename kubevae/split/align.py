@@ -30,6 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from kubevae.hardware import in_threads
+
 COARSE_SIDE, FINE_SIDE = 16, 32
 COARSE_STEPS, FINE_STEPS = 20, 12
 LEARNING_RATE = (0.03, 0.01)     # per pass, in normalised units (translation: 1 = half a frame)
@@ -216,19 +218,23 @@ def coarse_fit(a: np.ndarray, b: np.ndarray, mirrors: bool = True,
     starts = default_starts(p, mirrors) if starts is None else np.asarray(starts)
     params, flips = torch.zeros(p, 5), np.zeros(p, bool)
     score = np.full(p, -np.inf, np.float32)
-    for flag, bit in ((False, IDENTITY), (True, MIRROR)):
-        rows = np.flatnonzero(starts & bit)
-        for first in range(0, len(rows), batch_pairs):
-            part = rows[first:first + batch_pairs]
-            ac, bc = _prepared(a[part], COARSE_SIDE), _prepared(b[part], COARSE_SIDE)
-            mirrored = torch.full((len(part),), flag)
-            fitted = _fit(ac, bc, torch.zeros(len(part), 5), mirrored, COARSE_STEPS, LEARNING_RATE[0])
-            with torch.no_grad():
-                warped, inside = _warp(bc, _theta(fitted, mirrored))
-                value = torch.nan_to_num(_weighted_ncc(ac, warped, inside), nan=0.0).numpy()
-            better = value > score[part]      # the identity wins a tie, as before
-            params[part[better]] = fitted[torch.from_numpy(better)]
-            flips[part[better]], score[part[better]] = flag, value[better]
+    batches = [(flag, rows[first:first + batch_pairs])
+               for flag, rows in ((False, np.flatnonzero(starts & IDENTITY)), (True, np.flatnonzero(starts & MIRROR)))
+               for first in range(0, len(rows), batch_pairs)]
+
+    def one(batch: tuple[bool, np.ndarray]) -> tuple[torch.Tensor, np.ndarray]:
+        flag, part = batch
+        ac, bc = _prepared(a[part], COARSE_SIDE), _prepared(b[part], COARSE_SIDE)
+        mirrored = torch.full((len(part),), flag)
+        fitted = _fit(ac, bc, torch.zeros(len(part), 5), mirrored, COARSE_STEPS, LEARNING_RATE[0])
+        with torch.no_grad():
+            warped, inside = _warp(bc, _theta(fitted, mirrored))
+            return fitted, torch.nan_to_num(_weighted_ncc(ac, warped, inside), nan=0.0).numpy()
+
+    for (flag, part), (fitted, value) in zip(batches, in_threads(one, batches), strict=True):
+        better = value > score[part]      # the identity (its batches come first) wins a tie
+        params[part[better]] = fitted[torch.from_numpy(better)]
+        flips[part[better]], score[part[better]] = flag, value[better]
     return CoarseFit(params, flips, np.where(np.isfinite(score), score, 0.0).astype(np.float32))
 
 
@@ -237,7 +243,8 @@ def fine_score(a: np.ndarray, b: np.ndarray, start: CoarseFit,
     """The second pass from the coarse map, at FINE_SIDE with the trim, and the score."""
     p = len(a)
     scores, overlaps = np.zeros(p, np.float32), np.zeros(p, np.float32)
-    for first in range(0, p, batch_pairs):
+
+    def one(first: int) -> None:
         sl = slice(first, first + batch_pairs)
         mirrored = torch.from_numpy(start.mirrored[sl])
         af, bf = _prepared(a[sl], FINE_SIDE), _prepared(b[sl], FINE_SIDE)
@@ -247,6 +254,8 @@ def fine_score(a: np.ndarray, b: np.ndarray, start: CoarseFit,
             ok = (overlap >= MIN_OVERLAP) & torch.isfinite(score)
             score = torch.where(ok, score.clamp(-1, 1), torch.zeros_like(score))
         scores[sl], overlaps[sl] = score.numpy(), overlap.numpy()
+
+    in_threads(one, range(0, p, batch_pairs))
     return Aligned(scores, start.mirrored.copy(), overlaps, start.score.copy())
 
 

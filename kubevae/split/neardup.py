@@ -51,6 +51,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from kubevae.hardware import in_threads
+
 if TYPE_CHECKING:
     from kubevae.data.dataset import ImageRows
 
@@ -203,8 +205,6 @@ def prepare(images: ImageRows, block: int = PREPARE_BLOCK) -> Prepared:
     """The working images and what the search and verification need of each, in blocks of
     `block` images spread over torch's threads (numpy lets go of the GIL in its loops;
     docs/split.md). A memmap is read one block at a time."""
-    from concurrent.futures import ThreadPoolExecutor
-
     def one(start: int) -> tuple[np.ndarray, ...]:
         work = working_images(images[start:start + block])
         return (work, *_statistics(work), detail(work), descriptors(work))
@@ -216,8 +216,7 @@ def prepare(images: ImageRows, block: int = PREPARE_BLOCK) -> Prepared:
         for column, part in zip(out, one(start) if start else head, strict=True):
             column[start:start + len(part)] = part
 
-    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
-        list(pool.map(fill, range(0, len(images), block)))
+    in_threads(fill, range(0, len(images), block))
     return Prepared(*out)
 
 
@@ -292,12 +291,15 @@ def view_descriptors(work: np.ndarray, views: Sequence[str], chunk: int = CHUNK)
     n, h, w = work.shape
     plans = {view: _projection(h, w, view) for view in views}
     out = {view: np.empty((n, p.nu * p.nv + LAYOUT_SIDE * LAYOUT_SIDE), np.float32) for view, p in plans.items()}
-    for start in range(0, n, chunk):
+
+    def one(start: int) -> None:
         x = np.asarray(work[start:start + chunk], np.float32)
         x -= x.mean(axis=(1, 2), keepdims=True)      # for precision: each view's mean is near 0
         for view, plan in plans.items():
             made = x if plan.turn is None else rotated_centre(x, plan.turn)
             out[view][start:start + len(x)] = _finish(made, plan)
+
+    in_threads(one, range(0, n, chunk))
     return out
 
 
@@ -503,7 +505,9 @@ class _Searcher:
         if m * probes * IVF_LIST_SIZE <= GATHER_MAX:
             return self._scan_gathered(query, cells, k, exclude)
         probe_of = cells.ravel()
-        by_cell = np.argsort(probe_of, kind="stable")    # (query, probe) slots, cell by cell
+        # (query, probe) slots, cell by cell; a stable sort of 16-bit keys is a radix sort
+        by_cell = np.argsort(probe_of.astype(np.int16) if len(self.bounds) <= 1 << 15 else probe_of,
+                             kind="stable")
         starts = np.searchsorted(probe_of[by_cell], np.arange(len(self.bounds)))
         # Results are written cell by cell into contiguous rows, and put back in slot order once.
         sims = torch.full((m * probes, k), -torch.inf)
@@ -514,22 +518,31 @@ class _Searcher:
         # The excluded item of each slot, and where it is filed (cell, row of `members`).
         excluded = None if exclude is None else torch.from_numpy(np.asarray(exclude, np.int64)[by_cell // probes])
         excluded_cell = None if excluded is None else self.filed[excluded]
-        for cell in np.flatnonzero((np.diff(starts) > 0) & (np.diff(self.bounds) > 0)):
+
+        def one(cell: int) -> None:
             first, last = starts[cell], starts[cell + 1]
             a, b = self.bounds[cell], self.bounds[cell + 1]
             scores = queries.index_select(0, asker[first:last]) @ members[a:b].T
             if excluded is not None and excluded_cell is not None:
                 here = torch.nonzero(excluded_cell[first:last].eq(int(cell)))[:, 0]
                 scores[here, self.row_of[excluded[first + here]] - a] = -torch.inf
-            if k == 1:
-                top, at = scores.max(dim=1, keepdim=True)
+            if k == 1:   # numpy's argmax is vectorised along a row, torch's max(dim=1) is not
+                at = torch.from_numpy(scores.numpy().argmax(1)[:, None])
+                top = torch.gather(scores, 1, at)
             else:
                 top, at = torch.topk(scores, min(k, b - a), dim=1)
             sims[first:last, :top.shape[1]], ids[first:last, :top.shape[1]] = top, order[a + at]
-        unsorted = torch.from_numpy(np.argsort(by_cell))
-        sims, ids = sims.index_select(0, unsorted), ids.index_select(0, unsorted)
+
+        in_threads(one, np.flatnonzero((np.diff(starts) > 0) & (np.diff(self.bounds) > 0)))
+        unsorted = np.empty_like(by_cell)
+        unsorted[by_cell] = np.arange(len(by_cell))
+        sims, ids = sims.index_select(0, torch.from_numpy(unsorted)), ids.index_select(0, torch.from_numpy(unsorted))
         # Each item lives in one cell and a query's cells differ: no id comes twice.
-        top, at = torch.topk(sims.reshape(m, probes * k), k, dim=1)
+        if k == 1:
+            at = torch.from_numpy(sims.reshape(m, probes).numpy().argmax(1)[:, None])
+            top = torch.gather(sims.reshape(m, probes), 1, at)
+        else:
+            top, at = torch.topk(sims.reshape(m, probes * k), k, dim=1)
         top_ids = torch.gather(ids.reshape(m, probes * k), 1, at).numpy()
         top_ids[~np.isfinite(top.numpy())] = -1        # an excluded item's -inf, or padding
         return top.numpy(), top_ids
