@@ -10,9 +10,9 @@ import imagehash
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import kubevae_cmd, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from conftest import kubevae_cmd, subprocess_env
 from PIL import Image
 
 from kubevae.data import sprites

@@ -168,3 +168,24 @@ def test_prepare_in_blocks_equals_the_whole_at_once(block):
     np.testing.assert_allclose(ready.descriptors, neardup.descriptors(work), atol=1e-6)
     empty = neardup.prepare(images[:0], block=block)
     assert empty.work.shape == (0, 20, 24) and empty.descriptors.shape[0] == 0
+
+
+@pytest.mark.parametrize("use_ivf", [False, True])
+def test_a_wider_mutual_rank_keeps_every_candidate_of_a_narrower(monkeypatch, use_ivf):
+    """The aligned stage's candidates with each among the other's best two in a view include
+    those with each the other's best (MUTUAL_RANK), with the same cosine and starts."""
+    from kubevae.ingest.synthetic import textures
+
+    if use_ivf:
+        monkeypatch.setattr(neardup, "EXACT_SEARCH_MAX", 100)
+        monkeypatch.setattr(neardup, "IVF_LIST_SIZE", 32)
+    ready = neardup.prepare(textures(600, seed=3))
+    views = neardup.AlignedViews(ready.work, neardup._Searcher(ready.descriptors))
+    found = {}
+    for rank in (1, 2):
+        monkeypatch.setattr(neardup, "MUTUAL_RANK", rank)
+        pairs, starts, cos, _ = views.mutual_pairs()
+        found[rank] = {tuple(p): (int(s), float(c)) for p, s, c in zip(pairs, starts, cos, strict=True)}
+    assert found[1] and len(found[2]) > len(found[1])
+    for pair, (start, cosine) in found[1].items():
+        assert pair in found[2] and found[2][pair][0] & start == start and found[2][pair][1] >= cosine - 1e-6

@@ -78,6 +78,7 @@ EXACT_COARSE_MAX = 2048       # cells: up to this many, the coarse search is one
 COARSE_BLOCK = 16384          # queries per product of the exact coarse search
 NPROBE = 6                    # 4: 1M digits in 267 s instead of 337 s, 99.67% of copies instead of 99.79%
 QUERY_BLOCK = 262_144         # queries per search call: enough a cell at 1,000,000 items to be worth a product (docs/split.md)
+ARGMAX_TOP_K = 4               # up to this many best of a cell by repeated argmax (_best_few)
 GATHER_MAX = 1 << 17          # (query, member) products: fewer, gathered in one array; more, a product per cell
 VERIFY_BATCH_PIXELS = 500_000   # per batch: small enough to stay in cache over the 25 shifts
 FLAT_STD = 2.0                # grey levels (0..255) of the working image
@@ -92,6 +93,7 @@ RESIDUAL_MIN_NCC = 0.5
 MIN_STD_RATIO = 0.7            # contrast edits of a copy: at most 30% either way
 DETAIL_MIN = 1.5              # grey levels of band-pass detail: below, an image is smooth
 ALIGNED_MIN, ALIGNED_MAX = 0.95, 0.97    # the aligned threshold's floor (docs/split.md), and off above
+MUTUAL_RANK = 1               # aligned candidates: each among the other's best this many, in a view
 ALIGNED_MARGIN = 0.005
 LOOK_ALIKE_QUANTILE = 1.0     # of the look-alikes' aligned scores (+ margin): the aligned threshold
 ALIGN_BUDGET_PAIRS = 40_000   # coarse passes per split (about 0.4 ms CPU each, one thread)
@@ -526,9 +528,8 @@ class _Searcher:
             if excluded is not None and excluded_cell is not None:
                 here = torch.nonzero(excluded_cell[first:last].eq(int(cell)))[:, 0]
                 scores[here, self.row_of[excluded[first + here]] - a] = -torch.inf
-            if k == 1:   # numpy's argmax is vectorised along a row, torch's max(dim=1) is not
-                at = torch.from_numpy(scores.numpy().argmax(1)[:, None])
-                top = torch.gather(scores, 1, at)
+            if k <= ARGMAX_TOP_K:
+                top, at = _best_few(scores, min(k, b - a))
             else:
                 top, at = torch.topk(scores, min(k, b - a), dim=1)
             sims[first:last, :top.shape[1]], ids[first:last, :top.shape[1]] = top, order[a + at]
@@ -569,6 +570,21 @@ class _Searcher:
         out_sims, out_ids = top.numpy(), np.take_along_axis(where, at.numpy(), 1)
         out_ids[~np.isfinite(out_sims)] = -1
         return out_sims, out_ids
+
+
+def _best_few(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """torch.topk(scores, k, dim=1) for a small k, by k argmaxes: numpy's argmax is vectorised
+    along a row, while torch's topk and max(dim=1) are not (several times slower for 2 of 256:
+    docs/split.md). Ties: the first column, as numpy's argmax."""
+    x = scores.numpy() if k == 1 else scores.numpy().copy()
+    rows = np.arange(len(x))
+    top, at = np.empty((len(x), k), np.float32), np.empty((len(x), k), np.int64)
+    for r in range(k):
+        at[:, r] = x.argmax(1)
+        top[:, r] = x[rows, at[:, r]]
+        if r + 1 < k:
+            x[rows, at[:, r]] = -np.inf
+    return torch.from_numpy(top), torch.from_numpy(at)
 
 
 def candidate_pairs(work: np.ndarray, gate: float, searcher: _Searcher | None = None
@@ -673,24 +689,27 @@ class AlignedViews:
         start = time.monotonic()
         n = len(self.work)
         keys_all, cos_all, starts_all = [], [], []
-        bests = [np.full(n, -1, np.int64) for _ in self.names]
-        best_cos = [np.full(n, -np.inf, np.float32) for _ in self.names]
+        rank = min(MUTUAL_RANK, max(1, n - 1))
+        bests = [np.full((n, rank), -1, np.int64) for _ in self.names]
+        best_cos = [np.full((n, rank), -np.inf, np.float32) for _ in self.names]
         for q0 in range(0, n, QUERY_BLOCK):
             block = self.work[q0:q0 + QUERY_BLOCK]
             rows = np.arange(q0, q0 + len(block))
             for v, (searcher, query, own) in enumerate(self.queries(block, q0)):
-                sims, ids = searcher.search(query, 1, own, exclude=rows)
-                bests[v][rows], best_cos[v][rows] = ids[:, 0], sims[:, 0]
+                sims, ids = searcher.search(query, rank, own, exclude=rows)
+                bests[v][rows], best_cos[v][rows] = ids, sims
+        everyone = np.arange(n)
         for v, (best, cos) in enumerate(zip(bests, best_cos, strict=True)):
             back = bests[self.partner[v]]
-            ok = (best >= 0) & (cos >= MIN_GATE)
-            mutual = ok & (back[np.clip(best, 0, None)] == np.arange(n))
-            # A pair of partner views is found from both of its ends: keep each pair once, as i < j.
-            i = np.flatnonzero(mutual & ((np.arange(n) < best) | (self.partner[v] != v)))
-            lo, hi = np.minimum(i, best[i]), np.maximum(i, best[i])
-            keys_all.append(lo * n + hi)
-            cos_all.append(cos[i])
-            starts_all.append(np.full(len(i), self.start(v), np.int8))
+            for r in range(rank):
+                j, c = best[:, r], cos[:, r]
+                ok = (j >= 0) & (c >= MIN_GATE)
+                mutual = ok & (back[np.clip(j, 0, None)] == everyone[:, None]).any(1)
+                # A pair of partner views is found from both of its ends: keep each pair once, as i < j.
+                i = np.flatnonzero(mutual & ((everyone < j) | (self.partner[v] != v)))
+                keys_all.append(np.minimum(i, j[i]) * n + np.maximum(i, j[i]))
+                cos_all.append(c[i])
+                starts_all.append(np.full(len(i), self.start(v), np.int8))
         keys = np.concatenate(keys_all) if keys_all else np.zeros(0, np.int64)
         cos = np.concatenate(cos_all) if cos_all else np.zeros(0, np.float32)
         starts = np.concatenate(starts_all) if starts_all else np.zeros(0, np.int8)
@@ -707,7 +726,7 @@ class AlignedViews:
 
     def retrieved(self, rows: np.ndarray, copies: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per planted copy (working image) of the indexed image at `rows`: the coarse starts
-        (self.start) of the views in which the two would be mutual best matches, were the copy
+        (self.start) of the views in which the two would be mutual matches (MUTUAL_RANK), were the copy
         in the data set (0: none would pair them), and the descriptor cosine the candidate
         list would rank the pair by (mutual_pairs; -inf where not retrieved)."""
         starts = np.zeros(len(rows), np.int8)
@@ -715,17 +734,21 @@ class AlignedViews:
         copy_queries, original_queries = self.queries(copies), self.queries(take_rows(self.work, rows))
         # What a copy would be filed under in each index: its query in that index's own view.
         filed = {self.names[v]: q for v, (_, q, _) in enumerate(copy_queries)}
+        rank = min(MUTUAL_RANK, max(1, len(self.work) - 1))
         for v, (searcher, q_copy, _) in enumerate(copy_queries):
-            sims, ids = searcher.search(q_copy, 1)
-            copy_best = ids[:, 0] == rows
+            sims, ids = searcher.search(q_copy, rank)
+            hit = ids == rows[:, None]
+            copy_cos = np.where(hit, sims, -np.inf).max(1)       # -inf: not among the copy's best
             q_orig = original_queries[self.partner[v]][1]
-            rival_sims, rival_ids = searcher.search(q_orig, min(3, len(self.work)))
-            rival = np.where((rival_ids >= 0) & (rival_ids != rows[:, None]), rival_sims, -np.inf).max(1)
+            # The copy is among the original's best `rank` when fewer than `rank` others beat it.
+            rival_sims, rival_ids = searcher.search(q_orig, min(rank + 1, len(self.work)))
+            others = np.sort(np.where((rival_ids >= 0) & (rival_ids != rows[:, None]), rival_sims, -np.inf), axis=1)
+            rival = others[:, -rank] if others.shape[1] >= rank else np.full(len(rows), -np.inf, np.float32)
             towards_copy = (q_orig * filed[self.searches(self.names[v])]).sum(1)
-            both = copy_best & (towards_copy > rival)
+            both = np.isfinite(copy_cos) & (towards_copy > rival)
             starts[both] |= self.start(v)
-            # Each end records its best match's cosine; the list keeps the pair's highest.
-            best[both] = np.maximum(best[both], np.maximum(sims[both, 0], towards_copy[both]))
+            # Each end records its match's cosine; the list keeps the pair's highest.
+            best[both] = np.maximum(best[both], np.maximum(copy_cos[both], towards_copy[both]))
         return starts, best
 
 
