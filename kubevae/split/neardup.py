@@ -96,8 +96,10 @@ ALIGNED_MIN, ALIGNED_MAX = 0.95, 0.97    # the aligned threshold's floor (docs/s
 MUTUAL_RANK = 1               # aligned candidates: each among the other's best this many, in a view
 ALIGNED_MARGIN = 0.005
 LOOK_ALIKE_QUANTILE = 1.0     # of the look-alikes' aligned scores (+ margin): the aligned threshold
-ALIGN_BUDGET_PAIRS = 40_000   # coarse passes per split (about 0.4 ms CPU each, one thread)
-FINE_BUDGET_PAIRS = 12_000    # fine passes per split, for pairs above the coarse gate (about 0.7 ms)
+ALIGN_BUDGET_PAIRS = 40_000   # coarse passes per split at least (about 0.1 ms a pair on 2 cores)...
+ALIGN_BUDGET_PER_ITEM = 0.1   # ...and per searched image: the budget grows with the data (docs/split.md)
+FINE_BUDGET_PAIRS = 12_000    # fine passes at least, for pairs above the coarse gate (about 0.5 ms)...
+FINE_BUDGET_PER_ITEM = 0.03   # ...and per searched image
 COARSE_GATE_QUANTILE = 0.05   # of the coarse scores of the planted copies the aligned stage finds...
 COARSE_GATE_MARGIN = 0.1      # ...less this, within COARSE_GATE_RANGE: pairs below skip the fine pass
 COARSE_GATE_RANGE = (0.3, 0.8)
@@ -1100,19 +1102,26 @@ def method(mirrors: bool = True) -> str:
             f"that are each other's best match in the whole image"
             f"{', its mirror image' if mirrors else ''}, its centre {CENTRE_SHARE:.0%}, that centre "
             f"zoomed by {ZOOM_VIEW:g} either way{' (also mirrored)' if mirrors else ''} or turned by "
-            f"{ROTATION_VIEW:g} degrees either way (a coarse pass from the view's start on at most {ALIGN_BUDGET_PAIRS:,} pairs, a fine pass on at most "
-            f"{FINE_BUDGET_PAIRS:,} of those above a calibrated coarse gate; an image with two "
+            f"{ROTATION_VIEW:g} degrees either way (a coarse pass from the view's start on at most {ALIGN_BUDGET_PAIRS:,} pairs or "
+            f"{ALIGN_BUDGET_PER_ITEM:g} an image if more, a fine pass on at most {FINE_BUDGET_PAIRS:,} or "
+            f"{FINE_BUDGET_PER_ITEM:g} an image of those above a calibrated coarse gate; an image with two "
             f"aligned partners merges with neither): "
             f"{align.describe(mirrors)}; near-blank images (std < {FLAT_STD} levels) by "
             f"{FLAT_LEVELS:g}-level bands of their mean, smooth images (detail < {DETAIL_MIN} "
             f"levels) only when their mean-free pixels differ by <= {RESIDUAL_LEVELS} levels RMS")
 
 
+def aligned_budgets(n: int) -> tuple[int, int]:
+    """(coarse passes, fine passes) the aligned stage may spend on n searched images."""
+    return (max(ALIGN_BUDGET_PAIRS, int(ALIGN_BUDGET_PER_ITEM * n)),
+            max(FINE_BUDGET_PAIRS, int(FINE_BUDGET_PER_ITEM * n)))
+
+
 def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
-                    calibration: dict[str, Any], starts: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, int, int, float]:
+                    calibration: dict[str, Any], starts: np.ndarray | None = None,
+                    fine_budget: int = FINE_BUDGET_PAIRS) -> tuple[np.ndarray, int, int, float]:
     """The aligned scores of the pairs `todo` (best cosine first): a coarse pass on each, the
-    fine pass on at most FINE_BUDGET_PAIRS of those above the calibrated coarse gate, best
+    fine pass on at most `fine_budget` of those above the calibrated coarse gate, best
     coarse score first; the rest score 0. Returns (scores, fine passes run, pairs above the gate
     left over the budget, the coarse score of the last fine pass run when some were left)."""
     from kubevae.split import align
@@ -1127,14 +1136,15 @@ def _aligned_scores(work: np.ndarray, todo: np.ndarray, mirrors: bool,
     # Over the budget, the best coarse scores go first: they predict a copy better than the
     # descriptor's cosine, which ordered the coarse pass.
     ranked = above[np.argsort(-start.score[above], kind="stable")]
-    rows = np.sort(ranked[:FINE_BUDGET_PAIRS])
+    rows = np.sort(ranked[:fine_budget])
     if len(rows):
         scores[rows] = align.fine_score(a[rows], b[rows], align.subset(start, rows)).score
-    cutoff = float(start.score[ranked[FINE_BUDGET_PAIRS - 1]]) if len(ranked) > FINE_BUDGET_PAIRS else -np.inf
+    cutoff = float(start.score[ranked[fine_budget - 1]]) if len(ranked) > fine_budget else -np.inf
     return scores, len(rows), len(above) - len(rows), cutoff
 
 
-def _count_within_budgets(calibration: dict[str, Any], cosine_cutoff: float, coarse_cutoff: float) -> None:
+def _count_within_budgets(calibration: dict[str, Any], cosine_cutoff: float, coarse_cutoff: float,
+                          budgets: tuple[int, int]) -> None:
     """The report's per-kind recall as this run found it: the calibration copies that the
     verification budgets would have left unverified do not count (at 1,000,000 images most
     aligned candidates are over the budget: docs/split.md, "What is left")."""
@@ -1142,12 +1152,13 @@ def _count_within_budgets(calibration: dict[str, Any], cosine_cutoff: float, coa
     if copies_found is None:
         return
     calibration["budgets"] = {
+        "coarse_passes": budgets[0], "fine_passes": budgets[1],
         "aligned_cosine_cutoff": None if not np.isfinite(cosine_cutoff) else round(cosine_cutoff, 4),
         "fine_coarse_cutoff": None if not np.isfinite(coarse_cutoff) else round(coarse_cutoff, 4),
         "what": "per-kind recall counts a copy the aligned stage finds only if its pair would rank "
                 "within this run's budgets: at or above the cosine of the last candidate given a "
-                f"coarse pass ({ALIGN_BUDGET_PAIRS:,} at most) and the coarse score of the last "
-                f"given a fine pass ({FINE_BUDGET_PAIRS:,} at most); None: nothing was left over"}
+                f"coarse pass ({budgets[0]:,} at most) and the coarse score of the last "
+                f"given a fine pass ({budgets[1]:,} at most); None: nothing was left over"}
     for kind, counts in copies_found.per_kind(cosine_cutoff, coarse_cutoff).items():
         calibration["per_kind"][kind].update(counts)
 
@@ -1205,12 +1216,14 @@ def find_near_duplicates(images: ImageRows, threshold: float | None = None,
     usable = ((details[todo[:, 0]] >= DETAIL_MIN) & (details[todo[:, 1]] >= DETAIL_MIN)
               & (stds[todo[:, 0]] >= FLAT_STD) & (stds[todo[:, 1]] >= FLAT_STD))
     todo, todo_starts, todo_cos = todo[usable], todo_starts[usable], todo_cos[usable]
-    skipped = max(0, len(todo) - ALIGN_BUDGET_PAIRS)
-    cosine_cutoff = float(todo_cos[ALIGN_BUDGET_PAIRS - 1]) if skipped else -np.inf
-    todo, todo_starts = todo[:ALIGN_BUDGET_PAIRS], todo_starts[:ALIGN_BUDGET_PAIRS]   # best cosine first
+    budgets = aligned_budgets(m)
+    skipped = max(0, len(todo) - budgets[0])
+    cosine_cutoff = float(todo_cos[budgets[0] - 1]) if skipped else -np.inf
+    todo, todo_starts = todo[:budgets[0]], todo_starts[:budgets[0]]   # best cosine first
     aligned_start = time.monotonic()
-    scores, fine_count, fine_skipped, coarse_cutoff = _aligned_scores(work, todo, mirrors, calibration, todo_starts)
-    _count_within_budgets(calibration, cosine_cutoff, coarse_cutoff)
+    scores, fine_count, fine_skipped, coarse_cutoff = _aligned_scores(work, todo, mirrors, calibration,
+                                                                      todo_starts, budgets[1])
+    _count_within_budgets(calibration, cosine_cutoff, coarse_cutoff, budgets)
     aligned_merged = scores >= aligned_threshold
     # One aligned partner per image: a copy pairs with its original, while a face or a digit
     # that aligns with several others is a look-alike hub, and its edges would chain a group.
