@@ -746,12 +746,26 @@ class AlignedViews:
             rival_sims, rival_ids = searcher.search(q_orig, min(rank + 1, len(self.work)))
             others = np.sort(np.where((rival_ids >= 0) & (rival_ids != rows[:, None]), rival_sims, -np.inf), axis=1)
             rival = others[:, -rank] if others.shape[1] >= rank else np.full(len(rows), -np.inf, np.float32)
-            towards_copy = (q_orig * filed[self.searches(self.names[v])]).sum(1)
-            both = np.isfinite(copy_cos) & (towards_copy > rival)
+            copy_filed = filed[self.searches(self.names[v])]
+            towards_copy = (q_orig * copy_filed).sum(1)
+            both = np.isfinite(copy_cos) & (towards_copy > rival) & \
+                _probes_cell_of(searcher, q_orig, copy_filed, rows if self.partner[v] == v and
+                                self.names[v] == self.searches(self.names[v]) else None)
             starts[both] |= self.start(v)
             # Each end records its match's cosine; the list keeps the pair's highest.
             best[both] = np.maximum(best[both], np.maximum(copy_cos[both], towards_copy[both]))
         return starts, best
+
+
+def _probes_cell_of(searcher: _Searcher, query: np.ndarray, item: np.ndarray,
+                    rows: np.ndarray | None = None) -> np.ndarray:
+    """Per query, whether its search would scan the cell that `item` (descriptors, not indexed)
+    would be filed in: an inverted file finds only what its probed cells hold. rows: the
+    queries are these indexed items in the index's own view (their cells are known)."""
+    if searcher.cells is None:     # the exact index: every item is scanned
+        return np.ones(len(query), bool)
+    probed = searcher.cells[rows] if rows is not None else searcher._nearest_cells(query)
+    return (probed == searcher._nearest_cells(item)[:, :1]).any(1)
 
 
 def _window_sums(y: np.ndarray, tops: np.ndarray, hc: int, wc: int) -> tuple[np.ndarray, np.ndarray]:
