@@ -228,14 +228,15 @@ def udr_of(vaes: list[VAE], data: GroundTruthData, device: str) -> float:
 
 
 # -- the grid ---------------------------------------------------------------------------------------
-def steps_for_budget(args: argparse.Namespace, split: Split, config: ModelConfig) -> int:
+def steps_for_budget(args: argparse.Namespace, split: Split, config: ModelConfig,
+                     ratios: dict[str, float]) -> int:
     """The steps per model that train every objective's group in TRAIN_SHARE of the budget,
     from `--probe-steps` timed steps of each group (after one untimed step); the rest of the
     budget pays for making the data and scoring the checkpoints."""
     seconds_per_step = 0.0
     for kind in args.objectives:
         members = [Member(kind, b, s) for b in args.betas for s in range(args.seeds)]
-        group = Group(members, config, split.train, args, stacked=_stacks(args, kind))
+        group = Group(members, config, split.train, args, stacked=_stacks(args, kind, ratios))
         group.step()
         t0 = time.perf_counter()
         for _ in range(args.probe_steps):
@@ -251,13 +252,15 @@ def steps_for_budget(args: argparse.Namespace, split: Split, config: ModelConfig
 TRAIN_SHARE = 0.85
 
 
-def run_grid(args: argparse.Namespace) -> dict[str, Any]:
+def run_grid(args: argparse.Namespace, ratios: dict[str, float] | None = None) -> dict[str, Any]:
+    """ratios: per objective, stacked against one-by-one images/s as `measure` found them."""
+    ratios = ratios or {}
     torch.set_num_threads(args.threads or torch.get_num_threads())
     start = time.monotonic()
     split = make_split(args.dataset_size, args.data_seed)
     config = model_config(args.latent_dim, split.train)
     if args.budget_minutes:
-        args.steps = steps_for_budget(args, split, config)
+        args.steps = steps_for_budget(args, split, config, ratios)
     protocols = {name: protocol_for(args.protocol, d) for name, d in (("val", split.val),
                                                                       ("test", split.test))}
     evals = sorted({max(1, round(args.steps * k / args.evals)) for k in range(1, args.evals + 1)})
@@ -267,7 +270,7 @@ def run_grid(args: argparse.Namespace) -> dict[str, Any]:
     timing: dict[str, float] = {}
     for kind in args.objectives:
         members = [Member(kind, b, s) for b in args.betas for s in range(args.seeds)]
-        group = Group(members, config, split.train, args, stacked=_stacks(args, kind))
+        group = Group(members, config, split.train, args, stacked=_stacks(args, kind, ratios))
         t0 = time.monotonic()
         train_s = 0.0
         curves: dict[int, dict[int, float]] = {i: {} for i in range(len(members))}
@@ -406,10 +409,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _stacks(args: argparse.Namespace, kind: str) -> bool:
+def _stacks(args: argparse.Namespace, kind: str, ratios: dict[str, float]) -> bool:
     """Stack an objective's models unless told not to, or unless this run measured stacking
     slower for it (as on an idle 2-core CPU: docs/measurements.md)."""
-    ratio = getattr(args, "measured_ratio", {}).get(kind)
+    ratio = ratios.get(kind)
     return not args.one_by_one and (ratio is None or ratio >= 1)
 
 
@@ -466,8 +469,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     measured = {} if args.no_measure else measure(args)
     if args.measure_only:
         return {"measure": measured}
-    args.measured_ratio = {kind: m["ratio"] for kind, m in measured.items()}
-    result = run_grid(args)
+    result = run_grid(args, {kind: m["ratio"] for kind, m in measured.items()})
     result["measure"] = measured
     Path(args.out, "results.json").write_text(json.dumps(result, indent=2))
     print(report(result))

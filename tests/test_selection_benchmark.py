@@ -100,5 +100,5 @@ def test_a_budget_buys_the_steps_its_probe_says_fit(monkeypatch):
     ticks = iter(range(0, 1000, 10))  # each probe of 2 steps "takes" 10 s: 5 s a step per group
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(ticks))
     split = bench.Split(train, None, None)  # type: ignore[arg-type]
-    steps = bench.steps_for_budget(args, split, bench.model_config(3, train))
+    steps = bench.steps_for_budget(args, split, bench.model_config(3, train), {})
     assert steps == int(bench.TRAIN_SHARE * 10 * 60 / (5 + 5))

@@ -51,6 +51,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from kubevae.data.dataset import take_rows
 from kubevae.hardware import in_threads
 
 if TYPE_CHECKING:
@@ -134,16 +135,6 @@ class NearDuplicates:
     mirrors: bool = True
     near_misses: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.int64))
     near_miss_similarity: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))
-
-
-def take_rows(array: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """array[rows] for an N x ... array, through its 2-d view: numpy's fancy index of a 3-d
-    uint8 array goes element by element, many times slower (docs/split.md, "What made it
-    faster")."""
-    if not array.flags.c_contiguous:
-        return array[rows]
-    flat = array.reshape(len(array), -1)
-    return flat[rows].reshape(*np.shape(rows), *array.shape[1:])
 
 
 def _smooth(x: np.ndarray) -> np.ndarray:
