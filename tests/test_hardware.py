@@ -2,6 +2,7 @@
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -136,3 +137,37 @@ def test_mfu_is_achieved_flops_over_the_peak_of_all_processes():
     rates = meter.rates(images=100)
     assert rates["images_per_s"] == pytest.approx(100, rel=0.05)
     assert rates["mfu"] == pytest.approx(100 * 1e9 / 2e12, rel=0.05)
+
+
+def test_in_threads_runs_each_item_once_on_one_core_each_and_restores_the_threads():
+    """The result is the serial loop's, in order; inside, torch and the BLAS pool compute on
+    one thread (a pool per thread would put threads x cores on the cores); after, torch's
+    thread count is what it was, also when an item raises; nested calls run serially."""
+    from threadpoolctl import threadpool_info
+
+    from kubevae.hardware import in_threads
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[tuple[int, int, list[int]]] = []
+
+        def work(item: int) -> int:
+            blas = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+            seen.append((item, torch.get_num_threads(), blas))
+            inner = in_threads(lambda x: x + 1, [item])    # nested: one thread already
+            return (np.arange(50, dtype=np.float64) @ np.ones(50)) * item + inner[0]
+
+        assert in_threads(work, range(7)) == [1225.0 * i + i + 1 for i in range(7)]
+        assert sorted(item for item, _, _ in seen) == list(range(7))
+        assert all(threads == 1 and all(b == 1 for b in blas) for _, threads, blas in seen)
+        assert torch.get_num_threads() == 2
+
+        def fails(item: int) -> int:
+            raise ValueError(f"item {item}")
+
+        with pytest.raises(ValueError, match="item"):
+            in_threads(fails, [1, 2])
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -304,3 +304,25 @@ def test_cli_ingest_then_split_produce_everything(tmp_path):
                                      "--group-column", "patient"),
                          capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "--group-column 'patient': no such column" in bad.stderr
+
+
+def _blas_threads(task: int) -> tuple[int, list[int]]:
+    from threadpoolctl import threadpool_info
+
+    return task, [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+
+@pytest.mark.parametrize("kind", ["process", "thread"])
+def test_decoding_workers_keep_their_order_and_run_one_blas_thread_each(kind):
+    """ordered_map gives the tasks' results in order, and each worker's numpy products run on
+    one thread (a BLAS pool per worker as wide as the machine spun the workers against each
+    other: docs/data.md); the caller's pool is left as it was."""
+    from threadpoolctl import threadpool_info
+
+    from kubevae.ingest.parallel import ordered_map
+
+    before = [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+    results = list(ordered_map(_blas_threads, range(9), workers=2, kind=kind))
+    assert [task for task, _ in results] == list(range(9))
+    assert all(threads and all(t == 1 for t in threads) for _, threads in results)
+    assert [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"] == before
