@@ -137,7 +137,9 @@ def configure_threads() -> int:
 def in_threads(fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
     """[fn(item) for item in items] on torch's threads, each computing on one core (numpy and
     torch let go of the GIL in their loops): an item a thread, not each product spread over
-    the cores, whose results then cross between their caches (measured: docs/split.md)."""
+    the cores, whose results then cross between their caches (measured: docs/split.md).
+    Torch's thread count is one setting of the process: while this runs, torch work on other
+    threads of the process runs on one thread too. Called inside an item, it runs serially."""
     threads = max(1, torch.get_num_threads())
     if threads == 1:
         return [fn(item) for item in items]
