@@ -189,3 +189,22 @@ def test_a_wider_mutual_rank_keeps_every_candidate_of_a_narrower(monkeypatch, us
     assert found[1] and len(found[2]) > len(found[1])
     for pair, (start, cosine) in found[1].items():
         assert pair in found[2] and found[2][pair][0] & start == start and found[2][pair][1] >= cosine - 1e-6
+
+
+def test_the_second_pass_gives_the_same_candidates_from_kept_or_remade_queries(monkeypatch):
+    """mutual_pairs' exact check of the far end uses the views' queries again: kept from the
+    first pass when they fit in KEPT_QUERY_BYTES, else made again block by block; the same
+    candidates, starts and cosines either way, in blocks or whole."""
+    from kubevae.ingest.synthetic import textures
+
+    monkeypatch.setattr(neardup, "EXACT_SEARCH_MAX", 100)
+    monkeypatch.setattr(neardup, "IVF_LIST_SIZE", 32)
+    ready = neardup.prepare(textures(500, seed=4))
+    views = neardup.AlignedViews(ready.work, neardup._Searcher(ready.descriptors))
+    results = []
+    for block, kept_bytes in ((1 << 20, 1 << 40), (128, 1 << 40), (128, 0)):
+        monkeypatch.setattr(neardup, "QUERY_BLOCK", block)
+        monkeypatch.setattr(neardup, "KEPT_QUERY_BYTES", kept_bytes)
+        pairs, starts, cos, _ = views.mutual_pairs()
+        results.append({tuple(p): (int(s), round(float(c), 5)) for p, s, c in zip(pairs, starts, cos, strict=True)})
+    assert results[0] and results[0] == results[1] == results[2]

@@ -78,6 +78,7 @@ HNSW_QUERY_DEPTH = 16         # the graph's search depth for queries other than 
 EXACT_COARSE_MAX = 2048       # cells: up to this many, the coarse search is one matrix product
 COARSE_BLOCK = 16384          # queries per product of the exact coarse search
 NPROBE = 6                    # 4: 1M digits in 267 s instead of 337 s, 99.67% of copies instead of 99.79%
+KEPT_QUERY_BYTES = 4 << 30     # the aligned views' queries kept between the two passes (1M: 2.3 GB)
 QUERY_BLOCK = 262_144         # queries per search call: enough a cell at 1,000,000 items to be worth a product (docs/split.md)
 ARGMAX_TOP_K = 4               # up to this many best of a cell by repeated argmax (_best_few)
 GATHER_MAX = 1 << 17          # (query, member) products: fewer, gathered in one array; more, a product per cell
@@ -678,30 +679,53 @@ class AlignedViews:
 
     def mutual_pairs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         """Mutual best pairs (i < j) over the views, best descriptor cosine first; per pair the
-        coarse starts of the views that found it (self.start) and that cosine."""
+        coarse starts of the views that found it (self.start) and that cosine.
+
+        i's best in view v is j by the search (the cells i's query probes), and i is j's best in
+        the partner view exactly: j's query scored against i's filed descriptor directly, not
+        only if j's search happened to probe i's cell. So a pair needs the inverted file's reach
+        from one end, not from both (docs/split.md, "Why geometric copies are found less
+        often at 1,000,000")."""
         start = time.monotonic()
         n = len(self.work)
         keys_all, cos_all, starts_all = [], [], []
         rank = min(MUTUAL_RANK, max(1, n - 1))
         bests = [np.full((n, rank), -1, np.int64) for _ in self.names]
         best_cos = [np.full((n, rank), -np.inf, np.float32) for _ in self.names]
-        for q0 in range(0, n, QUERY_BLOCK):
+        blocks = range(0, n, QUERY_BLOCK)
+        # The made views' queries are kept for the second pass when they fit, else made again.
+        made = sum(v != self.searches(v) for v in self.names) * n * self.full.base.shape[1] * 4
+        kept: list[list[tuple[_Searcher, np.ndarray, int | None]]] = []
+        for q0 in blocks:
             block = self.work[q0:q0 + QUERY_BLOCK]
             rows = np.arange(q0, q0 + len(block))
-            for v, (searcher, query, own) in enumerate(self.queries(block, q0)):
+            queries = self.queries(block, q0)
+            for v, (searcher, query, own) in enumerate(queries):
                 sims, ids = searcher.search(query, rank, own, exclude=rows)
                 bests[v][rows], best_cos[v][rows] = ids, sims
-        everyone = np.arange(n)
+            if made <= KEPT_QUERY_BYTES:
+                kept.append(queries)
+        # j's partner-view query against the filed descriptor of each i whose best j is.
+        back_cos = [np.full((n, rank), -np.inf, np.float32) for _ in self.names]
+        for number, q0 in enumerate(blocks):
+            queries = kept[number] if kept else self.queries(self.work[q0:q0 + QUERY_BLOCK], q0)
+            stop = min(n, q0 + QUERY_BLOCK)
+            for v, best in enumerate(bests):
+                i, r = np.nonzero((best >= q0) & (best < stop))
+                partner_query = queries[self.partner[v]][1]
+                filed = self._index(self.names[v]).base
+                back_cos[v][i, r] = (partner_query[best[i, r] - q0] * filed[i]).sum(1)
         for v, (best, cos) in enumerate(zip(bests, best_cos, strict=True)):
-            back = bests[self.partner[v]]
+            pv = self.partner[v]
             for r in range(rank):
                 j, c = best[:, r], cos[:, r]
                 ok = (j >= 0) & (c >= MIN_GATE)
-                mutual = ok & (back[np.clip(j, 0, None)] == everyone[:, None]).any(1)
-                # A pair of partner views is found from both of its ends: keep each pair once, as i < j.
-                i = np.flatnonzero(mutual & ((everyone < j) | (self.partner[v] != v)))
+                safe = np.clip(j, 0, None)
+                mutual = ok & ((bests[pv][safe] == np.arange(n)[:, None]).any(1)
+                               | (back_cos[v][:, r] > best_cos[pv][safe, rank - 1]))
+                i = np.flatnonzero(mutual)     # a pair found from both ends is kept once below
                 keys_all.append(np.minimum(i, j[i]) * n + np.maximum(i, j[i]))
-                cos_all.append(c[i])
+                cos_all.append(np.maximum(c[i], back_cos[v][i, r]))
                 starts_all.append(np.full(len(i), self.start(v), np.int8))
         keys = np.concatenate(keys_all) if keys_all else np.zeros(0, np.int64)
         cos = np.concatenate(cos_all) if cos_all else np.zeros(0, np.float32)
@@ -730,8 +754,8 @@ class AlignedViews:
         rank = min(MUTUAL_RANK, max(1, len(self.work) - 1))
         for v, (searcher, q_copy, _) in enumerate(copy_queries):
             sims, ids = searcher.search(q_copy, rank)
-            hit = ids == rows[:, None]
-            copy_cos = np.where(hit, sims, -np.inf).max(1)       # -inf: not among the copy's best
+            copy_hit = (ids == rows[:, None]).any(1)
+            towards_original = (q_copy * searcher.base[rows]).sum(1)
             q_orig = original_queries[self.partner[v]][1]
             # The copy is among the original's best `rank` when fewer than `rank` others beat it.
             rival_sims, rival_ids = searcher.search(q_orig, min(rank + 1, len(self.work)))
@@ -739,12 +763,16 @@ class AlignedViews:
             rival = others[:, -rank] if others.shape[1] >= rank else np.full(len(rows), -np.inf, np.float32)
             copy_filed = filed[self.searches(self.names[v])]
             towards_copy = (q_orig * copy_filed).sum(1)
-            both = np.isfinite(copy_cos) & (towards_copy > rival) & \
-                _probes_cell_of(searcher, q_orig, copy_filed, rows if self.partner[v] == v and
-                                self.names[v] == self.searches(self.names[v]) else None)
+            # As mutual_pairs: one end's search finds the other, which has it among its best
+            # exactly. From the copy's end: its search finds the original. From the original's:
+            # its search probes the copy's cell, and no more than rank - 1 of what the copy's
+            # search found beat the original.
+            own = rows if self.partner[v] == v and self.names[v] == self.searches(self.names[v]) else None
+            from_original = _probes_cell_of(searcher, q_orig, copy_filed, own) & (towards_original > sims[:, rank - 1])
+            both = (towards_copy > rival) & (copy_hit | from_original)
             starts[both] |= self.start(v)
             # Each end records its match's cosine; the list keeps the pair's highest.
-            best[both] = np.maximum(best[both], np.maximum(copy_cos[both], towards_copy[both]))
+            best[both] = np.maximum(best[both], np.maximum(towards_original[both], towards_copy[both]))
         return starts, best
 
 
