@@ -711,10 +711,10 @@ class AlignedViews:
             queries = kept[number] if kept else self.queries(self.work[q0:q0 + QUERY_BLOCK], q0)
             stop = min(n, q0 + QUERY_BLOCK)
             for v, best in enumerate(bests):
-                i, r = np.nonzero((best >= q0) & (best < stop))
+                asker, slot = np.nonzero((best >= q0) & (best < stop))
                 partner_query = queries[self.partner[v]][1]
                 filed = self._index(self.names[v]).base
-                back_cos[v][i, r] = (partner_query[best[i, r] - q0] * filed[i]).sum(1)
+                back_cos[v][asker, slot] = (partner_query[best[asker, slot] - q0] * filed[asker]).sum(1)
         for v, (best, cos) in enumerate(zip(bests, best_cos, strict=True)):
             pv = self.partner[v]
             for r in range(rank):
