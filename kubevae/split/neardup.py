@@ -715,10 +715,10 @@ class AlignedViews:
                 partner_query = queries[self.partner[v]][1]
                 filed = self._index(self.names[v]).base
                 back_cos[v][asker, slot] = (partner_query[best[asker, slot] - q0] * filed[asker]).sum(1)
-        for v, (best, cos) in enumerate(zip(bests, best_cos, strict=True)):
+        for v, (best, found_cos) in enumerate(zip(bests, best_cos, strict=True)):
             pv = self.partner[v]
             for r in range(rank):
-                j, c = best[:, r], cos[:, r]
+                j, c = best[:, r], found_cos[:, r]
                 ok = (j >= 0) & (c >= MIN_GATE)
                 safe = np.clip(j, 0, None)
                 mutual = ok & ((bests[pv][safe] == np.arange(n)[:, None]).any(1)
