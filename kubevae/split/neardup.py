@@ -522,10 +522,7 @@ class _Searcher:
             if excluded is not None and excluded_cell is not None:
                 here = torch.nonzero(excluded_cell[first:last].eq(int(cell)))[:, 0]
                 scores[here, self.row_of[excluded[first + here]] - a] = -torch.inf
-            if k <= ARGMAX_TOP_K:
-                top, at = _best_few(scores, min(k, b - a))
-            else:
-                top, at = torch.topk(scores, min(k, b - a), dim=1)
+            top, at = _best_few(scores, min(k, b - a))
             sims[first:last, :top.shape[1]], ids[first:last, :top.shape[1]] = top, order[a + at]
 
         in_threads(one, np.flatnonzero((np.diff(starts) > 0) & (np.diff(self.bounds) > 0)))
@@ -533,11 +530,7 @@ class _Searcher:
         unsorted[by_cell] = np.arange(len(by_cell))
         sims, ids = sims.index_select(0, torch.from_numpy(unsorted)), ids.index_select(0, torch.from_numpy(unsorted))
         # Each item lives in one cell and a query's cells differ: no id comes twice.
-        if k == 1:
-            at = torch.from_numpy(sims.reshape(m, probes).numpy().argmax(1)[:, None])
-            top = torch.gather(sims.reshape(m, probes), 1, at)
-        else:
-            top, at = torch.topk(sims.reshape(m, probes * k), k, dim=1)
+        top, at = _best_few(sims.reshape(m, probes * k), k)
         top_ids = torch.gather(ids.reshape(m, probes * k), 1, at).numpy()
         top_ids[~np.isfinite(top.numpy())] = -1        # an excluded item's -inf, or padding
         return top.numpy(), top_ids
@@ -569,7 +562,9 @@ class _Searcher:
 def _best_few(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """torch.topk(scores, k, dim=1) for a small k, by k argmaxes: numpy's argmax is vectorised
     along a row, while torch's topk and max(dim=1) are not (several times slower for 2 of 256:
-    docs/split.md). Ties: the first column, as numpy's argmax."""
+    docs/split.md). Ties: the first column, as numpy's argmax. A larger k: torch.topk."""
+    if k > ARGMAX_TOP_K:
+        return torch.topk(scores, k, dim=1)
     x = scores.numpy() if k == 1 else scores.numpy().copy()
     rows = np.arange(len(x))
     top, at = np.empty((len(x), k), np.float32), np.empty((len(x), k), np.int64)
@@ -767,7 +762,7 @@ class AlignedViews:
             # exactly. From the copy's end: its search finds the original. From the original's:
             # its search probes the copy's cell, and no more than rank - 1 of what the copy's
             # search found beat the original.
-            own = rows if self.partner[v] == v and self.names[v] == self.searches(self.names[v]) else None
+            own = rows if self.names[v] == self.searches(self.names[v]) else None   # whole, centre
             from_original = _probes_cell_of(searcher, q_orig, copy_filed, own) & (towards_original > sims[:, rank - 1])
             both = (towards_copy > rival) & (copy_hit | from_original)
             starts[both] |= self.start(v)
